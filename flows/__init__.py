@@ -1,0 +1,1 @@
+"""Prefect flows that only compose tasks, and the `ganflow` CLI."""

@@ -1,0 +1,1 @@
+"""Units of work: pure functions (testable without Prefect) plus thin @task wrappers."""

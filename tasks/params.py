@@ -1,0 +1,91 @@
+"""Settings read from params.yaml, the single source of truth for thresholds (DVC and flows read it)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, or a key is missing or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class CurateParams:
+    resolution: int
+    batch_size: int
+    workers: int
+    min_side_fraction: float
+    blur_size: int
+    blur_min_var: float
+    gray_max_chroma: float
+    face_mode: str
+    face_min_fraction: float
+    face_min_neighbors: int
+    text_min_confidence: float
+    text_max_area: float
+    text_max_boxes: int
+    dup_max_distance: int
+    matte: str
+    rembg_model: str
+    shard_size: int
+
+    def __post_init__(self) -> None:
+        if self.face_mode not in ("reject", "crop"):
+            raise ParamsError(f"curate.face_mode must be 'reject' or 'crop', not {self.face_mode!r}")
+        if self.matte not in ("auto", "rembg", "grabcut", "none"):
+            raise ParamsError(f"curate.matte must be auto|rembg|grabcut|none, not {self.matte!r}")
+        if self.resolution < 8:
+            raise ParamsError(f"curate.resolution must be at least 8, not {self.resolution}")
+
+    @property
+    def min_side(self) -> int:
+        return int(round(self.min_side_fraction * self.resolution))
+
+    def digest(self, *keys: str) -> str:
+        """A short hash of the named settings: cache keys change exactly when those settings do."""
+        picked = {k: getattr(self, k) for k in sorted(keys)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path} (run from the project root or pass --params)")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections")
+    return data
+
+
+def _build(cls, section: dict[str, Any], name: str, overrides: dict[str, Any]):
+    values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    missing = sorted(set(fields) - set(values))
+    unknown = sorted(set(values) - set(fields))
+    if missing or unknown:
+        raise ParamsError(f"params section {name!r}: missing {missing}, unknown {unknown}")
+    casts = {"int": int, "float": float, "str": str}
+    try:
+        return cls(**{k: casts[fields[k]](values[k]) for k in fields})
+    except (TypeError, ValueError) as e:
+        raise ParamsError(f"params section {name!r}: {e}") from e
+
+
+def curate_params(path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> CurateParams:
+    """The `curate` section, with CLI overrides (None means: keep the file's value)."""
+    data = load_params(path)
+    if "curate" not in data:
+        raise ParamsError(f"{path} has no 'curate' section")
+    return _build(CurateParams, data["curate"], "curate", overrides)

@@ -1,0 +1,103 @@
+"""The `ganflow` command line: one subcommand per flow, each with its own --help."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class _Bars:
+    """A tqdm bar per pipeline stage, fed by tasks.progress from the flow's tasks."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}
+
+    def begin(self, stage: str, total: int) -> None:
+        self.bars[stage] = tqdm(total=total or None, desc=f"{stage:>7}", unit="img", leave=True,
+                                dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        if stage in self.bars:
+            self.bars[stage].update(n)
+
+    def end(self, stage: str) -> None:
+        bar = self.bars.pop(stage, None)
+        if bar is not None:
+            bar.close()
+
+
+def _add_curate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curate", help="build a clean square dataset from a folder, an archive, a hashtag or the demo",
+                       description="Ingest images, filter them (corrupt, too small, blurry, grayscale, text, faces, "
+                                   "duplicates), crop to square, matte onto white, and write DIR/manifest.jsonl, "
+                                   "DIR/shards/*.tar and DIR/dataset.json.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="PATH", help="a folder (recursive), a .zip or a .tar of images")
+    src.add_argument("--hashtag", metavar="TAG", help="an Instagram hashtag (needs a session file; see --session-file)")
+    src.add_argument("--demo", action="store_true", help="the embedded demo data (built offline at run time)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the curated dataset")
+    p.add_argument("--resolution", type=int, metavar="N", help="output side in pixels (default: params.yaml)")
+    p.add_argument("--matte", choices=["auto", "rembg", "grabcut", "none"],
+                   help="background removal (default: params.yaml); auto = rembg if its model is in U2NET_HOME, "
+                        "else GrabCut")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    p.add_argument("--raw-root", default="data/raw", metavar="DIR", help="raw store root (default: data/raw)")
+    p.add_argument("--cache-dir", default="data/cache", metavar="DIR", help="per-image result cache (default: data/cache)")
+    p.add_argument("--max-posts", type=int, default=200, metavar="N", help="Instagram: posts to take (default: 200)")
+    p.add_argument("--session-file", metavar="FILE",
+                   help="Instagram session file from `instaloader --login USER` (or $GANFLOW_IG_SESSIONFILE)")
+    p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
+    p.set_defaults(func=_run_curate)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from flows.curate import curate
+    from tasks import progress
+    from tasks.report import summary_text
+    from tasks.publish import read_manifest
+
+    source = "demo" if args.demo else "hashtag" if args.hashtag else "path"
+    progress.install(_Bars())
+    try:
+        result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,
+                        raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
+                        resolution=args.resolution, matte=args.matte, max_posts=args.max_posts,
+                        session_file=args.session_file, ig_user=args.ig_user)
+    finally:
+        progress.install(None)
+    print()
+    print(result["matte_note"])
+    print(summary_text(read_manifest(args.out)))
+    print(f"\n{result['count']} of {result['inputs']} images accepted at {result['resolution']}² "
+          f"(content hash {result['content_hash'][:12]}).")
+    out = Path(result["out"])
+    print(f"Results in {out}/: manifest.jsonl, dataset.json, shards/ ({len(result['shards'])} tar)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_curate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from tasks.params import ParamsError
+    from tasks.sources.local import SourceError
+
+    try:
+        return args.func(args)
+    except (ParamsError, SourceError, ValueError, FileNotFoundError) as e:
+        print(f"ganflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The curate flow: source → screen (decode, size, blur, gray) → dedup → screen (faces, text) → render → publish.
+
+Tasks are mapped over batches of images (never one task per image) and pass paths and hashes only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, unmapped
+
+from tasks import progress
+from tasks.dedup import near_duplicates
+from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
+from tasks.matte import make_matter
+from tasks.params import curate_params
+from tasks.publish import write_dataset
+from tasks.render import render_task
+from tasks.report import report_task, summary_text
+from tasks.screen import screen_cheap_task, screen_content_task
+from tasks.sources.raw import read_provenance
+from tasks.verdicts import assemble, dedup_candidates, split_exact_copies
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[k:k + size] for k in range(0, len(items), size)]
+
+
+def _mapped(task, items: list, size: int, stage: str, **kwargs) -> dict:
+    """Run `task` over batches of items and merge the per-batch dicts (in batch order)."""
+    progress.begin(stage, len(items))
+    batches = _batches(items, size)
+    merged: dict = {}
+    if batches:
+        futures = task.map(batches, batch_no=list(range(len(batches))),
+                           **{k: unmapped(v) for k, v in kwargs.items()})
+        for result in futures.result():
+            merged.update(result)
+    progress.end(stage)
+    return merged
+
+
+@flow(name="curate", log_prints=True)
+def curate(
+    source: Literal["demo", "path", "hashtag"] = "demo",  # demo data, a folder/zip/tar, or an Instagram hashtag
+    input_path: str | None = None,        # folder (recursive), .zip or .tar when source="path"
+    hashtag: str | None = None,           # hashtag without '#' when source="hashtag"
+    out: str = "data/curated/demo",       # where manifest.jsonl, shards/ and dataset.json go
+    raw_root: str = "data/raw",           # raw store root: data/raw/<name>/
+    cache_dir: str = "data/cache",        # per-image results, so reruns do no work twice
+    params_path: str = "params.yaml",     # thresholds and settings (section `curate`)
+    resolution: int | None = None,        # overrides curate.resolution
+    matte: Literal["auto", "rembg", "grabcut", "none"] | None = None,  # overrides curate.matte
+    max_posts: int = 200,                 # Instagram: posts to take from the hashtag
+    session_file: str | None = None,      # Instagram session file (else $GANFLOW_IG_SESSIONFILE)
+    ig_user: str | None = None,           # Instagram user of that session (else $GANFLOW_IG_USER)
+) -> dict:
+    params = curate_params(params_path, resolution=resolution, matte=matte)
+    raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
+
+    progress.begin("ingest", 0)
+    if source == "hashtag":
+        scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)
+    else:
+        ingest_task(source, raw_dir, input_path)
+    progress.end("ingest")
+    inputs = read_provenance(Path(raw_dir))
+
+    unique, _ = split_exact_copies(inputs)
+    items = [(i.id, str(Path(raw_dir) / i.file)) for i in unique]
+    cheap = _mapped(screen_cheap_task, items, params.batch_size, "cheap", params=params, cache_dir=cache_dir)
+
+    near = near_duplicates(dedup_candidates(cheap), params.dup_max_distance)
+    paths = dict(items)
+    survivors = [(i, p) for i, p in items if cheap[i]["reason"] is None and i not in near]
+    content = _mapped(screen_content_task, survivors, params.batch_size, "content",
+                      params=params, cache_dir=cache_dir)
+
+    matter = make_matter(params.matte, params.rembg_model)
+    logger = get_run_logger()
+    logger.info(matter.note)
+    jobs = [(i, paths[i], content[i]["face_box"]) for i, _ in survivors if content[i]["reason"] is None]
+    pngs = _mapped(render_task, jobs, params.batch_size, "render",
+                   params=params, cache_dir=cache_dir, matte_name=matter.name)
+
+    records = assemble(inputs, cheap, near, content)
+    dataset = write_dataset(out, records, {i: Path(p) for i, p in pngs.items()}, params.resolution,
+                            params.shard_size, extra={"matte": matter.name, "source": source})
+    report_task(records, {**paths, **pngs}, dataset)
+    logger.info("%s accepted of %s inputs\n%s", dataset["count"], dataset["inputs"], summary_text(records))
+    return {"out": str(Path(out).resolve()), "raw_dir": raw_dir, "matte_note": matter.note, **dataset}

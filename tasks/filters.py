@@ -1,0 +1,62 @@
+"""Per-image quality scores and the thresholds that turn them into a reason word.
+
+Cheap scores (size, blur, grayscale, perceptual hash) work on a fixed-size thumbnail, so thresholds do
+not depend on the image's size and no full-size work is done where a thumbnail answers the question.
+"""
+from __future__ import annotations
+
+import cv2
+import imagehash
+import numpy as np
+from PIL import Image
+
+from tasks.params import CurateParams
+
+
+def fit_short_side(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Resize so the short side is `side` (area resampling: no aliasing that would fake sharpness)."""
+    h, w = rgb.shape[:2]
+    k = side / min(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+    return cv2.resize(rgb, size, interpolation=interp)
+
+
+def blur_score(rgb_small: np.ndarray) -> float:
+    """Variance of the Laplacian of the luma: low means few edges, i.e. blurry."""
+    gray = cv2.cvtColor(rgb_small, cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
+
+
+def chroma_score(rgb_small: np.ndarray) -> float:
+    """99th percentile of the per-pixel max channel difference: ~0 for grey content, in any encoding."""
+    px = rgb_small.reshape(-1, 3).astype(np.int16)
+    spread = px.max(axis=1) - px.min(axis=1)
+    return float(np.percentile(spread, 99))
+
+
+def perceptual_hash(rgb_small: np.ndarray) -> str:
+    """64-bit DCT perceptual hash as 16 hex digits (Hamming distance ~ visual difference)."""
+    return str(imagehash.phash(Image.fromarray(rgb_small)))
+
+
+def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateParams) -> dict:
+    small = fit_short_side(rgb, params.blur_size)
+    return {
+        "width": width,
+        "height": height,
+        "blur_var": round(blur_score(small), 3),
+        "gray_chroma": round(chroma_score(small), 3),
+        "phash": perceptual_hash(small),
+    }
+
+
+def cheap_verdict(scores: dict, params: CurateParams) -> str | None:
+    """The first failing cheap check's reason, or None when the image passes them all."""
+    if min(scores["width"], scores["height"]) < params.min_side:
+        return "too_small"
+    if scores["blur_var"] < params.blur_min_var:
+        return "blurry"
+    if scores["gray_chroma"] < params.gray_max_chroma:
+        return "grayscale"
+    return None

@@ -1,0 +1,67 @@
+"""Ingest: bring a source's images into the raw store data/raw/<name>/ (files by hash + provenance)."""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from tasks import progress
+from tasks.sources.local import ingest_path
+from tasks.sources.raw import sanitize_name
+
+
+def raw_name(source: str, input_path: str | None = None, hashtag: str | None = None) -> str:
+    """The folder name under data/raw/ for a source: demo, hashtag-<tag>, or the input's stem."""
+    if source == "demo":
+        return "demo"
+    if source == "hashtag":
+        return "hashtag-" + re.sub(r"[^A-Za-z0-9_]", "", (hashtag or "").lstrip("#")).lower()
+    stem = Path(input_path or "input").name
+    for ext in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", sanitize_name(stem)).strip("._") or "input"
+
+
+def ingest_demo(raw_dir: Path) -> Path:
+    """Build the embedded demo images (deterministic, offline) and ingest them as source "demo"."""
+    from tasks.sources.demo import write_demo
+
+    with tempfile.TemporaryDirectory(prefix="ganflow-demo-") as tmp:
+        write_demo(Path(tmp))
+        ingest_path(Path(tmp), raw_dir, lambda n: progress.advance("ingest", n), source="demo")
+    return raw_dir
+
+
+def ingest_local(input_path: str, raw_dir: Path) -> Path:
+    ingest_path(Path(input_path), raw_dir, lambda n: progress.advance("ingest", n))
+    return raw_dir
+
+
+def scrape_hashtag(hashtag: str, raw_dir: Path, max_posts: int, session_file: str | None,
+                   username: str | None) -> Path:
+    from tasks.sources.instagram import ingest_hashtag
+
+    ingest_hashtag(hashtag, raw_dir, max_posts=max_posts, session_file=session_file, username=username,
+                   progress=lambda n: progress.advance("ingest", n))
+    return raw_dir
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(source: str, raw_dir: str, input_path: str | None = None) -> str:
+    if source == "demo":
+        return str(ingest_demo(Path(raw_dir)))
+    return str(ingest_local(input_path, Path(raw_dir)))
+
+
+# Instagram answers 429/401 for minutes at a time: back off between whole attempts too. An attempt
+# resumes from the frozen iterator, so a retry never downloads twice.
+@task(name="scrape-hashtag", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=30),
+      retry_jitter_factor=0.5, cache_policy=NO_CACHE)
+def scrape_hashtag_task(hashtag: str, raw_dir: str, max_posts: int, session_file: str | None = None,
+                        username: str | None = None) -> str:
+    return str(scrape_hashtag(hashtag, Path(raw_dir), max_posts, session_file, username))

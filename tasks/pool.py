@@ -1,0 +1,52 @@
+"""One process pool per run for CPU-bound per-image work, shared by all batch tasks.
+
+Batch tasks run in Prefect's thread pool; the image work itself runs here, in `spawn`ed processes
+(forking a process that runs Prefect's threads and event loop is unsafe), so all cores are used
+without oversubscribing them.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+_lock = threading.Lock()
+
+
+def resolve_workers(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+def _pool(workers: int) -> Executor:
+    with _lock:
+        if workers not in _pools:
+            ctx = multiprocessing.get_context("spawn")
+            _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        return _pools[workers]
+
+
+def shutdown() -> None:
+    with _lock:
+        for pool in _pools.values():
+            pool.shutdown(cancel_futures=True)
+        _pools.clear()
+
+
+atexit.register(shutdown)
+
+
+def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool."""
+    items = list(items)
+    workers = resolve_workers(workers)
+    if workers == 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    yield from _pool(workers).map(fn, items, chunksize=max(1, len(items) // (4 * workers)))

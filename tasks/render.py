@@ -1,0 +1,50 @@
+"""Rendering accepted images: square crop, matte onto white, Lanczos resize, PNG; cached per image."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import progress
+from tasks.cache import StageCache
+from tasks.decode import decode
+from tasks.detectors import Box
+from tasks.matte import crop_and_matte, make_matter
+from tasks.params import CurateParams
+from tasks.pool import imap
+
+RENDER_VERSION = "1"  # bump when rendering changes its output
+
+
+def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[bytes, dict]:
+    path, face_box = job
+    matter = make_matter(params.matte, params.rembg_model)  # cached per process: one rembg session
+    face = Box(**face_box) if face_box else None
+    return crop_and_matte(decode(path).rgb, params.resolution, matter, face_box=face)
+
+
+def render_cache(params: CurateParams, cache_dir: str, matte_name: str) -> StageCache:
+    # The resolved matte (auto → rembg or grabcut) is part of the key: adding a model file re-renders.
+    digest = params.digest("resolution", "face_mode", "rembg_model") + "-" + matte_name
+    return StageCache(cache_dir, "render", f"{RENDER_VERSION}-{digest}", suffix=".png")
+
+
+def render(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache_dir: str,
+           matte_name: str) -> dict[str, str]:
+    """jobs: (id, path, face_box); returns id → cached PNG path."""
+    cache = render_cache(params, cache_dir, matte_name)
+    todo = [j for j in jobs if not cache.has(j[0])]
+    progress.advance("render", len(jobs) - len(todo))
+    fn = partial(render_one, params=params)
+    for (image_id, _, _), (png, _info) in zip(todo, imap(fn, [(p, f) for _, p, f in todo], params.workers)):
+        cache.put_bytes(image_id, png)
+        progress.advance("render")
+    return {image_id: str(cache.path(image_id)) for image_id, _, _ in jobs}
+
+
+@task(name="render", task_run_name="render-{batch_no}", cache_policy=NO_CACHE)
+def render_task(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache_dir: str,
+                matte_name: str, batch_no: int = 0) -> dict[str, str]:
+    return render(jobs, params, cache_dir, matte_name)

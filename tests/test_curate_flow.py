@@ -1,0 +1,137 @@
+"""The curate flow end to end under the real Prefect API, on real photos and planted bad files."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from flows.curate import curate
+from tasks.publish import read_manifest
+
+
+def _jpeg(arr: np.ndarray, path: Path, quality: int = 92) -> None:
+    Image.fromarray(arr).save(path, "JPEG", quality=quality)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Real photos and bad files, with the reason each one must get."""
+    d = tmp_path_factory.mktemp("photos")
+    (d / "sub").mkdir()
+    expect = {}
+    for name, reason in [("rocket", None), ("retina", None), ("immunohistochemistry", None),
+                         ("stereo_motorcycle", None), ("astronaut", "face"), ("camera", "grayscale"),
+                         ("coffee", "too_small")]:
+        img = getattr(skimage.data, name)()
+        img = img[0] if isinstance(img, tuple) else img
+        _jpeg(img, d / f"{name}.jpg")
+        expect[f"{name}.jpg"] = reason
+    (d / "sub" / "rocket copy.jpg").write_bytes((d / "rocket.jpg").read_bytes())
+    expect["sub/rocket copy.jpg"] = "duplicate"
+    retina = skimage.data.retina()
+    _jpeg(cv2.resize(retina, (1100, 1100), interpolation=cv2.INTER_AREA), d / "sub" / "retina_small.jpg", 80)
+    expect["sub/retina_small.jpg"] = "duplicate"
+    moto = skimage.data.stereo_motorcycle()[0]
+    _jpeg(cv2.GaussianBlur(moto, (0, 0), 6), d / "blurred.jpg")
+    expect["blurred.jpg"] = "blurry"
+    (d / "empty.jpg").write_bytes(b"")
+    expect["empty.jpg"] = "empty"
+    (d / "notes.jpg").write_text("not an image")
+    expect["notes.jpg"] = "not_image"
+    (d / "cut.jpg").write_bytes((d / "rocket.jpg").read_bytes()[:20000])
+    expect["cut.jpg"] = "truncated"
+    return d, expect
+
+
+def _run(folder: Path, tmp: Path, params: Path, out: str = "out") -> dict:
+    return curate(source="path", input_path=str(folder), out=str(tmp / out), raw_root=str(tmp / "raw"),
+                  cache_dir=str(tmp / "cache"), params_path=str(params))
+
+
+def test_every_input_gets_its_reason(prefect_api, photo_folder, tmp_path, params_file):
+    folder, expect = photo_folder
+    result = _run(folder, tmp_path, params_file())
+    records = {r.source_name: r for r in read_manifest(tmp_path / "out")}
+    assert set(records) == set(expect)  # every input accounted for, nothing extra
+    assert {n: r.reason for n, r in records.items()} == expect
+    assert all((r.status == "accepted") == (r.reason is None) for r in records.values())
+    assert result["count"] == sum(1 for v in expect.values() if v is None)
+    assert result["inputs"] == len(expect)
+    dup = records["sub/retina_small.jpg"].scores
+    assert dup["duplicate_of"] == records["retina.jpg"].id  # the larger one is kept
+
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    names = []
+    for shard in dataset["shards"]:
+        with tarfile.open(tmp_path / "out" / shard["file"]) as tf:
+            for m in tf.getmembers():
+                names.append(m.name)
+                img = Image.open(io.BytesIO(tf.extractfile(m).read()))
+                assert img.format == "PNG" and img.mode == "RGB" and img.size == (512, 512)
+    accepted_ids = sorted(r.id for r in records.values() if r.status == "accepted")
+    assert names == [f"{i}.png" for i in accepted_ids]
+    assert dataset["count"] == len(accepted_ids)
+
+    # Raw data is stored read-only and untouched; the source folder is not modified either.
+    raw_files = list((tmp_path / "raw").rglob("files/*"))
+    assert raw_files and all(not (p.stat().st_mode & 0o222) for p in raw_files)
+
+
+def test_rerun_does_no_work_and_is_byte_identical(prefect_api, photo_folder, tmp_path, params_file,
+                                                  monkeypatch):
+    folder, _ = photo_folder
+    params = params_file(workers=1, batch_size=4)  # inline workers: the patch below reaches them
+    _run(folder, tmp_path, params)
+    files = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a rerun decoded an image again")
+
+    import tasks.render
+    import tasks.screen
+
+    monkeypatch.setattr(tasks.screen, "decode", no_work)
+    monkeypatch.setattr(tasks.render, "decode", no_work)
+    _run(folder, tmp_path, params)
+    after = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert after == files
+    for p in files:
+        assert p.read_bytes() == before[p][0]
+        assert p.stat().st_mtime_ns == before[p][1], f"{p.name} was rewritten"
+
+
+def test_threshold_change_recomputes_only_what_depends_on_it(prefect_api, photo_folder, tmp_path,
+                                                             params_file):
+    folder, _ = photo_folder
+    _run(folder, tmp_path, params_file())
+    strict = params_file(blur_min_var=1e9)  # everything is blurry now
+    result = _run(folder, tmp_path, strict, out="strict")
+    assert result["count"] == 0
+    reasons = {r.reason for r in read_manifest(tmp_path / "strict")}
+    assert "blurry" in reasons and None not in reasons
+
+
+def test_flow_records_artifacts(prefect_api, photo_folder, tmp_path, params_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    folder, expect = photo_folder
+    _run(folder, tmp_path, params_file())
+    with get_client(sync_client=True) as client:
+        table = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-reasons"])))
+        sheet = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-contact-sheet"])))
+    rows = table[0].data if isinstance(table[0].data, list) else json.loads(table[0].data)
+    counts = {row["reason"]: row["count"] for row in rows}
+    assert counts["accepted"] == sum(1 for v in expect.values() if v is None)
+    assert sum(counts.values()) == len(expect)
+    assert "## face" in sheet[0].data and "data:image/jpeg;base64," in sheet[0].data

@@ -16,6 +16,7 @@ from tasks.params import CurateParams
 from tasks.pool import imap
 
 RENDER_VERSION = "1"  # bump when rendering changes its output
+FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
 
 
 def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[bytes, dict]:
@@ -27,7 +28,8 @@ def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[byte
 
 def render_cache(params: CurateParams, cache_dir: str, matte_name: str) -> StageCache:
     # The resolved matte (auto → rembg or grabcut) is part of the key: adding a model file re-renders.
-    digest = params.digest("resolution", "face_mode", "rembg_model") + "-" + matte_name
+    # Face settings decide the crop box in face_mode=crop.
+    digest = params.digest("resolution", "rembg_model", *FACE_KEYS) + "-" + matte_name
     return StageCache(cache_dir, "render", f"{RENDER_VERSION}-{digest}", suffix=".png")
 
 

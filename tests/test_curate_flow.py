@@ -135,3 +135,15 @@ def test_flow_records_artifacts(prefect_api, photo_folder, tmp_path, params_file
     assert counts["accepted"] == sum(1 for v in expect.values() if v is None)
     assert sum(counts.values()) == len(expect)
     assert "## face" in sheet[0].data and "data:image/jpeg;base64," in sheet[0].data
+
+
+def test_face_crop_mode_keeps_faces_and_drops_the_rest(prefect_api, tmp_path, params_file):
+    src = tmp_path / "faces"
+    src.mkdir()
+    _jpeg(skimage.data.astronaut(), src / "astronaut.jpg")
+    _jpeg(skimage.data.rocket(), src / "rocket.jpg")
+    result = _run(src, tmp_path, params_file(face_mode="crop", matte="none"))
+    records = {r.source_name: r for r in read_manifest(tmp_path / "out")}
+    assert records["astronaut.jpg"].status == "accepted" and records["astronaut.jpg"].scores["faces"] == 1
+    assert records["rocket.jpg"].reason == "no_face"
+    assert result["count"] == 1

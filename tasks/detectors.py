@@ -75,9 +75,11 @@ def text_scores(rgb: np.ndarray, params: CurateParams) -> dict:
     result, _ = text_reader()(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     mask = np.zeros(small.shape[:2], np.uint8)
     boxes = 0
-    for quad, _text, conf in result or []:
+    for quad, text, conf in result or []:
         if float(conf) < params.text_min_confidence:
             continue  # recognition confidence drops the detector's false boxes
+        if sum(ch.isalnum() for ch in str(text)) < params.text_min_chars:
+            continue  # a lone ring or cross read as "O" or "X" is a shape, not a caption
         boxes += 1
         cv2.fillPoly(mask, [np.asarray(quad, np.int32)], 1)
     return {"text_boxes": boxes, "text_area": round(float(mask.mean()), 5)}

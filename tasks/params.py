@@ -30,6 +30,7 @@ class CurateParams:
     face_min_fraction: float
     face_min_neighbors: int
     text_min_confidence: float
+    text_min_chars: int
     text_max_area: float
     text_max_boxes: int
     dup_max_distance: int

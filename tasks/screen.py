@@ -23,7 +23,7 @@ from tasks.pool import imap
 # The settings each stage's results depend on: the cache key changes exactly when they do.
 CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma")
 CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
-                "text_max_area", "text_max_boxes")
+                "text_min_chars", "text_max_area", "text_max_boxes")
 SCREEN_VERSION = "1"  # bump when the scoring code changes meaning
 
 

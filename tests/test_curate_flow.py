@@ -14,6 +14,7 @@ from PIL import Image
 
 from flows.curate import curate
 from tasks.publish import read_manifest
+from tests.conftest import ROOT
 
 
 def _jpeg(arr: np.ndarray, path: Path, quality: int = 92) -> None:
@@ -147,3 +148,18 @@ def test_face_crop_mode_keeps_faces_and_drops_the_rest(prefect_api, tmp_path, pa
     assert records["astronaut.jpg"].status == "accepted" and records["astronaut.jpg"].scores["faces"] == 1
     assert records["rocket.jpg"].reason == "no_face"
     assert result["count"] == 1
+
+
+def test_demo_end_to_end_shows_every_reason(prefect_api, tmp_path):
+    """`make demo`'s job: the flow on the embedded demo data gives each planted file its outcome."""
+    from tasks.sources.demo import DEMO_REASONS, write_demo
+
+    expect = write_demo(tmp_path / "expected")
+    result = curate(source="demo", out=str(tmp_path / "out"), raw_root=str(tmp_path / "raw"),
+                    cache_dir=str(tmp_path / "cache"), params_path=str(ROOT / "params.yaml"))
+    records = read_manifest(tmp_path / "out")
+    got = {r.source_name: r.reason or "accepted" for r in records}
+    assert got == expect
+    assert DEMO_REASONS <= set(got.values())
+    assert all(r.source == "demo" for r in records)
+    assert result["count"] == sum(v == "accepted" for v in expect.values())

@@ -212,6 +212,16 @@ def test_big_caption_rejected_as_text(captioned, params):
     assert scores["text_area"] > params.text_max_area
 
 
+def test_single_glyph_shape_is_not_text(photos, params):
+    """A big cross reads as "X" with high confidence; one character is a shape, not a caption."""
+    img = photos["rocket"].copy()
+    cv2.putText(img, "X", (200, 330), cv2.FONT_HERSHEY_SIMPLEX, 8, (255, 255, 255), 16, cv2.LINE_AA)
+    loose = dataclasses.replace(params, text_min_chars=1)
+    assert content_verdict(img, loose)[0] == "text"  # the rule is what keeps it
+    reason, scores, _ = content_verdict(img, params)
+    assert reason is None, scores
+
+
 def test_page_is_text(photos, params):
     reason, s, _ = content_verdict(photos["page"], params)
     assert reason == "text", s

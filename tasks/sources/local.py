@@ -1,10 +1,11 @@
 """Local sources: a folder (recursive), a .zip or a .tar of images, copied into the raw store."""
 from __future__ import annotations
 
+import functools
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from tasks.sources.raw import RawItem, store_stream, write_provenance
 
@@ -27,52 +28,42 @@ def ingest_path(src: Path, raw_dir: Path, progress: Callable[[int], None] | None
     if not src.exists():
         raise SourceError(f"input not found: {src}")
     if src.is_dir():
-        items = _ingest_folder(src, raw_dir, progress, source or "folder")
+        entries, kind = _folder_entries(src), "folder"
     elif zipfile.is_zipfile(src):
-        items = _ingest_zip(src, raw_dir, progress, source or "zip")
+        entries, kind = _zip_entries(src), "zip"
     elif _is_tar(src):
-        items = _ingest_tar(src, raw_dir, progress, source or "tar")
+        entries, kind = _tar_entries(src), "tar"
     else:
         raise SourceError(f"input must be a folder, a .zip or a .tar: {src}")
+    items = []
+    for name, opener in entries:
+        with opener() as f:
+            items.append(store_stream(raw_dir, f, source or kind, name))
+        if progress:
+            progress(1)
     write_provenance(raw_dir, items)
     return items
 
 
-def _ingest_folder(src: Path, raw_dir: Path, progress, kind: str) -> list[RawItem]:
-    items = []
+# Each source yields (name, open) pairs in a stable order; the store reads each one as a stream.
+Entries = Iterator[tuple[str, Callable[[], BinaryIO]]]
+
+
+def _folder_entries(src: Path) -> Entries:
     # Symlinks are skipped on purpose: they can point outside the folder the user named.
     for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
-        with path.open("rb") as f:
-            items.append(store_stream(raw_dir, f, kind, path.relative_to(src).as_posix()))
-        if progress:
-            progress(1)
-    return items
+        yield path.relative_to(src).as_posix(), functools.partial(path.open, "rb")
 
 
-def _ingest_zip(src: Path, raw_dir: Path, progress, kind: str) -> list[RawItem]:
-    items = []
+def _zip_entries(src: Path) -> Entries:
     with zipfile.ZipFile(src) as zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
-            if info.is_dir():
-                continue
-            with zf.open(info) as f:
-                items.append(store_stream(raw_dir, f, kind, info.filename))
-            if progress:
-                progress(1)
-    return items
+            if not info.is_dir():
+                yield info.filename, functools.partial(zf.open, info)
 
 
-def _ingest_tar(src: Path, raw_dir: Path, progress, kind: str) -> list[RawItem]:
-    items = []
+def _tar_entries(src: Path) -> Entries:
     with tarfile.open(src) as tf:
         for member in sorted(tf.getmembers(), key=lambda m: m.name):
-            if not member.isfile():  # links and devices are never followed
-                continue
-            f = tf.extractfile(member)
-            if f is None:
-                continue
-            with f:
-                items.append(store_stream(raw_dir, f, kind, member.name))
-            if progress:
-                progress(1)
-    return items
+            if member.isfile():  # links and devices are never followed
+                yield member.name, functools.partial(tf.extractfile, member)

@@ -70,7 +70,6 @@ def test_hashtag_without_session_fails_once_with_instructions(ganflow, tmp_path,
                   "--params", str(params_file()), "--raw-root", str(tmp_path / "raw"))
     assert out.returncode == 2
     assert "instaloader --login" in out.stderr and "GANFLOW_IG_SESSIONFILE" in out.stderr
-    assert "Retry" not in out.stderr  # a setup error is not retried
 
 
 def test_bad_params_value_is_a_clear_error(ganflow, tmp_path, params_file):

@@ -163,3 +163,23 @@ def test_demo_end_to_end_shows_every_reason(prefect_api, tmp_path):
     assert DEMO_REASONS <= set(got.values())
     assert all(r.source == "demo" for r in records)
     assert result["count"] == sum(v == "accepted" for v in expect.values())
+
+
+def test_scrape_setup_error_is_not_retried(prefect_api, tmp_path, params_file, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tasks.sources.instagram import InstagramSetupError
+
+    monkeypatch.delenv("GANFLOW_IG_SESSIONFILE", raising=False)
+    monkeypatch.delenv("GANFLOW_IG_USER", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    state = curate(source="hashtag", hashtag="sneakers", out=str(tmp_path / "out"),
+                   raw_root=str(tmp_path / "raw"), params_path=str(params_file()), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InstagramSetupError):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    scrape = [r for r in runs if r.task_key.startswith("scrape") or r.name.startswith("scrape-hashtag")]
+    assert len(scrape) == 1 and scrape[0].run_count == 1  # retries would have run it 4 times

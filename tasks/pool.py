@@ -24,12 +24,23 @@ def resolve_workers(workers: int) -> int:
     return workers if workers > 0 else (os.cpu_count() or 1)
 
 
+def _preload() -> None:
+    import tasks.per_image  # noqa: F401  (workers pay their imports once, at start)
+
+
 def _pool(workers: int) -> Executor:
     with _lock:
         if workers not in _pools:
             ctx = multiprocessing.get_context("spawn")
-            _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_preload)
         return _pools[workers]
+
+
+def warm(workers: int) -> None:
+    """Start the worker processes now (they spawn all at once), so their start-up overlaps other work."""
+    workers = resolve_workers(workers)
+    if workers > 1:
+        _pool(workers).submit(int)
 
 
 def shutdown() -> None:

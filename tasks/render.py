@@ -2,28 +2,18 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
 from tasks.cache import StageCache
-from tasks.decode import decode
-from tasks.detectors import Box
-from tasks.matte import crop_and_matte, make_matter
 from tasks.params import CurateParams
+from tasks.per_image import render_one
 from tasks.pool import imap
 
 RENDER_VERSION = "1"  # bump when rendering changes its output
 FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
-
-
-def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[bytes, dict]:
-    path, face_box = job
-    matter = make_matter(params.matte, params.rembg_model)  # cached per process: one rembg session
-    face = Box(**face_box) if face_box else None
-    return crop_and_matte(decode(path).rgb, params.resolution, matter, face_box=face)
 
 
 def render_cache(params: CurateParams, cache_dir: str, matte_name: str) -> StageCache:

@@ -5,19 +5,15 @@ Prefect tasks that the curate flow maps over batches.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
 from tasks.cache import StageCache
-from tasks.decode import DecodeError, decode
-from tasks.detectors import DETECT_SIDE, content_verdict
-from tasks.filters import cheap_scores, cheap_verdict
 from tasks.params import CurateParams
+from tasks.per_image import screen_cheap_one, screen_content_one
 from tasks.pool import imap
 
 # The settings each stage's results depend on: the cache key changes exactly when they do.
@@ -25,28 +21,6 @@ CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "g
 CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
                 "text_min_chars", "text_max_area", "text_max_boxes")
 SCREEN_VERSION = "1"  # bump when the scoring code changes meaning
-
-
-def screen_cheap_one(path: str, params: CurateParams) -> dict:
-    """{"reason": word|None, "scores": {...}} from a draft-mode thumbnail."""
-    try:
-        d = decode(path, min_side=params.blur_size)
-    except DecodeError as e:
-        return {"reason": e.reason, "scores": {"error": e.detail[:200]}}
-    scores = cheap_scores(d.rgb, d.width, d.height, params)
-    scores.update(format=d.format, mode=d.mode, frames=d.frames)
-    return {"reason": cheap_verdict(scores, params), "scores": scores}
-
-
-def screen_content_one(path: str, params: CurateParams) -> dict:
-    """Faces and text on a bounded thumbnail; the face box comes back in full-size pixels."""
-    d = decode(path, min_side=DETECT_SIDE // 2)
-    reason, scores, face = content_verdict(d.rgb, params)
-    box = None
-    if face is not None:
-        k = d.width / d.rgb.shape[1]
-        box = {name: int(round(v * k)) for name, v in asdict(face).items()}
-    return {"reason": reason, "scores": scores, "face_box": box}
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,

@@ -96,11 +96,9 @@ def test_rerun_does_no_work_and_is_byte_identical(prefect_api, photo_folder, tmp
     def no_work(*args, **kwargs):
         raise AssertionError("a rerun decoded an image again")
 
-    import tasks.render
-    import tasks.screen
+    import tasks.per_image
 
-    monkeypatch.setattr(tasks.screen, "decode", no_work)
-    monkeypatch.setattr(tasks.render, "decode", no_work)
+    monkeypatch.setattr(tasks.per_image, "decode", no_work)
     _run(folder, tmp_path, params)
     after = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert after == files

@@ -10,11 +10,11 @@ from typing import Literal
 from prefect import flow, get_run_logger, unmapped
 
 from tasks import pool, progress
-from tasks.dedup import near_duplicates
+from tasks.dedup import dedup_task
 from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.matte import make_matter
 from tasks.params import curate_params
-from tasks.publish import write_dataset
+from tasks.publish import publish_task
 from tasks.render import render_task
 from tasks.report import report_task, summary_text
 from tasks.screen import screen_cheap_task, screen_content_task
@@ -71,7 +71,7 @@ def curate(
     items = [(i.id, str(Path(raw_dir) / i.file)) for i in unique]
     cheap = _mapped(screen_cheap_task, items, params.batch_size, "cheap", params=params, cache_dir=cache_dir)
 
-    near = near_duplicates(dedup_candidates(cheap), params.dup_max_distance)
+    near = dedup_task(dedup_candidates(cheap), params.dup_max_distance)
     paths = dict(items)
     survivors = [(i, p) for i, p in items if cheap[i]["reason"] is None and i not in near]
     content = _mapped(screen_content_task, survivors, params.batch_size, "content",
@@ -85,8 +85,8 @@ def curate(
                    params=params, cache_dir=cache_dir, matte_name=matter.name)
 
     records = assemble(inputs, cheap, near, content)
-    dataset = write_dataset(out, records, {i: Path(p) for i, p in pngs.items()}, params.resolution,
-                            params.shard_size, extra={"matte": matter.name, "source": source})
+    dataset = publish_task(out, records, pngs, params.resolution, params.shard_size,
+                           extra={"matte": matter.name, "source": source})
     report_task(records, {**paths, **pngs}, dataset)
     logger.info("%s accepted of %s inputs\n%s", dataset["count"], dataset["inputs"], summary_text(records))
     return {"out": str(Path(out).resolve()), "raw_dir": raw_dir, "matte_note": matter.note, **dataset}

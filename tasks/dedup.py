@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,8 @@ def near_duplicates(cands: list[Candidate], max_distance: int) -> dict[str, tupl
         kept_hashes[n] = h
         kept_ids.append(c.id)
     return dropped
+
+
+@task(name="dedup", cache_policy=NO_CACHE)
+def dedup_task(cands: list[Candidate], max_distance: int) -> dict[str, tuple[str, int]]:
+    return near_duplicates(cands, max_distance)

@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 MANIFEST = "manifest.jsonl"
 DATASET = "dataset.json"
 SHARDS = "shards"
@@ -123,3 +126,9 @@ def write_dataset(out_dir: str | Path, records: list[Record], pngs: dict[str, Pa
     }
     _atomic_write(out / DATASET, (json.dumps(dataset, indent=2, sort_keys=True) + "\n").encode())
     return dataset
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(out_dir: str, records: list[Record], pngs: dict[str, str], resolution: int,
+                 shard_size: int, extra: dict | None = None) -> dict:
+    return write_dataset(out_dir, records, {i: Path(p) for i, p in pngs.items()}, resolution, shard_size, extra)

@@ -78,23 +78,77 @@ def _run_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GAN (PGGAN or StyleGAN2-ADA) on a curated dataset",
+                       description="Train on DIR's shards until --kimg thousand images, writing "
+                                   "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
+                                   "command again continues from the newest checkpoint that loads.")
+    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
+    p.add_argument("--arch", required=True, choices=["pggan", "stylegan2"], help="network family")
+    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
+    p.add_argument("--kimg", type=float, required=True, metavar="K", help="train until this many thousand images")
+    p.add_argument("--snapshot-kimg", type=float, required=True, metavar="S", help="checkpoint every S kimg")
+    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--resume-from", metavar="CKPT", help="start a new run from this snapshot's networks "
+                                                          "(transfer learning); ignored when R has checkpoints")
+    p.add_argument("--preset", default="auto", help="network/training preset (default auto, as the reference)")
+    p.add_argument("--batch", type=int, default=0, help="images per step (default: the preset's)")
+    p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
+    p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
+    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="default: logistic (StyleGAN2), wgan (PGGAN)")
+    p.add_argument("--ada-target", type=float, default=0.6, help="ADA target; 0 turns augmentation off")
+    p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from models.trainer import TrainConfig
+    from tasks.training import run_training
+
+    net = {k: v for k, v in (("channel_base", args.channel_base), ("channel_max", args.channel_max)) if v}
+    cfg = TrainConfig(arch=args.arch, resolution=args.resolution, preset=args.preset, batch=args.batch,
+                      loss=args.loss or "", ada_target=args.ada_target, xflip=args.xflip,
+                      snapshot_kimg=args.snapshot_kimg, seed=args.seed, net=net)
+    bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(stats: dict) -> None:
+        bar.n = round(stats["kimg"] * 1000)
+        bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
+                        refresh=False)
+        bar.refresh()
+
+    result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
+                          device=args.device, progress_fn=progress)
+    bar.close()
+    if result.resumed_from:
+        print(f"resumed from {result.resumed_from}")
+    if result.transferred_from:
+        print(f"started from the networks of {result.transferred_from}")
+    print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {Path(args.run_dir) / 'checkpoints'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_curate(sub)
+    _add_train(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from models.data import DatasetError
     from tasks.params import ParamsError
     from tasks.sources.local import SourceError
 
     try:
         return args.func(args)
-    except (ParamsError, SourceError, ValueError, FileNotFoundError) as e:
+    except (ParamsError, SourceError, DatasetError, ValueError, FileNotFoundError) as e:
         print(f"ganflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

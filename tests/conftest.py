@@ -35,3 +35,36 @@ def params_file(tmp_path):
         return path
 
     return make
+
+
+def write_curated(folder: Path, n: int = 12, side: int = 32, seed: int = 0) -> Path:
+    """A small curated dataset as `ganflow curate` writes it: dataset.json + a tar shard of PNGs."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (folder / "shards").mkdir(parents=True)
+    with tarfile.open(folder / "shards" / "shard-000000.tar", "w") as tf:
+        for i in range(n):
+            # Smooth colour blobs: structure a GAN can learn, unlike white noise.
+            yy, xx = np.mgrid[0:side, 0:side] / side
+            cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.3)
+            blob = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)[..., None]
+            img = np.where(blob, rng.integers(0, 256, 3), 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "PNG")
+            info = tarfile.TarInfo(f"{i:04d}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    (folder / "dataset.json").write_text(json.dumps(
+        {"count": n, "resolution": side, "shards": [{"file": "shards/shard-000000.tar", "count": n}]}))
+    return folder
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return write_curated(tmp_path / "data")

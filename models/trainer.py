@@ -1,0 +1,211 @@
+"""The training loop: from the current kimg to a target kimg, snapshotting every N kimg, exactly resumable.
+
+The loop knows nothing of its caller: it reports through `progress_fn(stats)` and stops when
+`abort_fn()` returns True (after writing a checkpoint), as NVlabs' training_loop does. That is how a
+Prefect task watches it and how SIGTERM turns into "checkpoint, then exit".
+
+Exact resume: everything the next step depends on is in the checkpoint (weights, optimizer moments,
+ADA state, RNG states, sampler position, counters), so training to 2k, or to k then kill and resume
+to 2k, gives bit-identical weights on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models import checkpoint as ck
+from models import losses
+from models.arch import Arch, build_arch
+from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
+
+CODE_VERSION = "ganflow-train-1"
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "stylegan2"          # stylegan2 | pggan
+    resolution: int = 64             # training resolution (final PGGAN stage)
+    preset: str = "auto"             # network/training preset (see models.arch)
+    batch: int = 0                   # images per step; 0 = the preset's
+    lr: float = 0.0                  # Adam learning rate; 0 = the preset's
+    betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
+    loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default
+    r1_gamma: float = -1.0           # R1 weight; -1 = the preset's (0.0002 * res^2 / batch)
+    r1_interval: int = 16            # lazy R1: every this many steps, scaled up to match
+    gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
+    ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
+    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
+    ada_target: float = 0.6          # ADA: target E[sign(D(real))]; 0 = no augmentation
+    ada_interval: int = 4            # ADA: adjust p every this many steps
+    ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
+    xflip: bool = False              # dataset x-flips
+    snapshot_kimg: float = 4.0       # checkpoint every this many kimg
+    seed: int = 0                    # one seed for weights, sampler, noise
+    pggan_stage_kimg: float = 600.0  # PGGAN: kimg per stage (half fade-in, half stabilize)
+    net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, images_u8: torch.Tensor, run_dir: str | Path,
+                 device: str | torch.device = "cpu"):
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.arch: Arch = build_arch(cfg)
+        self.G, self.D = self.arch.G.to(self.device), self.arch.D.to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.images = images_u8
+        self.sampler = ShuffledSampler(len(images_u8), cfg.seed)
+        self.augment = self.ada = None
+        if cfg.ada_target > 0:
+            from models.augment import AdaController, AugmentPipe
+
+            self.augment = AugmentPipe().to(self.device)
+            self.ada = AdaController(target=cfg.ada_target, interval=cfg.ada_interval, ada_kimg=cfg.ada_kimg,
+                                     batch=self.arch.batch)
+        c = cfg.r1_interval / (cfg.r1_interval + 1) if self.arch.lazy_r1 else 1.0
+        # Lazy regularization: the reference scales lr and betas so the regularized D takes the same steps.
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.arch.lr, betas=cfg.betas, eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.arch.lr * c,
+                                      betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
+        self.d_loss_fn, self.g_loss_fn = losses.LOSSES[self.arch.loss]
+        self.nimg = 0
+        self.step = 0
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "ada": self.ada.state_dict() if self.ada else None,
+            "augment_p": float(self.augment.p) if self.augment is not None else 0.0,
+            "nimg": self.nimg, "step": self.step, "kimg": self.nimg / 1000,
+            "sampler": {"epoch": self.sampler.state.epoch, "index": self.sampler.state.index},
+            "rng": ck.rng_state(),
+            "config": _plain(asdict(self.cfg)), "arch": self.arch.describe(), "code_version": CODE_VERSION,
+        }
+
+    def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
+        """Restore a checkpoint; with weights_only, take G/D/G_ema alone (transfer learning)."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        if weights_only:
+            return
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        if self.ada and state["ada"] is not None:
+            self.ada.load_state_dict(state["ada"])
+            self.augment.p.fill_(state["augment_p"])
+        self.nimg, self.step = state["nimg"], state["step"]
+        self.sampler.state = SamplerState(**state["sampler"])
+        ck.set_rng_state(state["rng"])
+
+    def resume(self) -> bool:
+        found = ck.latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        self.load_state_dict(found[1])
+        return True
+
+    def snapshot(self) -> Path:
+        return ck.save_checkpoint(self.run_dir, self.nimg / 1000, self.state_dict())
+
+    # ------------------------------------------------------------------ steps
+    def _reals(self) -> torch.Tensor:
+        idx = self.sampler.take(self.arch.batch)
+        reals = to_float(self.images[idx]).to(self.device)
+        if self.cfg.xflip:
+            reals = random_xflip(reals)
+        return self.arch.prepare_reals(reals, self.nimg)
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x) if self.augment is not None else x
+
+    def _d_step(self, reals: torch.Tensor) -> dict:
+        z = torch.randn(self.arch.batch, self.arch.z_dim, device=self.device)
+        with torch.no_grad():
+            fakes = self.arch.generate(self.G, z, self.nimg)
+        do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
+        real_in = self._aug(reals).detach().requires_grad_(do_r1)
+        real_logits = self.arch.discriminate(self.D, real_in, self.nimg)
+        fake_logits = self.arch.discriminate(self.D, self._aug(fakes), self.nimg)
+        loss = self.d_loss_fn(real_logits, fake_logits)
+        stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
+        if do_r1:
+            r1 = losses.d_r1_penalty(real_logits, real_in)
+            loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
+            stats["r1"] = r1.item()
+        if self.arch.loss == "wgan":
+            loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(
+                lambda x: self.arch.discriminate(self.D, x, self.nimg), reals, fakes)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_D.step()
+        if self.ada:
+            self.ada.accumulate(real_logits.detach())
+        return stats
+
+    def _g_step(self) -> dict:
+        z = torch.randn(self.arch.batch, self.arch.z_dim, device=self.device)
+        fakes = self.arch.generate(self.G, z, self.nimg)
+        loss = self.g_loss_fn(self.arch.discriminate(self.D, self._aug(fakes), self.nimg))
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_G.step()
+        return {"loss_G": loss.item()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        ema_nimg = self.arch.ema_kimg * 1000
+        if self.cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        beta = 0.5 ** (self.arch.batch / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    def train(self, target_kimg: float, progress_fn: Callable[[dict], None] | None = None,
+              abort_fn: Callable[[], bool] | None = None) -> dict:
+        """Train until target_kimg, checkpointing every snapshot_kimg and at the end. Returns last stats."""
+        target = round(target_kimg * 1000)
+        every = round(self.cfg.snapshot_kimg * 1000)
+        stats: dict = {}
+        t0, n0 = time.perf_counter(), self.nimg
+        self.G.train(), self.D.train()
+        while self.nimg < target:
+            stats = self._d_step(self._reals())
+            stats.update(self._g_step())
+            self.nimg += self.arch.batch
+            self.step += 1
+            self._update_ema()
+            if self.ada and self.step % self.cfg.ada_interval == 0:
+                self.augment.p.fill_(self.ada.update(float(self.augment.p)))
+            elapsed = time.perf_counter() - t0
+            stats.update(kimg=self.nimg / 1000, target_kimg=target / 1000,
+                         augment_p=float(self.augment.p) if self.augment is not None else 0.0,
+                         kimg_per_s=(self.nimg - n0) / 1000 / max(elapsed, 1e-9), **self.arch.progress(self.nimg))
+            crossed = self.nimg // every > (self.nimg - self.arch.batch) // every
+            aborting = abort_fn is not None and abort_fn()
+            if crossed or self.nimg >= target or aborting:
+                stats["checkpoint"] = str(self.snapshot())
+            if progress_fn:
+                progress_fn(dict(stats))
+            if aborting:
+                stats["aborted"] = True
+                break
+        return stats
+
+
+def _plain(value):
+    """Config values as weights_only-safe plain types (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -24,7 +24,7 @@ class Arch(Protocol):
     ema_kimg: float
     z_dim: int
 
-    def generate(self, G: nn.Module, z: torch.Tensor, nimg: int) -> torch.Tensor: ...
+    def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True) -> torch.Tensor: ...
     def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def prepare_reals(self, reals: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def progress(self, nimg: int) -> dict: ...
@@ -55,8 +55,9 @@ class StyleGAN2Arch:
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
         self.z_dim = net.z_dim
 
-    def generate(self, G, z, nimg):
-        return G(z)
+    def generate(self, G, z, nimg, update_stats=True):
+        # w_avg (the truncation centre) follows G's own training step only, as in the reference.
+        return G(z, update_w_avg=update_stats)
 
     def discriminate(self, D, images, nimg):
         return D(images)

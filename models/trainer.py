@@ -113,7 +113,22 @@ class Trainer:
         return True
 
     def snapshot(self) -> Path:
-        return ck.save_checkpoint(self.run_dir, self.nimg / 1000, self.state_dict())
+        path = ck.save_checkpoint(self.run_dir, self.nimg / 1000, self.state_dict())
+        self.save_samples()
+        return path
+
+    def save_samples(self, seeds: range = range(16)) -> Path:
+        """RUN/samples/fakes-<kimg>.png: G_ema on fixed seeds, to watch training by eye."""
+        from models.generate import grid, images_from_seeds
+
+        rng = torch.get_rng_state()  # sampling must not move the training RNG (exact resume)
+        arch = self.arch.describe()
+        images = images_from_seeds(self.G_ema, arch, list(seeds))
+        torch.set_rng_state(rng)
+        path = self.run_dir / "samples" / f"fakes-{self.nimg / 1000:010.3f}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid(images).save(path)
+        return path
 
     # ------------------------------------------------------------------ steps
     def _reals(self) -> torch.Tensor:
@@ -129,7 +144,7 @@ class Trainer:
     def _d_step(self, reals: torch.Tensor) -> dict:
         z = torch.randn(self.arch.batch, self.arch.z_dim, device=self.device)
         with torch.no_grad():
-            fakes = self.arch.generate(self.G, z, self.nimg)
+            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False)
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
         real_in = self._aug(reals).detach().requires_grad_(do_r1)
         real_logits = self.arch.discriminate(self.D, real_in, self.nimg)

@@ -12,6 +12,7 @@ autograd node that keeps only its output for the backward pass.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -263,14 +264,15 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, noise: Tensor | 
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
 
-    if x.dtype == torch.float16 and demodulate:  # pre-normalize to avoid fp16 overflow (as the reference)
+    if demodulate and _runs_in_fp16(x):  # pre-normalize against fp16 overflow (as the reference)
         weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = None
     if demodulate:
         # sum_{i,k} (w_oik * s_ni)^2 = sum_i s_ni^2 * (sum_k w_oik^2): no [N, O, I, k, k] tensor needed.
-        dcoefs = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        with _no_autocast(x):
+            dcoefs = (styles.float().square() @ weight.float().square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
 
     if not fused:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
@@ -289,6 +291,19 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, noise: Tensor | 
     x = conv2d_resample(x, w, f=resample_filter, up=up, padding=padding, groups=n)
     x = x.reshape(n, -1, *x.shape[2:])
     return x + noise.to(x.dtype) if noise is not None else x
+
+
+def _runs_in_fp16(x: Tensor) -> bool:
+    """Whether convolutions on x run in float16 (x is, or autocast to float16 is on)."""
+    dev = x.device.type
+    if x.dtype == torch.float16:
+        return True
+    return dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16
+
+
+def _no_autocast(x: Tensor):
+    dev = x.device.type
+    return torch.autocast(device_type=dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
 
 
 def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:

@@ -12,6 +12,7 @@ parameter counts the reference prints for its `auto` config at 512x512.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -40,13 +41,15 @@ class StyleGAN2Config:
     w_avg_beta: float = 0.995               # decay of the tracked average w (truncation centre)
     channel_base: int = 32768               # feature maps at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
-    mbstd_group: int = 4                    # minibatch-std group size (None-like 0 = whole batch)
+    mbstd_group: int = 4                    # minibatch-std group size, 0 = the whole batch
     mbstd_channels: int = 1                 # minibatch-std features, 0 = no minibatch-std layer
     conv_clamp: float | None = 256.0        # clamp conv outputs to +-X (train.py always sets 256), None = off
     d_architecture: str = "resnet"          # discriminator blocks: 'resnet' or 'orig'
     resample_filter: tuple[int, ...] = (1, 3, 3, 1)  # low-pass FIR taps for up/downsampling
     fused_modconv: bool | None = None       # grouped-conv modulation; None = at inference only (see SynthesisBlock)
     channels_last: bool = False             # run convolutions on channels_last activations
+    num_fp16_res: int = 4                   # under autocast, only the N highest resolutions run in half
+                                            # precision; the rest, mapping and D's head stay fp32 (train.py: 4)
 
     def __post_init__(self):
         r = self.resolution
@@ -62,6 +65,11 @@ class StyleGAN2Config:
     @property
     def block_resolutions(self) -> list[int]:
         return [2 ** i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def fp16_resolution(self) -> int:
+        """Lowest resolution whose blocks may run in half precision under autocast."""
+        return max(2 ** (int(math.log2(self.resolution)) + 1 - self.num_fp16_res), 8)
 
     def to_dict(self) -> dict:
         """Plain python values (checkpoint-friendly: loads with torch.load(weights_only=True))."""
@@ -115,13 +123,15 @@ _SPECS: dict[str, dict] = {
 PRESETS = tuple(_SPECS)
 
 
-def preset(resolution: int, gpus: int = 1, kind: str = "auto", channels: int = 3) -> tuple[StyleGAN2Config, TrainDefaults]:
+def preset(resolution: int, gpus: int = 1, kind: str = "auto",
+           channels: int = 3) -> tuple[StyleGAN2Config, TrainDefaults]:
     """Architecture and training defaults as the reference's train.py --cfg computes them.
 
     'auto' scales with resolution and GPU count: minibatch max(min(gpus * min(4096 // res, 32), 64), gpus),
     mbstd group min(minibatch // gpus, 4), fmaps 1 from 512 up (else 0.5), lr 0.002 from 1024 up (else
     0.0025), R1 gamma 0.0002 * res^2 / minibatch, EMA minibatch * 10 / 32 kimg, ramp-up 0.05, 2 mapping layers.
-    The others are the reference's fixed configs ('stylegan2' = paper config F, 'paperNNN', 'cifar').
+    The others are the reference's fixed configs ('stylegan2' = paper config F, 'paperNNN', 'cifar'); as
+    there, they ignore `gpus` (batch_gpu = minibatch // ref_gpus; accumulate when running on fewer GPUs).
     """
     if kind not in _SPECS:
         raise ValueError(f"unknown preset {kind!r}; choose from {', '.join(PRESETS)}")
@@ -159,6 +169,17 @@ def count_parameters(module: nn.Module) -> int:
 
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _full_precision(x: Tensor):
+    """A context that turns autocast off for x's device (the reference's fp32 layers under AMP)."""
+    if x.device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _precision(use_fp16: bool, x: Tensor):
+    return contextlib.nullcontext() if use_fp16 else _full_precision(x)
 
 
 # --------------------------------------------------------------------------- layers
@@ -232,10 +253,12 @@ class MappingNetwork(nn.Module):
         """[N, z_dim] -> ws [N, num_ws, w_dim]. In training mode (or update_w_avg=True) moves w_avg
         towards this batch's mean w by 1 - w_avg_beta. truncation_psi < 1 pulls w towards w_avg
         (for the first truncation_cutoff ws only, if given)."""
-        x = ops.normalize_2nd_moment(z.to(torch.float32))
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
-        if self.training if update_w_avg is None else update_w_avg:
+        with _full_precision(z):
+            x = ops.normalize_2nd_moment(z.to(torch.float32))
+            for i in range(self.num_layers):
+                x = getattr(self, f"fc{i}")(x)
+        update = self.training if update_w_avg is None else update_w_avg  # False for style-mixing's 2nd z
+        if update:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
@@ -284,7 +307,8 @@ class SynthesisLayer(ModulatedConv2d):
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None):
         super().__init__(in_channels, out_channels, w_dim, kernel_size, demodulate=True, up=up,
                          resample_filter=resample_filter)
-        self.resolution, self.use_noise, self.activation, self.conv_clamp = resolution, use_noise, activation, conv_clamp
+        self.resolution, self.use_noise, self.conv_clamp = resolution, use_noise, conv_clamp
+        self.activation = activation
         self.act_gain = ops.activation_gain(activation)
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
@@ -328,10 +352,10 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, use_fp16: bool = False):
         super().__init__()
         self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
-        self.channels_last = channels_last
+        self.channels_last, self.use_fp16 = channels_last, use_fp16
         self.register_buffer("resample_filter", ops.setup_filter(resample_filter), persistent=False)
         self.num_conv = 0
         if in_channels == 0:
@@ -354,16 +378,21 @@ class SynthesisBlock(nn.Module):
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=fmt)
         else:
             x = x.contiguous(memory_format=fmt)
+        half = self.use_fp16 and torch.is_autocast_enabled(x.device.type)
         if fused_modconv is None:
             # The reference fuses at inference when in fp32 or for one sample. On CPU the grouped conv is
             # several times slower than the split form for batches > 1, so there only one sample is fused.
-            fp32_gpu = x.dtype == torch.float32 and x.device.type != "cpu"
-            fused_modconv = not self.training and (x.shape[0] == 1 or fp32_gpu)
-        if self.in_channels != 0:
-            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
-        x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
-        y = self.torgb(x, next(w_iter), fused=fused_modconv).to(torch.float32, memory_format=torch.contiguous_format)
-        img = y if img is None else ops.upsample2d(img, self.resample_filter).add_(y)
+            fused_modconv = not self.training and (x.shape[0] == 1 or (not half and x.device.type != "cpu"))
+        with _precision(self.use_fp16, x):
+            if not half:
+                x = x.to(torch.float32)
+            if self.in_channels != 0:
+                x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
+            y = self.torgb(x, next(w_iter), fused=fused_modconv)
+        with _full_precision(x):  # the image is accumulated in fp32
+            y = y.to(torch.float32, memory_format=torch.contiguous_format)
+            img = y if img is None else ops.upsample2d(img, self.resample_filter).add_(y)
         return x, img
 
 
@@ -379,7 +408,7 @@ class SynthesisNetwork(nn.Module):
             in_ch = cfg.channels_at(res // 2) if res > 4 else 0
             block = SynthesisBlock(in_ch, cfg.channels_at(res), cfg.w_dim, res, cfg.channels,
                                    resample_filter=cfg.resample_filter, conv_clamp=cfg.conv_clamp,
-                                   channels_last=cfg.channels_last)
+                                   channels_last=cfg.channels_last, use_fp16=res >= cfg.fp16_resolution)
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last block's ToRGB; earlier ToRGBs share the next block's first w
@@ -433,10 +462,10 @@ class DiscriminatorBlock(nn.Module):
 
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
                  img_channels: int, architecture: str = "resnet", resample_filter: tuple[int, ...] = (1, 3, 3, 1),
-                 conv_clamp: float | None = None, channels_last: bool = False):
+                 conv_clamp: float | None = None, channels_last: bool = False, use_fp16: bool = False):
         super().__init__()
         self.in_channels, self.resolution, self.architecture = in_channels, resolution, architecture
-        self.channels_last = channels_last
+        self.channels_last, self.use_fp16 = channels_last, use_fp16
         if in_channels == 0:
             self.fromrgb = EqualConv2d(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
         self.conv0 = EqualConv2d(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
@@ -449,13 +478,16 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: the image for the first block, else the previous block's features."""
         x = x.contiguous(memory_format=_memory_format(self.channels_last))
-        if self.in_channels == 0:
-            x = self.fromrgb(x)
-        if self.architecture == "resnet":
-            y = self.skip(x, gain=math.sqrt(0.5))
-            x = self.conv0(x)
-            return y.add_(self.conv1(x, gain=math.sqrt(0.5)))  # conv1 keeps its output for backward
-        return self.conv1(self.conv0(x))
+        with _precision(self.use_fp16, x):
+            if not self.use_fp16:
+                x = x.to(torch.float32)
+            if self.in_channels == 0:
+                x = self.fromrgb(x)
+            if self.architecture == "resnet":
+                y = self.skip(x, gain=math.sqrt(0.5))
+                x = self.conv0(x)
+                return y.add_(self.conv1(x, gain=math.sqrt(0.5)))  # conv1 keeps its output for backward
+            return self.conv1(self.conv0(x))
 
 
 class MinibatchStd(nn.Module):
@@ -492,11 +524,12 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = EqualLinear(in_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(torch.float32, memory_format=torch.contiguous_format)
-        if self.mbstd is not None:
-            x = self.mbstd(x)
-        x = self.conv(x)
-        return self.out(self.fc(x.flatten(1)))
+        with _full_precision(x):
+            x = x.to(torch.float32, memory_format=torch.contiguous_format)
+            if self.mbstd is not None:
+                x = self.mbstd(x)
+            x = self.conv(x)
+            return self.out(self.fc(x.flatten(1)))
 
 
 class Discriminator(nn.Module):
@@ -513,7 +546,8 @@ class Discriminator(nn.Module):
             in_ch = cfg.channels_at(res) if res < cfg.resolution else 0
             block = DiscriminatorBlock(in_ch, cfg.channels_at(res), cfg.channels_at(res // 2), res, cfg.channels,
                                        architecture=cfg.d_architecture, resample_filter=cfg.resample_filter,
-                                       conv_clamp=cfg.conv_clamp, channels_last=cfg.channels_last)
+                                       conv_clamp=cfg.conv_clamp, channels_last=cfg.channels_last,
+                                       use_fp16=res >= cfg.fp16_resolution)
             setattr(self, f"b{res}", block)
         self.b4 = DiscriminatorEpilogue(cfg.channels_at(4), 4, cfg.mbstd_group, cfg.mbstd_channels,
                                         conv_clamp=cfg.conv_clamp)

@@ -127,6 +127,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.transferred_from:
         print(f"started from the networks of {result.transferred_from}")
     print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {Path(args.run_dir) / 'checkpoints'}")
+    samples = sorted((Path(args.run_dir) / "samples").glob("fakes-*.png"))
+    if samples:
+        print(f"latest sample grid: {samples[-1]}")
     return 0
 
 

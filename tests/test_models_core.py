@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 import tarfile
 import warnings
@@ -15,6 +14,7 @@ from PIL import Image
 from models import checkpoint as ck
 from models import losses
 from models.data import DatasetError, SamplerState, ShuffledSampler, load_images
+from tests.conftest import write_curated
 
 
 def test_checkpoint_roundtrip_is_weights_only_and_restores_rng(tmp_path):
@@ -56,24 +56,14 @@ def test_sampler_resumes_exactly_and_covers_each_epoch():
     assert not torch.equal(ShuffledSampler(10, seed=8).take(10), ShuffledSampler(10, seed=7).take(10))
 
 
-def _dataset(tmp_path, n=3, side=32):
-    (tmp_path / "shards").mkdir()
-    with tarfile.open(tmp_path / "shards" / "shard-000000.tar", "w") as tf:
-        for i in range(n):
-            buf = io.BytesIO()
-            Image.new("RGB", (side, side), (i * 80, 10, 200)).save(buf, "PNG")
-            info = tarfile.TarInfo(f"{i:02d}.png")
-            info.size = len(buf.getvalue())
-            tf.addfile(info, io.BytesIO(buf.getvalue()))
-    (tmp_path / "dataset.json").write_text(json.dumps(
-        {"count": n, "resolution": side, "shards": [{"file": "shards/shard-000000.tar", "count": n}]}))
-    return tmp_path
-
-
 def test_load_images_from_shards_at_training_resolution(tmp_path):
-    imgs = load_images(_dataset(tmp_path), 16)
-    assert imgs.shape == (3, 3, 16, 16) and imgs.dtype == torch.uint8
-    assert imgs[1, 0].float().mean().item() == pytest.approx(80, abs=1)
+    data = write_curated(tmp_path / "d", n=3, side=32)
+    full = load_images(data, 32)
+    with tarfile.open(data / "shards" / "shard-000000.tar") as tf:
+        first = np.asarray(Image.open(io.BytesIO(tf.extractfile(tf.getmembers()[0]).read())))
+    assert torch.equal(full[0].permute(1, 2, 0), torch.from_numpy(first))  # shard order, exact pixels
+    small = load_images(data, 16)
+    assert small.shape == (3, 3, 16, 16) and small.dtype == torch.uint8
 
 
 def test_load_images_without_dataset_is_a_clear_error(tmp_path):

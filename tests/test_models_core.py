@@ -60,7 +60,7 @@ def test_load_images_from_shards_at_training_resolution(tmp_path):
     data = write_curated(tmp_path / "d", n=3, side=32)
     full = load_images(data, 32)
     with tarfile.open(data / "shards" / "shard-000000.tar") as tf:
-        first = np.asarray(Image.open(io.BytesIO(tf.extractfile(tf.getmembers()[0]).read())))
+        first = np.array(Image.open(io.BytesIO(tf.extractfile(tf.getmembers()[0]).read())))
     assert torch.equal(full[0].permute(1, 2, 0), torch.from_numpy(first))  # shard order, exact pixels
     small = load_images(data, 16)
     assert small.shape == (3, 3, 16, 16) and small.dtype == torch.uint8

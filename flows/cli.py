@@ -79,12 +79,12 @@ def _run_curate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a GAN (PGGAN or StyleGAN2-ADA) on a curated dataset",
+    p = sub.add_parser("train", help="train a GAN (StyleGAN2) on a curated dataset",
                        description="Train on DIR's shards until --kimg thousand images, writing "
                                    "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
                                    "command again continues from the newest checkpoint that loads.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", required=True, choices=["pggan", "stylegan2"], help="network family")
+    p.add_argument("--arch", required=True, choices=["stylegan2"], help="network family (PGGAN is not built yet)")
     p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
     p.add_argument("--kimg", type=float, required=True, metavar="K", help="train until this many thousand images")
     p.add_argument("--snapshot-kimg", type=float, required=True, metavar="S", help="checkpoint every S kimg")
@@ -96,7 +96,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=0, help="images per step (default: the preset's)")
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
-    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="default: logistic (StyleGAN2), wgan (PGGAN)")
+    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: logistic with lazy R1)")
     p.add_argument("--ada-target", type=float, default=0.6, help="ADA target; 0 turns augmentation off")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -1,7 +1,7 @@
-"""Per-architecture glue for the one training loop: build G/D, call them, and schedule (PGGAN stages).
+"""Per-architecture glue for the one training loop: build G/D, call them, schedule them.
 
-A StyleGAN2 step is G(z) and D(x); a PGGAN step also needs the current stage and fade-in alpha, which
-are a pure function of the number of images seen, so resuming from a checkpoint restores them exactly.
+A StyleGAN2 step is G(z) and D(x). The adapter also carries everything that is a pure function of the
+number of images seen (a PGGAN's stage and fade-in alpha will be), so a resume restores it exactly.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import dataclasses
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -75,6 +74,4 @@ class StyleGAN2Arch:
 def build_arch(cfg) -> Arch:
     if cfg.arch == "stylegan2":
         return StyleGAN2Arch(cfg)
-    if cfg.arch == "pggan":
-        return PGGANArch(cfg)
-    raise ValueError(f"unknown arch {cfg.arch!r}: choose stylegan2 or pggan")
+    raise ValueError(f"unknown arch {cfg.arch!r}: this version trains stylegan2 (PGGAN is not built yet)")

@@ -33,10 +33,6 @@ def load_generator(ckpt: str | Path) -> tuple[torch.nn.Module, dict]:
         from models.stylegan2 import Generator, StyleGAN2Config
 
         G = Generator(StyleGAN2Config.from_dict(arch["net"]))
-    elif arch["name"] == "pggan":
-        from models.pggan import Generator, PGGANConfig
-
-        G = Generator(PGGANConfig(**arch["net"]))
     else:
         raise ValueError(f"{ckpt}: unknown architecture {arch['name']!r}")
     G.load_state_dict(state["G_ema"])

@@ -28,13 +28,13 @@ CODE_VERSION = "ganflow-train-1"
 
 @dataclass
 class TrainConfig:
-    arch: str = "stylegan2"          # stylegan2 | pggan
-    resolution: int = 64             # training resolution (final PGGAN stage)
+    arch: str = "stylegan2"          # network family (stylegan2; pggan is not built yet)
+    resolution: int = 64             # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
     lr: float = 0.0                  # Adam learning rate; 0 = the preset's
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
-    loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default
+    loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
     r1_gamma: float = -1.0           # R1 weight; -1 = the preset's (0.0002 * res^2 / batch)
     r1_interval: int = 16            # lazy R1: every this many steps, scaled up to match
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
@@ -46,7 +46,6 @@ class TrainConfig:
     xflip: bool = False              # dataset x-flips
     snapshot_kimg: float = 4.0       # checkpoint every this many kimg
     seed: int = 0                    # one seed for weights, sampler, noise
-    pggan_stage_kimg: float = 600.0  # PGGAN: kimg per stage (half fade-in, half stabilize)
     net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
 
 

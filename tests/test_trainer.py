@@ -66,6 +66,14 @@ def test_short_training_separates_reals_from_fakes(tiny_dataset, tmp_path):
     assert sum(r["loss_D"] for r in last) < sum(r["loss_D"] for r in first)
 
 
+@pytest.mark.parametrize("loss", ["wgan", "lsgan"])
+def test_other_losses_train_without_nan(tiny_dataset, tmp_path, loss):
+    history = []
+    Trainer(_cfg(loss=loss, snapshot_kimg=1.0), load_images(tiny_dataset, 32), tmp_path / "r").train(
+        0.016, progress_fn=history.append)
+    assert len(history) == 4 and all(math.isfinite(s["loss_D"]) and math.isfinite(s["loss_G"]) for s in history)
+
+
 def test_transfer_starts_from_snapshot_networks(tiny_dataset, tmp_path):
     from tasks.training import run_training
 

@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # Curate the embedded demo data, then train a small StyleGAN2 on it for a few minutes on CPU.
 DEMO_TRAIN := --arch stylegan2 --resolution 64 --kimg 0.8 --snapshot-kimg 0.4 --batch 8 \
-              --channel-base 4096 --channel-max 128 --ada-target 0
+              --channel-base 4096 --channel-max 128
 
 demo: $(STAMP)
 	$(BIN)/ganflow curate --demo --out data/curated/demo

@@ -97,7 +97,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
     p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: logistic with lazy R1)")
-    p.add_argument("--ada-target", type=float, default=0.6, help="ADA target; 0 turns augmentation off")
+    p.add_argument("--ada-target", type=float, default=0.0,
+                   help="ADA target (the reference uses 0.6); default 0 = off (ADA is not built yet)")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=_run_train)

@@ -40,7 +40,7 @@ class TrainConfig:
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
     ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
-    ada_target: float = 0.6          # ADA: target E[sign(D(real))]; 0 = no augmentation
+    ada_target: float = 0.0          # ADA: target E[sign(D(real))] (the reference uses 0.6); 0 = off
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
     xflip: bool = False              # dataset x-flips
@@ -61,7 +61,10 @@ class Trainer:
         self.sampler = ShuffledSampler(len(images_u8), cfg.seed)
         self.augment = self.ada = None
         if cfg.ada_target > 0:
-            from models.augment import AdaController, AugmentPipe
+            try:
+                from models.augment import AdaController, AugmentPipe
+            except ModuleNotFoundError as e:
+                raise ValueError("ADA augmentation is not built yet in this version: train with ada_target 0") from e
 
             self.augment = AugmentPipe().to(self.device)
             self.ada = AdaController(target=cfg.ada_target, interval=cfg.ada_interval, ada_kimg=cfg.ada_kimg,

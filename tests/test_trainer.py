@@ -125,3 +125,12 @@ def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_pat
     resumed_state = latest_checkpoint(run)[1]
     assert ref_state["kimg"] == resumed_state["kimg"] == 0.048
     assert _same_weights(ref_state["G_ema"], resumed_state["G_ema"])
+
+
+def test_asking_for_ada_before_it_exists_is_a_clear_error(tiny_dataset, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("models.augment") is not None:
+        pytest.skip("models.augment exists: ADA is covered by its own tests")
+    with pytest.raises(ValueError, match="ADA augmentation is not built yet"):
+        Trainer(_cfg(ada_target=0.6), load_images(tiny_dataset, 32), tmp_path / "r")

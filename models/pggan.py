@@ -474,6 +474,12 @@ class GrowthSchedule:
         into = t - (stage - 1) * (fade + stab)
         return int(stage), (min(into / fade, 1.0) if fade > 0 else 1.0)
 
+    def stage_end_kimg(self, stage: int) -> float:
+        """kimg at which `stage` is done (faded in and stabilized): the natural end of a training stage."""
+        if not 0 <= stage <= self.max_stage:
+            raise ValueError(f"stage must be in 0..{self.max_stage}, not {stage}")
+        return self.stabilize_kimg + stage * (self.fade_kimg + self.stabilize_kimg)
+
     def kimg_to_full_resolution(self) -> float:
         """Images (kimg) until the last stage is fully faded in."""
         return self.max_stage * (self.fade_kimg + self.stabilize_kimg)

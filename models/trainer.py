@@ -28,7 +28,7 @@ CODE_VERSION = "ganflow-train-1"
 
 @dataclass
 class TrainConfig:
-    arch: str = "stylegan2"          # network family (stylegan2; pggan is not built yet)
+    arch: str = "stylegan2"          # network family: stylegan2 | pggan
     resolution: int = 64             # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
@@ -43,6 +43,8 @@ class TrainConfig:
     ada_target: float = 0.0          # ADA: target E[sign(D(real))] (the reference uses 0.6); 0 = off
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
+    fade_kimg: float = 0.0           # PGGAN: images over which a new resolution fades in; 0 = the preset's (800)
+    stabilize_kimg: float = 0.0      # PGGAN: images per resolution once faded in; 0 = the preset's (800)
     xflip: bool = False              # dataset x-flips
     snapshot_kimg: float = 4.0       # checkpoint every this many kimg
     seed: int = 0                    # one seed for weights, sampler, noise

@@ -79,12 +79,13 @@ def _run_curate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a GAN (StyleGAN2) on a curated dataset",
+    p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset",
                        description="Train on DIR's shards until --kimg thousand images, writing "
                                    "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
                                    "command again continues from the newest checkpoint that loads.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", required=True, choices=["stylegan2"], help="network family (PGGAN is not built yet)")
+    p.add_argument("--arch", required=True, choices=["stylegan2", "pggan"],
+                   help="network family: stylegan2 (with ADA) or pggan (progressive growing)")
     p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
     p.add_argument("--kimg", type=float, required=True, metavar="K", help="train until this many thousand images")
     p.add_argument("--snapshot-kimg", type=float, required=True, metavar="S", help="checkpoint every S kimg")
@@ -92,13 +93,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
     p.add_argument("--resume-from", metavar="CKPT", help="start a new run from this snapshot's networks "
                                                           "(transfer learning); ignored when R has checkpoints")
-    p.add_argument("--preset", default="auto", help="network/training preset (default auto, as the reference)")
+    p.add_argument("--preset", default="auto", help="network/training preset: auto (stylegan2: the reference's auto config; "
+                        "pggan: the paper's network) or small (pggan, 4x narrower)")
     p.add_argument("--batch", type=int, default=0, help="images per step (default: the preset's)")
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
     p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: logistic with lazy R1)")
-    p.add_argument("--ada-target", type=float, default=0.0,
-                   help="ADA target (the reference uses 0.6); default 0 = off (ADA is not built yet)")
+    p.add_argument("--ada-target", type=float, default=-1.0,
+                   help="ADA target for E[sign(D(real))]; 0 = off; default: 0.6 for stylegan2, off for pggan")
+    p.add_argument("--fade-kimg", type=float, default=0.0, help="pggan: kimg per fade-in (default 800, the paper's)")
+    p.add_argument("--stabilize-kimg", type=float, default=0.0,
+                   help="pggan: kimg per resolution once faded in (default 800, the paper's)")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=_run_train)
@@ -111,13 +116,15 @@ def _run_train(args: argparse.Namespace) -> int:
     net = {k: v for k, v in (("channel_base", args.channel_base), ("channel_max", args.channel_max)) if v}
     cfg = TrainConfig(arch=args.arch, resolution=args.resolution, preset=args.preset, batch=args.batch,
                       loss=args.loss or "", ada_target=args.ada_target, xflip=args.xflip,
+                      fade_kimg=args.fade_kimg, stabilize_kimg=args.stabilize_kimg,
                       snapshot_kimg=args.snapshot_kimg, seed=args.seed, net=net)
     bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr)
 
     def progress(stats: dict) -> None:
         bar.n = round(stats["kimg"] * 1000)
+        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
         bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
-                        refresh=False)
+                        **grown, refresh=False)
         bar.refresh()
 
     result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,

@@ -1,7 +1,7 @@
 """Per-architecture glue for the one training loop: build G/D, call them, schedule them.
 
 A StyleGAN2 step is G(z) and D(x). The adapter also carries everything that is a pure function of the
-number of images seen (a PGGAN's stage and fade-in alpha will be), so a resume restores it exactly.
+number of images seen (a PGGAN's stage and fade-in alpha), so a resume restores it exactly.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class Arch(Protocol):
     r1_gamma: float
     ema_kimg: float
     z_dim: int
+    ada_target: float
 
     def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True) -> torch.Tensor: ...
     def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int) -> torch.Tensor: ...
@@ -53,6 +54,7 @@ class StyleGAN2Arch:
         self.r1_gamma = _pick(cfg.r1_gamma, gamma, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
         self.z_dim = net.z_dim
+        self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
 
     def generate(self, G, z, nimg, update_stats=True):
         # w_avg (the truncation centre) follows G's own training step only, as in the reference.
@@ -71,7 +73,57 @@ class StyleGAN2Arch:
         return {"name": "stylegan2", "net": self.net.to_dict()}
 
 
+class PGGANArch:
+    """PGGAN: G and D grow from 4x4; the stage and fade-in alpha are a pure function of images seen
+    (models.pggan.GrowthSchedule), so a resumed run is at exactly the same point of growth."""
+
+    def __init__(self, cfg):
+        from models.pggan import Discriminator, Generator, GrowthSchedule, paper_minibatch, preset
+
+        kind = "paper" if cfg.preset == "auto" else cfg.preset
+        net, defaults = preset(cfg.resolution, kind=kind)
+        self.batch = cfg.batch or paper_minibatch(cfg.resolution)
+        # Minibatch-std groups must divide the batch: the largest group of at most the preset's that does.
+        group = next(g for g in range(min(net.mbstd_group, self.batch), 0, -1) if self.batch % g == 0)
+        net = dataclasses.replace(net, mbstd_group=group, **cfg.net)
+        self.net = net
+        self.G, self.D = Generator(net), Discriminator(net)
+        self.lr = cfg.lr or defaults.lr
+        self.loss = cfg.loss or defaults.loss
+        self.lazy_r1 = self.loss == "logistic"
+        self.r1_gamma = _pick(cfg.r1_gamma, 10.0, -1.0)
+        self.ema_kimg = _pick(cfg.ema_kimg, defaults.ema_kimg(self.batch), -1.0)
+        self.z_dim = net.z_dim
+        self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
+        self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg or defaults.stabilize_kimg,
+                                       fade_kimg=cfg.fade_kimg or defaults.fade_kimg)
+
+    def generate(self, G, z, nimg, update_stats=True):
+        stage, alpha = self.schedule.at(nimg)
+        return G(z, stage=stage, alpha=alpha)
+
+    def discriminate(self, D, images, nimg):
+        stage, alpha = self.schedule.at(nimg)
+        return D(images, stage=stage, alpha=alpha)
+
+    def prepare_reals(self, reals, nimg):
+        from models.pggan import fade_reals
+
+        return fade_reals(reals, *self.schedule.at(nimg))
+
+    def progress(self, nimg):
+        stage, alpha = self.schedule.at(nimg)
+        return {"stage": stage, "alpha": alpha, "stage_resolution": self.net.stage_resolution(stage)}
+
+    def describe(self) -> dict:
+        return {"name": "pggan", "net": self.net.to_dict(),
+                "schedule": {"stabilize_kimg": self.schedule.stabilize_kimg, "fade_kimg": self.schedule.fade_kimg}}
+
+
+ARCHS = {"stylegan2": StyleGAN2Arch, "pggan": PGGANArch}
+
+
 def build_arch(cfg) -> Arch:
-    if cfg.arch == "stylegan2":
-        return StyleGAN2Arch(cfg)
-    raise ValueError(f"unknown arch {cfg.arch!r}: this version trains stylegan2 (PGGAN is not built yet)")
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown arch {cfg.arch!r}: choose from {', '.join(ARCHS)}")
+    return ARCHS[cfg.arch](cfg)

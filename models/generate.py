@@ -25,32 +25,61 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(-1, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def resample(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Images at `resolution` (area when shrinking, bicubic when enlarging); unchanged when None or equal."""
+    if not resolution or resolution == images.shape[-1]:
+        return images
+    mode = "area" if resolution < images.shape[-1] else "bicubic"
+    return F.interpolate(images, size=(resolution, resolution), mode=mode)
+
+
+def build_generator(arch: dict) -> torch.nn.Module:
+    """An untrained generator of a recorded architecture (a checkpoint's `arch` entry)."""
+    if arch["name"] == "stylegan2":
+        from models.stylegan2 import Generator, StyleGAN2Config
+
+        return Generator(StyleGAN2Config.from_dict(arch["net"]))
+    if arch["name"] == "pggan":
+        from models.pggan import Generator, PGGANConfig
+
+        return Generator(PGGANConfig.from_dict(arch["net"]))
+    raise ValueError(f"unknown architecture {arch['name']!r}")
+
+
 def load_generator(ckpt: str | Path) -> tuple[torch.nn.Module, dict]:
     """G_ema of a checkpoint (full or best.pt), rebuilt from its recorded architecture; eval mode."""
     state = load_checkpoint(ckpt)
     arch = state["arch"]
-    if arch["name"] == "stylegan2":
-        from models.stylegan2 import Generator, StyleGAN2Config
-
-        G = Generator(StyleGAN2Config.from_dict(arch["net"]))
-    else:
-        raise ValueError(f"{ckpt}: unknown architecture {arch['name']!r}")
+    try:
+        G = build_generator(arch)
+    except ValueError as e:
+        raise ValueError(f"{ckpt}: {e}") from None
     G.load_state_dict(state["G_ema"])
     return G.eval().requires_grad_(False), arch
+
+
+def _pggan_stage(arch: dict, resolution: int | None) -> tuple[int, float]:
+    """The stage to draw a PGGAN at: the one of `resolution` when it is a stage already grown, else the
+    stage (and fade-in alpha) training had reached."""
+    from models.pggan import resolution_stage
+
+    stage, alpha = arch.get("stage", resolution_stage(arch["net"]["resolution"])), arch.get("alpha", 1.0)
+    if resolution and resolution >= 4 and not resolution & (resolution - 1) and resolution_stage(resolution) < stage:
+        return resolution_stage(resolution), 1.0
+    return stage, alpha
 
 
 @torch.no_grad()
 def synthesize(G: torch.nn.Module, arch: dict, z: torch.Tensor, truncation_psi: float = 1.0,
                resolution: int | None = None) -> torch.Tensor:
-    """Images in [-1,1]; StyleGAN2 with constant noise (deterministic), resampled to `resolution` if given."""
+    """Images in [-1,1]. StyleGAN2 with constant noise (deterministic); PGGAN at the stage it has grown to,
+    or at `resolution` when that is an earlier stage. Resampled to `resolution` otherwise."""
     if arch["name"] == "stylegan2":
         images = G(z, truncation_psi=truncation_psi, noise_mode="const", update_w_avg=False)
     else:
-        images = G(z)
-    if resolution and resolution != images.shape[-1]:
-        mode = "area" if resolution < images.shape[-1] else "bicubic"
-        images = F.interpolate(images, size=(resolution, resolution), mode=mode)
-    return images
+        stage, alpha = _pggan_stage(arch, resolution)
+        images = G(z, stage=stage, alpha=alpha)
+    return resample(images, resolution)
 
 
 def images_from_seeds(G, arch: dict, seeds: list[int], truncation_psi: float = 1.0,
@@ -58,6 +87,40 @@ def images_from_seeds(G, arch: dict, seeds: list[int], truncation_psi: float = 1
     z_dim = arch["net"]["z_dim"]
     out = [to_uint8(synthesize(G, arch, z_from_seeds(seeds[i:i + batch], z_dim), truncation_psi, resolution))
            for i in range(0, len(seeds), batch)]
+    return np.concatenate(out)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of rows of a and b by t [N] (Gaussian latents keep their norm)."""
+    a_n, b_n = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.acos((a_n * b_n).sum(-1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None]
+    t = t[:, None]
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolation_frames(G, arch: dict, seeds: list[int], frames: int, truncation_psi: float = 1.0,
+                         resolution: int | None = None, batch: int = 16) -> np.ndarray:
+    """`frames` uint8 images travelling seeds[0] → seeds[1] → ... → seeds[0] (a loop), at even steps:
+    linear in W for StyleGAN2 (where the reference interpolates), slerp in Z for PGGAN. Frame 0 is seeds[0]'s
+    image from images_from_seeds."""
+    if len(seeds) < 2 or frames < len(seeds):
+        raise ValueError(f"need at least 2 seeds and as many frames as seeds (got {len(seeds)} seeds, {frames} frames)")
+    z = z_from_seeds(seeds, arch["net"]["z_dim"])
+    pos = torch.arange(frames, dtype=torch.float64) * len(seeds) / frames  # position along the loop
+    k = pos.floor().long()
+    t = (pos - k).float()
+    start, end = k, (k + 1) % len(seeds)
+    out = []
+    for i in range(0, frames, batch):
+        s, e, tt = start[i:i + batch], end[i:i + batch], t[i:i + batch]
+        if arch["name"] == "stylegan2":
+            w = G.mapping(z, truncation_psi, update_w_avg=False)  # [S, num_ws, w_dim]
+            ws = torch.lerp(w[s], w[e], tt[:, None, None])
+            images = resample(G.synthesis(ws, noise_mode="const"), resolution)
+        else:
+            images = synthesize(G, arch, slerp(z[s], z[e], tt), resolution=resolution)
+        out.append(to_uint8(images))
     return np.concatenate(out)
 
 

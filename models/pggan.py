@@ -499,18 +499,3 @@ def fade_reals(images: Tensor, stage: int, alpha: float = 1.0) -> Tensor:
         low = F.interpolate(F.avg_pool2d(images, 2), scale_factor=2, mode="nearest")
         images = torch.lerp(low, images, alpha)
     return images
-
-
-# --------------------------------------------------------------------------- generation
-
-
-@torch.no_grad()
-def generate(G: Generator, z: Tensor, stage: int | None = None, alpha: float = 1.0,
-             resolution: int | None = None) -> Tensor:
-    """Images in [-1, 1] (clamped) from latents: at `stage` (default: the final one) and its native size,
-    or resampled to `resolution` (area when shrinking, bicubic when enlarging)."""
-    images = G(z, stage=stage, alpha=alpha).clamp(-1, 1)
-    if resolution and resolution != images.shape[-1]:
-        mode = "area" if resolution < images.shape[-1] else "bicubic"
-        images = F.interpolate(images, size=(resolution, resolution), mode=mode).clamp(-1, 1)
-    return images

@@ -21,6 +21,7 @@ import torch
 from models import checkpoint as ck
 from models import losses
 from models.arch import Arch, build_arch
+from models.augment import AdaController, AugmentPipe
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 
 CODE_VERSION = "ganflow-train-1"
@@ -40,7 +41,7 @@ class TrainConfig:
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
     ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
-    ada_target: float = 0.0          # ADA: target E[sign(D(real))] (the reference uses 0.6); 0 = off
+    ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
     fade_kimg: float = 0.0           # PGGAN: images over which a new resolution fades in; 0 = the preset's (800)
@@ -62,14 +63,10 @@ class Trainer:
         self.images = images_u8
         self.sampler = ShuffledSampler(len(images_u8), cfg.seed)
         self.augment = self.ada = None
-        if cfg.ada_target > 0:
-            try:
-                from models.augment import AdaController, AugmentPipe
-            except ModuleNotFoundError as e:
-                raise ValueError("ADA augmentation is not built yet in this version: train with ada_target 0") from e
-
+        if self.arch.ada_target > 0:
+            # The reference's default 'bgc' pipe; p starts at 0 and the controller moves it.
             self.augment = AugmentPipe().to(self.device)
-            self.ada = AdaController(target=cfg.ada_target, interval=cfg.ada_interval, ada_kimg=cfg.ada_kimg,
+            self.ada = AdaController(target=self.arch.ada_target, interval=cfg.ada_interval, ada_kimg=cfg.ada_kimg,
                                      batch=self.arch.batch)
         c = cfg.r1_interval / (cfg.r1_interval + 1) if self.arch.lazy_r1 else 1.0
         # Lazy regularization: the reference scales lr and betas so the regularized D takes the same steps.
@@ -90,7 +87,7 @@ class Trainer:
             "nimg": self.nimg, "step": self.step, "kimg": self.nimg / 1000,
             "sampler": {"epoch": self.sampler.state.epoch, "index": self.sampler.state.index},
             "rng": ck.rng_state(),
-            "config": _plain(asdict(self.cfg)), "arch": self.arch.describe(), "code_version": CODE_VERSION,
+            "config": _plain(asdict(self.cfg)), "arch": self.describe_arch(), "code_version": CODE_VERSION,
         }
 
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
@@ -109,6 +106,10 @@ class Trainer:
         self.sampler.state = SamplerState(**state["sampler"])
         ck.set_rng_state(state["rng"])
 
+    def describe_arch(self) -> dict:
+        """The architecture and where its growth is (a PGGAN's stage and alpha): what generation needs."""
+        return {**self.arch.describe(), **self.arch.progress(self.nimg)}
+
     def resume(self) -> bool:
         found = ck.latest_checkpoint(self.run_dir)
         if found is None:
@@ -126,8 +127,7 @@ class Trainer:
         from models.generate import grid, images_from_seeds
 
         rng = torch.get_rng_state()  # sampling must not move the training RNG (exact resume)
-        arch = self.arch.describe()
-        images = images_from_seeds(self.G_ema, arch, list(seeds))
+        images = images_from_seeds(self.G_ema, self.describe_arch(), list(seeds))
         torch.set_rng_state(rng)
         path = self.run_dir / "samples" / f"fakes-{self.nimg / 1000:010.3f}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,12 +202,17 @@ class Trainer:
             stats.update(self._g_step())
             self.nimg += self.arch.batch
             self.step += 1
+            if self.arch.progress(self.nimg).get("stage") != self.arch.progress(self.nimg - self.arch.batch).get("stage"):
+                # A new PGGAN resolution: fresh Adam moments, as the reference (reset_opt_for_new_lod).
+                self.opt_G.state.clear()
+                self.opt_D.state.clear()
             self._update_ema()
             if self.ada and self.step % self.cfg.ada_interval == 0:
                 self.augment.p.fill_(self.ada.update(float(self.augment.p)))
             elapsed = time.perf_counter() - t0
             stats.update(kimg=self.nimg / 1000, target_kimg=target / 1000,
                          augment_p=float(self.augment.p) if self.augment is not None else 0.0,
+                         ada_r_t=self.ada.r_t if self.ada else None,
                          kimg_per_s=(self.nimg - n0) / 1000 / max(elapsed, 1e-9), **self.arch.progress(self.nimg))
             crossed = self.nimg // every > (self.nimg - self.arch.batch) // every
             aborting = abort_fn is not None and abort_fn()

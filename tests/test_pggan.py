@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.generate import synthesize
 from models.pggan import (
     FUSED_MIN_RES, PRESETS, Discriminator, EqualConv2d, EqualLinear, Generator, GrowthSchedule, MinibatchStd, PGGANConfig,
-    PixelNorm, count_parameters, fade_reals, generate, paper_minibatch, preset, resolution_stage,
+    PixelNorm, count_parameters, fade_reals, paper_minibatch, preset, resolution_stage,
     stage_resolution,
 )
 
@@ -271,16 +272,20 @@ def test_same_z_same_image_and_same_seed_same_weights():
     assert not torch.allclose(G(z), G_other(z))
 
 
-def test_generate_gives_full_resolution_a_stage_or_a_resampled_size():
-    G, _ = nets(tiny(32))
+def test_synthesize_gives_the_grown_stage_an_earlier_stage_or_a_resampled_size():
+    cfg = tiny(32)
+    G, _ = nets(cfg)
     z = torch.randn(3, 16)
-    full = generate(G, z)
+    arch = {"name": "pggan", "net": cfg.to_dict()}
+    full = synthesize(G, arch, z)
     assert full.shape == (3, 3, 32, 32) and not full.requires_grad
-    assert full.min() >= -1 and full.max() <= 1
-    torch.testing.assert_close(full, G(z).clamp(-1, 1).detach())
-    assert generate(G, z, stage=1).shape == (3, 3, 8, 8)
-    assert generate(G, z, resolution=48).shape == (3, 3, 48, 48)
-    torch.testing.assert_close(generate(G, z, resolution=16), F.avg_pool2d(full, 2))
+    torch.testing.assert_close(full, G(z).detach())
+    # An earlier stage is drawn natively (the network grown so far), a size that is no stage is resampled.
+    torch.testing.assert_close(synthesize(G, arch, z, resolution=8), G(z, stage=1).detach())
+    assert synthesize(G, arch, z, resolution=48).shape == (3, 3, 48, 48)
+    # A snapshot taken mid-growth draws at the stage and alpha training had reached.
+    mid = {**arch, "stage": 2, "alpha": 0.25}
+    torch.testing.assert_close(synthesize(G, mid, z), G(z, stage=2, alpha=0.25).detach())
 
 
 def test_state_dict_and_config_round_trip_with_weights_only():

@@ -30,20 +30,32 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_gives_bit_identical_g_ema(tiny_dataset, tmp_path):
-    images = load_images(tiny_dataset, 32)
-    straight = Trainer(_cfg(), images, tmp_path / "a")
-    straight.train(0.024)
-    first = Trainer(_cfg(), images, tmp_path / "b")
-    first.train(0.012)
-    resumed = Trainer(_cfg(), images, tmp_path / "b")
-    assert resumed.resume() and resumed.nimg == 12
-    resumed.train(0.024)
+# A PGGAN small enough for CPU tests that grows 4x4 -> 16x16 in 40 images (8 per fade-in, 8 per stage).
+PGGAN_NET = dict(channel_base=256, channel_max=64, z_dim=32)
+PGGAN = dict(arch="pggan", resolution=16, net=PGGAN_NET, fade_kimg=0.008, stabilize_kimg=0.008)
+# StyleGAN2 with ADA whose p moves fast enough to augment within a few dozen steps.
+ADA = dict(ada_target=0.6, ada_kimg=0.1)
+
+
+@pytest.mark.parametrize("kw", [{}, ADA, PGGAN], ids=["stylegan2", "stylegan2-ada", "pggan"])
+def test_resume_gives_bit_identical_g_ema(tiny_dataset, tmp_path, kw):
+    cfg = _cfg(**kw)
+    images = load_images(tiny_dataset, cfg.resolution)
+    target, stop = (0.048, 0.020) if kw.get("arch") == "pggan" else (0.064, 0.032)
+    straight = Trainer(cfg, images, tmp_path / "a")
+    last = straight.train(target)
+    first = Trainer(cfg, images, tmp_path / "b")
+    first.train(stop)
+    resumed = Trainer(cfg, images, tmp_path / "b")
+    assert resumed.resume() and resumed.nimg == round(stop * 1000)
+    resumed.train(target)
     assert _same_weights(straight.G_ema.state_dict(), resumed.G_ema.state_dict())
     assert _same_weights(straight.D.state_dict(), resumed.D.state_dict())
+    if kw is ADA:
+        assert last["augment_p"] > 0 and float(resumed.augment.p) == last["augment_p"]  # augmentation was on
     # Not a vacuous comparison: a different seed trains to different weights.
-    other = Trainer(_cfg(seed=1), images, tmp_path / "c")
-    other.train(0.024)
+    other = Trainer(_cfg(**kw, seed=1), images, tmp_path / "c")
+    other.train(target)
     assert not _same_weights(straight.G_ema.state_dict(), other.G_ema.state_dict())
 
 
@@ -97,7 +109,7 @@ def test_transfer_starts_from_snapshot_networks(tiny_dataset, tmp_path):
 def _train_cmd(data: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--arch", "stylegan2",
             "--resolution", "32", "--kimg", "0.048", "--snapshot-kimg", "0.008", "--batch", "4",
-            "--channel-base", "512", "--channel-max", "64", "--ada-target", "0", "--run-dir", str(run_dir)]
+            "--channel-base", "512", "--channel-max", "64", "--run-dir", str(run_dir)]  # ADA on (default)
 
 
 def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_path):
@@ -127,10 +139,42 @@ def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_pat
     assert _same_weights(ref_state["G_ema"], resumed_state["G_ema"])
 
 
-def test_asking_for_ada_before_it_exists_is_a_clear_error(tiny_dataset, tmp_path):
-    import importlib.util
+def test_ada_p_follows_the_sign_of_d_on_reals_towards_the_target(tiny_dataset, tmp_path):
+    history = []
+    trainer = Trainer(_cfg(**ADA, snapshot_kimg=1.0), load_images(tiny_dataset, 32), tmp_path / "r")
+    trainer.train(0.2, progress_fn=history.append)
+    p = [0.0] + [h["augment_p"] for h in history]
+    for before, after, h in zip(p, p[1:], history):
+        if after != before:  # an ADA update: p moved by one step in the direction of r_t - target
+            assert h["ada_r_t"] is not None
+            assert math.copysign(1, after - before) == math.copysign(1, h["ada_r_t"] - 0.6)
+            assert abs(after - before) == pytest.approx(trainer.ada.step_size) or after in (0.0, 1.0)
+    # Twelve images: D overfits (r_t above 0.6), so p must have risen, and stays a probability.
+    assert max(p) > 0.3 and all(0 <= x <= 1 for x in p)
 
-    if importlib.util.find_spec("models.augment") is not None:
-        pytest.skip("models.augment exists: ADA is covered by its own tests")
-    with pytest.raises(ValueError, match="ADA augmentation is not built yet"):
-        Trainer(_cfg(ada_target=0.6), load_images(tiny_dataset, 32), tmp_path / "r")
+
+def test_ada_is_on_by_default_for_stylegan2_and_off_for_pggan(tiny_dataset, tmp_path):
+    images = load_images(tiny_dataset, 32)
+    sg2 = Trainer(TrainConfig(arch="stylegan2", resolution=32, batch=4, net=SMALL_NET), images, tmp_path / "a")
+    assert sg2.ada is not None and sg2.ada.target == 0.6
+    pg = Trainer(TrainConfig(**{**PGGAN, "resolution": 32}, batch=4), images, tmp_path / "b")
+    assert pg.ada is None
+
+
+def test_pggan_grows_through_its_stages_and_resets_adam_at_each(tiny_dataset, tmp_path):
+    history = []
+    trainer = Trainer(_cfg(**PGGAN, snapshot_kimg=1.0), load_images(tiny_dataset, 16), tmp_path / "r")
+    trainer.train(0.048, progress_fn=history.append)
+    assert all(math.isfinite(s["loss_D"]) and math.isfinite(s["loss_G"]) for s in history)
+    seen = [(h["stage"], h["alpha"]) for h in history]
+    assert seen[0] == (0, 1.0) and seen[-1] == (2, 1.0)
+    assert any(0 < a < 1 for _, a in seen)  # faded in, not switched
+    assert [h["stage_resolution"] for h in history][-1] == 16
+    # Adam moments restarted at the last stage change (nimg 24): 6 steps since, not 12.
+    assert trainer.opt_G.state[next(iter(trainer.G.parameters()))]["step"].item() == 6
+    # The checkpoint records the stage reached, and its sample grid shows 16x16 images (4x4 of them).
+    _, state = latest_checkpoint(tmp_path / "r")
+    assert state["arch"]["name"] == "pggan" and state["arch"]["stage"] == 2
+    from PIL import Image
+
+    assert Image.open(sorted((tmp_path / "r" / "samples").glob("fakes-*.png"))[-1]).size == (64, 64)

@@ -1,0 +1,124 @@
+"""The training request queue (SQLite) and the manager's decisions, without Prefect."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from tasks.queue import Queue, QueueError, queue_path
+from tasks.supervise import Observation, decide, manager_params
+from tests.conftest import PARAMS
+
+REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048, seed=0)
+
+
+def test_submit_get_list_and_prefix(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    a = q.submit(REQ)
+    b = q.submit({**REQ, "seed": 1})
+    assert a.state == "queued" and a.attempts == 0 and a.kimg_target == 0.048 and a.params == REQ
+    assert [r.id for r in q.list()] == [a.id, b.id]
+    assert q.get(a.id[:6]).id == a.id
+    with pytest.raises(QueueError, match="no training request"):
+        q.get("zzzz")
+    with pytest.raises(QueueError, match="needs data, run_dir"):
+        q.submit({"arch": "stylegan2", "resolution": 32})
+
+
+def test_transitions_are_compare_and_set(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    r = q.submit(REQ)
+    assert q.claim(r.id, "queued", 0) == 1
+    assert q.claim(r.id, "queued", 0) is None            # already claimed: a second start is refused
+    assert q.record_launch(r.id, 1, pid=123, log="/r/attempt-1.log")
+    assert q.claim(r.id, "running", 1, reason="crashed", start_kimg=0.016) == 2   # a restart
+    assert not q.record_launch(r.id, 1, flow_run_id="old")  # a stale attempt can no longer write
+    assert not q.finish(r.id, 1, "done")
+    assert q.finish(r.id, 2, "done")
+    got = q.get(r.id)
+    assert (got.state, got.attempts, got.reason) == ("done", 2, None)
+    assert [(a.n, a.outcome, a.start_kimg) for a in got.history] == [(1, "crashed", 0.0), (2, "done", 0.016)]
+    with pytest.raises(QueueError, match="cannot start a request that is done"):
+        q.claim(r.id, "done", 2)
+    with pytest.raises(QueueError, match="2 of 2 attempts"):
+        q.claim(q.submit(REQ).id, "running", 2, max_attempts=2)
+
+
+def _race(path: str, ids: list[str], start, wins) -> None:
+    q = Queue(path)
+    start.wait()
+    for request_id in ids:
+        if q.claim(request_id, "queued", 0) is not None:
+            wins.put(request_id)
+
+
+def test_processes_racing_never_claim_one_request_twice(tmp_path):
+    path = str(tmp_path / "q.sqlite")
+    q = Queue(path)
+    ids = [q.submit({**REQ, "seed": i}).id for i in range(40)]
+    ctx = mp.get_context("fork")
+    start, wins = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(path, ids if k % 2 else ids[::-1], start, wins)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    won = [wins.get(timeout=5) for _ in range(len(ids))]
+    assert sorted(won) == sorted(ids) and wins.empty()  # every request started once, none twice
+    assert all(r.attempts == 1 and len(r.history) == 1 for r in q.list())
+
+
+def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
+    path = tmp_path / "q.sqlite"
+    r = Queue(path).submit(REQ)
+    ctx = mp.get_context("fork")
+    go, wins = ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_race, args=(str(path), [r.id], go, wins))
+    p.start()
+    # Opened after the fork: an SQLite connection must never cross a fork.
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another manager holds the write lock for a moment
+    go.set()
+    p.join(1.5)
+    assert p.is_alive()                  # blocked on the lock, not erroring out
+    other.execute("COMMIT")
+    p.join(30)
+    assert p.exitcode == 0 and wins.get(timeout=5) == r.id
+
+
+def test_queue_path_precedence(monkeypatch):
+    monkeypatch.delenv("GANFLOW_QUEUE", raising=False)
+    assert str(queue_path()) == "runs/queue.sqlite"
+    assert str(queue_path(params_value="p.sqlite")) == "p.sqlite"
+    monkeypatch.setenv("GANFLOW_QUEUE", "env.sqlite")
+    assert str(queue_path(params_value="p.sqlite")) == "env.sqlite"
+    assert str(queue_path("flag.sqlite", "p.sqlite")) == "flag.sqlite"
+
+
+def test_manager_params_from_repo_file():
+    p = manager_params(PARAMS)
+    assert p.max_attempts >= 1 and p.stale_after_seconds > 180  # longer than Prefect's heartbeat period
+    assert manager_params(PARAMS, max_attempts=5).max_attempts == 5
+
+
+@pytest.mark.parametrize("obs, attempt, action, crashed", [
+    (Observation("COMPLETED"), 1, "done", False),
+    (Observation("RUNNING", since_alive=5, process="alive"), 1, "wait", False),
+    (Observation("RUNNING", since_alive=5, process="dead"), 1, "restart", True),     # SIGKILLed here
+    (Observation("RUNNING", since_alive=700, process="unknown"), 1, "restart", True),  # machine gone
+    (Observation("RUNNING", since_alive=700, process="alive"), 1, "restart", True),  # frozen process
+    (Observation("CRASHED", "killed"), 1, "restart", False),
+    (Observation("FAILED", "boom"), 3, "fail", False),                                # attempt cap
+    (Observation("CANCELLED"), 1, "fail", False),
+    (Observation("SCHEDULED", process="unknown", since_launch=9999), 1, "wait", False),  # waits for a worker
+    (Observation(None, process="alive", since_launch=9999), 1, "wait", False),        # still importing
+    (Observation(None, process="dead"), 1, "restart", False),
+    (Observation(None, process="unknown", since_launch=700), 1, "restart", False),
+])
+def test_decisions(obs, attempt, action, crashed):
+    d = decide(obs, attempt, max_attempts=3, stale_after=600)
+    assert (d.action, d.mark_crashed) == (action, crashed)
+    if action == "fail" and obs.run_state == "FAILED":
+        assert d.reason == "gave up after 3 of 3 attempts; last: flow run failed: boom"

@@ -185,9 +185,11 @@ class Queue:
         return self.get(request_id)
 
     def claim(self, request_id: str, seen_state: str, seen_attempts: int, *, reason: str | None = None,
-              start_kimg: float = 0.0, host: str | None = None, max_attempts: int | None = None) -> int | None:
+              start_kimg: float = 0.0, host: str | None = None, max_attempts: int | None = None,
+              max_running: int = 0) -> int | None:
         """Compare-and-set: if the request is still (seen_state, seen_attempts), it becomes running with
-        attempt seen_attempts + 1, and that number is returned; otherwise None (another manager won).
+        attempt seen_attempts + 1, and that number is returned; otherwise None (another manager won, or
+        starting a queued one would make more than max_running requests run at once; 0 = no limit).
         Only the winner may launch the attempt."""
         if seen_state not in ACTIVE:
             raise QueueError(f"cannot start a request that is {seen_state}")
@@ -198,8 +200,9 @@ class Queue:
         with self._tx() as db:
             changed = db.execute(
                 "UPDATE requests SET state = 'running', attempts = ?, flow_run_id = NULL, kimg_per_s = NULL, "
-                "reason = COALESCE(?, reason), updated = ? WHERE id = ? AND state = ? AND attempts = ?",
-                (n, reason, now, request_id, seen_state, seen_attempts)).rowcount
+                "reason = COALESCE(?, reason), updated = ? WHERE id = ? AND state = ? AND attempts = ? "
+                "AND (? = 'running' OR ? <= 0 OR (SELECT COUNT(*) FROM requests WHERE state = 'running') < ?)",
+                (n, reason, now, request_id, seen_state, seen_attempts, seen_state, max_running, max_running)).rowcount
             if not changed:
                 return None
             if seen_attempts:
@@ -235,16 +238,18 @@ class Queue:
                        (kimg_done, kimg_per_s, last_checkpoint, kimg_target, time.time(), request_id))
         return True
 
-    def finish(self, request_id: str, attempt: int, state: str, reason: str | None = None) -> bool:
+    def finish(self, request_id: str, attempt: int, state: str, reason: str | None = None, *,
+               kimg_done: float | None = None, last_checkpoint: str | None = None) -> bool:
         """Compare-and-set running(attempt) → done | failed. False if another manager got there first."""
         if state not in ("done", "failed"):
             raise QueueError(f"a request finishes done or failed, not {state!r}")
         now = time.time()
         with self._tx() as db:
             changed = db.execute(
-                "UPDATE requests SET state = ?, reason = ?, kimg_per_s = NULL, updated = ? "
+                "UPDATE requests SET state = ?, reason = ?, kimg_per_s = NULL, updated = ?, "
+                "kimg_done = COALESCE(?, kimg_done), last_checkpoint = COALESCE(?, last_checkpoint) "
                 "WHERE id = ? AND state = 'running' AND attempts = ?",
-                (state, reason, now, request_id, attempt)).rowcount
+                (state, reason, now, kimg_done, last_checkpoint, request_id, attempt)).rowcount
             if changed:
                 db.execute("UPDATE attempts SET ended = COALESCE(ended, ?), outcome = ? WHERE request_id = ? AND n = ?",
                            (now, reason or state, request_id, attempt))

@@ -21,6 +21,7 @@ class ManagerParams:
     interval_seconds: float       # `ganflow manager` without --once: seconds between passes
     stale_after_seconds: float    # Running with no heartbeat/progress for this long = the machine is gone
     max_attempts: int             # attempts per request (first run + restarts) before it is marked failed
+    max_running: int              # requests training at once (0 = no limit)
     deployment: str               # "" = launch local `python -m flows.train` processes; else a deployment name
 
     def __post_init__(self) -> None:
@@ -28,6 +29,8 @@ class ManagerParams:
             raise ParamsError("manager.interval_seconds and manager.stale_after_seconds must be positive")
         if self.max_attempts < 1:
             raise ParamsError(f"manager.max_attempts must be at least 1, not {self.max_attempts}")
+        if self.max_running < 0:
+            raise ParamsError(f"manager.max_running must be 0 (no limit) or more, not {self.max_running}")
 
 
 def manager_params(path: str | Path = "params.yaml", **overrides) -> ManagerParams:

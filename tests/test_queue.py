@@ -45,6 +45,16 @@ def test_transitions_are_compare_and_set(tmp_path):
         q.claim(q.submit(REQ).id, "running", 2, max_attempts=2)
 
 
+def test_max_running_holds_queued_requests_back(tmp_path):
+    q = Queue(tmp_path / "q.sqlite")
+    a, b = q.submit(REQ), q.submit(REQ)
+    assert q.claim(a.id, "queued", 0, max_running=1) == 1
+    assert q.claim(b.id, "queued", 0, max_running=1) is None     # waits for a free slot
+    assert q.claim(a.id, "running", 1, max_running=1) == 2       # a restart takes no new slot
+    assert q.finish(a.id, 2, "failed", "gave up")
+    assert q.claim(b.id, "queued", 0, max_running=1) == 1
+
+
 def _race(path: str, ids: list[str], start, wins) -> None:
     q = Queue(path)
     start.wait()

@@ -1,0 +1,66 @@
+"""The training manager flow: one pass over the request queue.
+
+Each pass starts queued requests (up to manager.max_running at once) and checks the running ones
+through the Prefect API: Completed → done; Crashed, Failed, or Running with a stale heartbeat (its
+process was killed or its machine vanished) → restarted from the newest checkpoint with the remaining
+kimg, until manager.max_attempts, then failed with the reason. Run it every few minutes (a scheduled
+deployment), or with `ganflow manager` (a loop) / `ganflow manager --once` (one pass).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from prefect import flow, get_run_logger
+
+from tasks.manage import ManagerError, Outcome, check_task, require_api, start_task
+from tasks.queue import Queue, queue_path
+from tasks.supervise import manager_params
+
+
+@flow(name="manager")
+def manager_flow(
+    queue: str | None = None,              # request queue file (default: $GANFLOW_QUEUE, then manager.queue)
+    params: str = "params.yaml",           # settings (section `manager`)
+    stale_after_seconds: float | None = None,  # overrides manager.stale_after_seconds
+    max_attempts: int | None = None,       # overrides manager.max_attempts
+    max_running: int | None = None,        # overrides manager.max_running
+    deployment: str | None = None,         # overrides manager.deployment ("" = local processes)
+) -> list[str]:
+    settings = manager_params(params, stale_after_seconds=stale_after_seconds, max_attempts=max_attempts,
+                              max_running=max_running, deployment=deployment)
+    path = str(queue_path(queue, settings.queue))
+    require_api()  # before any claim: a request must not be taken that cannot be launched or watched
+    logger = get_run_logger()
+    outcomes: list[Outcome] = []
+    # Running ones first: a slot freed by a finished request is given to a queued one in the same pass.
+    for req in Queue(path).list(("running",)):
+        outcomes.append(check_task(path, req.id, settings))
+    for req in Queue(path).list(("queued",)):
+        outcomes.append(start_task(path, req.id, settings))
+    for o in outcomes:
+        logger.info(o.line())
+    return [o.line() for o in outcomes]
+
+
+def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
+    """`ganflow manager`: one pass, or a pass every `interval` seconds until interrupted."""
+    settings = manager_params(kwargs.get("params", "params.yaml"))
+    require_api()  # fail before Prefect starts a temporary server for the flow
+    every = interval or settings.interval_seconds
+    while True:
+        try:
+            lines = manager_flow(**kwargs)
+        except ManagerError:
+            raise
+        except Exception as e:  # an unreachable API or a locked disk: report, and try again next pass
+            if once:
+                raise
+            print(f"manager pass failed: {type(e).__name__}: {e}", file=sys.stderr)
+            lines = []
+        for line in lines:
+            print(line, flush=True)
+        if once:
+            return 0
+        time.sleep(every)
+

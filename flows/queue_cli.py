@@ -1,0 +1,165 @@
+"""`ganflow train submit`, `ganflow train status` and `ganflow manager`: the queue's command line.
+
+`ganflow train --data ...` trains in the foreground and must keep working, so `submit` and `status`
+are routed before argparse sees them: `train submit ...` becomes the hidden command `train-submit ...`
+(an option value never comes right after `train`, so the second word is unambiguous).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
+
+
+def route_train_verbs(argv: list[str] | None) -> list[str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "train" and argv[1] in TRAIN_VERBS:
+        return [TRAIN_VERBS[argv[1]], *argv[2:]]
+    return argv
+
+
+def add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    # No help= on the train-* parsers: they stay out of the command list; `train`'s help names them.
+    p = sub.add_parser("train-submit", prog="ganflow train submit",
+                       description="Add a training request to the queue and print its id. `ganflow manager` "
+                                   "starts it, watches it through the Prefect API and restarts it from its "
+                                   "newest checkpoint if its process or machine is lost.")
+    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
+    p.add_argument("--arch", required=True, choices=["stylegan2", "pggan"], help="network family")
+    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
+    p.add_argument("--kimg", type=float, required=True, metavar="K",
+                   help="train until this many thousand images in total (restarts continue toward it)")
+    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/, attempt logs)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    _common(p)
+    p.set_defaults(func=_run_submit, command="train submit")
+
+    p = sub.add_parser("train-status", prog="ganflow train status",
+                       description="Show each training request: state, kimg done / target, attempts, "
+                                   "last checkpoint, ETA. With an id, also its attempts.")
+    p.add_argument("request", nargs="?", metavar="ID", help="one request (an id or a unique prefix)")
+    _common(p)
+    p.set_defaults(func=_run_status, command="train status")
+
+    p = sub.add_parser("manager", help="start queued training requests and restart lost ones",
+                       description="Each pass: start queued requests, check running ones through the Prefect "
+                                   "API, restart a crashed or stale run from its newest checkpoint with the "
+                                   "remaining kimg (up to manager.max_attempts), mark finished ones done. "
+                                   "Needs PREFECT_API_URL (a server that outlives the runs).")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (for cron or a scheduled deployment)")
+    p.add_argument("--interval", type=float, metavar="S", help="seconds between passes (default: params.yaml)")
+    p.add_argument("--stale-after", type=float, metavar="S",
+                   help="a Running run silent this long is lost (default: params.yaml)")
+    p.add_argument("--max-attempts", type=int, metavar="N", help="attempts per request (default: params.yaml)")
+    p.add_argument("--max-running", type=int, metavar="N", help="requests training at once, 0 = no limit")
+    p.add_argument("--deployment", metavar="NAME",
+                   help="start runs of this deployment (flow/deployment) for a work pool instead of local "
+                        "processes; '' = local (default: params.yaml)")
+    _common(p)
+    p.set_defaults(func=_run_manager)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", metavar="FILE", help="queue file (default: $GANFLOW_QUEUE, then params.yaml "
+                                                   "manager.queue, runs/queue.sqlite)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+
+
+def _open_queue(args: argparse.Namespace):
+    from tasks.params import load_params
+    from tasks.queue import Queue, queue_path
+
+    section = load_params(args.params).get("manager") or {}
+    return Queue(queue_path(args.queue, section.get("queue")))
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    if not (data / "dataset.json").is_file():
+        raise FileNotFoundError(f"no curated dataset at {data} (expected {data / 'dataset.json'}; "
+                                "make one with `ganflow curate`)")
+    queue = _open_queue(args)
+    # Absolute paths: the manager (or a worker) may run from another folder.
+    req = queue.submit({"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()),
+                        "arch": args.arch, "resolution": args.resolution, "kimg": args.kimg, "seed": args.seed,
+                        "params": str(Path(args.params).resolve())})
+    print(req.id)
+    print(f"queued in {queue.path}; `ganflow manager` starts it, `ganflow train status` follows it",
+          file=sys.stderr)
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from tasks.supervise import manager_params
+
+    queue = _open_queue(args)
+    try:
+        max_attempts = manager_params(args.params).max_attempts
+    except ValueError:
+        max_attempts = None
+    requests = [queue.get(args.request)] if args.request else queue.list()
+    if not requests:
+        print(f"no training requests in {queue.path}")
+        return 0
+    print(status_table(requests, max_attempts))
+    if args.request:
+        for a in requests[0].history:
+            ended = f"{_clock(a.ended)} {a.outcome}" if a.ended else "-"
+            print(f"  attempt {a.n}: started {_clock(a.started)} on {a.host}"
+                  f"{f' pid {a.pid}' if a.pid else ''}, from {a.start_kimg:g} kimg; flow run "
+                  f"{a.flow_run_id or '-'}; ended {ended}" + (f"; log {a.log}" if a.log else ""))
+    return 0
+
+
+def status_table(requests: list, max_attempts: int | None) -> str:
+    rows = [("id", "state", "kimg done/target", "attempts", "last checkpoint", "ETA", "reason")]
+    for r in requests:
+        done, rate, ckpt = _progress(r)
+        target = "?" if r.kimg_target is None else f"{r.kimg_target:g}"
+        eta = _eta(r, done, rate)
+        rows.append((r.id, r.state, f"{done:g} / {target}",
+                     f"{r.attempts}/{max_attempts}" if max_attempts else str(r.attempts),
+                     Path(ckpt).name if ckpt else "-", eta, r.reason or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows).rstrip()
+
+
+def _progress(r) -> tuple[float, float | None, str | None]:
+    """kimg done, kimg/s and the newest checkpoint: the manager's last look, refreshed from the run dir's
+    checkpoints when they are visible from here (no Prefect server needed)."""
+    from models.checkpoint import list_checkpoints
+
+    done, rate, ckpt = r.kimg_done, r.kimg_per_s, r.last_checkpoint
+    found = list_checkpoints(r.params["run_dir"])
+    if found and found[-1][0] >= done:
+        done, ckpt = found[-1][0], str(found[-1][1])
+    if r.state == "running" and rate is None and r.current is not None:
+        # Checkpoints written by this attempt: their kimg over the time since it started.
+        mine = [(k, p.stat().st_mtime) for k, p in found if p.stat().st_mtime > r.current.started]
+        if mine and mine[-1][0] > r.current.start_kimg:
+            rate = (mine[-1][0] - r.current.start_kimg) / max(mine[-1][1] - r.current.started, 1e-6)
+    return done, rate, ckpt
+
+
+def _eta(r, done: float, rate: float | None) -> str:
+    if r.state != "running" or r.kimg_target is None:
+        return "-"
+    if not rate:
+        return "?"
+    seconds = int(max(r.kimg_target - done, 0) / rate)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_manager(args: argparse.Namespace) -> int:
+    from flows.manager import run_manager
+
+    return run_manager(args.once, args.interval, queue=args.queue, params=args.params,
+                       stale_after_seconds=args.stale_after, max_attempts=args.max_attempts,
+                       max_running=args.max_running, deployment=args.deployment)

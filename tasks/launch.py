@@ -1,0 +1,79 @@
+"""Starting a training attempt as a detached process on this machine, and checking on it later.
+
+The process runs `python -m flows.train ... --request-id ID` in its own session (so it outlives the
+manager and a Ctrl-C in the manager's terminal), with its output in RUN/attempt-N.log. The train flow
+tags its Prefect flow run `request:ID`; that tag, not the process, is how the manager follows it. The
+pid only answers one extra question when the manager runs on the same machine: is that process gone?
+A SIGKILLed process cannot report Crashed, so the API would show it Running until its heartbeats go stale.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_FLAGS = {"data": "--data", "run_dir": "--run-dir", "arch": "--arch", "resolution": "--resolution",
+               "kimg": "--kimg", "seed": "--seed", "params": "--params"}
+
+
+def train_command(params: dict[str, Any], request_id: str, python: str = sys.executable) -> list[str]:
+    cmd = [python, "-m", "flows.train"]
+    for key, flag in TRAIN_FLAGS.items():
+        if params.get(key) is not None:
+            cmd += [flag, str(params[key])]
+    return cmd + ["--request-id", request_id]
+
+
+def launch_local(params: dict[str, Any], request_id: str, attempt: int,
+                 env: dict[str, str] | None = None) -> tuple[int, Path]:
+    """Start attempt `attempt` detached; returns (pid, log path)."""
+    log = Path(params["run_dir"]) / f"attempt-{attempt}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(train_command(params, request_id), cwd=ROOT, env={**os.environ, **(env or {})},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc.pid, log
+
+
+def process_state(pid: int | None, host: str, request_id: str) -> Literal["alive", "dead", "unknown"]:
+    """A locally launched attempt's process: alive, dead, or unknown (launched elsewhere, or no pid)."""
+    if pid is None or host != socket.gethostname():
+        return "unknown"
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (a looping manager), so it is not a zombie
+    except ChildProcessError:
+        pass
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():  # no procfs: signal 0 says whether the pid exists at all
+        try:
+            os.kill(pid, 0)
+            return "alive"
+        except ProcessLookupError:
+            return "dead"
+        except PermissionError:
+            return "alive"
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return "dead"
+    if state in ("Z", "X") or request_id.encode() not in cmdline:  # a zombie, or the pid now belongs to another
+        return "dead"
+    return "alive"
+
+
+def kill_local(pid: int | None, host: str, request_id: str) -> bool:
+    """SIGKILL a frozen or orphaned attempt's process group before a restart writes to the same run dir."""
+    if process_state(pid, host, request_id) != "alive":
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)  # its own session: the group is the train process and its workers
+    except ProcessLookupError:
+        return False
+    return True

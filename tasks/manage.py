@@ -1,0 +1,176 @@
+"""The training manager's two units of work: start a request, and check on a running one.
+
+`check` observes (Prefect API + local process + local checkpoints), asks tasks.supervise what to do,
+and acts: record progress, mark done, or restart / fail a lost attempt. Every write to the queue is a
+compare-and-set on the attempt number it observed, so two managers acting on the same request at once
+end with one launch, never two.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from prefect import get_client, task
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_API_URL
+
+from models.checkpoint import list_checkpoints
+from tasks.launch import kill_local, launch_local, process_state
+from tasks.queue import Queue, Request
+from tasks.runs import find_run, mark_crashed, seconds_since, start_deployment, view_run
+from tasks.supervise import ManagerParams, Observation, decide
+
+
+class ManagerError(ValueError):
+    """The manager cannot work as configured (e.g. no Prefect server that outlives it)."""
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    action: str      # started | restarted | waiting | running | done | failed | skipped | held
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.request_id}  {self.action:<9} {self.detail}".rstrip()
+
+
+def newest_checkpoint(run_dir: str) -> tuple[float, str] | None:
+    """(kimg, path) of the newest checkpoint file, when the run dir is visible from here."""
+    found = list_checkpoints(run_dir)
+    return (found[-1][0], str(found[-1][1])) if found else None
+
+
+def _train_parameters(req: Request) -> dict:
+    return {**req.params, "request_id": req.id}
+
+
+def require_api() -> str:
+    """The manager and the runs it launches must share a real Prefect server, not the temporary one
+    Prefect starts for a lone process (it would die with the manager, and the runs with it)."""
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ManagerError("the manager and the training runs it starts need a Prefect server that outlives "
+                           "them: start one (`prefect server start`) and set PREFECT_API_URL "
+                           "(e.g. http://127.0.0.1:4200/api)")
+    return url
+
+
+def _local_env(settings: ManagerParams) -> dict[str, str]:
+    env = {"PREFECT_API_URL": require_api()}
+    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
+        # Several heartbeats per staleness window, so a slow step is never mistaken for a lost machine.
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(max(30, int(settings.stale_after_seconds // 3)))
+    return env
+
+
+def start(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
+    """Claim a queued request's first attempt (compare-and-set) and launch it."""
+    found = newest_checkpoint(req.params["run_dir"])
+    start_kimg = found[0] if found else req.kimg_done
+    n = queue.claim(req.id, req.state, req.attempts, start_kimg=start_kimg,
+                    max_attempts=settings.max_attempts, max_running=settings.max_running)
+    if n is None:
+        if settings.max_running and len(queue.list(("running",))) >= settings.max_running:
+            return Outcome(req.id, "held", f"{settings.max_running} request(s) already running")
+        return Outcome(req.id, "skipped", "another manager took it")
+    return _launch_claimed(queue, req, n, settings, start_kimg, found is not None)
+
+
+def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
+    attempt = req.current
+    n = req.attempts
+    earlier = {a.flow_run_id for a in req.history[:-1] if a.flow_run_id}
+    with get_client(sync_client=True) as client:
+        run = find_run(client, req.tag, attempt.flow_run_id, earlier)
+        if run is not None and not attempt.flow_run_id:
+            queue.record_launch(req.id, n, flow_run_id=str(run.id))
+        view = view_run(client, run) if run is not None else None
+        process = process_state(attempt.pid, attempt.host, req.id)
+        _record_progress(queue, req, view)
+        obs = Observation(view.state if view else None, view.message if view else "",
+                          seconds_since(view.last_alive) if view else None, time.time() - attempt.started,
+                          process)
+        decision = decide(obs, n, settings.max_attempts, settings.stale_after_seconds)
+        if decision.action == "wait":
+            state = view.state.lower() if view else "launching"
+            return Outcome(req.id, "running", f"attempt {n}: {state}" + (f", {view.progress_text}" if view and
+                                                                          view.progress_text else ""))
+        if decision.action == "done":
+            found = newest_checkpoint(req.params["run_dir"])
+            if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=found and found[1]):
+                return Outcome(req.id, "done", f"after {n} attempt(s)")
+            return Outcome(req.id, "skipped", "another manager finished it")
+        if decision.action == "fail":
+            if not queue.finish(req.id, n, "failed", decision.reason):
+                return Outcome(req.id, "skipped", "another manager handled it")
+            _bury(client, req, view, decision.mark_crashed, decision.reason)
+            return Outcome(req.id, "failed", decision.reason)
+    # restart: claim the next attempt first, so only the manager that wins it buries the old one.
+    found = newest_checkpoint(req.params["run_dir"])
+    start_kimg = found[0] if found else req.kimg_done
+    m = queue.claim(req.id, "running", n, reason=decision.reason, start_kimg=start_kimg,
+                    max_attempts=settings.max_attempts)
+    if m is None:
+        return Outcome(req.id, "skipped", "another manager restarted it")
+    with get_client(sync_client=True) as client:
+        _bury(client, req, view, decision.mark_crashed, decision.reason)
+    return _launch_claimed(queue, req, m, settings, start_kimg, found is not None, decision.reason)
+
+
+def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
+    """A lost attempt: Crashed in the API (it would show Running forever) and its process gone here."""
+    if mark and view is not None:
+        mark_crashed(client, view.id, reason)
+    attempt = req.current
+    kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
+
+
+def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerParams, start_kimg: float,
+                    resuming: bool, reason: str = "") -> Outcome:
+    """Launch attempt n, which this manager has claimed; the train flow resumes from the newest checkpoint
+    in its run dir, so a restart trains only the remaining kimg."""
+    resumed = f", resuming at {start_kimg:g} kimg" if resuming else ""
+    try:
+        if settings.deployment:
+            run_id = start_deployment(settings.deployment, _train_parameters(req), req.tag,
+                                      idempotency_key=f"{req.id}-attempt-{n}")
+            queue.record_launch(req.id, n, flow_run_id=run_id)
+            detail = f"attempt {n}: flow run {run_id}{resumed}"
+        else:
+            pid, log = launch_local(req.params, req.id, n, env=_local_env(settings))
+            queue.record_launch(req.id, n, pid=pid, log=str(log))
+            detail = f"attempt {n}: pid {pid}, log {log}{resumed}"
+    except Exception as e:  # a launch that cannot happen (no deployment, no server) will not heal by retrying
+        reason = f"could not launch attempt {n}: {type(e).__name__}: {e}"
+        queue.finish(req.id, n, "failed", reason)
+        return Outcome(req.id, "failed", reason)
+    return Outcome(req.id, "restarted" if n > 1 else "started", f"{detail} ({reason})" if reason else detail)
+
+
+def _record_progress(queue: Queue, req: Request, view) -> None:
+    found = newest_checkpoint(req.params["run_dir"])
+    kimg = rate = None
+    if view is not None and view.progress is not None and req.kimg_target:
+        kimg = view.progress / 100 * req.kimg_target
+        if view.start_time and view.progress_updated:
+            elapsed = (view.progress_updated - view.start_time).total_seconds()
+            if elapsed > 0 and kimg > req.current.start_kimg:
+                rate = (kimg - req.current.start_kimg) / elapsed
+    elif found is not None:
+        kimg = found[0]
+    queue.record_progress(req.id, req.attempts, kimg_done=kimg, kimg_per_s=rate,
+                          last_checkpoint=found[1] if found else None)
+
+
+@task(name="start-request", cache_policy=NO_CACHE)
+def start_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
+    queue = Queue(queue_file)
+    return start(queue, queue.get(request_id), settings)
+
+
+@task(name="check-request", cache_policy=NO_CACHE)
+def check_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
+    queue = Queue(queue_file)
+    return check(queue, queue.get(request_id), settings)

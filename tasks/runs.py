@@ -1,0 +1,103 @@
+"""What the Prefect API says about a training request's flow runs: which run, its state, its last sign
+of life and its progress; and the two writes the manager makes: mark a lost run Crashed, run a deployment.
+
+Everything goes through the API alone, so a manager on one machine can watch training on others.
+A run's last sign of life is the newest of: its Running state's timestamp, its newest
+`prefect.flow-run.heartbeat` event (the flow engine emits one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+seconds, 180 by default, from a thread beside the flow) and its newest artifact update (the train flow's
+progress artifact moves with every few training steps). A SIGKILLed process or a vanished machine stops
+all three, while the run stays Running in the API forever.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                            FlowRunFilterTags)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.states import Crashed
+
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+
+
+@dataclass
+class RunView:
+    id: str
+    state: str                  # StateType name: RUNNING, COMPLETED, CRASHED, ...
+    message: str
+    last_alive: datetime | None
+    progress: float | None      # percent, from the run's progress artifact
+    progress_text: str          # that artifact's description (the train flow writes kimg done / target there)
+    start_time: datetime | None
+    progress_updated: datetime | None
+
+
+def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: set[str]) -> FlowRun | None:
+    """The attempt's flow run: by id once known, else the newest run tagged `tag` that no earlier
+    attempt owned (a local launch learns its run id only after the process has created it)."""
+    if known:
+        return client.read_flow_run(UUID(known))
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+    fresh = [r for r in runs if str(r.id) not in exclude]
+    return max(fresh, key=lambda r: r.created) if fresh else None
+
+
+def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
+    state = run.state
+    times = []
+    if state is not None and state.is_running():
+        times.append(state.timestamp)
+    times.append(_last_heartbeat(client, run))
+    progress = progress_text = progress_updated = None
+    for artifact in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])),
+            sort=ArtifactSort.UPDATED_DESC, limit=20):
+        times.append(artifact.updated)
+        if artifact.type == "progress" and progress is None:
+            progress, progress_text, progress_updated = _float(artifact.data), artifact.description or "", artifact.updated
+    alive = [t for t in times if t is not None]
+    return RunView(id=str(run.id), state=state.type.name if state else "PENDING",
+                   message=(state.message or "") if state else "", last_alive=max(alive) if alive else None,
+                   progress=progress, progress_text=progress_text or "", start_time=run.start_time,
+                   progress_updated=progress_updated)
+
+
+def _last_heartbeat(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
+    since = run.start_time or run.created
+    page = client.read_events(EventFilter(
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+        **({"occurred": EventOccurredFilter(since=since)} if since else {})), limit=1)  # newest first
+    return page.events[0].occurred if page.events else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def seconds_since(t: datetime | None) -> float | None:
+    return None if t is None else (datetime.now(timezone.utc) - t).total_seconds()
+
+
+def mark_crashed(client: SyncPrefectClient, run_id: str, message: str) -> None:
+    """Force a lost run to Crashed, so the UI stops showing it Running and nobody waits on it."""
+    client.set_flow_run_state(UUID(run_id), Crashed(message=f"ganflow manager: {message}"), force=True)
+
+
+def start_deployment(name: str, parameters: dict[str, Any], tag: str, idempotency_key: str) -> str:
+    """Create a run of deployment `name` for a worker to pick up; returns its id at once (timeout=0).
+    The idempotency key makes a repeated call for the same attempt return the same run."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters, tags=[tag], timeout=0, as_subflow=False,
+                         idempotency_key=idempotency_key)
+    return str(run.id)

@@ -118,7 +118,10 @@ def _run_train(args: argparse.Namespace) -> int:
                       loss=args.loss or "", ada_target=args.ada_target, xflip=args.xflip,
                       fade_kimg=args.fade_kimg, stabilize_kimg=args.stabilize_kimg,
                       snapshot_kimg=args.snapshot_kimg, seed=args.seed, net=net)
-    bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr)
+    # Under torchrun only the first process reports (the others train the same steps in lockstep).
+    lead = os.environ.get("RANK", "0") == "0"
+    bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr,
+               disable=not lead)
 
     def progress(stats: dict) -> None:
         bar.n = round(stats["kimg"] * 1000)
@@ -130,6 +133,8 @@ def _run_train(args: argparse.Namespace) -> int:
     result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
                           device=args.device, progress_fn=progress)
     bar.close()
+    if not lead:
+        return 0
     if result.resumed_from:
         print(f"resumed from {result.resumed_from}")
     if result.transferred_from:

@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from models.distributed import world_size
+
 
 class Arch(Protocol):
     G: nn.Module
@@ -31,6 +33,11 @@ class Arch(Protocol):
     def describe(self) -> dict: ...
 
 
+def _process_batch(batch: int) -> int:
+    """Images each process sees per step when the global batch is split over torchrun's processes."""
+    return max(batch // world_size(), 1)
+
+
 def _pick(value, default, unset):
     return default if value == unset else value
 
@@ -41,8 +48,8 @@ class StyleGAN2Arch:
 
         net, defaults = preset(cfg.resolution, gpus=1, kind=cfg.preset)
         self.batch = cfg.batch or defaults.minibatch
-        # The minibatch-std group must divide the batch; the reference clamps it the same way.
-        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, self.batch), **cfg.net)
+        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
+        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _process_batch(self.batch)), **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
         self.lr = cfg.lr or defaults.lr
@@ -83,8 +90,9 @@ class PGGANArch:
         kind = "paper" if cfg.preset == "auto" else cfg.preset
         net, defaults = preset(cfg.resolution, kind=kind)
         self.batch = cfg.batch or paper_minibatch(cfg.resolution)
-        # Minibatch-std groups must divide the batch: the largest group of at most the preset's that does.
-        group = next(g for g in range(min(net.mbstd_group, self.batch), 0, -1) if self.batch % g == 0)
+        # Minibatch-std groups must divide each process's batch: the largest of at most the preset's that does.
+        local = _process_batch(self.batch)
+        group = next(g for g in range(min(net.mbstd_group, local), 0, -1) if local % g == 0)
         net = dataclasses.replace(net, mbstd_group=group, **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)

@@ -44,11 +44,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+def checkpoint_path(run_dir: str | Path, kimg: float) -> Path:
+    return Path(run_dir) / CKPT_DIR / checkpoint_name(kimg)
+
+
 def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> Path:
     """Write run_dir/checkpoints/ckpt-<kimg>.pt: temp file, fsync, rename, fsync the folder."""
-    folder = Path(run_dir) / CKPT_DIR
+    path = checkpoint_path(run_dir, kimg)
+    folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / checkpoint_name(kimg)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from models import checkpoint as ck
+from models import distributed as dd
 from models import losses
 from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
@@ -62,6 +63,14 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.images = images_u8
         self.sampler = ShuffledSampler(len(images_u8), cfg.seed)
+        # Data-parallel: every process draws the same global batch of indices and latents, and takes its
+        # share (rank::world); the other random draws (noise, augmentation) are its own.
+        self.rank, self.world = dd.rank(), dd.world_size()
+        if self.arch.batch % self.world:
+            raise ValueError(f"batch {self.arch.batch} does not split evenly over {self.world} processes")
+        self.latent_rng = torch.Generator().manual_seed(cfg.seed)
+        if self.rank:
+            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)
         self.augment = self.ada = None
         if self.arch.ada_target > 0:
             # The reference's default 'bgc' pipe; p starts at 0 and the controller moves it.
@@ -86,7 +95,8 @@ class Trainer:
             "augment_p": float(self.augment.p) if self.augment is not None else 0.0,
             "nimg": self.nimg, "step": self.step, "kimg": self.nimg / 1000,
             "sampler": {"epoch": self.sampler.state.epoch, "index": self.sampler.state.index},
-            "rng": ck.rng_state(),
+            "rng": ck.rng_state(), "latent_rng": self.latent_rng.get_state(),
+            "rng_ranks": dd.gather_objects(ck.rng_state()) if self.world > 1 else None,
             "config": _plain(asdict(self.cfg)), "arch": self.describe_arch(), "code_version": CODE_VERSION,
         }
 
@@ -104,7 +114,14 @@ class Trainer:
             self.augment.p.fill_(state["augment_p"])
         self.nimg, self.step = state["nimg"], state["step"]
         self.sampler.state = SamplerState(**state["sampler"])
-        ck.set_rng_state(state["rng"])
+        self.latent_rng.set_state(state["latent_rng"])
+        per_rank = state.get("rng_ranks")
+        if per_rank and len(per_rank) == self.world:
+            ck.set_rng_state(per_rank[self.rank])
+        else:  # a run resumed on another number of processes: rank 0 continues, the others start their own
+            ck.set_rng_state(state["rng"])
+            if self.rank:
+                torch.manual_seed(self.cfg.seed + 1_000_003 * self.rank + self.step)
 
     def describe_arch(self) -> dict:
         """The architecture and where its growth is (a PGGAN's stage and alpha): what generation needs."""
@@ -118,8 +135,12 @@ class Trainer:
         return True
 
     def snapshot(self) -> Path:
-        path = ck.save_checkpoint(self.run_dir, self.nimg / 1000, self.state_dict())
-        self.save_samples()
+        state = self.state_dict()  # on every process: it gathers their RNG states
+        path = ck.checkpoint_path(self.run_dir, self.nimg / 1000)
+        if self.rank == 0:
+            ck.save_checkpoint(self.run_dir, self.nimg / 1000, state)
+            self.save_samples()
+        dd.barrier()  # no process runs ahead of a checkpoint that is not on disk yet
         return path
 
     def save_samples(self, seeds: range = range(16)) -> Path:
@@ -135,8 +156,16 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ steps
+    def _share(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's part of a global batch."""
+        return x[self.rank::self.world] if self.world > 1 else x
+
+    def _latents(self) -> torch.Tensor:
+        z = torch.randn(self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
+        return self._share(z).to(self.device)
+
     def _reals(self) -> torch.Tensor:
-        idx = self.sampler.take(self.arch.batch)
+        idx = self._share(self.sampler.take(self.arch.batch))
         reals = to_float(self.images[idx]).to(self.device)
         if self.cfg.xflip:
             reals = random_xflip(reals)
@@ -146,7 +175,7 @@ class Trainer:
         return self.augment(x) if self.augment is not None else x
 
     def _d_step(self, reals: torch.Tensor) -> dict:
-        z = torch.randn(self.arch.batch, self.arch.z_dim, device=self.device)
+        z = self._latents()
         with torch.no_grad():
             fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False)
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
@@ -164,17 +193,19 @@ class Trainer:
                 lambda x: self.arch.discriminate(self.D, x, self.nimg), reals, fakes)
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
+        dd.average_gradients(self.D.parameters())
         self.opt_D.step()
         if self.ada:
             self.ada.accumulate(real_logits.detach())
         return stats
 
     def _g_step(self) -> dict:
-        z = torch.randn(self.arch.batch, self.arch.z_dim, device=self.device)
+        z = self._latents()
         fakes = self.arch.generate(self.G, z, self.nimg)
         loss = self.g_loss_fn(self.arch.discriminate(self.D, self._aug(fakes), self.nimg))
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
+        dd.average_gradients(self.G.parameters())
         self.opt_G.step()
         return {"loss_G": loss.item()}
 
@@ -186,6 +217,7 @@ class Trainer:
         beta = 0.5 ** (self.arch.batch / max(ema_nimg, 1e-8))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.lerp(p_ema, beta))
+        dd.average_buffers(self.G)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
@@ -215,7 +247,7 @@ class Trainer:
                          ada_r_t=self.ada.r_t if self.ada else None,
                          kimg_per_s=(self.nimg - n0) / 1000 / max(elapsed, 1e-9), **self.arch.progress(self.nimg))
             crossed = self.nimg // every > (self.nimg - self.arch.batch) // every
-            aborting = abort_fn is not None and abort_fn()
+            aborting = dd.any_process(abort_fn is not None and abort_fn(), self.device)
             if crossed or self.nimg >= target or aborting:
                 stats["checkpoint"] = str(self.snapshot())
             if progress_fn:

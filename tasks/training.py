@@ -1,7 +1,8 @@
 """Training a GAN on a curated dataset: the unit of work behind `ganflow train` and the training flow.
 
 A run directory holds checkpoints/ckpt-<kimg>.pt; running again continues from the newest one that
-loads, so a killed run is resumed by repeating its command.
+loads, so a killed run is resumed by repeating its command. Launched by torchrun (one process per GPU,
+or several on CPU with gloo), the same call trains data-parallel.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 
 from models.checkpoint import latest_checkpoint, load_checkpoint
 from models.data import load_images
+from models.distributed import init_from_env
 from models.trainer import TrainConfig, Trainer
 
 
@@ -25,6 +27,8 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
                  resume_from: str | Path | None = None, device: str = "cpu",
                  progress_fn: Callable[[dict], None] | None = None,
                  abort_fn: Callable[[], bool] | None = None) -> TrainResult:
+    # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
+    device = init_from_env(device)
     images = load_images(data_dir, cfg.resolution)
     trainer = Trainer(cfg, images, run_dir, device=device)
     found = latest_checkpoint(run_dir)

@@ -25,8 +25,11 @@ class Arch(Protocol):
     ema_kimg: float
     z_dim: int
     ada_target: float
+    pl_weight: float
+    style_mixing: float
 
-    def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True) -> torch.Tensor: ...
+    def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True,
+                 return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def prepare_reals(self, reals: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def progress(self, nimg: int) -> dict: ...
@@ -62,10 +65,21 @@ class StyleGAN2Arch:
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
+        # The reference's StyleGAN2Loss defaults (off in its cifar config only).
+        self.pl_weight = _pick(cfg.pl_weight, 2.0, -1.0)
+        self.style_mixing = _pick(cfg.style_mixing, 0.9, -1.0)
 
-    def generate(self, G, z, nimg, update_stats=True):
+    def generate(self, G, z, nimg, update_stats=True, return_ws=False):
         # w_avg (the truncation centre) follows G's own training step only, as in the reference.
-        return G(z, update_w_avg=update_stats)
+        ws = G.mapping(z, update_w_avg=update_stats)
+        if self.style_mixing > 0:
+            # Style mixing: with this probability the batch switches to a second latent's ws from a random
+            # layer on (one cutoff per batch, as the reference), so styles do not rely on their neighbours.
+            cutoff = int(torch.randint(1, ws.shape[1], ()))
+            if float(torch.rand(())) < self.style_mixing:
+                ws = torch.cat([ws[:, :cutoff], G.mapping(torch.randn_like(z), update_w_avg=False)[:, cutoff:]], 1)
+        images = G.synthesis(ws)
+        return (images, ws) if return_ws else images
 
     def discriminate(self, D, images, nimg):
         return D(images)
@@ -103,6 +117,7 @@ class PGGANArch:
         self.ema_kimg = _pick(cfg.ema_kimg, defaults.ema_kimg(self.batch), -1.0)
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
+        self.pl_weight = self.style_mixing = 0.0  # StyleGAN2's regularizers need its mapping network
         self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg or defaults.stabilize_kimg,
                                        fade_kimg=cfg.fade_kimg or defaults.fade_kimg)
 

@@ -67,6 +67,15 @@ def average_buffers(module: torch.nn.Module) -> None:
             b /= world_size()
 
 
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over processes (itself when alone)."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / world_size()
+
+
 def any_process(flag: bool, device: torch.device) -> bool:
     """True on every process when it is True on any (a preemption notice reaches one, all must stop)."""
     if not is_distributed():

@@ -39,6 +39,9 @@ class TrainConfig:
     loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
     r1_gamma: float = -1.0           # R1 weight; -1 = the preset's (0.0002 * res^2 / batch)
     r1_interval: int = 16            # lazy R1: every this many steps, scaled up to match
+    pl_weight: float = -1.0          # StyleGAN2 path-length regularization weight; -1 = the arch's (2), 0 = off
+    pl_interval: int = 4             # lazy path-length regularization: every this many steps
+    style_mixing: float = -1.0       # StyleGAN2 style-mixing probability; -1 = the arch's (0.9), 0 = off
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
     ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
@@ -77,11 +80,10 @@ class Trainer:
             self.augment = AugmentPipe().to(self.device)
             self.ada = AdaController(target=self.arch.ada_target, interval=cfg.ada_interval, ada_kimg=cfg.ada_kimg,
                                      batch=self.arch.batch)
-        c = cfg.r1_interval / (cfg.r1_interval + 1) if self.arch.lazy_r1 else 1.0
-        # Lazy regularization: the reference scales lr and betas so the regularized D takes the same steps.
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.arch.lr, betas=cfg.betas, eps=1e-8)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=self.arch.lr * c,
-                                      betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
+        # Lazy regularization: the reference scales lr and betas so a regularized net takes the same steps.
+        self.opt_G = _adam(self.G, self.arch.lr, cfg.betas, cfg.pl_interval if self.arch.pl_weight > 0 else 0)
+        self.opt_D = _adam(self.D, self.arch.lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
+        self.pl_mean = torch.zeros([], device=self.device)  # running mean of path lengths
         self.d_loss_fn, self.g_loss_fn = losses.LOSSES[self.arch.loss]
         self.nimg = 0
         self.step = 0
@@ -93,7 +95,7 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "ada": self.ada.state_dict() if self.ada else None,
             "augment_p": float(self.augment.p) if self.augment is not None else 0.0,
-            "nimg": self.nimg, "step": self.step, "kimg": self.nimg / 1000,
+            "nimg": self.nimg, "step": self.step, "kimg": self.nimg / 1000, "pl_mean": self.pl_mean.item(),
             "sampler": {"epoch": self.sampler.state.epoch, "index": self.sampler.state.index},
             "rng": ck.rng_state(), "latent_rng": self.latent_rng.get_state(),
             "rng_ranks": dd.gather_objects(ck.rng_state()) if self.world > 1 else None,
@@ -113,6 +115,7 @@ class Trainer:
             self.ada.load_state_dict(state["ada"])
             self.augment.p.fill_(state["augment_p"])
         self.nimg, self.step = state["nimg"], state["step"]
+        self.pl_mean.fill_(state["pl_mean"])
         self.sampler.state = SamplerState(**state["sampler"])
         self.latent_rng.set_state(state["latent_rng"])
         per_rank = state.get("rng_ranks")
@@ -203,11 +206,20 @@ class Trainer:
         z = self._latents()
         fakes = self.arch.generate(self.G, z, self.nimg)
         loss = self.g_loss_fn(self.arch.discriminate(self.D, self._aug(fakes), self.nimg))
+        stats = {"loss_G": loss.item()}
+        if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
+            # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
+            images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
+                                               update_stats=False, return_ws=True)
+            penalty, pl_mean = losses.path_length_penalty(images, ws, self.pl_mean)
+            self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
+            loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
+            stats["pl_penalty"] = penalty.item()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         dd.average_gradients(self.G.parameters())
         self.opt_G.step()
-        return {"loss_G": loss.item()}
+        return stats
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -256,6 +268,13 @@ class Trainer:
                 stats["aborted"] = True
                 break
         return stats
+
+
+def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_interval: int) -> torch.optim.Adam:
+    """Adam as the reference; with a regularizer every `lazy_interval` steps, lr and betas are scaled by
+    c = interval / (interval + 1) so the regularized net moves as if regularized every step."""
+    c = lazy_interval / (lazy_interval + 1) if lazy_interval else 1.0
+    return torch.optim.Adam(net.parameters(), lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
 
 
 def _plain(value):

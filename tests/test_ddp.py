@@ -17,8 +17,9 @@ from models.data import load_images
 from models.trainer import TrainConfig, Trainer
 from tests.conftest import ROOT
 
+# Style mixing and path-length regularization draw per process (as the reference's do), so they are off here.
 SG2 = dict(arch="stylegan2", resolution=32, net=dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32,
-                                                     mapping_layers=2), r1_interval=1)
+                                                     mapping_layers=2), r1_interval=1, style_mixing=0, pl_weight=0)
 # WGAN-GP draws its interpolation points per process, so the PGGAN comparison uses the least-squares loss.
 PGGAN = dict(arch="pggan", resolution=16, loss="lsgan", fade_kimg=0.004, stabilize_kimg=0.004,
              net=dict(channel_base=256, channel_max=64, z_dim=32))

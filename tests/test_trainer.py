@@ -178,3 +178,24 @@ def test_pggan_grows_through_its_stages_and_resets_adam_at_each(tiny_dataset, tm
     from PIL import Image
 
     assert Image.open(sorted((tmp_path / "r" / "samples").glob("fakes-*.png"))[-1]).size == (64, 64)
+
+
+def test_stylegan2_path_length_regularization_and_style_mixing_as_the_reference(tiny_dataset, tmp_path):
+    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=1.0, net=SMALL_NET)
+    trainer = Trainer(cfg, load_images(tiny_dataset, 32), tmp_path / "r")
+    assert (trainer.arch.pl_weight, trainer.arch.style_mixing) == (2.0, 0.9)
+    # Lazy path-length regularization every 4 steps: G's Adam runs at lr * 4/5, as the reference's.
+    assert trainer.opt_G.param_groups[0]["lr"] == pytest.approx(trainer.arch.lr * 4 / 5)
+    history = []
+    trainer.train(0.020, progress_fn=history.append)
+    assert [("pl_penalty" in h) for h in history] == [True, False, False, False, True]
+    assert trainer.pl_mean.item() > 0 and math.isfinite(history[-1]["pl_penalty"])
+    assert latest_checkpoint(tmp_path / "r")[1]["pl_mean"] == trainer.pl_mean.item()
+
+    z = torch.randn(4, SMALL_NET["z_dim"])
+    trainer.arch.style_mixing = 1.0
+    _, ws = trainer.arch.generate(trainer.G, z, 0, update_stats=False, return_ws=True)
+    assert not torch.equal(ws[:, 0], ws[:, -1])  # a second latent's styles from the cutoff on
+    trainer.arch.style_mixing = 0.0
+    _, ws = trainer.arch.generate(trainer.G, z, 0, update_stats=False, return_ws=True)
+    assert torch.equal(ws[:, 0], ws[:, -1])

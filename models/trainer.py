@@ -53,6 +53,7 @@ class TrainConfig:
     xflip: bool = False              # dataset x-flips
     snapshot_kimg: float = 4.0       # checkpoint every this many kimg
     seed: int = 0                    # one seed for weights, sampler, noise
+    amp: str = "auto"                # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | off
     net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
 
 
@@ -84,6 +85,11 @@ class Trainer:
         self.opt_G = _adam(self.G, self.arch.lr, cfg.betas, cfg.pl_interval if self.arch.pl_weight > 0 else 0)
         self.opt_D = _adam(self.D, self.arch.lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
         self.pl_mean = torch.zeros([], device=self.device)  # running mean of path lengths
+        if cfg.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, not {cfg.amp!r}")
+        # bfloat16 autocast: fp32's range, so no loss scaling (fp16 would need a GradScaler and clamps);
+        # weights, optimizer moments and losses stay fp32.
+        self.amp = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.d_loss_fn, self.g_loss_fn = losses.LOSSES[self.arch.loss]
         self.nimg = 0
         self.step = 0
@@ -177,23 +183,30 @@ class Trainer:
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
         return self.augment(x) if self.augment is not None else x
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _D(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits in fp32 (losses and penalties are computed in full precision)."""
+        return self.arch.discriminate(self.D, images, self.nimg).float()
+
     def _d_step(self, reals: torch.Tensor) -> dict:
         z = self._latents()
-        with torch.no_grad():
-            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False)
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
-        real_in = self._aug(reals).detach().requires_grad_(do_r1)
-        real_logits = self.arch.discriminate(self.D, real_in, self.nimg)
-        fake_logits = self.arch.discriminate(self.D, self._aug(fakes), self.nimg)
-        loss = self.d_loss_fn(real_logits, fake_logits)
-        stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
-        if do_r1:
-            r1 = losses.d_r1_penalty(real_logits, real_in)
-            loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
-            stats["r1"] = r1.item()
-        if self.arch.loss == "wgan":
-            loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(
-                lambda x: self.arch.discriminate(self.D, x, self.nimg), reals, fakes)
+        with self._autocast():
+            with torch.no_grad():
+                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False).float()
+            real_in = self._aug(reals).detach().requires_grad_(do_r1)
+            real_logits = self._D(real_in)
+            fake_logits = self._D(self._aug(fakes))
+            loss = self.d_loss_fn(real_logits, fake_logits)
+            stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
+            if do_r1:
+                r1 = losses.d_r1_penalty(real_logits, real_in)
+                loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
+                stats["r1"] = r1.item()
+            if self.arch.loss == "wgan":
+                loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals, fakes)
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         dd.average_gradients(self.D.parameters())
@@ -204,17 +217,18 @@ class Trainer:
 
     def _g_step(self) -> dict:
         z = self._latents()
-        fakes = self.arch.generate(self.G, z, self.nimg)
-        loss = self.g_loss_fn(self.arch.discriminate(self.D, self._aug(fakes), self.nimg))
-        stats = {"loss_G": loss.item()}
-        if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
-            # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
-            images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
-                                               update_stats=False, return_ws=True)
-            penalty, pl_mean = losses.path_length_penalty(images, ws, self.pl_mean)
-            self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
-            loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
-            stats["pl_penalty"] = penalty.item()
+        with self._autocast():
+            fakes = self.arch.generate(self.G, z, self.nimg).float()
+            loss = self.g_loss_fn(self._D(self._aug(fakes)))
+            stats = {"loss_G": loss.item()}
+            if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
+                # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
+                images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
+                                                update_stats=False, return_ws=True)
+                penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
+                self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
+                loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
+                stats["pl_penalty"] = penalty.item()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         dd.average_gradients(self.G.parameters())

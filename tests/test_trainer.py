@@ -199,3 +199,15 @@ def test_stylegan2_path_length_regularization_and_style_mixing_as_the_reference(
     trainer.arch.style_mixing = 0.0
     _, ws = trainer.arch.generate(trainer.G, z, 0, update_stats=False, return_ws=True)
     assert torch.equal(ws[:, 0], ws[:, -1])
+
+
+@pytest.mark.parametrize("kw", [{}, PGGAN], ids=["stylegan2", "pggan"])
+def test_bf16_autocast_trains_without_nan(tiny_dataset, tmp_path, kw):
+    """The mixed-precision path that `amp: auto` takes on CUDA, run on CPU (autocast works on both)."""
+    cfg = _cfg(**kw, amp="bf16", snapshot_kimg=1.0)
+    trainer = Trainer(cfg, load_images(tiny_dataset, cfg.resolution), tmp_path / "r")
+    assert trainer.amp and not Trainer(_cfg(**kw), load_images(tiny_dataset, cfg.resolution), tmp_path / "s").amp
+    history = []
+    trainer.train(0.032, progress_fn=history.append)
+    assert all(math.isfinite(h["loss_D"]) and math.isfinite(h["loss_G"]) for h in history)
+    assert all(p.dtype == torch.float32 for p in trainer.G.parameters())  # weights stay fp32

@@ -69,7 +69,8 @@ def start(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
     """Claim a queued request's first attempt (compare-and-set) and launch it."""
     found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
-    n = queue.claim(req.id, req.state, req.attempts, start_kimg=start_kimg,
+    # Compare with "queued", never with the state just read: another manager may have started it since.
+    n = queue.claim(req.id, "queued", req.attempts, start_kimg=start_kimg,
                     max_attempts=settings.max_attempts, max_running=settings.max_running)
     if n is None:
         if settings.max_running and len(queue.list(("running",))) >= settings.max_running:

@@ -1,0 +1,207 @@
+"""The training manager against the real Prefect API (the test harness's server) and real processes.
+
+Runs that a lost machine leaves behind are made through the API as such a machine would leave them
+(Running, then silence); train processes are real `python -m flows.train` processes.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.queue import Queue, request_tag
+from tests.conftest import PARAMS, ROOT
+
+
+@pytest.fixture
+def api(prefect_api):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+@pytest.fixture
+def manager_params(tmp_path):
+    """A params.yaml that is the repo's with some `manager` keys changed; returns its path."""
+
+    def make(**manager) -> Path:
+        data = yaml.safe_load(PARAMS.read_text())
+        data["manager"].update(queue=str(tmp_path / "queue.sqlite"), **manager)
+        path = tmp_path / f"params-{len(list(tmp_path.glob('params-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return make
+
+
+def _stub_flow():
+    from prefect import flow
+
+    @flow(name="train")
+    def train_stub() -> None:  # only its name matters: runs are created through the API, never executed
+        pass
+
+    return train_stub
+
+
+def _running_request(tmp_path: Path, api, state, host: str = "lost-machine") -> tuple[Queue, str, str]:
+    """A request whose attempt 1 runs as a flow run on another machine, in `state` as the API shows it."""
+    q = Queue(tmp_path / "queue.sqlite")
+    req = q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), arch="stylegan2",
+                        resolution=32, kimg=0.048, seed=0))
+    assert q.claim(req.id, "queued", 0, host=host) == 1
+    run = api.create_flow_run(_stub_flow(), tags=[request_tag(req.id)], state=state)
+    return q, req.id, str(run.id)
+
+
+def _pass(params: Path, **overrides) -> list[str]:
+    from flows.manager import manager_flow
+
+    return manager_flow(params=str(params), **overrides)
+
+
+def _state(api, run_id: str):
+    from uuid import UUID
+
+    return api.read_flow_run(UUID(run_id)).state
+
+
+def test_stale_running_run_is_crashed_in_api_and_capped(tmp_path, api, manager_params):
+    from prefect.states import Running
+
+    q, rid, run_id = _running_request(tmp_path, api, Running())
+    params = manager_params(max_attempts=1, stale_after_seconds=600)
+    assert _pass(params) == [f"{rid}  running   attempt 1: running"]  # silent for seconds only: left alone
+    assert q.get(rid).flow_run_id == run_id                         # found by its request tag
+    time.sleep(3)
+    lines = _pass(params, stale_after_seconds=2)
+    req = q.get(rid)
+    assert req.state == "failed" and req.attempts == 1
+    assert req.reason.startswith("gave up after 1 of 1 attempts; last: no heartbeat or progress for")
+    assert lines == [f"{rid}  failed    {req.reason}"]
+    state = _state(api, run_id)
+    assert state.type.name == "CRASHED" and "no heartbeat" in state.message
+    assert _pass(params, stale_after_seconds=2) == []               # nothing left to do
+
+
+def test_completed_run_marks_request_done(tmp_path, api, manager_params):
+    from prefect.states import Completed
+
+    q, rid, _ = _running_request(tmp_path, api, Completed())
+    assert _pass(manager_params()) == [f"{rid}  done      after 1 attempt(s)"]
+    req = q.get(rid)
+    assert (req.state, req.kimg_done, req.reason) == ("done", 0.048, None)
+
+
+def test_crashed_run_restarts_then_attempt_cap_fails_it(tmp_path, api, manager_params):
+    from prefect.states import Crashed
+
+    from tasks.launch import process_state
+
+    q, rid, run_id = _running_request(tmp_path, api, Crashed(message="process killed"))
+    params = manager_params(max_attempts=2)
+    [line] = _pass(params)
+    req = q.get(rid)
+    assert line.startswith(f"{rid}  restarted attempt 2: pid ")
+    assert req.state == "running" and req.attempts == 2 and req.history[0].outcome.startswith("attempt 1: flow run crashed")
+    log = tmp_path / "run" / "attempt-2.log"
+    assert req.current.log == str(log) and req.current.pid
+    # The dataset does not exist, so this real train process fails; the manager must not retry it a 3rd time.
+    deadline = time.time() + 240
+    while process_state(req.current.pid, req.current.host, rid) == "alive" and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    _pass(params)
+    req = q.get(rid)
+    assert req.state == "failed" and req.attempts == 2, log.read_text()[-2000:]
+    assert req.reason.startswith("gave up after 2 of 2 attempts; last: ")
+    assert _pass(params) == [] and q.get(rid).attempts == 2
+
+
+def test_cancelled_run_is_not_restarted(tmp_path, api, manager_params):
+    from prefect.states import Cancelled
+
+    q, rid, _ = _running_request(tmp_path, api, Cancelled())
+    _pass(manager_params(max_attempts=3))
+    req = q.get(rid)
+    assert (req.state, req.attempts, req.reason) == ("failed", 1, "cancelled in Prefect")
+
+
+def _cli_env(api) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "WARNING",
+            "OMP_NUM_THREADS": "1"}
+
+
+def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_params):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    # Deployment mode: each start is a flow run created through the API, so the API itself counts the starts
+    # (with no worker for the pool, the runs stay Scheduled, as they would while a GPU pool is busy).
+    api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="race")
+    params = manager_params(max_running=0, deployment="train/race")
+    q = Queue(tmp_path / "queue.sqlite")
+    ids = [q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / f"run-{i}"), arch="stylegan2",
+                         resolution=32, kimg=0.048, seed=i)).id for i in range(4)]
+    cmd = [sys.executable, "-m", "flows.cli", "manager", "--once", "--params", str(params)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_cli_env(api), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lines = [line for out, _ in outs for line in out.splitlines()]
+    started = sorted(line.split()[0] for line in lines if " started " in line)
+    assert started == sorted(ids), lines                      # every request started, none twice
+    for rid in ids:
+        req = q.get(rid)
+        assert req.attempts == 1 and len(req.history) == 1 and req.flow_run_id, (lines, req)
+        runs = api.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[request_tag(rid)])))
+        assert [str(r.id) for r in runs] == [req.flow_run_id]
+        assert runs[0].parameters["request_id"] == rid and runs[0].state.type.name == "SCHEDULED"
+    # Waiting for a worker is not a lost run: the next pass leaves them alone.
+    again = _pass(params)
+    assert sorted(again) == sorted(f"{rid}  running   attempt 1: scheduled" for rid in ids)
+
+
+def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
+    from flows.cli import build_parser
+    from flows.queue_cli import route_train_verbs
+    from tests.conftest import write_curated
+
+    parser = build_parser()
+    plain = parser.parse_args(route_train_verbs(["train", "--data", "d", "--arch", "stylegan2", "--resolution",
+                                                 "32", "--kimg", "1", "--snapshot-kimg", "1", "--run-dir", "r"]))
+    assert plain.command == "train" and plain.data == "d"
+    sub = parser.parse_args(route_train_verbs(["train", "submit", "--data", "d", "--arch", "pggan",
+                                               "--resolution", "32", "--kimg", "1", "--run-dir", "r"]))
+    assert sub.command == "train submit" and sub.arch == "pggan"
+    assert parser.parse_args(route_train_verbs(["train", "status"])).command == "train status"
+
+    data = write_curated(tmp_path / "data")
+    params = manager_params()
+    env = {**os.environ, "GANFLOW_QUEUE": ""}
+
+    def ganflow(*args):
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--params", str(params)],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+    out = ganflow("train", "submit", "--data", str(data), "--arch", "stylegan2", "--resolution", "32",
+                  "--kimg", "0.048", "--run-dir", str(tmp_path / "run"), "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    rid = out.stdout.strip()
+    req = Queue(tmp_path / "queue.sqlite").get(rid)
+    assert req.params == {"data": str(data), "run_dir": str(tmp_path / "run"), "arch": "stylegan2",
+                          "resolution": 32, "kimg": 0.048, "seed": 3, "params": str(params)}
+    status = ganflow("train", "status")
+    assert status.returncode == 0, status.stderr
+    header, row = status.stdout.splitlines()
+    assert header.split()[:4] == ["id", "state", "kimg", "done/target"]
+    assert row.split()[:6] == [rid, "queued", "0", "/", "0.048", "0/3"]
+    missing = ganflow("train", "status", "nope")
+    assert missing.returncode == 2 and "no training request 'nope'" in missing.stderr

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flows.queue_cli import add_queue_commands, route_train_verbs
+
 
 class _Bars:
     """A tqdm bar per pipeline stage, fed by tasks.progress from the flow's tasks."""
@@ -79,7 +81,10 @@ def _run_curate(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset",
+    p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset; "
+                                     "`train submit` / `train status`: queue runs for `ganflow manager`",
+                       epilog="ganflow train submit ... queues a request for `ganflow manager` instead; "
+                              "ganflow train status shows the queue (see `ganflow train submit --help`).",
                        description="Train on DIR's shards until --kimg thousand images, writing "
                                    "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
                                    "command again continues from the newest checkpoint that loads.")
@@ -152,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_curate(sub)
     _add_train(sub)
+    add_queue_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(route_train_verbs(argv))  # `train submit|status` → their own parsers
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from models.data import DatasetError
     from tasks.params import ParamsError

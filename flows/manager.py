@@ -48,19 +48,23 @@ def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
     settings = manager_params(kwargs.get("params", "params.yaml"))
     require_api()  # fail before Prefect starts a temporary server for the flow
     every = interval or settings.interval_seconds
-    while True:
-        try:
-            lines = manager_flow(**kwargs)
-        except ManagerError:
-            raise
-        except Exception as e:  # an unreachable API or a locked disk: report, and try again next pass
-            if once:
+    try:
+        while True:
+            try:
+                lines = manager_flow(**kwargs)
+            except ManagerError:
                 raise
-            print(f"manager pass failed: {type(e).__name__}: {e}", file=sys.stderr)
-            lines = []
-        for line in lines:
-            print(line, flush=True)
-        if once:
-            return 0
-        time.sleep(every)
+            except Exception as e:  # an unreachable API or a locked disk: report, and try again next pass
+                if once:
+                    raise
+                print(f"manager pass failed: {type(e).__name__}: {e}", file=sys.stderr)
+                lines = []
+            for line in lines:
+                print(line, flush=True)
+            if once:
+                return 0
+            time.sleep(every)
+    except KeyboardInterrupt:  # Ctrl-C: the training processes run in their own sessions and carry on
+        print("manager stopped; running requests keep training", file=sys.stderr)
+        return 0
 

@@ -61,7 +61,7 @@ def _local_env(settings: ManagerParams) -> dict[str, str]:
     env = {"PREFECT_API_URL": require_api()}
     if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
         # Several heartbeats per staleness window, so a slow step is never mistaken for a lost machine.
-        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(max(30, int(settings.stale_after_seconds // 3)))
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(max(30, min(180, int(settings.stale_after_seconds // 3))))
     return env
 
 

@@ -132,3 +132,29 @@ def test_decisions(obs, attempt, action, crashed):
     assert (d.action, d.mark_crashed) == (action, crashed)
     if action == "fail" and obs.run_state == "FAILED":
         assert d.reason == "gave up after 3 of 3 attempts; last: flow run failed: boom"
+
+
+def test_local_process_liveness_and_kill():
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tasks.launch import kill_local, process_state, train_command
+
+    here = socket.gethostname()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--request-id", "abc123"],
+                            start_new_session=True)
+    assert process_state(proc.pid, here, "abc123") == "alive"
+    assert process_state(proc.pid, here, "other") == "dead"          # the pid now runs something else
+    assert process_state(proc.pid, "another-host", "abc123") == "unknown"
+    assert kill_local(proc.pid, here, "abc123")
+    deadline = time.time() + 10
+    while process_state(proc.pid, here, "abc123") != "dead" and time.time() < deadline:
+        time.sleep(0.05)
+    assert process_state(proc.pid, here, "abc123") == "dead" and proc.poll() is not None
+    assert not kill_local(proc.pid, here, "abc123")
+    cmd = train_command({**REQ, "params": "/p.yaml"}, "abc123", python="py")
+    assert cmd == ["py", "-m", "flows.train", "--data", "/d", "--run-dir", "/r", "--arch", "stylegan2",
+                   "--resolution", "32", "--kimg", "0.048", "--seed", "0", "--params", "/p.yaml",
+                   "--request-id", "abc123"]

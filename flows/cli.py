@@ -135,8 +135,16 @@ def _run_train(args: argparse.Namespace) -> int:
                         **grown, refresh=False)
         bar.refresh()
 
+    def summary(info: dict) -> None:
+        if lead:
+            tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
+                       f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                       f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
+                       f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
+                       f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}", file=sys.stderr)
+
     result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
-                          device=args.device, progress_fn=progress)
+                          device=args.device, progress_fn=progress, summary_fn=summary)
     bar.close()
     if not lead:
         return 0

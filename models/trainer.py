@@ -132,6 +132,15 @@ class Trainer:
             if self.rank:
                 torch.manual_seed(self.cfg.seed + 1_000_003 * self.rank + self.step)
 
+    def summary(self) -> dict:
+        """What this run trains, for a log line: parameter counts and the settings the preset chose."""
+        count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+        return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
+                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
+                "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
+                "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
+                "device": str(self.device)}
+
     def describe_arch(self) -> dict:
         """The architecture and where its growth is (a PGGAN's stage and alpha): what generation needs."""
         return {**self.arch.describe(), **self.arch.progress(self.nimg)}

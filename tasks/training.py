@@ -26,7 +26,8 @@ class TrainResult:
 def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, target_kimg: float,
                  resume_from: str | Path | None = None, device: str = "cpu",
                  progress_fn: Callable[[dict], None] | None = None,
-                 abort_fn: Callable[[], bool] | None = None) -> TrainResult:
+                 abort_fn: Callable[[], bool] | None = None,
+                 summary_fn: Callable[[dict], None] | None = None) -> TrainResult:
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
     device = init_from_env(device)
     images = load_images(data_dir, cfg.resolution)
@@ -40,5 +41,7 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
         # A snapshot from another run: take its networks, start counters and optimizers afresh.
         trainer.load_state_dict(load_checkpoint(resume_from), weights_only=True)
         transferred = str(resume_from)
+    if summary_fn:
+        summary_fn({**trainer.summary(), "resumed_from": resumed, "transferred_from": transferred})
     stats = trainer.train(target_kimg, progress_fn=progress_fn, abort_fn=abort_fn)
     return TrainResult(resumed_from=resumed, transferred_from=transferred, stats=stats)

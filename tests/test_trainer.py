@@ -117,6 +117,7 @@ def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_pat
     ref = subprocess.run(_train_cmd(tiny_dataset, tmp_path / "ref"), env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
+    assert "stylegan2 32²: G 934,979 parameters, D 218,449" in ref.stderr  # the run says what it trains
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(tiny_dataset, run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -36,6 +36,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf data/curated data/cache data/raw bench/results

@@ -29,7 +29,7 @@ class ManagerError(ValueError):
 @dataclass
 class Outcome:
     request_id: str
-    action: str      # started | restarted | waiting | running | done | failed | skipped | held
+    action: str      # started | restarted | running | done | failed | skipped (another manager) | held (max_running)
     detail: str = ""
 
     def line(self) -> str:

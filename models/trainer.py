@@ -25,7 +25,7 @@ from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 
-CODE_VERSION = "ganflow-train-1"
+CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
 
 
 @dataclass
@@ -110,6 +110,10 @@ class Trainer:
 
     def load_state_dict(self, state: dict, weights_only: bool = False) -> None:
         """Restore a checkpoint; with weights_only, take G/D/G_ema alone (transfer learning)."""
+        if not weights_only and state.get("code_version") != CODE_VERSION:
+            raise ValueError(f"this checkpoint was written by {state.get('code_version')!r} and this version "
+                             f"({CODE_VERSION}) cannot continue it exactly: start a new run directory, with "
+                             f"--resume-from on the checkpoint to keep its networks")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])

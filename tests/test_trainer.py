@@ -212,3 +212,15 @@ def test_bf16_autocast_trains_without_nan(tiny_dataset, tmp_path, kw):
     trainer.train(0.032, progress_fn=history.append)
     assert all(math.isfinite(h["loss_D"]) and math.isfinite(h["loss_G"]) for h in history)
     assert all(p.dtype == torch.float32 for p in trainer.G.parameters())  # weights stay fp32
+
+
+def test_a_checkpoint_from_another_code_version_is_a_clear_error_but_transfers(tiny_dataset, tmp_path):
+    images = load_images(tiny_dataset, 32)
+    Trainer(_cfg(), images, tmp_path / "r").train(0.008)
+    _, state = latest_checkpoint(tmp_path / "r")
+    state["code_version"] = "ganflow-train-0"
+    with pytest.raises(ValueError, match="start a new run directory"):
+        Trainer(_cfg(), images, tmp_path / "s").load_state_dict(state)
+    other = Trainer(_cfg(), images, tmp_path / "t")
+    other.load_state_dict(state, weights_only=True)
+    assert _same_weights(other.G_ema.state_dict(), state["G_ema"])

@@ -158,3 +158,25 @@ def test_local_process_liveness_and_kill():
     assert cmd == ["py", "-m", "flows.train", "--data", "/d", "--run-dir", "/r", "--arch", "stylegan2",
                    "--resolution", "32", "--kimg", "0.048", "--seed", "0", "--params", "/p.yaml",
                    "--request-id", "abc123"]
+
+
+def test_status_shows_checkpoint_progress_and_eta(tmp_path):
+    import os
+    import time
+
+    from flows.queue_cli import status_table
+
+    q = Queue(tmp_path / "q.sqlite")
+    run = tmp_path / "run"
+    req = q.submit({**REQ, "run_dir": str(run), "kimg": 1.0})
+    assert q.claim(req.id, "queued", 0, start_kimg=0.0) == 1
+    started = q.get(req.id).current.started
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "ckpt-000000.250.pt"
+    ckpt.write_bytes(b"")  # status reads names and times only, never loads a checkpoint
+    os.utime(ckpt, (started + 100, started + 100))  # 0.25 kimg in 100 s: 0.75 kimg left = 300 s
+    _, row = status_table([q.get(req.id)], 3).splitlines()
+    assert row.split() == [req.id, "running", "0.25", "/", "1", "1/3", ckpt.name, "0:05:00"]
+    q.finish(req.id, 1, "failed", "gave up")
+    _, row = status_table([q.get(req.id)], 3).splitlines()
+    assert row.split()[:2] == [req.id, "failed"] and row.split()[-3:] == ["-", "gave", "up"]

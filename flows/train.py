@@ -1,0 +1,130 @@
+"""The train flow: plan the stages, then train them one by one, each a retried task that resumes.
+
+    python -m flows.train --data data/curated/photos --run-dir runs/photos --resolution 256 [--kimg 25000]
+
+Every stage task resumes from the run dir's newest checkpoint, so a retry, a rescheduled run or a
+restart by the training manager continues where the last one stopped; stages already done are skipped.
+SIGTERM checkpoints at once and ends the run (see tasks/stages.py for how that meets Prefect).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from tasks import train_report
+from tasks.stages import (done_kimg, plan_stages, resolve_device, tag_current_run, train_config, train_params,
+                          train_stage_task)
+
+
+@flow(name="train")
+def train_flow(
+    data: str,
+    run_dir: str,
+    resolution: int,
+    arch: Literal["stylegan2", "pggan"] = "stylegan2",
+    kimg: float | None = None,
+    seed: int = 0,
+    params: str = "params.yaml",
+    snapshot_kimg: float | None = None,
+    ada_target: float | None = None,
+    device: str | None = None,
+    resume_from: str | None = None,
+    request_id: str | None = None,
+) -> dict:
+    """Train a GAN on a curated dataset in stages; every stage resumes from the newest checkpoint.
+
+    Args:
+        data: Curated dataset folder (dataset.json + shards/), as `ganflow curate` writes it.
+        run_dir: Run folder: checkpoints/ckpt-<kimg>.pt and samples/fakes-<kimg>.png go here.
+        resolution: Training resolution in pixels (a power of two, at most the dataset's).
+        arch: Network family: stylegan2 (StyleGAN2-ADA, trained in cycles) or pggan (one stage per resolution).
+        kimg: Train until this many thousand images in total. Empty: params.yaml (stylegan2: train.cycles x
+            train.cycle_kimg; pggan: until the final resolution is faded in and stabilized).
+        seed: Seed for weights, data order and noise.
+        params: Settings file; section `train` holds stage lengths, snapshot interval, retries, batch, nets.
+        snapshot_kimg: Checkpoint and sample grid every this many kimg. Empty: train.snapshot_kimg.
+        ada_target: ADA target for E[sign(D(real))], 0 = off. Empty: train.ada_target (stylegan2), off (pggan).
+        device: auto, cpu, cuda or cuda:N. Empty: train.device.
+        resume_from: A checkpoint of another run to start from (transfer learning); ignored once run_dir has
+            checkpoints.
+        request_id: The training manager's request id; the run is tagged request:<id> so the manager finds it.
+    """
+    logger = get_run_logger()
+    if request_id:
+        tag_current_run(f"request:{request_id}")
+    p = train_params(params, snapshot_kimg=snapshot_kimg)
+    cfg = train_config(p, arch, resolution, seed, ada_target=ada_target)
+    stages = plan_stages(arch, resolution, kimg, p)
+    total = stages[-1].end_kimg
+    dev = resolve_device(device or p.device)
+    start = done_kimg(run_dir)
+    progress = train_report.create_progress(start, total)
+    logger.info("%s %s² to %g kimg in %d stage(s) on %s%s", arch, resolution, total, len(stages), dev,
+                f", resuming at {start:g} kimg" if start else "")
+
+    results = []
+    for stage in stages:
+        if stage.end_kimg <= start:
+            logger.info("%s: done before this run (%g kimg), skipped", stage.label, stage.end_kimg)
+            continue
+        stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
+        results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
+                                                           resume_from=resume_from, progress_artifact=str(progress))})
+        # The evaluate step (FID per snapshot) goes here once it exists: it reads run_dir's checkpoints.
+    return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
+            "kimg": done_kimg(run_dir), "stages": results}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flows.train", description=(
+        "Run the train flow: train in stages (StyleGAN2 cycles, PGGAN resolutions), every stage resuming "
+        "from RUN's newest checkpoint. Defaults come from params.yaml, section `train`."))
+    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
+    p.add_argument("--run-dir", required=True, metavar="RUN", help="run folder (checkpoints/, samples/)")
+    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
+    p.add_argument("--arch", choices=["stylegan2", "pggan"], default="stylegan2", help="network family")
+    p.add_argument("--kimg", type=float, metavar="K", help="total kimg (default: from params.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg (default: params)")
+    p.add_argument("--ada-target", type=float, metavar="T", help="ADA target, 0 = off (default: params)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: params)")
+    p.add_argument("--resume-from", metavar="CKPT", help="start from another run's snapshot (transfer learning)")
+    p.add_argument("--request-id", metavar="ID", help="the training manager's request id (tags the flow run)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect import tags
+
+    from models.data import DatasetError
+    from tasks.params import ParamsError
+
+    run_tags = [f"request:{args.request_id}"] if args.request_id else []
+    try:
+        with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
+            result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,
+                                kimg=args.kimg, seed=args.seed, params=args.params, snapshot_kimg=args.snapshot_kimg,
+                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from,
+                                request_id=args.request_id)
+    except (ParamsError, DatasetError, ValueError, FileNotFoundError) as e:
+        print(f"python -m flows.train: error: {e}", file=sys.stderr)
+        return 2
+    for s in result["stages"]:
+        resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
+        print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
+    print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
+    samples = [s["samples"] for s in result["stages"] if s["samples"]]
+    if samples:
+        print(f"latest sample grid: {samples[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,9 @@ deployment), or with `ganflow manager` (a loop) / `ganflow manager --once` (one 
 """
 from __future__ import annotations
 
+import signal
 import sys
-import time
+import threading
 
 from prefect import flow, get_run_logger
 
@@ -44,10 +45,14 @@ def manager_flow(
 
 
 def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
-    """`ganflow manager`: one pass, or a pass every `interval` seconds until interrupted."""
+    """`ganflow manager`: one pass, or a pass every `interval` seconds until Ctrl-C or SIGTERM, which end
+    the loop after the pass in progress (never half-way through a launch). The training processes run in
+    their own sessions and carry on."""
     settings = manager_params(kwargs.get("params", "params.yaml"))
     require_api()  # fail before Prefect starts a temporary server for the flow
     every = interval or settings.interval_seconds
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
             try:
@@ -63,8 +68,9 @@ def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
                 print(line, flush=True)
             if once:
                 return 0
-            time.sleep(every)
-    except KeyboardInterrupt:  # Ctrl-C: the training processes run in their own sessions and carry on
-        print("manager stopped; running requests keep training", file=sys.stderr)
-        return 0
-
+            if stop.wait(every):
+                print("manager stopped; running requests keep training", file=sys.stderr)
+                return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -151,17 +151,17 @@ def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerParams,
 
 
 def _record_progress(queue: Queue, req: Request, view) -> None:
+    """kimg done, kimg/s and total from the run's progress artifact; the newest checkpoint from the run dir
+    when it is visible from here (its kimg too, for runs that have not reported progress yet)."""
     found = newest_checkpoint(req.params["run_dir"])
-    kimg = rate = None
-    if view is not None and view.progress is not None and req.kimg_target:
-        kimg = view.progress / 100 * req.kimg_target
-        if view.start_time and view.progress_updated:
-            elapsed = (view.progress_updated - view.start_time).total_seconds()
-            if elapsed > 0 and kimg > req.current.start_kimg:
-                rate = (kimg - req.current.start_kimg) / elapsed
-    elif found is not None:
+    kimg = total = rate = None
+    if view is not None:
+        kimg, total, rate = view.kimg()
+        if kimg is None and view.progress is not None and req.kimg_target:
+            kimg = view.progress / 100 * req.kimg_target
+    if kimg is None and found is not None:
         kimg = found[0]
-    queue.record_progress(req.id, req.attempts, kimg_done=kimg, kimg_per_s=rate,
+    queue.record_progress(req.id, req.attempts, kimg_done=kimg, kimg_per_s=rate, kimg_target=total,
                           last_checkpoint=found[1] if found else None)
 
 

@@ -10,6 +10,7 @@ all three, while the run stays Running in the API forever.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +25,9 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect.states import Crashed
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+_NUM = r"([0-9][0-9.e+-]*)"
+_KIMG = re.compile(rf"kimg {_NUM} / {_NUM}")
+_RATE = re.compile(rf"{_NUM} kimg/s")
 
 
 @dataclass
@@ -34,8 +38,16 @@ class RunView:
     last_alive: datetime | None
     progress: float | None      # percent, from the run's progress artifact
     progress_text: str          # that artifact's description (the train flow writes kimg done / target there)
-    start_time: datetime | None
-    progress_updated: datetime | None
+
+    def kimg(self) -> tuple[float | None, float | None, float | None]:
+        """(kimg done, total kimg, kimg/s) as the train flow writes them in its progress artifact's
+        description ('kimg 12.3 / 25000 · stage 1/5 · 1.52 kimg/s · ...'); None where absent."""
+        done = total = rate = None
+        if m := _KIMG.search(self.progress_text):
+            done, total = float(m.group(1)), float(m.group(2))
+        if m := _RATE.search(self.progress_text):
+            rate = float(m.group(1))
+        return done, total, rate
 
 
 def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: set[str]) -> FlowRun | None:
@@ -54,18 +66,17 @@ def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
     if state is not None and state.is_running():
         times.append(state.timestamp)
     times.append(_last_heartbeat(client, run))
-    progress = progress_text = progress_updated = None
+    progress = progress_text = None
     for artifact in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])),
             sort=ArtifactSort.UPDATED_DESC, limit=20):
         times.append(artifact.updated)
         if artifact.type == "progress" and progress is None:
-            progress, progress_text, progress_updated = _float(artifact.data), artifact.description or "", artifact.updated
+            progress, progress_text = _float(artifact.data), artifact.description or ""
     alive = [t for t in times if t is not None]
     return RunView(id=str(run.id), state=state.type.name if state else "PENDING",
                    message=(state.message or "") if state else "", last_alive=max(alive) if alive else None,
-                   progress=progress, progress_text=progress_text or "", start_time=run.start_time,
-                   progress_updated=progress_updated)
+                   progress=progress, progress_text=progress_text or "")
 
 
 def _last_heartbeat(client: SyncPrefectClient, run: FlowRun) -> datetime | None:

@@ -205,3 +205,89 @@ def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
     assert row.split()[:6] == [rid, "queued", "0", "/", "0.048", "0/3"]
     missing = ganflow("train", "status", "nope")
     assert missing.returncode == 2 and "no training request 'nope'" in missing.stderr
+
+
+def _tiny_train_params(make_params) -> Path:
+    """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
+    path = make_params()
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("train", {}).update(TINY_TRAIN)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# test_trainer's tiny CPU config; two StyleGAN2 cycles (stage tasks) of 0.024 kimg, a checkpoint every 2 steps.
+TINY_TRAIN = dict(cycle_kimg=0.024, snapshot_kimg=0.008, batch=4, channel_base=512, channel_max=64,
+                  net=dict(z_dim=32, w_dim=32, mapping_layers=2), ada_target=0.0, device="cpu",
+                  retries=0, retry_delay_seconds=0)
+
+
+def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_path, api, manager_params):
+    pytest.importorskip("flows.train")
+    from models.checkpoint import latest_checkpoint, list_checkpoints
+    from tasks.launch import process_state
+    from tests.conftest import write_curated
+
+    data = write_curated(tmp_path / "data")
+    params = _tiny_train_params(manager_params)
+    env = _cli_env(api)
+
+    def ganflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--params", str(params)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    # The reference: the same request trained by the train flow without interruption.
+    ref = subprocess.run([sys.executable, "-m", "flows.train", "--data", str(data), "--run-dir", str(tmp_path / "ref"),
+                          "--arch", "stylegan2", "--resolution", "32", "--kimg", "0.048", "--seed", "0",
+                          "--params", str(params)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "run"
+    rid = ganflow("train", "submit", "--data", str(data), "--arch", "stylegan2", "--resolution", "32",
+                  "--kimg", "0.048", "--run-dir", str(run)).stdout.strip()
+    first = ganflow("manager", "--once")
+    assert f"{rid}  started   attempt 1" in first.stdout, first.stderr[-3000:]
+    q = Queue(tmp_path / "queue.sqlite")
+    attempt = q.get(rid).current
+    deadline = time.time() + 300
+    while not any(k >= 0.016 for k, _ in list_checkpoints(run)) and time.time() < deadline:
+        assert process_state(attempt.pid, attempt.host, rid) == "alive", Path(attempt.log).read_text()[-3000:]
+        time.sleep(0.05)
+    os.kill(attempt.pid, 9)  # mid-stage: no checkpoint, no final state, the API still says Running
+    killed_at = max(k for k, _ in list_checkpoints(run))
+    assert killed_at < 0.048, "the run finished before it could be killed; use a longer run"
+    while process_state(attempt.pid, attempt.host, rid) == "alive":
+        time.sleep(0.05)
+
+    second = ganflow("manager", "--once")
+    assert f"{rid}  restarted attempt 2" in second.stdout, (second.stdout, second.stderr[-3000:])
+    assert "train process exited without reporting a final state" in second.stdout
+    old = q.get(rid).history[0]
+    assert old.flow_run_id and _state(api, old.flow_run_id).type.name == "CRASHED"
+
+    # Now the manager as a loop: it watches attempt 2 to the end and marks the request done.
+    loop = subprocess.Popen([sys.executable, "-m", "flows.cli", "manager", "--interval", "2", "--params",
+                             str(params)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 400
+        while q.get(rid).state == "running" and time.time() < deadline:
+            time.sleep(1)
+    finally:
+        loop.send_signal(2)
+        out, err = loop.communicate(timeout=60)
+    req = q.get(rid)
+    assert (req.state, req.attempts, req.kimg_done) == ("done", 2, 0.048), (out, err[-3000:])
+    assert req.history[1].start_kimg == killed_at                   # resumed, not restarted from zero
+    assert "resum" in Path(req.history[1].log).read_text().lower()
+    assert loop.returncode == 0 and "manager stopped" in err
+    ref_state, state = latest_checkpoint(tmp_path / "ref")[1], latest_checkpoint(run)[1]
+    assert ref_state["kimg"] == state["kimg"] == 0.048
+    assert ref_state["G_ema"].keys() == state["G_ema"].keys()
+    assert all(torch_equal(ref_state["G_ema"][k], state["G_ema"][k]) for k in state["G_ema"])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

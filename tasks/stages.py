@@ -216,7 +216,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     stage, after any checkpoint of that step). report_fn(stats) runs in the calling thread at most every
     report_every_s seconds with the newest stats: that is where Prefect artifacts are updated.
     """
-    abort = threading.Event()
+    abort, done = threading.Event(), threading.Event()
     newest: list[dict] = []   # the trainer thread appends; the waiting thread reads the last one
     box: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -234,21 +234,32 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
                                          summary_fn=lambda info: box.setdefault("summary", info))
         except BaseException as e:  # handed to the waiting thread, which raises it
             box["error"] = e
+        finally:
+            done.set()
 
+    # Wait on an Event, never Thread.join: in Python 3.11 a signal handler raising inside join() makes the
+    # Thread object believe its (still running) thread has stopped.
     worker = threading.Thread(target=work, name="ganflow-train-stage", daemon=True)
     interrupt: BaseException | None = None
     reported_at = 0.0
     with _sigterm_sets(abort):
-        worker.start()
-        while worker.is_alive():
-            try:
-                worker.join(timeout=0.25)
+        try:
+            worker.start()
+            while not done.wait(timeout=0.25):
                 if report_fn is not None and newest and time.monotonic() - reported_at >= report_every_s:
                     reported_at = time.monotonic()
                     report_fn(dict(newest[-1]))
-            except (TerminationSignal, KeyboardInterrupt) as e:  # Prefect's SIGTERM bridge, or Ctrl-C
-                abort.set()  # the trainer checkpoints after its current step and returns
-                interrupt = interrupt or e
+        except (TerminationSignal, KeyboardInterrupt) as e:  # Prefect's SIGTERM bridge, or Ctrl-C
+            interrupt = e
+        finally:
+            # Whatever ended the wait (a signal, even one inside report_fn's API call, or report_fn's own
+            # error), the trainer checkpoints after its current step and stops before this thread leaves.
+            while worker.ident is not None and not done.is_set():
+                abort.set()
+                try:
+                    done.wait(timeout=0.25)
+                except (TerminationSignal, KeyboardInterrupt) as e:  # a second signal: keep waiting
+                    interrupt = interrupt or e
     if interrupt is not None:
         raise interrupt
     if "error" in box:
@@ -289,9 +300,13 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
     logger = get_run_logger()
 
     def report(stats: dict) -> None:
-        if progress_artifact:
+        if not progress_artifact:
+            return
+        try:
             train_report.update_progress(progress_artifact, stats["kimg"], total_kimg,
                                          train_report.progress_text(stats["kimg"], total_kimg, stage.label, stats))
+        except Exception as e:  # an API hiccup must not stop training; the next report tries again
+            logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
     summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
                         progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)

@@ -1,0 +1,265 @@
+"""The train flow against the real Prefect API (the test harness's server), with tiny CPU networks.
+
+A stage that fails once is retried by Prefect and resumes from its checkpoint; SIGTERM writes a
+checkpoint at once and ends the run Crashed (a lone process: the manager restarts it) or, under a
+`prefect flow-run execute` supervisor with PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule,
+AwaitingRetry, from which the rerun resumes; the flow trains through all its stages.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import PARAMS, ROOT, write_curated
+
+# test_trainer's small StyleGAN2 (r1 every 2 steps, no ADA) and PGGAN; batch 4 = 0.004 kimg per step.
+TINY_TRAIN = dict(batch=4, channel_base=512, channel_max=64, net=dict(z_dim=32, w_dim=32, mapping_layers=2),
+                  ada_target=0.0, snapshot_kimg=0.008, cycle_kimg=0.008, retries=0, retry_delay_seconds=0,
+                  device="cpu")
+TINY_PGGAN = dict(channel_base=256, channel_max=64, net=dict(z_dim=32), fade_kimg=0.008, stabilize_kimg=0.008)
+
+
+def tiny_params(folder: Path, **train) -> Path:
+    data = yaml.safe_load(PARAMS.read_text())
+    data["train"].update({**TINY_TRAIN, **train})
+    path = folder / f"params-{len(list(folder.glob('params-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def api(prefect_api):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+def _env(**extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_LOGGING_LEVEL": "INFO",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+def _task_runs(api, flow_run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(runs, key=lambda r: r.expected_start_time)
+
+
+def _artifacts(api, flow_run_id):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return api.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+def test_stage_plans_follow_params_and_growth_schedule():
+    from models.pggan import GrowthSchedule
+    from tasks.stages import pggan_stages, plan_stages, stylegan2_stages, train_params
+
+    p = train_params(PARAMS)
+    assert [s.end_kimg for s in plan_stages("stylegan2", 256, None, p)] == [5000, 10000, 15000, 20000, 25000]
+    assert [s.end_kimg for s in stylegan2_stages(12000, 5000)] == [5000, 10000, 12000]
+    assert stylegan2_stages(12000, 5000)[2].label == "stage 3/3 (cycle 3/3)"
+
+    schedule = GrowthSchedule(3, stabilize_kimg=800, fade_kimg=800)  # 32x32: stages 4, 8, 16, 32
+    plan = plan_stages("pggan", 32, None, p)
+    assert [s.name for s in plan] == ["4x4", "8x8", "16x16", "32x32"]
+    assert [s.end_kimg for s in plan] == [schedule.stage_end_kimg(s) for s in range(4)] == [800, 2400, 4000, 5600]
+    assert [s.end_kimg for s in pggan_stages(32, 800, 800, 3000)] == [800, 2400, 3000]   # stops where it falls
+    assert [s.end_kimg for s in pggan_stages(32, 800, 800, 9000)][-1] == 9000             # longer: last grows on
+    with pytest.raises(ValueError, match="power of two"):
+        pggan_stages(48, 800, 800)
+
+
+def test_train_params_errors_name_the_key(tmp_path):
+    from tasks.params import ParamsError
+    from tasks.stages import train_params
+
+    with pytest.raises(ParamsError, match="train.snapshot_kimg must be positive"):
+        train_params(tiny_params(tmp_path, snapshot_kimg=0))
+    with pytest.raises(ParamsError, match=r"unknown \['bogus'\]"):
+        train_params(tiny_params(tmp_path, bogus=1))
+
+
+# ---------------------------------------------------------------------------------------------- flows
+
+@pytest.mark.parametrize("arch,resolution,extra,stages", [
+    ("stylegan2", 32, {}, ["cycle 1/2", "cycle 2/2"]),
+    ("pggan", 16, TINY_PGGAN, ["4x4", "8x8", "16x16"]),
+])
+def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, resolution, extra, stages):
+    from flows.train import train_flow
+    from models.checkpoint import latest_checkpoint
+
+    data = write_curated(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
+                       kimg=0.016 if arch == "stylegan2" else None, params=str(tiny_params(tmp_path, **extra)),
+                       request_id="abc123", return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    run = api.read_flow_run(state.state_details.flow_run_id)
+    assert "request:abc123" in run.tags
+
+    # PGGAN: one stage per resolution, ending where the growth schedule has stabilized it (0.008, 0.024, 0.040).
+    ends = [0.008, 0.016] if arch == "stylegan2" else [0.008, 0.024, 0.040]
+    assert [s["stage"].split("(")[1].rstrip(")") for s in result["stages"]] == stages
+    assert [s["kimg"] for s in result["stages"]] == ends
+    assert [s["resumed_from"] is not None for s in result["stages"]] == [False] + [True] * (len(stages) - 1)
+    path, ckpt = latest_checkpoint(run_dir)
+    assert ckpt["kimg"] == ends[-1] and ckpt["arch"]["name"] == arch
+    assert [r.name for r in _task_runs(api, run.id)] == [f"stage {i + 1}/{len(stages)} ({n})"
+                                                         for i, n in enumerate(stages)]
+
+    artifacts = _artifacts(api, run.id)
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0
+    assert progress[0].description.startswith(f"kimg {ends[-1]:g} / {ends[-1]:g}")
+    reports = [a for a in artifacts if a.type == "markdown"]
+    assert len(reports) == len(stages)
+    assert all("data:image/png;base64," in a.data and "| loss D |" in a.data for a in reports)
+
+
+def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
+    """An attempt that fails after its first checkpoint: Prefect retries the task, the retry continues
+    from that checkpoint (not from zero) and ends with the weights of a run that never failed."""
+    from prefect import flow
+
+    from models.checkpoint import latest_checkpoint, list_checkpoints
+    from tasks.stages import Stage, run_stage, train_config, train_params, train_stage_task
+
+    data = write_curated(tmp_path / "data")
+    p = train_params(tiny_params(tmp_path))
+    cfg = train_config(p, "stylegan2", 32)
+    stage = Stage(0, 1, "cycle 1/1", 0.016)
+    failed_at: list[float] = []
+
+    def fail_once(stats: dict) -> None:  # runs in the training thread, after the step's checkpoint
+        if "checkpoint" in stats and not failed_at:
+            failed_at.append(stats["kimg"])
+            raise RuntimeError("injected failure after the first checkpoint")
+
+    @flow(name="train-retry-test")
+    def one_stage(run_dir: str) -> dict:
+        task = train_stage_task.with_options(retries=1, retry_delay_seconds=0)
+        return task(cfg, str(data), run_dir, stage, stage.end_kimg, progress_fn=fail_once)
+
+    state = one_stage(str(tmp_path / "run"), return_state=True)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert failed_at == [0.008]
+    assert [k for k, _ in list_checkpoints(tmp_path / "run")] == [0.008, 0.016]
+    assert summary["resumed_from"] == str(tmp_path / "run" / "checkpoints" / "ckpt-000000.008.pt")
+    (task_run,) = _task_runs(api, state.state_details.flow_run_id)
+    assert task_run.run_count == 2 and task_run.state.is_completed()
+
+    reference = run_stage(cfg, data, tmp_path / "ref", 0.016)  # the pure function, no Prefect, no failure
+    assert reference["resumed_from"] is None
+    assert _same(latest_checkpoint(tmp_path / "ref")[1]["G_ema"], latest_checkpoint(tmp_path / "run")[1]["G_ema"])
+
+
+def _wait_for_stage(api, flow_run_filter, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the flow run's first stage task is Running (its trainer then steps within seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        runs = api.read_task_runs(flow_run_filter=flow_run_filter)
+        if any(r.state and r.state.is_running() for r in runs):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the stage task never started")
+
+
+def test_sigterm_checkpoints_at_once_and_the_rerun_resumes(tmp_path, api):
+    """A lone `python -m flows.train` (how the manager launches one): SIGTERM → checkpoint after the
+    current step, flow run Crashed (what the manager restarts), and the same command resumes from it."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from models.checkpoint import list_checkpoints
+
+    data = write_curated(tmp_path / "data")
+    # Snapshots and stage ends far away: any checkpoint during the test comes from the SIGTERM.
+    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flows.train", "--data", str(data), "--run-dir", str(run_dir), "--resolution", "32",
+           "--kimg", "1.0", "--params", str(params), "--request-id", "sigterm1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=["request:sigterm1"]))
+    _wait_for_stage(api, tagged, proc)
+    time.sleep(2)  # a few steps
+    assert list_checkpoints(run_dir) == []
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM, err[-3000:]  # Prefect re-raises the signal once it has reported
+    (kimg, ckpt), = list_checkpoints(run_dir)
+    assert 0 < kimg < 1.0
+    assert ckpt.stat().st_mtime - sent < 30  # after the step in flight, not at the next snapshot
+    (run,) = api.read_flow_runs(flow_run_filter=tagged)
+    assert run.state.is_crashed(), run.state
+    (task_run,) = _task_runs(api, run.id)
+    assert task_run.state.is_crashed()
+
+    rerun = subprocess.run([*cmd[:-1], "sigterm2", "--kimg", f"{kimg + 0.008:g}"], cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {ckpt}" in rerun.stdout
+    assert [k for k, _ in list_checkpoints(run_dir)][-1] == pytest.approx(kimg + 0.008)
+
+
+def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resumes(tmp_path, api):
+    """A deployment run under `prefect flow-run execute` (what a worker runs with command set so) with
+    PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule: SIGTERM to the supervisor → the engine
+    acknowledges, the trainer checkpoints, the run is AwaitingRetry (Scheduled); executing it again
+    resumes from that checkpoint and completes."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train import train_flow
+    from models.checkpoint import list_checkpoints
+
+    data = write_curated(tmp_path / "data")
+    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
+    run_dir = tmp_path / "run"
+    deployment = api.create_deployment(
+        flow_id=api.create_flow(train_flow), name="sigterm-test", entrypoint="flows/train.py:train_flow",
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
+    run = api.create_flow_run_from_deployment(deployment, parameters=dict(
+        data=str(data), run_dir=str(run_dir), resolution=32, kimg=1.0, params=str(params)))
+    execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
+    env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule")
+    proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_stage(api, FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), proc)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Flow run successfully rescheduled" in out + err, err[-3000:]
+    (kimg, ckpt), = list_checkpoints(run_dir)
+    assert 0 < kimg < 1.0
+    state = api.read_flow_run(run.id).state
+    assert state.is_scheduled() and state.name == "AwaitingRetry", state
+
+    # What a worker does with the rescheduled run; a shorter target keeps the test short.
+    api.update_flow_run(run.id, parameters={**run.parameters, "kimg": kimg + 0.008})
+    again = subprocess.run(execute, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert api.read_flow_run(run.id).state.is_completed()
+    assert [k for k, _ in list_checkpoints(run_dir)] == [kimg, pytest.approx(kimg + 0.008)]
+    assert f"resumed from {ckpt}" in again.stdout + again.stderr

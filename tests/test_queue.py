@@ -67,7 +67,7 @@ def test_processes_racing_never_claim_one_request_twice(tmp_path):
     path = str(tmp_path / "q.sqlite")
     q = Queue(path)
     ids = [q.submit({**REQ, "seed": i}).id for i in range(40)]
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork would copy the Prefect harness's threads mid-flight
     start, wins = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(path, ids if k % 2 else ids[::-1], start, wins)) for k in range(4)]
     for p in procs:
@@ -83,11 +83,11 @@ def test_processes_racing_never_claim_one_request_twice(tmp_path):
 def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
     path = tmp_path / "q.sqlite"
     r = Queue(path).submit(REQ)
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork would copy the Prefect harness's threads mid-flight
     go, wins = ctx.Event(), ctx.Queue()
     p = ctx.Process(target=_race, args=(str(path), [r.id], go, wins))
     p.start()
-    # Opened after the fork: an SQLite connection must never cross a fork.
+    # Opened after the child started: an SQLite connection must never cross a fork.
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another manager holds the write lock for a moment
     go.set()

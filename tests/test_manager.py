@@ -293,3 +293,50 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+@pytest.mark.slow  # about a minute: two train processes and three manager passes, plus the silence itself
+def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, api, manager_params):
+    """A SIGSTOPped train process is a machine that stopped answering: no heartbeat, no progress, yet
+    Running in the API and still present here. The manager must restart it, and kill the old one first."""
+    from models.checkpoint import list_checkpoints
+    from tasks.launch import kill_local, process_state
+    from tests.conftest import write_curated
+
+    data = write_curated(tmp_path / "data")
+    params = _tiny_train_params(manager_params)
+    data_params = yaml.safe_load(params.read_text())
+    data_params["train"]["cycle_kimg"] = 10.0  # long enough to still be training when frozen
+    params.write_text(yaml.safe_dump(data_params, sort_keys=False))
+    env = _cli_env(api)
+
+    def manager(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "flows.cli", "manager", "--once", "--params", str(params),
+                              *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout
+
+    q = Queue(tmp_path / "queue.sqlite")
+    rid = q.submit(dict(data=str(data), run_dir=str(tmp_path / "run"), arch="stylegan2", resolution=32,
+                        kimg=20.0, seed=0, params=str(params))).id
+    assert f"{rid}  started" in manager()
+    first = q.get(rid).current
+    try:
+        deadline = time.time() + 300
+        while not list_checkpoints(tmp_path / "run") and time.time() < deadline:
+            assert process_state(first.pid, first.host, rid) == "alive", Path(first.log).read_text()[-3000:]
+            time.sleep(0.2)
+        # Healthy training reports progress every few seconds: not stale at a 20 s threshold.
+        assert f"{rid}  running   attempt 1: running, kimg " in manager("--stale-after", "20")
+        os.kill(first.pid, 19)  # SIGSTOP
+        time.sleep(25)
+        out = manager("--stale-after", "20")
+        assert f"{rid}  restarted attempt 2" in out and "no heartbeat or progress for" in out, out
+        assert process_state(first.pid, first.host, rid) == "dead"    # killed, not left to wake up later
+        old = q.get(rid).history[0]
+        assert _state(api, old.flow_run_id).type.name == "CRASHED"
+        assert q.get(rid).current.pid != first.pid
+    finally:
+        req = q.get(rid)
+        for a in req.history:
+            kill_local(a.pid, a.host, rid)

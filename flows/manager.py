@@ -36,12 +36,20 @@ def manager_flow(
     outcomes: list[Outcome] = []
     # Running ones first: a slot freed by a finished request is given to a queued one in the same pass.
     for req in Queue(path).list(("running",)):
-        outcomes.append(check_task(path, req.id, settings))
+        outcomes.append(_isolated(check_task, path, req.id, settings))
     for req in Queue(path).list(("queued",)):
-        outcomes.append(start_task(path, req.id, settings))
+        outcomes.append(_isolated(start_task, path, req.id, settings))
     for o in outcomes:
         logger.info(o.line())
     return [o.line() for o in outcomes]
+
+
+def _isolated(task, path: str, request_id: str, settings) -> Outcome:
+    """One request's trouble (an API hiccup, a bad run dir) must not stop the pass for the others."""
+    state = task(path, request_id, settings, return_state=True)
+    if state.is_completed():
+        return state.result()
+    return Outcome(request_id, "error", f"{state.name}: {state.message}")
 
 
 def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:

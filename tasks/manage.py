@@ -29,7 +29,7 @@ class ManagerError(ValueError):
 @dataclass
 class Outcome:
     request_id: str
-    action: str      # started | restarted | running | done | failed | skipped (another manager) | held (max_running)
+    action: str      # started | restarted | running | done | failed | skipped (another manager) | held | error
     detail: str = ""
 
     def line(self) -> str:
@@ -165,13 +165,13 @@ def _record_progress(queue: Queue, req: Request, view) -> None:
                           last_checkpoint=found[1] if found else None)
 
 
-@task(name="start-request", cache_policy=NO_CACHE)
+@task(name="start-request", task_run_name="start {request_id}", cache_policy=NO_CACHE)
 def start_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
     queue = Queue(queue_file)
     return start(queue, queue.get(request_id), settings)
 
 
-@task(name="check-request", cache_policy=NO_CACHE)
+@task(name="check-request", task_run_name="check {request_id}", cache_policy=NO_CACHE)
 def check_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
     queue = Queue(queue_file)
     return check(queue, queue.get(request_id), settings)

@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
@@ -54,7 +55,10 @@ def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: se
     """The attempt's flow run: by id once known, else the newest run tagged `tag` that no earlier
     attempt owned (a local launch learns its run id only after the process has created it)."""
     if known:
-        return client.read_flow_run(UUID(known))
+        try:
+            return client.read_flow_run(UUID(known))
+        except ObjectNotFound:  # deleted in the UI: the attempt is as good as lost once it is stale
+            return None
     runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
     fresh = [r for r in runs if str(r.id) not in exclude]
     return max(fresh, key=lambda r: r.created) if fresh else None

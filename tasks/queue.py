@@ -98,11 +98,6 @@ class Request:
     def current(self) -> Attempt | None:
         return self.history[-1] if self.history else None
 
-    def eta_seconds(self) -> float | None:
-        if self.state != "running" or not self.kimg_per_s or self.kimg_target is None:
-            return None
-        return max(self.kimg_target - self.kimg_done, 0.0) / self.kimg_per_s
-
 
 def request_tag(request_id: str) -> str:
     """The Prefect tag a request's flow runs carry: how the manager finds them through the API."""
@@ -179,6 +174,11 @@ class Queue:
         now = time.time()
         target = params.get("kimg")
         with self._tx() as db:
+            for row in db.execute("SELECT id, params FROM requests WHERE state IN ('queued', 'running')"):
+                if json.loads(row["params"])["run_dir"] == params["run_dir"]:
+                    # Two runs writing checkpoints into one folder would resume from each other's.
+                    raise QueueError(f"request {row['id']} already trains into {params['run_dir']}; "
+                                     "give this one another --run-dir")
             db.execute("INSERT INTO requests (id, created, params, state, kimg_target, updated) "
                        "VALUES (?, ?, ?, 'queued', ?, ?)",
                        (request_id, now, json.dumps(params, sort_keys=True), target, now))

@@ -16,7 +16,9 @@ REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048,
 def test_submit_get_list_and_prefix(tmp_path):
     q = Queue(tmp_path / "q.sqlite")
     a = q.submit(REQ)
-    b = q.submit({**REQ, "seed": 1})
+    with pytest.raises(QueueError, match=f"request {a.id} already trains into /r"):
+        q.submit({**REQ, "seed": 1})
+    b = q.submit({**REQ, "seed": 1, "run_dir": "/r2"})
     assert a.state == "queued" and a.attempts == 0 and a.kimg_target == 0.048 and a.params == REQ
     assert [r.id for r in q.list()] == [a.id, b.id]
     assert q.get(a.id[:6]).id == a.id
@@ -47,7 +49,7 @@ def test_transitions_are_compare_and_set(tmp_path):
 
 def test_max_running_holds_queued_requests_back(tmp_path):
     q = Queue(tmp_path / "q.sqlite")
-    a, b = q.submit(REQ), q.submit(REQ)
+    a, b = q.submit(REQ), q.submit({**REQ, "run_dir": "/r2"})
     assert q.claim(a.id, "queued", 0, max_running=1) == 1
     assert q.claim(b.id, "queued", 0, max_running=1) is None     # waits for a free slot
     assert q.claim(a.id, "running", 1, max_running=1) == 2       # a restart takes no new slot
@@ -66,7 +68,7 @@ def _race(path: str, ids: list[str], start, wins) -> None:
 def test_processes_racing_never_claim_one_request_twice(tmp_path):
     path = str(tmp_path / "q.sqlite")
     q = Queue(path)
-    ids = [q.submit({**REQ, "seed": i}).id for i in range(40)]
+    ids = [q.submit({**REQ, "seed": i, "run_dir": f"/r{i}"}).id for i in range(40)]
     ctx = mp.get_context("spawn")  # fork would copy the Prefect harness's threads mid-flight
     start, wins = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(path, ids if k % 2 else ids[::-1], start, wins)) for k in range(4)]

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Curate the embedded demo data, then train a small StyleGAN2 on it for a few minutes on CPU.
-DEMO_TRAIN := --arch stylegan2 --resolution 64 --kimg 0.4 --snapshot-kimg 0.2 --batch 8 \
+DEMO_TRAIN := --arch stylegan2 --resolution 64 --kimg 0.2 --snapshot-kimg 0.1 --batch 8 \
               --channel-base 4096 --channel-max 128
 
 demo: $(STAMP)

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -68,3 +69,13 @@ def write_curated(folder: Path, n: int = 12, side: int = 32, seed: int = 0) -> P
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_curated(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny networks: thread start-up costs more than it saves there
+    (and a busy machine makes it worse)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

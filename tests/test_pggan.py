@@ -22,13 +22,8 @@ from models.pggan import (
 PAPER_PARAMS = 23.1e6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: thread start-up costs more than it saves (and a busy machine makes it worse)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny nets: thread start-up costs more than it saves.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(resolution: int = 64, **kw) -> PGGANConfig:

@@ -223,7 +223,6 @@ TINY_TRAIN = dict(cycle_kimg=0.024, snapshot_kimg=0.008, batch=4, channel_base=5
                   retries=0, retry_delay_seconds=0)
 
 
-@pytest.mark.slow  # 60 s on an idle 2-core machine (five Prefect processes start), 2 min under load
 def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_path, api, manager_params):
     from models.checkpoint import latest_checkpoint, list_checkpoints
     from tasks.launch import process_state
@@ -295,7 +294,7 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a, b)
 
 
-@pytest.mark.slow  # about a minute: two train processes and three manager passes, plus the silence itself
+@pytest.mark.slow  # about a minute: two train processes, three manager passes and 25 s of silence
 def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, api, manager_params):
     """A SIGSTOPped train process is a machine that stopped answering: no heartbeat, no progress, yet
     Running in the API and still present here. The manager must restart it, and kill the old one first."""

@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/checkpoint_overhead.py
 
 clean:
 	rm -rf data/curated data/cache data/raw bench/results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Literal
 
@@ -98,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -107,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.params import ParamsError
 
     run_tags = [f"request:{args.request_id}"] if args.request_id else []
+    # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
+    # it found: exit through SystemExit then, so cleanup runs (a temporary Prefect server is stopped, not leaked).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
             result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,

@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench install clean serve
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/curation.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/checkpoint_overhead.py
+
+# A local Prefect server (UI at http://127.0.0.1:4200), the ganflow-process pool, the deployments of
+# deployments/prefect.yaml and a worker for the pool; Ctrl-C stops them. See README, "Prefect".
+serve: $(STAMP)
+	GANFLOW_ROOT=$(CURDIR) deployments/serve.sh
 
 clean:
 	rm -rf data/curated data/cache data/raw bench/results

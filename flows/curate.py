@@ -55,6 +55,23 @@ def curate(
     session_file: str | None = None,      # Instagram session file (else $GANFLOW_IG_SESSIONFILE)
     ig_user: str | None = None,           # Instagram user of that session (else $GANFLOW_IG_USER)
 ) -> dict:
+    """Curate a folder, an archive, a hashtag or the demo into a clean square dataset.
+
+    Args:
+        source: demo (built offline), path (a folder, .zip or .tar) or hashtag (Instagram).
+        input_path: The folder (recursive), .zip or .tar when source is path.
+        hashtag: The hashtag without '#' when source is hashtag.
+        out: Where manifest.jsonl, shards/ and dataset.json go.
+        raw_root: Raw store root: inputs are copied once to <raw_root>/<name>/.
+        cache_dir: Per-image results, so reruns do no work twice.
+        params_path: Thresholds and settings (section curate).
+        resolution: Side of the square output images. Empty: curate.resolution.
+        matte: Background removal: auto (rembg if its model is present, else GrabCut), rembg, grabcut or none.
+            Empty: curate.matte.
+        max_posts: Instagram: posts to take from the hashtag.
+        session_file: Instagram session file on the worker. Empty: $GANFLOW_IG_SESSIONFILE.
+        ig_user: Instagram user of that session. Empty: $GANFLOW_IG_USER.
+    """
     params = curate_params(params_path, resolution=resolution, matte=matte)
     raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
 

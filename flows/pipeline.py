@@ -1,0 +1,52 @@
+"""The whole pipeline as one flow: curate a source into a dataset, then train on it (both as subflows)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+
+from flows.curate import curate
+from flows.train import train_flow
+
+
+@flow(name="pipeline")
+def pipeline(
+    source: Literal["demo", "path", "hashtag"] = "demo",
+    input_path: str | None = None,
+    hashtag: str | None = None,
+    out: str = "data/curated/demo",
+    run_dir: str = "runs/demo",
+    arch: Literal["stylegan2", "pggan"] = "stylegan2",
+    resolution: int = 64,
+    kimg: float | None = None,
+    seed: int = 0,
+    params: str = "params.yaml",
+    device: str | None = None,
+    curate_resolution: int | None = None,
+    matte: Literal["auto", "rembg", "grabcut", "none"] | None = None,
+    max_posts: int = 200,
+) -> dict:
+    """Curate a folder, an archive, a hashtag or the demo into a dataset, then train a GAN on it.
+
+    Args:
+        source: demo (built offline), path (a folder, .zip or .tar) or hashtag (Instagram, needs a session file
+            on the worker: $GANFLOW_IG_SESSIONFILE and $GANFLOW_IG_USER).
+        input_path: The folder or archive when source is path.
+        hashtag: The hashtag without '#' when source is hashtag.
+        out: Where the curated dataset goes (manifest.jsonl, shards/, dataset.json).
+        run_dir: The training run folder (checkpoints/, samples/).
+        arch: Network family: stylegan2 (StyleGAN2-ADA, in cycles) or pggan (one stage per resolution).
+        resolution: Training resolution (a power of two, at most the curated resolution).
+        kimg: Total kimg to train. Empty: params.yaml's train section decides.
+        seed: Seed for weights, data order and noise.
+        params: Settings file (sections curate and train).
+        device: auto, cpu, cuda or cuda:N. Empty: train.device.
+        curate_resolution: Side of the curated images. Empty: curate.resolution (512).
+        matte: Background removal for curation. Empty: curate.matte.
+        max_posts: Instagram: posts to take from the hashtag.
+    """
+    dataset = curate(source=source, input_path=input_path, hashtag=hashtag, out=out, params_path=params,
+                     resolution=curate_resolution, matte=matte, max_posts=max_posts)
+    trained = train_flow(data=dataset["out"], run_dir=run_dir, resolution=resolution, arch=arch, kimg=kimg,
+                         seed=seed, params=params, device=device)
+    return {"dataset": {k: dataset[k] for k in ("out", "count", "inputs", "content_hash")}, "train": trained}

@@ -263,3 +263,29 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert api.read_flow_run(run.id).state.is_completed()
     assert [k for k, _ in list_checkpoints(run_dir)] == [kimg, pytest.approx(kimg + 0.008)]
     assert f"resumed from {ckpt}" in again.stdout + again.stderr
+
+
+def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
+    from PIL import Image
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from skimage import data as photos
+
+    from flows.pipeline import pipeline
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(photos, name)()).save(images / f"{name}.png")
+    out, run_dir = tmp_path / "curated", tmp_path / "run"
+    state = pipeline(source="path", input_path=str(images), out=str(out), run_dir=str(run_dir), resolution=32,
+                     kimg=0.008, params=str(tiny_params(tmp_path)), curate_resolution=64, matte="none",
+                     return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["dataset"]["count"] == 3 and result["train"]["kimg"] == 0.008
+    assert (out / "dataset.json").is_file() and (run_dir / "checkpoints" / "ckpt-000000.008.pt").is_file()
+
+    children = api.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+    names = {api.read_flow(r.flow_id).name: r.state.type.name for r in children}
+    assert names == {"curate": "COMPLETED", "train": "COMPLETED"}

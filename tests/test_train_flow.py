@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 import torch

@@ -175,6 +175,31 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     assert _same(latest_checkpoint(tmp_path / "ref")[1]["G_ema"], latest_checkpoint(tmp_path / "run")[1]["G_ema"])
 
 
+def test_sigterm_outside_prefect_checkpoints_raises_preempted_and_restores_the_handler(tmp_path):
+    """run_stage called plainly (no flow, so no Prefect SIGTERM bridge): its own handler sets the flag."""
+    from models.checkpoint import list_checkpoints
+    from tasks.stages import Preempted, run_stage, train_config, train_params
+
+    data = write_curated(tmp_path / "data")
+    cfg = train_config(train_params(tiny_params(tmp_path)), "stylegan2", 32)
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # never pytest's death
+
+    def term_after_first_checkpoint(stats: dict) -> None:
+        if stats.get("checkpoint") and stats["kimg"] == 0.008:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(Preempted, match="stopped at .* kimg after writing"):
+            run_stage(cfg, data, tmp_path / "run", 1.0, progress_fn=term_after_first_checkpoint)
+        assert signal.getsignal(signal.SIGTERM) is handler and seen == []  # restored; the stage took the signal
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    kimgs = [k for k, _ in list_checkpoints(tmp_path / "run")]
+    assert kimgs[0] == 0.008 and kimgs[-1] in (0.012, 0.016)  # the step in flight (one more on a busy machine)
+
+
 def _wait_for_stage(api, flow_run_filter, proc: subprocess.Popen, timeout: float = 300) -> None:
     """Until the flow run's first stage task is Running (its trainer then steps within seconds)."""
     deadline = time.time() + timeout

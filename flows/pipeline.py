@@ -25,6 +25,8 @@ def pipeline(
     curate_resolution: int | None = None,
     matte: Literal["auto", "rembg", "grabcut", "none"] | None = None,
     max_posts: int = 200,
+    raw_root: str = "data/raw",
+    cache_dir: str = "data/cache",
 ) -> dict:
     """Curate a folder, an archive, a hashtag or the demo into a dataset, then train a GAN on it.
 
@@ -44,9 +46,12 @@ def pipeline(
         curate_resolution: Side of the curated images. Empty: curate.resolution (512).
         matte: Background removal for curation. Empty: curate.matte.
         max_posts: Instagram: posts to take from the hashtag.
+        raw_root: Raw store root: inputs are copied once to <raw_root>/<name>/.
+        cache_dir: Per-image curation results, so reruns do no work twice.
     """
     dataset = curate(source=source, input_path=input_path, hashtag=hashtag, out=out, params_path=params,
-                     resolution=curate_resolution, matte=matte, max_posts=max_posts)
+                     resolution=curate_resolution, matte=matte, max_posts=max_posts, raw_root=raw_root,
+                     cache_dir=cache_dir)
     trained = train_flow(data=dataset["out"], run_dir=run_dir, resolution=resolution, arch=arch, kimg=kimg,
                          seed=seed, params=params, device=device)
     return {"dataset": {k: dataset[k] for k in ("out", "count", "inputs", "content_hash")}, "train": trained}

@@ -49,7 +49,7 @@ class StyleGAN2Arch:
     def __init__(self, cfg):
         from models.stylegan2 import Discriminator, Generator, preset
 
-        net, defaults = preset(cfg.resolution, gpus=1, kind=cfg.preset)
+        net, defaults = preset(cfg.resolution, gpus=world_size(), kind=cfg.preset)  # auto scales with GPUs
         self.batch = cfg.batch or defaults.minibatch
         # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
         net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _process_batch(self.batch)), **cfg.net)

@@ -61,10 +61,14 @@ def average_buffers(module: torch.nn.Module) -> None:
     """Mean of floating-point buffers over processes (StyleGAN2's tracked w_avg follows every process's w)."""
     if not is_distributed():
         return
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b)
-            b /= world_size()
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.flatten() for b in buffers])  # one message, as for the gradients
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+        b.copy_(v.view_as(b))
 
 
 def mean_over_processes(t: torch.Tensor) -> torch.Tensor:

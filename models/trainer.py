@@ -260,6 +260,10 @@ class Trainer:
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
+    def _entered_new_stage(self) -> bool:
+        stage = lambda nimg: self.arch.progress(nimg).get("stage")  # noqa: E731  (None: no growth stages)
+        return stage(self.nimg) != stage(self.nimg - self.arch.batch)
+
     def train(self, target_kimg: float, progress_fn: Callable[[dict], None] | None = None,
               abort_fn: Callable[[], bool] | None = None) -> dict:
         """Train until target_kimg, checkpointing every snapshot_kimg and at the end. Returns last stats."""
@@ -273,7 +277,7 @@ class Trainer:
             stats.update(self._g_step())
             self.nimg += self.arch.batch
             self.step += 1
-            if self.arch.progress(self.nimg).get("stage") != self.arch.progress(self.nimg - self.arch.batch).get("stage"):
+            if self._entered_new_stage():
                 # A new PGGAN resolution: fresh Adam moments, as the reference (reset_opt_for_new_lod).
                 self.opt_G.state.clear()
                 self.opt_D.state.clear()

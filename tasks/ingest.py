@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from tasks import progress
+from tasks.retry import retry_unless_setup_error
 from tasks.sources.local import ingest_path
 from tasks.sources.raw import sanitize_name
 
@@ -58,21 +59,10 @@ def ingest_task(source: str, raw_dir: str, input_path: str | None = None) -> str
     return str(ingest_local(input_path, Path(raw_dir)))
 
 
-def _retry_unless_setup_error(task, task_run, state) -> bool:
-    """A bad tag or a missing session file (ValueError) fails the same way on every attempt."""
-    try:
-        state.result()
-    except ValueError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
 # Instagram answers 429/401 for minutes at a time: back off between whole attempts too. An attempt
 # resumes from the frozen iterator, so a retry never downloads twice.
 @task(name="scrape-hashtag", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=30),
-      retry_jitter_factor=0.5, retry_condition_fn=_retry_unless_setup_error, cache_policy=NO_CACHE)
+      retry_jitter_factor=0.5, retry_condition_fn=retry_unless_setup_error, cache_policy=NO_CACHE)
 def scrape_hashtag_task(hashtag: str, raw_dir: str, max_posts: int, session_file: str | None = None,
                         username: str | None = None) -> str:
     return str(scrape_hashtag(hashtag, Path(raw_dir), max_posts, session_file, username))

@@ -38,6 +38,7 @@ from models.checkpoint import list_checkpoints
 from models.trainer import TrainConfig
 from tasks import train_report
 from tasks.params import ParamsError, load_params
+from tasks.retry import retry_unless_setup_error
 from tasks.training import run_training
 
 ARCHS = ("stylegan2", "pggan")
@@ -291,7 +292,10 @@ def tag_current_run(tag: str) -> None:
         client.update_flow_run(flow_run.id, tags=sorted({*run.tags, tag}))
 
 
-@task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE)  # the result is on disk
+# A ValueError (no dataset, a bad config, a checkpoint from another version) is not retried: it would fail
+# the same way after every retry_delay_seconds.
+@task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE,  # the result is on disk
+      retry_condition_fn=retry_unless_setup_error)
 def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
                      device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
                      progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:

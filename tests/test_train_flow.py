@@ -175,6 +175,30 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     assert _same(latest_checkpoint(tmp_path / "ref")[1]["G_ema"], latest_checkpoint(tmp_path / "run")[1]["G_ema"])
 
 
+def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api):
+    """Retries are for what can pass next time (a lost worker, a full disk); a folder with no dataset
+    fails the same way on every attempt, so the task fails on the first, with the reason."""
+    from prefect import flow
+
+    from models.data import DatasetError
+    from tasks.stages import Stage, train_config, train_params, train_stage_task
+
+    p = train_params(tiny_params(tmp_path))
+    cfg = train_config(p, "stylegan2", 32)
+
+    @flow(name="train-no-data-test")
+    def one_stage(run_dir: str) -> dict:
+        task = train_stage_task.with_options(retries=3, retry_delay_seconds=0)
+        return task(cfg, str(tmp_path / "nothing"), run_dir, Stage(0, 1, "cycle 1/1", 0.008), 0.008)
+
+    state = one_stage(str(tmp_path / "run"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DatasetError, match="no dataset.json"):
+        state.result()
+    (task_run,) = _task_runs(api, state.state_details.flow_run_id)
+    assert task_run.run_count == 1
+
+
 def test_sigterm_outside_prefect_checkpoints_raises_preempted_and_restores_the_handler(tmp_path):
     """run_stage called plainly (no flow, so no Prefect SIGTERM bridge): its own handler sets the flag."""
     from models.checkpoint import list_checkpoints

@@ -28,6 +28,16 @@ def manager_flow(
     max_running: int | None = None,        # overrides manager.max_running
     deployment: str | None = None,         # overrides manager.deployment ("" = local processes)
 ) -> list[str]:
+    """One pass of the training manager over the request queue.
+
+    Args:
+        queue: Request queue file (default: $GANFLOW_QUEUE, then `manager.queue` in params).
+        params: Settings file; the `manager` section is read.
+        stale_after_seconds: A Running run silent this long is lost (overrides manager.stale_after_seconds).
+        max_attempts: Attempts before a request is marked failed (overrides manager.max_attempts).
+        max_running: Requests training at once (overrides manager.max_running).
+        deployment: Train deployment to start requests with, "" for local processes (overrides manager.deployment).
+    """
     settings = manager_params(params, stale_after_seconds=stale_after_seconds, max_attempts=max_attempts,
                               max_running=max_running, deployment=deployment)
     path = str(queue_path(queue, settings.queue))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 
 
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curate(sub)
     _add_train(sub)
     add_queue_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

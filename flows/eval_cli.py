@@ -1,0 +1,51 @@
+"""`ganflow fid`, `ganflow evaluate`, `ganflow generate` and `ganflow morph`: metrics and images from snapshots."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+
+def _weights_help() -> str:
+    return ("torch-fidelity's InceptionV3 weights file (weights-inception-2015-12-05-6726825d.pth); "
+            "default: $GANFLOW_INCEPTION_WEIGHTS, then params.yaml evaluate.inception_weights")
+
+
+def _add_fid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fid", help="FID (and KID) between two folders of images, as JSON",
+                       description="FID between DIR_A (reals: a folder of images or a curated dataset; its "
+                                   "statistics are cached with --cache-dir) and DIR_B (a folder of images), with "
+                                   "torch-fidelity's InceptionV3 extractor. Prints JSON.")
+    p.add_argument("dir_a", metavar="DIR_A")
+    p.add_argument("dir_b", metavar="DIR_B")
+    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
+    p.add_argument("--kid", action="store_true", help="also KID (kid_mean, kid_std)")
+    p.add_argument("--kid-subsets", type=int, help="KID subsets (default: params.yaml, 100)")
+    p.add_argument("--kid-subset-size", type=int, help="KID subset size, capped at the image count (default 1000)")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache DIR_A's statistics here (keyed by content and weights)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_run_fid)
+
+
+def _run_fid(args: argparse.Namespace) -> int:
+    from tasks.evaluate import evaluate_params
+    from tasks.metrics import fid_folders, resolve_weights
+
+    ep = evaluate_params(args.params)
+    weights = resolve_weights(args.inception_weights, ep.inception_weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-N note goes into the JSON and to stderr below
+        out = fid_folders(args.dir_a, args.dir_b, weights, with_kid=args.kid, cache_dir=args.cache_dir,
+                          sha256=ep.inception_sha256 or None, batch=ep.batch,
+                          kid_subsets=args.kid_subsets or ep.kid_subsets,
+                          kid_subset_size=args.kid_subset_size or ep.kid_subset_size, device=args.device)
+    if out.get("warning"):
+        print(f"ganflow fid: note: {out['warning']}", file=sys.stderr)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    _add_fid(sub)

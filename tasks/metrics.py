@@ -1,0 +1,278 @@
+"""FID and KID with torch-fidelity's InceptionV3 extractor, from a weights file on disk (never a download).
+
+Pure functions; `ganflow fid`, `ganflow evaluate` and the evaluate flow call them.
+
+- The weights file is checked before torch-fidelity unpickles it (it loads with weights_only=False):
+  it must load with torch.load(weights_only=True) as a plain state dict, and match a sha256 when one is given.
+- Statistics are float64 mean/covariance of the 2048-d pool features, computed as torch-fidelity does
+  (np.cov, eigenvalues of sigma1·sigma2), so the numbers equal torch_fidelity.calculate_metrics'.
+- Real-data statistics (and, for KID, the features) are cached on disk, keyed by the data's content hash,
+  the weights' sha256 and the image count.
+- Images are read and generated in batches; only the features (N x 2048 float32) are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
+WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
+WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
+FEATURE = "2048"
+SMALL_N = 2048  # below this many images FID is biased upwards (and the 2048-d covariance is rank-deficient)
+IMAGE_EXT = ("png", "jpg", "jpeg")  # torch-fidelity's samples_find_ext
+
+
+class InceptionWeightsError(FileNotFoundError):
+    """No usable InceptionV3 weights file (missing, not a plain state dict, or the wrong hash)."""
+
+
+# ------------------------------------------------------------------ weights
+def resolve_weights(cli: str | None = None, configured: str | None = None) -> Path:
+    """The weights path: --inception-weights, else $GANFLOW_INCEPTION_WEIGHTS, else params evaluate.inception_weights.
+    Raises InceptionWeightsError saying which file to put where when none is set or the file is absent."""
+    for source, value in (("--inception-weights", cli), (f"${ENV_WEIGHTS}", os.environ.get(ENV_WEIGHTS)),
+                          ("params.yaml evaluate.inception_weights", configured)):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise InceptionWeightsError(
+                    f"{source} names {path}, which does not exist: put torch-fidelity's InceptionV3 weights "
+                    f"({WEIGHTS_FILE}, from {WEIGHTS_URL}, downloaded on a machine with internet) there")
+            return path
+    raise InceptionWeightsError(
+        f"FID/KID need torch-fidelity's InceptionV3 weights file {WEIGHTS_FILE} (download it elsewhere from "
+        f"{WEIGHTS_URL}); nothing is downloaded here. Put it e.g. at models/weights/{WEIGHTS_FILE} and pass "
+        f"--inception-weights PATH, set ${ENV_WEIGHTS}=PATH, or set evaluate.inception_weights in params.yaml")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_weights(path: str | Path, sha256: str | None = None) -> str:
+    """Refuse a file that torch-fidelity's pickle load could run code from: it must match `sha256` (when
+    given) and load with weights_only=True as a dict of tensors. Returns the file's sha256."""
+    digest = sha256_file(path)
+    if sha256 and digest != sha256.lower():
+        raise InceptionWeightsError(f"{path}: sha256 {digest} is not the expected {sha256}; refusing to load it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the safe unpickler refuses anything but tensors and plain containers
+        raise InceptionWeightsError(f"{path} is not a plain tensor state dict (torch.load(weights_only=True) "
+                                    f"refused it: {type(e).__name__}); refusing to unpickle it") from None
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise InceptionWeightsError(f"{path} does not hold an InceptionV3 state dict (name → tensor)")
+    return digest
+
+
+def load_extractor(path: str | Path, sha256: str | None = None, device: str = "cpu"):
+    """torch-fidelity's FeatureExtractorInceptionV3 ('inception-v3-compat', 2048-d pool features) from `path`,
+    after check_weights. Returns (extractor, weights sha256)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    digest = check_weights(path, sha256)
+    try:
+        extractor = FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE],
+                                                feature_extractor_weights_path=str(path))
+    except RuntimeError as e:  # load_state_dict: missing/unexpected keys or shape mismatches
+        raise InceptionWeightsError(f"{path} is not an InceptionV3 state dict of torch-fidelity's layout: "
+                                    f"{str(e).splitlines()[0]}") from None
+    return extractor.to(device), digest
+
+
+# ------------------------------------------------------------------ image sources (uint8 NCHW batches)
+def folder_files(folder: str | Path) -> list[Path]:
+    """Image files of a folder, as torch-fidelity finds them (non-recursive, png/jpg/jpeg, sorted real paths)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of images")
+    files = sorted(os.path.realpath(p) for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXT)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .png/.jpg/.jpeg images")
+    return [Path(f) for f in files]
+
+
+def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def folder_batches(folder: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+    files = folder_files(folder)[:limit]
+    for i in range(0, len(files), batch):
+        yield _to_batch([np.asarray(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
+
+
+def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """A curated dataset's images (dataset.json + tar shards), shard by shard, at their stored size."""
+    data_dir = Path(data_dir)
+    meta = json.loads((data_dir / "dataset.json").read_text())
+    buf: list[np.ndarray] = []
+    seen = 0
+    for shard in meta["shards"]:
+        with tarfile.open(data_dir / shard["file"]) as tf:
+            for member in tf.getmembers():
+                if not member.isfile() or not member.name.lower().endswith(".png"):
+                    continue
+                if limit is not None and seen >= limit:
+                    break
+                buf.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")))
+                seen += 1
+                if len(buf) == batch:
+                    yield _to_batch(buf)
+                    buf = []
+    if buf:
+        yield _to_batch(buf)
+
+
+def source_batches(path: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """A curated dataset (has dataset.json) or a plain folder of images."""
+    if (Path(path) / "dataset.json").exists():
+        return dataset_batches(path, batch, limit)
+    return folder_batches(path, batch, limit)
+
+
+def content_hash(path: str | Path, limit: int | None = None) -> str:
+    """What a real-stats cache is keyed by: dataset.json's content hash, or a hash of the folder's files."""
+    meta = Path(path) / "dataset.json"
+    if meta.exists():
+        data = json.loads(meta.read_text())
+        if data.get("content_hash"):
+            return data["content_hash"]
+        return hashlib.sha256(meta.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for f in folder_files(path)[:limit]:
+        h.update(f"{f.name} {sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ features and statistics
+@torch.no_grad()
+def extract_features(extractor, batches: Iterable[torch.Tensor], device: str = "cpu") -> np.ndarray:
+    """2048-d float32 features of every image, batch by batch (only the features are kept)."""
+    out = [extractor(b.to(device))[0].cpu().numpy() for b in batches]
+    if not out:
+        raise ValueError("no images to extract features from")
+    return np.concatenate(out)
+
+
+@dataclass
+class Stats:
+    mu: np.ndarray      # float64 [2048]
+    sigma: np.ndarray   # float64 [2048, 2048]
+    n: int
+    features: np.ndarray | None = None  # float32 [n, 2048], kept for KID
+
+    @classmethod
+    def of(cls, features: np.ndarray, keep_features: bool = False) -> Stats:
+        # As torch-fidelity: np.mean of the float32 features and np.cov (which works in float64).
+        return cls(mu=np.mean(features, axis=0).astype(np.float64), sigma=np.cov(features, rowvar=False),
+                   n=len(features), features=features if keep_features else None)
+
+
+def fid_from_stats(a: Stats, b: Stats) -> float:
+    """Fréchet distance as torch-fidelity (TTUR) computes it: trace sqrt via eigenvalues of sigma_a·sigma_b."""
+    diff = a.mu - b.mu
+    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(a.sigma.dot(b.sigma)).astype("complex128")).real)
+    return float(diff.dot(diff) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
+
+
+def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 2020) -> tuple[float, float]:
+    """KID (mean, std) as torch-fidelity: unbiased MMD² with the cubic polynomial kernel over random subsets.
+    `subset_size` is capped at the smaller set's size (torch-fidelity would refuse)."""
+    from torch_fidelity.metric_kid import mmd2
+
+    size = min(subset_size, len(features_a), len(features_b))
+    if size < 2:
+        raise ValueError("KID needs at least 2 images on each side")
+    rng = np.random.RandomState(seed)
+    gamma = 1.0 / features_a.shape[1]
+    kernel = lambda x, y: (np.matmul(x, y.T) * gamma + 1) ** 3  # noqa: E731
+    mmds = np.zeros(subsets)
+    for i in range(subsets):
+        x = features_a[rng.choice(len(features_a), size, replace=False)]
+        y = features_b[rng.choice(len(features_b), size, replace=False)]
+        mmds[i] = mmd2(kernel(x, x), kernel(x, y), kernel(y, y))  # torch-fidelity's own (unbiased) estimator
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def small_n_warning(n: int) -> str | None:
+    if n < SMALL_N:
+        return (f"FID from {n} images is biased upwards (and noisy) below {SMALL_N} images: compare it only with "
+                f"FIDs from the same N; published FIDs use 50,000")
+    return None
+
+
+# ------------------------------------------------------------------ cached real statistics
+def _cache_file(cache_dir: Path, data_hash: str, weights_sha: str, n: int | None) -> Path:
+    key = hashlib.sha256(f"{data_hash} {weights_sha} {FEATURE} {n or 'all'}".encode()).hexdigest()[:20]
+    return cache_dir / f"real-stats-{key}.pt"
+
+
+def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | Path | None = None,
+               n: int | None = None, keep_features: bool = False, batch: int = 64,
+               device: str = "cpu") -> tuple[Stats, bool]:
+    """Statistics of real images (a curated dataset or a folder), from the cache when present.
+    Returns (stats, came_from_cache). The cache holds mean, covariance, N and the features (for KID)."""
+    cache = None
+    if cache_dir is not None:
+        cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n)
+        if cache.exists():
+            d = torch.load(cache, map_location="cpu", weights_only=True)
+            if not keep_features or d.get("features") is not None:
+                feats = d["features"].numpy() if d.get("features") is not None else None
+                return Stats(d["mu"].numpy(), d["sigma"].numpy(), int(d["n"]), feats), True
+    feats = extract_features(extractor, source_batches(path, batch, n), device)
+    stats = Stats.of(feats, keep_features=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": stats.n,
+                    "features": torch.from_numpy(feats)}, tmp)
+        os.replace(tmp, cache)
+    if not keep_features:
+        stats.features = None
+    return stats, False
+
+
+def metrics_from(real: Stats, fake: Stats, with_kid: bool, kid_subsets: int = 100,
+                 kid_subset_size: int = 1000) -> dict:
+    out: dict = {"fid": fid_from_stats(real, fake), "n_real": real.n, "n_fake": fake.n}
+    if with_kid:
+        out["kid_mean"], out["kid_std"] = kid(real.features, fake.features, kid_subsets, kid_subset_size)
+    note = small_n_warning(min(real.n, fake.n))
+    if note:
+        warnings.warn(note, stacklevel=2)
+        out["warning"] = note
+    return out
+
+
+def fid_folders(a: str | Path, b: str | Path, weights: str | Path, with_kid: bool = False,
+                cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = 64,
+                kid_subsets: int = 100, kid_subset_size: int = 1000, device: str = "cpu") -> dict:
+    """FID (and KID) between A (real: a curated dataset or a folder; its stats cached when cache_dir is set)
+    and B (a folder). `extracted` says how many images of each side went through the extractor."""
+    extractor, digest = load_extractor(weights, sha256, device)
+    real, cached = real_stats(a, extractor, digest, cache_dir, keep_features=with_kid, batch=batch, device=device)
+    fake = Stats.of(extract_features(extractor, folder_batches(b, batch), device), keep_features=with_kid)
+    out = metrics_from(real, fake, with_kid, kid_subsets, kid_subset_size)
+    out["extracted"] = {"a": 0 if cached else real.n, "b": fake.n}
+    out["weights_sha256"] = digest
+    return out

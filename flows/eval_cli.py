@@ -47,5 +47,52 @@ def _run_fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="images from chosen seeds of a snapshot (PNGs + a grid)",
+                       description="Write OUT/seed<NNNN>.png for every seed and OUT/grid.png, from a snapshot's "
+                                   "G_ema (a checkpoint or best.pt). The same seed always gives the same file.")
+    p.add_argument("--snapshot", required=True, metavar="CKPT", help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", help="a range (0-63), a list (1,5,9) or both")
+    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI",
+                   help="truncation psi (StyleGAN2): 1 = none, 0.7 = closer to the average image (default 1)")
+    p.add_argument("--resolution", type=int, metavar="N", help="output side (default: the snapshot's)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from tasks.generation import parse_seeds, write_seed_images
+
+    out = write_seed_images(args.snapshot, parse_seeds(args.seeds), args.out, truncation_psi=args.trunc,
+                            resolution=args.resolution)
+    print(f"{len(out['images'])} images ({out['resolution']}², {out['arch']}) in {args.out}; grid: {out['grid']}")
+    return 0
+
+
+def _add_morph(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("morph", help="a looping morph animation between seeds (GIF or MP4)",
+                       description="Interpolate seeds[0] → seeds[1] → ... → seeds[0]: linear in W for StyleGAN2, "
+                                   "slerp in Z for PGGAN. .gif is written with Pillow; .mp4 needs OpenCV's encoder.")
+    p.add_argument("--snapshot", required=True, metavar="CKPT", help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", help="at least two seeds, e.g. 1,5,9")
+    p.add_argument("--frames", type=int, default=60, help="frames in the whole loop (default 60)")
+    p.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
+    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI", help="truncation psi (default 1)")
+    p.add_argument("--resolution", type=int, metavar="N", help="frame side (default: the snapshot's)")
+    p.add_argument("--out", required=True, metavar="FILE", help="morph.gif or morph.mp4")
+    p.set_defaults(func=_run_morph)
+
+
+def _run_morph(args: argparse.Namespace) -> int:
+    from tasks.generation import parse_seeds, write_morph
+
+    out = write_morph(args.snapshot, parse_seeds(args.seeds), args.frames, args.out, fps=args.fps,
+                      truncation_psi=args.trunc, resolution=args.resolution)
+    print(f"{out['frames']} frames looping through seeds {out['seeds']} → {out['out']}")
+    return 0
+
+
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     _add_fid(sub)
+    _add_generate(sub)
+    _add_morph(sub)

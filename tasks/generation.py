@@ -1,0 +1,93 @@
+"""Images and morphing animations from a snapshot: pure functions behind `ganflow generate` and `ganflow morph`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.generate import grid, images_from_seeds, interpolation_frames, load_generator
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-63', '1,5,9' or a mix ('0-3,10') → seeds in the order given."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"cannot read seeds {text!r}: use a range like 0-63 or a list like 1,5,9 "
+                             f"(seeds are 0 or more)") from None
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return seeds
+
+
+def seed_image_name(seed: int) -> str:
+    return f"seed{seed:04d}.png"
+
+
+def write_seed_images(snapshot: str | Path, seeds: list[int], out: str | Path, truncation_psi: float = 1.0,
+                      resolution: int | None = None, batch: int = 1) -> dict:
+    """out/seed<NNNN>.png per seed and out/grid.png. batch=1 (the default) makes each file depend on its seed
+    alone, byte for byte (CPU kernels may round differently across batch sizes)."""
+    G, arch = load_generator(snapshot)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = images_from_seeds(G, arch, seeds, truncation_psi=truncation_psi, resolution=resolution, batch=batch)
+    paths = []
+    for seed, img in zip(seeds, images):
+        path = out / seed_image_name(seed)
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    grid_path = out / "grid.png"
+    grid(images).save(grid_path)
+    return {"images": [str(p) for p in paths], "grid": str(grid_path), "arch": arch["name"],
+            "resolution": int(images.shape[1])}
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
+    try:
+        import cv2
+    except ImportError:
+        raise ValueError(f"no MP4 writer here (OpenCV is not installed): write a GIF instead "
+                         f"(--out {path.with_suffix('.gif')})") from None
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise ValueError(f"OpenCV has no MP4 (mp4v) encoder here: write a GIF instead "
+                         f"(--out {path.with_suffix('.gif')})")
+    try:
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB → BGR
+    finally:
+        writer.release()
+
+
+def write_morph(snapshot: str | Path, seeds: list[int], frames: int, out: str | Path, fps: float = 30.0,
+                truncation_psi: float = 1.0, resolution: int | None = None) -> dict:
+    """A looping animation seeds[0] → ... → seeds[-1] → seeds[0] (W-lerp for StyleGAN2, Z-slerp for PGGAN)
+    as .gif (Pillow, loops forever) or .mp4 (OpenCV when it has an encoder)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"--out must end in .gif or .mp4, not {out.name!r}")
+    G, arch = load_generator(snapshot)
+    video = interpolation_frames(G, arch, seeds, frames, truncation_psi=truncation_psi, resolution=resolution)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".gif":
+        pics = [Image.fromarray(f) for f in video]
+        pics[0].save(out, save_all=True, append_images=pics[1:], loop=0, duration=round(1000 / fps),
+                     optimize=False)
+    else:
+        _write_mp4(video, out, fps)
+    return {"out": str(out), "frames": len(video), "seeds": seeds, "arch": arch["name"]}

@@ -92,7 +92,45 @@ def _run_morph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="FID/KID of every snapshot of a run not evaluated yet; best snapshot → best.pt",
+                       description="Evaluate each RUN/checkpoints/ckpt-*.pt that RUN/fid.csv has no row for, against "
+                                   "the real statistics of DIR (cached), then write RUN/fid.csv (kimg, fid, kid), "
+                                   "RUN/metrics.json (latest, best, flagged) and RUN/best.pt (G_ema of the lowest-FID "
+                                   "snapshot not flagged as diverged).")
+    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ inside)")
+    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (or a folder of real images)")
+    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
+    p.add_argument("--n-fake", type=int, help="generated images per snapshot (default: params.yaml evaluate.n_fake)")
+    p.add_argument("--no-kid", action="store_true", help="FID only")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tasks.evaluate import evaluate_params, evaluate_run
+    from tasks.metrics import resolve_weights
+
+    ep = evaluate_params(args.params)
+    ep = dataclasses.replace(ep, n_fake=args.n_fake or ep.n_fake, kid=ep.kid and not args.no_kid)
+    weights = resolve_weights(args.inception_weights, ep.inception_weights)
+
+    def progress(m: dict) -> None:
+        kid = f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else ""
+        print(f"{m['kimg']:g} kimg: FID {m['fid']:.4f}{kid}", file=sys.stderr)
+
+    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress)
+    if out.get("warning"):
+        print(f"ganflow evaluate: note: {out['warning']}", file=sys.stderr)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     _add_fid(sub)
+    _add_evaluate(sub)
     _add_generate(sub)
     _add_morph(sub)

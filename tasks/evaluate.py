@@ -1,9 +1,20 @@
-"""Evaluation settings (params.yaml `evaluate:`)."""
+"""Evaluation of a run's snapshots: FID/KID per snapshot, a divergence monitor, the best snapshot.
+
+Pure functions (testable without Prefect) and the @task the evaluate flow maps over a run. Files in RUN/:
+fid.csv (kimg, fid, kid: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
+metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch of the best snapshot).
+"""
 from __future__ import annotations
 
+import csv
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 import yaml
 
 from tasks.params import ParamsError
@@ -35,3 +46,150 @@ def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
         raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
     values = {k: ("" if v is None else v) for k, v in section.items()}
     return EvaluateParams(**values)
+
+
+# ------------------------------------------------------------------ divergence monitor and best snapshot
+def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0.05) -> dict[float, str]:
+    """Snapshots not to trust, {kimg: reason}. A run diverges from the first snapshot of `fid_rises` FID rises
+    in a row, or from a snapshot where D's loss has collapsed below `d_loss_min` while G's loss climbed since the
+    previous snapshot (when the history has loss_D/loss_G). Every snapshot from there on is flagged: a diverged
+    run that dips again later is noise or mode collapse, not recovery."""
+    rows = sorted(history, key=lambda r: r["kimg"])
+    start, reason = None, ""
+    rises = 0
+    for i in range(1, len(rows)):
+        prev, cur = rows[i - 1], rows[i]
+        rises = rises + 1 if cur.get("fid") is not None and prev.get("fid") is not None and cur["fid"] > prev["fid"] else 0
+        if fid_rises and rises >= fid_rises:
+            start, reason = i - rises + 1, f"FID rose {rises} snapshots in a row"
+            break
+        d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
+        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:
+            start, reason = i, f"D loss {d:.3g} < {d_loss_min:g} while G loss climbed {g_prev:.3g} → {g:.3g}"
+            break
+    if start is None:
+        return {}
+    return {r["kimg"]: reason for r in rows[start:]}
+
+
+def choose_best(history: list[dict], flagged: dict[float, str]) -> tuple[dict | None, str]:
+    """The lowest-FID snapshot not flagged; when every one is flagged, the lowest overall, said so."""
+    scored = [r for r in history if r.get("fid") is not None]
+    if not scored:
+        return None, "no snapshot has an FID"
+    trusted = [r for r in scored if r["kimg"] not in flagged]
+    if trusted:
+        return min(trusted, key=lambda r: r["fid"]), "lowest FID among snapshots not flagged as diverged"
+    return min(scored, key=lambda r: r["fid"]), "every snapshot is flagged as diverged: lowest FID overall"
+
+
+def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) -> Path:
+    """out (RUN/best.pt): G_ema and arch only (+ kimg/FID), loadable with weights_only=True and by
+    models.generate.load_generator. Written to a temp file, then renamed."""
+    from models.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    best = {"G_ema": state["G_ema"], "arch": state["arch"], "kimg": float(state.get("kimg", 0.0)),
+            "source": Path(ckpt).name, **(extra or {})}
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(best, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------ per-snapshot metrics
+FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"
+CSV_FIELDS = ("kimg", "fid", "kid")
+
+
+def read_fid_csv(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / FID_CSV
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{"kimg": float(r["kimg"]), "fid": float(r["fid"]) if r.get("fid") else None,
+                 "kid": float(r["kid"]) if r.get("kid") else None} for r in csv.DictReader(f)]
+
+
+def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
+    path = Path(run_dir) / FID_CSV
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: r["kimg"]):
+            # repr: full precision, so a number read back equals the one computed
+            w.writerow({"kimg": repr(float(r["kimg"])), "fid": "" if r.get("fid") is None else repr(float(r["fid"])),
+                        "kid": "" if r.get("kid") is None else repr(float(r["kid"]))})
+    os.replace(tmp, path)
+    return path
+
+
+def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
+                      truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
+    """n generated images (seeds seed0 ... seed0+n-1, no truncation by default) as uint8 NCHW batches."""
+    from models.generate import images_from_seeds
+
+    for i in range(0, n, batch):
+        seeds = list(range(seed0 + i, seed0 + min(i + batch, n)))
+        images = images_from_seeds(G, arch, seeds, truncation_psi=truncation_psi, batch=batch)
+        yield torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
+                 device: str = "cpu", progress: Callable[[dict], None] | None = None) -> dict:
+    """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged snapshots, export the
+    best one as best.pt and write metrics.json. Returns what metrics.json holds plus `evaluated` (kimgs)."""
+    from models.checkpoint import list_checkpoints
+    from models.generate import load_generator
+    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, real_stats
+
+    run_dir = Path(run_dir)
+    snapshots = list_checkpoints(run_dir)
+    if not snapshots:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
+    rows = read_fid_csv(run_dir)
+    done = {r["kimg"] for r in rows}
+    todo = [(k, path) for k, path in snapshots if k not in done]
+    evaluated, latest_detail, digest = [], None, None
+    if todo:
+        extractor, digest = load_extractor(weights, p.inception_sha256 or None, device)
+        real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
+                                  keep_features=p.kid, batch=p.batch, device=device)
+        for kimg, path in todo:
+            G, arch = load_generator(path)
+            feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
+                m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
+            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean")}
+            rows.append(row)
+            write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
+            evaluated.append(kimg)
+            latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": digest}
+            if progress:
+                progress(dict(latest_detail))
+    rows.sort(key=lambda r: r["kimg"])
+    flagged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss)
+    best, why = choose_best(rows, flagged)
+    if best is not None:
+        ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
+        if ckpt is not None:
+            export_best(ckpt, run_dir / BEST, {"fid": best["fid"]})
+    previous = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).exists() else {}
+    latest = rows[-1]
+    summary = {
+        "kimg": latest["kimg"], "fid": latest["fid"], "kid": latest["kid"],
+        **({k: v for k, v in latest_detail.items() if k in ("kid_std", "n_real", "n_fake", "warning",
+                                                               "weights_sha256")}
+           if latest_detail and latest_detail["kimg"] == latest["kimg"] else
+           {k: previous[k] for k in ("kid_std", "n_real", "n_fake", "warning", "weights_sha256") if k in previous}),
+        "best": {"kimg": best["kimg"], "fid": best["fid"], "why": why, "file": BEST} if best else None,
+        "flagged": {f"{k:g}": r for k, r in flagged.items()},
+        "snapshots": len(rows),
+    }
+    tmp = run_dir / f".{METRICS_JSON}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / METRICS_JSON)
+    return {**summary, "evaluated": evaluated}

@@ -1,0 +1,106 @@
+"""Evaluation: the divergence monitor and best-snapshot choice on synthetic histories, and `ganflow evaluate`
+on a tiny two-snapshot run with a random-initialized extractor (fid.csv, metrics.json, best.pt)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from flows.cli import main
+from tasks.evaluate import choose_best, flag_diverged, read_fid_csv
+
+
+def hist(fids, loss_d=None, loss_g=None):
+    rows = []
+    for i, f in enumerate(fids):
+        r = {"kimg": float(10 * (i + 1)), "fid": f}
+        if loss_d:
+            r.update(loss_D=loss_d[i], loss_G=loss_g[i])
+        rows.append(r)
+    return rows
+
+
+def test_healthy_run_nothing_flagged_best_is_lowest():
+    h = hist([90, 70, 55, 60, 48, 45])  # one noisy rise is not divergence
+    assert flag_diverged(h, fid_rises=3) == {}
+    assert choose_best(h, {})[0]["kimg"] == 60.0
+
+
+def test_fid_rising_for_several_snapshots_flags_the_rest_of_the_run():
+    # Best at 30 kimg, then three rises in a row (diverged), then a lucky dip below the earlier best.
+    h = hist([80, 60, 40, 45, 52, 70, 38])
+    flagged = flag_diverged(h, fid_rises=3)
+    assert sorted(flagged) == [40.0, 50.0, 60.0, 70.0] and "rose 3" in flagged[70.0]
+    best, why = choose_best(h, flagged)
+    assert best["kimg"] == 30.0 and "not flagged" in why
+    assert choose_best(h, {})[0]["kimg"] == 70.0  # what a plain argmin would have exported
+
+
+def test_d_loss_collapse_while_g_loss_climbs_flags_from_there():
+    h = hist([80, 60, 50, 45, 44], loss_d=[1.2, 1.0, 0.9, 0.01, 0.002], loss_g=[0.8, 0.9, 1.0, 4.0, 7.5])
+    flagged = flag_diverged(h, fid_rises=3, d_loss_min=0.05)
+    assert sorted(flagged) == [40.0, 50.0] and "D loss" in flagged[40.0]
+    assert choose_best(h, flagged)[0]["kimg"] == 30.0
+    # A low D loss with a falling G loss is not the collapse pattern.
+    calm = hist([80, 60, 50], loss_d=[1.0, 0.04, 0.03], loss_g=[3.0, 2.0, 1.5])
+    assert flag_diverged(calm, d_loss_min=0.05) == {}
+
+
+def test_all_flagged_falls_back_to_lowest_and_says_so():
+    h = hist([10, 20, 30, 40])
+    best, why = choose_best(h, flag_diverged(h, fid_rises=3))
+    assert best["kimg"] == 10.0  # the rises start at 20: 10 is trusted
+    best, why = choose_best(h, {r["kimg"]: "x" for r in h})
+    assert best["kimg"] == 10.0 and "every snapshot" in why
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_torch_thread):
+    from models.data import load_images
+    from models.trainer import TrainConfig, Trainer
+    from tests.conftest import write_curated
+    from tests.test_metrics import random_inception_weights
+
+    root = tmp_path_factory.mktemp("eval")
+    data = write_curated(root / "data", n=10)
+    net = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
+    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=0.004, ada_target=0.0, net=net)
+    Trainer(cfg, load_images(data, 32), root / "run").train(0.008)
+    weights = random_inception_weights(root / "inception-random.pt")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"n_fake": 6, "batch": 6, "kid_subsets": 5, "kid_subset_size": 5,
+                                                   "cache_dir": str(root / "cache")}}))
+    return root, data, weights, params
+
+
+def test_ganflow_evaluate_writes_csv_metrics_and_a_weights_only_best(run, capsys):
+    from models.generate import images_from_seeds, load_generator
+
+    root, data, weights, params = run
+    args = ["evaluate", "--run-dir", str(root / "run"), "--data", str(data), "--inception-weights", weights,
+            "--params", str(params)]
+    capsys.readouterr()
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = read_fid_csv(root / "run")
+    assert [r["kimg"] for r in rows] == out["evaluated"] == [0.004, 0.008]
+    assert all(r["fid"] > 0 and r["kid"] is not None for r in rows)
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["kimg"] == 0.008 and metrics["n_fake"] == 6 and "biased" in metrics["warning"]
+    best_row = min(rows, key=lambda r: r["fid"])
+    assert metrics["best"]["kimg"] == best_row["kimg"]
+
+    best = torch.load(root / "run" / "best.pt", weights_only=True)
+    assert set(best) == {"G_ema", "arch", "kimg", "source", "fid"}  # no D, optimizers or RNG states
+    src = torch.load(root / "run" / "checkpoints" / best["source"], weights_only=True)
+    assert all(torch.equal(best["G_ema"][k], v) for k, v in src["G_ema"].items())
+    G, arch = load_generator(root / "run" / "best.pt")
+    assert images_from_seeds(G, arch, [0]).shape == (1, 32, 32, 3)
+
+    # A second evaluation finds nothing new to do and keeps the numbers.
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["evaluated"] == [] and again["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
+    assert again["best"] == metrics["best"]

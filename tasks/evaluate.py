@@ -34,6 +34,11 @@ class EvaluateParams:
     diverge_fid_rises: int = 3    # flag a snapshot after FID rose this many snapshots in a row
     diverge_d_loss: float = 0.05  # flag when D loss falls below this while G loss climbs
 
+    def __post_init__(self) -> None:
+        if int(self.n_fake) < 2 or int(self.batch) < 1 or int(self.n_real) < 0:
+            raise ParamsError(f"evaluate: n_fake must be >= 2, batch >= 1 and n_real >= 0 (got n_fake={self.n_fake}, "
+                              f"batch={self.batch}, n_real={self.n_real})")
+
 
 def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
     """The `evaluate` section; missing keys (or a missing section/file) take the defaults above."""

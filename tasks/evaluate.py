@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.params import ParamsError
 
@@ -198,3 +200,60 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, run_dir / METRICS_JSON)
     return {**summary, "evaluated": evaluated}
+
+
+# ------------------------------------------------------------------ what the UI shows
+def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None) -> list[dict]:
+    """The FID-over-kimg table for a Prefect table artifact."""
+    return [{"kimg": f"{r['kimg']:g}", "FID": f"{r['fid']:.4f}" if r.get("fid") is not None else "–",
+             "KID": f"{r['kid']:.5f}" if r.get("kid") is not None else "–",
+             "note": "best" if r["kimg"] == best_kimg else ("diverged" if r["kimg"] in flagged else "")}
+            for r in sorted(rows, key=lambda r: r["kimg"])]
+
+
+def weights_or_reason(cli: str | None, configured: str | None) -> tuple[Path | None, str]:
+    """The weights path, or None and why (for callers that skip evaluation rather than fail)."""
+    from tasks.metrics import InceptionWeightsError, resolve_weights
+
+    try:
+        return resolve_weights(cli, configured), ""
+    except InceptionWeightsError as e:
+        return None, str(e)
+
+
+# ------------------------------------------------------------------ Prefect
+
+@task(name="evaluate-snapshots", cache_policy=NO_CACHE)  # results live in RUN/fid.csv
+def evaluate_task(run_dir: str, data: str, weights: str, p: EvaluateParams, device: str = "cpu") -> dict:
+    """FID/KID for every snapshot of run_dir not evaluated yet; best.pt and metrics.json; artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from tasks.train_report import artifact_key, thumbnail_data_uri
+
+    logger = get_run_logger()
+
+    def progress(m: dict) -> None:
+        logger.info("%g kimg: FID %.4f%s (N real %d, fake %d)", m["kimg"], m["fid"],
+                    f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else "", m["n_real"], m["n_fake"])
+
+    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress)
+    if out.get("warning"):
+        logger.warning(out["warning"])
+    rows = read_fid_csv(run_dir)
+    flagged = {float(k): v for k, v in out["flagged"].items()}
+    best = out.get("best") or {}
+    key = artifact_key(run_dir).replace("train-", "fid-", 1)
+    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg")),
+                          description=f"FID over kimg for {run_dir} (best: {best.get('kimg', '–')} kimg)")
+    samples = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
+    lines = [f"### Evaluation of {run_dir}", "",
+             f"Best snapshot: {best.get('kimg', '–')} kimg, FID {best.get('fid', float('nan')):.4f} "
+             f"({best.get('why', '')}) → `{Path(run_dir) / BEST}`" if best else "No best snapshot."]
+    if flagged:
+        lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]
+    if out.get("warning"):
+        lines += ["", f"Note: {out['warning']}"]
+    if samples:
+        lines += ["", f"![newest samples]({thumbnail_data_uri(samples[-1])})"]
+    create_markdown_artifact(key=key + "-summary", markdown="\n".join(lines) + "\n")
+    return out

@@ -104,3 +104,28 @@ def test_ganflow_evaluate_writes_csv_metrics_and_a_weights_only_best(run, capsys
     again = json.loads(capsys.readouterr().out)
     assert again["evaluated"] == [] and again["fid"] == pytest.approx(metrics["fid"], rel=1e-5)
     assert again["best"] == metrics["best"]
+
+
+def test_evaluate_flow_publishes_the_fid_table_and_skips_without_weights(run, tmp_path, prefect_api, monkeypatch):
+    import shutil
+
+    from prefect.client.orchestration import get_client
+
+    from flows.evaluate import evaluate_flow
+    from tasks.train_report import artifact_key
+
+    root, data, weights, params = run
+    run_dir = tmp_path / "flowrun"
+    shutil.copytree(root / "run" / "checkpoints", run_dir / "checkpoints")
+    out = evaluate_flow(str(run_dir), str(data), inception_weights=weights, params=str(params))
+    assert out["evaluated"] == [0.004, 0.008] and (run_dir / "best.pt").exists()
+    key = artifact_key(run_dir).replace("train-", "fid-", 1)
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert arts and "0.008" in str(arts[0].data)
+
+    monkeypatch.delenv("GANFLOW_INCEPTION_WEIGHTS", raising=False)
+    skipped = evaluate_flow(str(run_dir), str(data), params=str(params), skip_without_weights=True)
+    assert "weights-inception-2015-12-05-6726825d.pth" in skipped["skipped"]

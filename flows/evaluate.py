@@ -1,0 +1,59 @@
+"""The evaluate flow: FID/KID for every snapshot of a run not evaluated yet, the best snapshot exported.
+
+    python -m flows.evaluate --run-dir runs/photos --data data/curated/photos [--inception-weights W]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from prefect import flow, get_run_logger
+
+from tasks.evaluate import evaluate_params, evaluate_task, weights_or_reason
+
+
+@flow(name="evaluate")
+def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None, params: str = "params.yaml",
+                  n_fake: int | None = None, device: str = "cpu", skip_without_weights: bool = False) -> dict:
+    """FID/KID per snapshot of a run (RUN/fid.csv, RUN/metrics.json) and RUN/best.pt.
+
+    Args:
+        run_dir: Run folder with checkpoints/ckpt-<kimg>.pt.
+        data: The curated dataset the run trained on (its real statistics are cached).
+        inception_weights: torch-fidelity's InceptionV3 weights file. Empty: $GANFLOW_INCEPTION_WEIGHTS, then
+            params.yaml evaluate.inception_weights.
+        params: Settings file; section `evaluate` holds N, KID settings, cache folder and divergence thresholds.
+        n_fake: Generated images per snapshot. Empty: evaluate.n_fake.
+        device: Torch device for generation and the extractor.
+        skip_without_weights: Return {"skipped": reason} instead of failing when no weights file is configured.
+    """
+    logger = get_run_logger()
+    p = evaluate_params(params)
+    if n_fake:
+        p = dataclasses.replace(p, n_fake=n_fake)
+    weights, reason = weights_or_reason(inception_weights, p.inception_weights)
+    if weights is None:
+        if skip_without_weights:
+            logger.warning("evaluation skipped: %s", reason)
+            return {"skipped": reason}
+        raise FileNotFoundError(reason)
+    return evaluate_task(run_dir, data, str(weights), p, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description=evaluate_flow.__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--inception-weights")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--n-fake", type=int)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    print(json.dumps(evaluate_flow(a.run_dir, a.data, a.inception_weights, a.params, a.n_fake, a.device), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

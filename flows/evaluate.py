@@ -57,3 +57,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> dict:
+    """The train flow's step after each stage: the evaluate subflow when an Inception weights file is configured
+    ($GANFLOW_INCEPTION_WEIGHTS or evaluate.inception_weights), else skipped with the reason logged. A failing
+    evaluation is logged, not raised: the stage's training is done and `ganflow evaluate` can redo it."""
+    logger = get_run_logger()
+    weights, reason = weights_or_reason(None, evaluate_params(params).inception_weights)
+    if weights is None:
+        logger.info("FID evaluation skipped: %s", reason.split(";")[0])
+        return {"skipped": reason}
+    try:
+        return evaluate_flow(run_dir, data, str(weights), params, device=device)
+    except Exception as e:  # noqa: BLE001 - reported, and the training result stands
+        logger.error("FID evaluation of %s failed: %s: %s", run_dir, type(e).__name__, e)
+        return {"failed": f"{type(e).__name__}: {e}"}

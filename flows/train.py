@@ -16,6 +16,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from flows.evaluate import evaluate_after_stage
 from tasks import train_report
 from tasks.stages import (done_kimg, plan_stages, resolve_device, tag_current_run, train_config, train_params,
                           train_stage_task)
@@ -75,7 +76,7 @@ def train_flow(
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
         results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
                                                            resume_from=resume_from, progress_artifact=str(progress))})
-        # The evaluate step (FID per snapshot) goes here once it exists: it reads run_dir's checkpoints.
+        results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
     return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
             "kimg": done_kimg(run_dir), "stages": results}
 

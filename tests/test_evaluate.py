@@ -129,3 +129,20 @@ def test_evaluate_flow_publishes_the_fid_table_and_skips_without_weights(run, tm
     monkeypatch.delenv("GANFLOW_INCEPTION_WEIGHTS", raising=False)
     skipped = evaluate_flow(str(run_dir), str(data), params=str(params), skip_without_weights=True)
     assert "weights-inception-2015-12-05-6726825d.pth" in skipped["skipped"]
+
+
+def test_train_flow_evaluates_after_each_stage_when_weights_are_configured(run, tmp_path, prefect_api, monkeypatch):
+    from flows.train import train_flow
+    from tests.test_train_flow import tiny_params
+
+    _, data, weights, _ = run
+    monkeypatch.delenv("GANFLOW_INCEPTION_WEIGHTS", raising=False)
+    params = tiny_params(tmp_path)
+    cfg = yaml.safe_load(params.read_text())
+    cfg["evaluate"] = {"inception_weights": weights, "n_fake": 4, "batch": 4, "kid": False,
+                       "cache_dir": str(tmp_path / "cache")}
+    params.write_text(yaml.safe_dump(cfg))
+    result = train_flow(data=str(data), run_dir=str(tmp_path / "run"), resolution=32, kimg=0.016, params=str(params))
+    assert [s["evaluate"]["evaluated"] for s in result["stages"]] == [[0.008], [0.016]]
+    assert [r["kimg"] for r in read_fid_csv(tmp_path / "run")] == [0.008, 0.016]
+    assert (tmp_path / "run" / "best.pt").exists()

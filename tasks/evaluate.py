@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from prefect import get_run_logger, task
@@ -107,7 +108,7 @@ def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) ->
 
 # ------------------------------------------------------------------ per-snapshot metrics
 FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"
-CSV_FIELDS = ("kimg", "fid", "kid")
+CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G")  # losses: the discriminator probe's (logistic loss only)
 
 
 def read_fid_csv(run_dir: str | Path) -> list[dict]:
@@ -115,8 +116,7 @@ def read_fid_csv(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [{"kimg": float(r["kimg"]), "fid": float(r["fid"]) if r.get("fid") else None,
-                 "kid": float(r["kid"]) if r.get("kid") else None} for r in csv.DictReader(f)]
+        return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(f)]
 
 
 def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
@@ -127,8 +127,7 @@ def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
         w.writeheader()
         for r in sorted(rows, key=lambda r: r["kimg"]):
             # repr: full precision, so a number read back equals the one computed
-            w.writerow({"kimg": repr(float(r["kimg"])), "fid": "" if r.get("fid") is None else repr(float(r["fid"])),
-                        "kid": "" if r.get("kid") is None else repr(float(r["kid"]))})
+            w.writerow({k: "" if r.get(k) is None else repr(float(r[k])) for k in CSV_FIELDS})
     os.replace(tmp, path)
     return path
 
@@ -142,6 +141,52 @@ def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
         seeds = list(range(seed0 + i, seed0 + min(i + batch, n)))
         images = images_from_seeds(G, arch, seeds, truncation_psi=truncation_psi, batch=batch)
         yield torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _first_reals(data: str | Path, n: int, resolution: int) -> torch.Tensor:
+    """n real images (repeated when the dataset has fewer) at the training resolution (Lanczos, as training)."""
+    from PIL import Image
+
+    from tasks.metrics import source_batches
+
+    imgs = next(iter(source_batches(data, batch=n, limit=n))).permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.LANCZOS))
+           if im.shape[0] != resolution else im for im in imgs]
+    out = (out * (n // len(out) + 1))[:n]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> dict:
+    """D's and G's logistic losses at a snapshot, on one batch of reals and of fakes from the snapshot's G
+    (what the divergence monitor watches: loss_D → 0 while loss_G climbs). Empty for WGAN/LSGAN runs, whose
+    losses do not read that way."""
+    import torch.nn.functional as F
+
+    from models.arch import build_arch
+    from models.checkpoint import load_checkpoint
+    from models.data import to_float
+    from models.trainer import TrainConfig
+
+    state = load_checkpoint(ckpt)
+    cfg_dict = dict(state["config"])
+    cfg_dict["betas"] = tuple(cfg_dict.get("betas", (0.0, 0.99)))
+    cfg = TrainConfig(**cfg_dict)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        arch = build_arch(cfg)
+        if arch.loss != "logistic":
+            return {}
+        arch.G.load_state_dict(state["G"])
+        arch.D.load_state_dict(state["D"])
+        G, D = arch.G.eval(), arch.D.eval()
+        nimg = int(state["nimg"])
+        n = arch.batch
+        reals = arch.prepare_reals(to_float(_first_reals(data, n, cfg.resolution)), nimg)
+        fakes = arch.generate(G, torch.randn(n, arch.z_dim), nimg, update_stats=False)
+        real_logits, fake_logits = arch.discriminate(D, reals, nimg), arch.discriminate(D, fakes, nimg)
+    loss_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+    return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
@@ -170,7 +215,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
                 m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
-            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean")}
+            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean"), **discriminator_probe(path, data)}
             rows.append(row)
             write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
             evaluated.append(kimg)

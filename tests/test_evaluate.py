@@ -87,6 +87,7 @@ def test_ganflow_evaluate_writes_csv_metrics_and_a_weights_only_best(run, capsys
     rows = read_fid_csv(root / "run")
     assert [r["kimg"] for r in rows] == out["evaluated"] == [0.004, 0.008]
     assert all(r["fid"] > 0 and r["kid"] is not None for r in rows)
+    assert all(r["loss_D"] > 0 and r["loss_G"] > 0 for r in rows)  # the discriminator probe (logistic loss)
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["kimg"] == 0.008 and metrics["n_fake"] == 6 and "biased" in metrics["warning"]
     best_row = min(rows, key=lambda r: r["fid"])
@@ -146,3 +147,19 @@ def test_train_flow_evaluates_after_each_stage_when_weights_are_configured(run, 
     assert [s["evaluate"]["evaluated"] for s in result["stages"]] == [[0.008], [0.016]]
     assert [r["kimg"] for r in read_fid_csv(tmp_path / "run")] == [0.008, 0.016]
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_discriminator_probe_is_deterministic_and_skips_wgan(run, tmp_path, one_torch_thread):
+    from models.checkpoint import latest_checkpoint
+    from models.data import load_images
+    from models.trainer import TrainConfig, Trainer
+    from tasks.evaluate import discriminator_probe
+
+    root, data, _, _ = run
+    ckpt = latest_checkpoint(root / "run")[0]
+    a, b = discriminator_probe(ckpt, data), discriminator_probe(ckpt, data)
+    assert a == b and set(a) == {"loss_D", "loss_G"}
+    cfg = TrainConfig(arch="pggan", resolution=16, batch=4, snapshot_kimg=0.008, fade_kimg=0.004,
+                      stabilize_kimg=0.004, net=dict(channel_base=256, channel_max=64, z_dim=32))
+    Trainer(cfg, load_images(data, 16), tmp_path / "pg").train(0.008)
+    assert discriminator_probe(latest_checkpoint(tmp_path / "pg")[0], data) == {}  # PGGAN: WGAN-GP loss

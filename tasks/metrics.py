@@ -96,6 +96,35 @@ def load_extractor(path: str | Path, sha256: str | None = None, device: str = "c
     return extractor.to(device), digest
 
 
+def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
+    """A state dict of torch-fidelity's InceptionV3 with random weights (He-normal convolutions, so features
+    neither vanish nor explode through ~90 layers), for tests, benchmarks and the demo where the real file is
+    absent. FIDs from it are NOT comparable to published ones. Built by constructing the extractor class itself
+    with its weight loading skipped, so the keys and shapes are exactly the extractor's."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            if state_dict:  # the empty dict loaded in __init__ is skipped
+                return super().load_state_dict(state_dict, *args, **kwargs)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    empty = path.with_name(f".{path.name}.empty")
+    torch.save({}, empty)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = Unloaded("inception-v3-compat", [FEATURE], feature_extractor_weights_path=str(empty))
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    finally:
+        empty.unlink()
+    torch.save(model.state_dict(), path)
+    return path
+
+
 # ------------------------------------------------------------------ image sources (uint8 NCHW batches)
 def folder_files(folder: str | Path) -> list[Path]:
     """Image files of a folder, as torch-fidelity finds them (non-recursive, png/jpg/jpeg, sorted real paths)."""

@@ -11,31 +11,14 @@ import torch
 from PIL import Image
 
 from flows.cli import main
-from tasks.metrics import InceptionWeightsError, check_weights, resolve_weights
+from tasks.metrics import InceptionWeightsError, check_weights, resolve_weights, write_random_inception_weights
 
 N = 8  # images per folder: the extractor runs at 299² on CPU (~0.5 s an image on a busy 2-core machine)
 
 
 def random_inception_weights(path) -> str:
-    """A state dict of torch-fidelity's InceptionV3 with random weights (He-normal convolutions, so the
-    features neither vanish nor explode through ~90 layers). Built by constructing the class itself
-    with its weight loading skipped: the keys and shapes are exactly the extractor's."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class Unloaded(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            if state_dict:  # the empty dict loaded in __init__ is skipped
-                return super().load_state_dict(state_dict, *args, **kwargs)
-
-    empty = path.with_name("empty.pt")
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    model = Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    torch.save(model.state_dict(), path)
-    return str(path)
+    """The extractor's architecture with random weights (tasks.metrics builds it from torch-fidelity's class)."""
+    return str(write_random_inception_weights(path))
 
 
 def write_images(folder, n: int, seed: int, side: int = 32, tint: int = 0):

@@ -123,6 +123,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"{m['kimg']:g} kimg: FID {m['fid']:.4f}{kid}", file=sys.stderr)
 
     out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress)
+    from tasks.evaluate import read_fid_csv
+
+    flagged, best = out["flagged"], (out.get("best") or {}).get("kimg")
+    print(f"{'kimg':>10} {'FID':>12} {'KID':>10}", file=sys.stderr)
+    for r in read_fid_csv(args.run_dir):
+        note = " best" if r["kimg"] == best else " diverged" if f"{r['kimg']:g}" in flagged else ""
+        kid = f"{r['kid']:.5f}" if r["kid"] is not None else "–"
+        print(f"{r['kimg']:>10g} {r['fid']:>12.4f} {kid:>10}{note}", file=sys.stderr)
     if out.get("warning"):
         print(f"ganflow evaluate: note: {out['warning']}", file=sys.stderr)
     print(json.dumps(out, indent=2))

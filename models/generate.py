@@ -85,7 +85,9 @@ def synthesize(G: torch.nn.Module, arch: dict, z: torch.Tensor, truncation_psi: 
 def images_from_seeds(G, arch: dict, seeds: list[int], truncation_psi: float = 1.0,
                       resolution: int | None = None, batch: int = 16) -> np.ndarray:
     z_dim = arch["net"]["z_dim"]
-    out = [to_uint8(synthesize(G, arch, z_from_seeds(seeds[i:i + batch], z_dim), truncation_psi, resolution))
+    device = next(G.parameters()).device  # latents follow the generator (a GPU evaluation)
+    out = [to_uint8(synthesize(G, arch, z_from_seeds(seeds[i:i + batch], z_dim).to(device), truncation_psi,
+                               resolution))
            for i in range(0, len(seeds), batch)]
     return np.concatenate(out)
 
@@ -106,10 +108,10 @@ def interpolation_frames(G, arch: dict, seeds: list[int], frames: int, truncatio
     image from images_from_seeds."""
     if len(seeds) < 2 or frames < len(seeds):
         raise ValueError(f"need at least 2 seeds and as many frames as seeds (got {len(seeds)} seeds, {frames} frames)")
-    z = z_from_seeds(seeds, arch["net"]["z_dim"])
+    z = z_from_seeds(seeds, arch["net"]["z_dim"]).to(next(G.parameters()).device)
     pos = torch.arange(frames, dtype=torch.float64) * len(seeds) / frames  # position along the loop
     k = pos.floor().long()
-    t = (pos - k).float()
+    t = (pos - k).float().to(z.device)
     start, end = k, (k + 1) % len(seeds)
     out = []
     for i in range(0, frames, batch):

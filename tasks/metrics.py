@@ -259,7 +259,7 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
                n: int | None = None, keep_features: bool = False, batch: int = 64,
                device: str = "cpu") -> tuple[Stats, bool]:
     """Statistics of real images (a curated dataset or a folder), from the cache when present.
-    Returns (stats, came_from_cache). The cache holds mean, covariance, N and the features (for KID)."""
+    Returns (stats, came_from_cache). The cache holds mean, covariance, N and, when asked for, the features (KID)."""
     cache = None
     if cache_dir is not None:
         cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n)
@@ -273,8 +273,9 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
+        # Features (N x 2048 float32: 400 MB at 50k) only when KID needs them; a later KID run re-extracts.
         torch.save({"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": stats.n,
-                    "features": torch.from_numpy(feats)}, tmp)
+                    "features": torch.from_numpy(feats) if keep_features else None}, tmp)
         os.replace(tmp, cache)
     if not keep_features:
         stats.features = None

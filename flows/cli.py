@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
+from flows.serve_cli import add_serve_commands
 
 
 class _Bars:
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     add_queue_commands(sub)
     add_eval_commands(sub)
+    add_serve_commands(sub)
     return parser
 
 

@@ -84,12 +84,25 @@ def synthesize(G: torch.nn.Module, arch: dict, z: torch.Tensor, truncation_psi: 
 
 def images_from_seeds(G, arch: dict, seeds: list[int], truncation_psi: float = 1.0,
                       resolution: int | None = None, batch: int = 16) -> np.ndarray:
-    z_dim = arch["net"]["z_dim"]
+    return images_from_z(G, arch, z_from_seeds(seeds, arch["net"]["z_dim"]), truncation_psi, resolution, batch)
+
+
+def images_from_z(G, arch: dict, z: torch.Tensor, truncation_psi: float = 1.0, resolution: int | None = None,
+                  batch: int = 16) -> np.ndarray:
+    """uint8 NHWC images of latents z [N, z_dim], `batch` at a time."""
     device = next(G.parameters()).device  # latents follow the generator (a GPU evaluation)
-    out = [to_uint8(synthesize(G, arch, z_from_seeds(seeds[i:i + batch], z_dim).to(device), truncation_psi,
-                               resolution))
-           for i in range(0, len(seeds), batch)]
+    out = [to_uint8(synthesize(G, arch, z[i:i + batch].to(device), truncation_psi, resolution))
+           for i in range(0, len(z), batch)]
     return np.concatenate(out)
+
+
+def neighbour_latents(seed: int, n: int, z_dim: int, spread: float = 0.3) -> torch.Tensor:
+    """n latents around seed's: row 0 is seed's own z, the others (z + spread·e)/sqrt(1 + spread²) with e drawn
+    from a stream of its own for that seed (so a seed always has the same neighbours). The scaling keeps each
+    row a standard Gaussian, the distribution G was trained on, whatever the spread."""
+    z = z_from_seeds([seed], z_dim)
+    eps = torch.from_numpy(np.random.default_rng([seed, 1]).standard_normal((n - 1, z_dim))).float()
+    return torch.cat([z, (z + spread * eps) / math.sqrt(1 + spread * spread)])
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,350 @@
+"""`ganflow serve`'s API (FastAPI test client) on tiny trained runs: every endpoint, every kind of bad input
+(422 with a message, never a 500, and no generation started), snapshot choice confined to the run folder,
+weights_only loading, and the CLI's defaults."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.checkpoint import list_checkpoints
+from models.data import load_images
+from models.generate import images_from_seeds, load_generator
+from models.trainer import TrainConfig, Trainer
+from tasks.evaluate import export_best, write_fid_csv
+from tasks.generation import write_seed_images
+from tasks.serve import Explorer, Limits, create_app, offered_resolutions
+
+SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
+
+
+def make_run(root: Path) -> Path:
+    """A StyleGAN2 run as `ganflow train` + `ganflow evaluate` leave it: two checkpoints, best.pt exported from
+    the first, fid.csv with a row per checkpoint and metrics.json naming the best and a diverged one."""
+    from tests.conftest import write_curated
+
+    data = write_curated(root / "data")
+    run = root / "run"
+    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=0.008, ada_target=0.0, net=SMALL_NET)
+    Trainer(cfg, load_images(data, 32), run).train(0.016)
+    (k0, first), (k1, _second) = list_checkpoints(run)
+    export_best(first, run / "best.pt", {"fid": 12.5})
+    write_fid_csv(run, [{"kimg": k0, "fid": 12.5, "kid": 0.0125}, {"kimg": k1, "fid": 30.0, "kid": None}])
+    (run / "metrics.json").write_text(json.dumps({"best": {"kimg": k0, "fid": 12.5, "file": "best.pt"},
+                                                  "flagged": {f"{k1:g}": "FID rose"}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_torch_thread) -> Path:
+    return make_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def pggan_ckpt(tmp_path_factory, one_torch_thread) -> Path:
+    """A PGGAN of 32² that has grown to stage 2 (16²) only."""
+    from tests.conftest import write_curated
+
+    root = tmp_path_factory.mktemp("serve-pg")
+    cfg = TrainConfig(arch="pggan", resolution=32, batch=4, snapshot_kimg=0.008, fade_kimg=0.004,
+                      stabilize_kimg=0.004, net=dict(channel_base=256, channel_max=64, z_dim=32))
+    Trainer(cfg, load_images(write_curated(root / "data"), 32), root / "pg").train(0.016)
+    return list_checkpoints(root / "pg")[-1][1]
+
+
+@pytest.fixture(scope="module")
+def client(run) -> TestClient:
+    # raise_server_exceptions=False: a bug answers 500 here as in production, and the 422 tests would see it
+    return TestClient(create_app(Explorer(run_dir=run)), raise_server_exceptions=False)
+
+
+def png(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+# ------------------------------------------------------------------ each endpoint
+def test_page_is_served_with_every_control(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for control in ('id="seed"', 'id="random"', 'id="truncation"', 'id="resolution"', 'id="neighbours"',
+                    'id="morph"', 'id="play"', 'id="download"', 'id="fid"', 'id="snapshot"'):
+        assert control in r.text, control
+
+
+def test_snapshots_lists_the_run_best_first(client, run):
+    body = client.get("/api/snapshots").json()
+    names = [s["name"] for s in body["snapshots"]]
+    assert names == ["best.pt"] + [f"checkpoints/{p.name}" for _k, p in list_checkpoints(run)]
+    assert body["default"] == "best.pt"
+    assert body["snapshots"][0]["kimg"] == list_checkpoints(run)[0][0]  # from metrics.json
+
+
+def test_info_offers_resampled_sizes_for_stylegan2(client):
+    info = client.get("/api/info").json()
+    assert info["arch"] == "stylegan2" and info["snapshot"] == "best.pt"
+    assert info["native_resolution"] == 32 and info["default_resolution"] == 32
+    assert info["resolutions"] == [16, 32, 64, 128, 256, 512, 1024]
+    assert all(type(r) is int for r in info["resolutions"])  # JSON 16.0 would not match the page's <option>s
+    assert info["truncation"] is True and info["limits"]["max_frames"] == Limits().max_frames
+
+
+def test_image_is_the_same_file_as_ganflow_generate(client, run, tmp_path):
+    r = client.get("/api/image.png", params={"seed": 42, "truncation": 0.7, "resolution": 64})
+    assert png(r).shape == (64, 64, 3)
+    assert 'filename="seed0042-64px.png"' in r.headers["content-disposition"]
+    out = write_seed_images(run / "best.pt", [42], tmp_path, truncation_psi=0.7, resolution=64)
+    assert Path(out["images"][0]).read_bytes() == r.content
+    # another seed is another image; truncation 0 draws every seed as the average image
+    assert not np.array_equal(png(client.get("/api/image.png", params={"seed": 43})),
+                              png(client.get("/api/image.png", params={"seed": 42})))
+    assert np.array_equal(png(client.get("/api/image.png", params={"seed": 1, "truncation": 0})),
+                          png(client.get("/api/image.png", params={"seed": 2, "truncation": 0})))
+
+
+def test_snapshot_choice_draws_with_that_snapshot(client, run):
+    (_k0, first), (_k1, second) = list_checkpoints(run)
+    at = lambda name: png(client.get("/api/image.png", params={"seed": 5, "snapshot": name}))  # noqa: E731
+    # best.pt was exported from the first checkpoint: same network, same image; the second trained further
+    assert np.array_equal(at("best.pt"), at(f"checkpoints/{first.name}"))
+    assert not np.array_equal(at("best.pt"), at(f"checkpoints/{second.name}"))
+    assert client.get("/api/info", params={"snapshot": f"checkpoints/{second.name}"}).json()["kimg"] == _k1
+
+
+def test_neighbours_grid_starts_with_the_seed_and_spread_moves_away(client):
+    grid = png(client.get("/api/neighbours.png", params={"seed": 7, "count": 9, "spread": 0.5}))
+    assert grid.shape == (3 * 32, 3 * 32, 3)
+    own = png(client.get("/api/image.png", params={"seed": 7})).astype(int)
+    tiles = [grid[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32].astype(int) for r in range(3) for c in range(3)]
+    assert np.abs(tiles[0] - own).max() <= 1  # batch 9 against batch 1: CPU kernels may round ±1
+    assert all(np.abs(t - own).mean() > 1 for t in tiles[1:])
+    # spread 0: every tile is the seed's image; 4 tiles at 16² make a 2×2 grid of 16² tiles
+    flat = png(client.get("/api/neighbours.png", params={"seed": 7, "count": 4, "spread": 0, "resolution": 16}))
+    assert flat.shape == (32, 32, 3)
+    assert np.array_equal(flat[:16, :16], flat[16:, 16:]) and np.array_equal(flat[:16, :16], flat[:16, 16:])
+
+
+def test_morph_is_a_looping_gif_starting_at_seed_a(client):
+    r = client.get("/api/morph.gif", params={"seed_a": 3, "seed_b": 9, "frames": 8, "fps": 10, "resolution": 16})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+    gif = Image.open(io.BytesIO(r.content))
+    assert gif.n_frames == 8 and gif.size == (16, 16) and gif.info["loop"] == 0 and gif.info["duration"] == 100
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=int))
+    a = png(client.get("/api/image.png", params={"seed": 3, "resolution": 16})).astype(int)
+    b = png(client.get("/api/image.png", params={"seed": 9, "resolution": 16})).astype(int)
+    d = lambda x, y: np.abs(x - y).mean()  # noqa: E731
+    assert d(frames[0], a) < d(frames[0], b) and d(frames[4], b) < d(frames[4], a)  # A at 0, B half way
+
+
+def test_fid_table_from_fid_csv_with_best_and_diverged(client, run):
+    (k0, first), (k1, second) = list_checkpoints(run)
+    body = client.get("/api/fid").json()
+    assert body["best_kimg"] == k0
+    assert body["rows"] == [
+        {"kimg": k0, "fid": 12.5, "kid": 0.0125, "snapshot": f"checkpoints/{first.name}", "note": "best"},
+        {"kimg": k1, "fid": 30.0, "kid": None, "snapshot": f"checkpoints/{second.name}", "note": "diverged"}]
+
+
+def test_fid_table_without_fid_csv_says_how_to_get_one(run):
+    app = create_app(Explorer(snapshot=list_checkpoints(run)[0][1].parent.parent / "best.pt"))
+    assert TestClient(app).get("/api/fid").json()["rows"]  # best.pt's run folder has fid.csv
+    lone = run.parent / "lone"
+    lone.mkdir()
+    (lone / "best.pt").write_bytes((run / "best.pt").read_bytes())
+    body = TestClient(create_app(Explorer(snapshot=lone / "best.pt"))).get("/api/fid").json()
+    assert body["rows"] == [] and "ganflow evaluate" in body["note"]
+
+
+def test_openapi_documents_every_endpoint_with_its_media_type_and_422(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths) == {"/api/snapshots", "/api/info", "/api/image.png", "/api/neighbours.png", "/api/morph.gif",
+                          "/api/fid"}
+    assert "image/png" in paths["/api/image.png"]["get"]["responses"]["200"]["content"]
+    assert "image/gif" in paths["/api/morph.gif"]["get"]["responses"]["200"]["content"]
+    seed = next(p for p in paths["/api/image.png"]["get"]["parameters"] if p["name"] == "seed")
+    assert seed["schema"]["maximum"] == 2 ** 32 - 1 and seed["required"]
+    assert "422" in paths["/api/morph.gif"]["get"]["responses"]
+
+
+# ------------------------------------------------------------------ bad input: 422, a message, no generation
+BAD = [
+    ("/api/image.png", {"seed": -1}, "seed"),
+    ("/api/image.png", {"seed": 2 ** 32}, "seed"),
+    ("/api/image.png", {"seed": "ten"}, "seed"),
+    ("/api/image.png", {}, "seed"),
+    ("/api/image.png", {"seed": 1, "truncation": 2.5}, "truncation"),
+    ("/api/image.png", {"seed": 1, "truncation": -0.1}, "truncation"),
+    ("/api/image.png", {"seed": 1, "truncation": "nan"}, "truncation"),
+    ("/api/image.png", {"seed": 1, "truncation": "inf"}, "truncation"),
+    ("/api/image.png", {"seed": 1, "resolution": 48}, "resolution 48 is not offered"),
+    ("/api/image.png", {"seed": 1, "resolution": 8}, "resolution 8 is not offered"),
+    ("/api/image.png", {"seed": 1, "resolution": 2048}, "resolution 2048 is not offered"),
+    ("/api/image.png", {"seed": 1, "resolution": 0}, "resolution"),
+    ("/api/image.png", {"seed": 1, "resolution": 10 ** 9}, "resolution"),
+    ("/api/neighbours.png", {"seed": 1, "count": 0}, "count"),
+    ("/api/neighbours.png", {"seed": 1, "count": 26}, "count"),
+    ("/api/neighbours.png", {"seed": 1, "spread": -0.5}, "spread"),
+    ("/api/neighbours.png", {"seed": 1, "spread": 3}, "spread"),
+    ("/api/neighbours.png", {"seed": 1, "count": 25, "resolution": 1024}, "over the cap"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "frames": 1}, "frames"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "frames": 121}, "frames"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "frames": 10 ** 9}, "frames"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "frames": 120, "resolution": 1024}, "over the cap"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "fps": 0}, "fps"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2, "fps": 1000}, "fps"),
+    ("/api/morph.gif", {"seed_a": 1}, "seed_b"),
+    ("/api/morph.gif", {"seed_a": 1, "seed_b": 2 ** 40}, "seed_b"),
+    ("/api/image.png", {"seed": 1, "snapshot": "../run/best.pt"}, "unknown snapshot"),
+    ("/api/image.png", {"seed": 1, "snapshot": "../../../../etc/passwd"}, "unknown snapshot"),
+    ("/api/image.png", {"seed": 1, "snapshot": "checkpoints/../best.pt"}, "unknown snapshot"),
+    ("/api/image.png", {"seed": 1, "snapshot": "/etc/passwd"}, "unknown snapshot"),
+    ("/api/image.png", {"seed": 1, "snapshot": "data/dataset.json"}, "unknown snapshot"),
+    ("/api/info", {"snapshot": "x" * 201}, "snapshot"),
+    ("/api/info", {"snapshot": "nope.pt"}, "unknown snapshot"),
+]
+
+
+@pytest.mark.parametrize("path,params,says", BAD, ids=[f"{p}-{'-'.join(map(str, q))}" for p, q, _ in BAD])
+def test_bad_input_is_422_with_a_message_and_generates_nothing(client, monkeypatch, path, params, says):
+    from tasks import serve
+
+    calls = []
+    for fn in ("images_from_seeds", "images_from_z", "interpolation_frames"):
+        monkeypatch.setattr(serve, fn, lambda *a, _fn=fn, **k: calls.append(_fn))
+    r = client.get(path, params=params)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and says in detail, detail
+    assert calls == []  # refused before any generator call: a huge request costs nothing
+
+
+def test_limits_are_settings(run):
+    small = TestClient(create_app(Explorer(run_dir=run, limits=Limits(max_frames=4, max_pixels=3 * 16 * 16))))
+    r = small.get("/api/morph.gif", params={"seed_a": 1, "seed_b": 2, "frames": 5})
+    assert r.status_code == 422 and "frames" in r.json()["detail"]
+    r = small.get("/api/morph.gif", params={"seed_a": 1, "seed_b": 2, "frames": 4, "resolution": 16})
+    assert r.status_code == 422 and "cap" in r.json()["detail"]
+    r = small.get("/api/morph.gif", params={"seed_a": 1, "seed_b": 2, "frames": 3, "resolution": 16})
+    assert r.status_code == 200
+
+
+# ------------------------------------------------------------------ PGGAN: its grown stages, no truncation
+def test_pggan_offers_its_grown_stages_and_refuses_truncation(pggan_ckpt):
+    G, arch = load_generator(pggan_ckpt)
+    assert offered_resolutions(arch) == [4, 8, 16]  # a 32² network that has grown to 16² so far
+    c = TestClient(create_app(Explorer(snapshot=pggan_ckpt)), raise_server_exceptions=False)
+    info = c.get("/api/info").json()
+    assert (info["arch"], info["default_resolution"], info["truncation"]) == ("pggan", 16, False)
+    img = png(c.get("/api/image.png", params={"seed": 4, "resolution": 8}))
+    assert np.array_equal(img, images_from_seeds(G, arch, [4], resolution=8, batch=1)[0])  # stage 1's own layers
+    assert png(c.get("/api/image.png", params={"seed": 4})).shape == (16, 16, 3)
+    for params, says in (({"resolution": 32}, "not offered"), ({"resolution": 64}, "not offered"),
+                         ({"truncation": 0.5}, "no truncation")):
+        r = c.get("/api/image.png", params={"seed": 4, **params})
+        assert r.status_code == 422 and says in r.json()["detail"], r.text
+    assert c.get("/api/morph.gif", params={"seed_a": 1, "seed_b": 2, "frames": 4, "resolution": 8}).status_code == 200
+
+
+# ------------------------------------------------------------------ confinement and safe loading
+def test_only_snapshots_inside_the_run_folder_can_be_chosen(run, tmp_path):
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes((run / "best.pt").read_bytes())
+    link = run / "checkpoints" / "ckpt-0000099.000.pt"  # a checkpoint name, but a symlink out of the run
+    link.symlink_to(outside)
+    try:
+        c = TestClient(create_app(Explorer(run_dir=run)))
+        names = [s["name"] for s in c.get("/api/snapshots").json()["snapshots"]]
+        assert "checkpoints/ckpt-0000099.000.pt" not in names and len(names) == 3
+        r = c.get("/api/image.png", params={"seed": 1, "snapshot": "checkpoints/ckpt-0000099.000.pt"})
+        assert r.status_code == 422 and "unknown snapshot" in r.json()["detail"]
+        r = c.get("/api/image.png", params={"seed": 1, "snapshot": str(outside)})
+        assert r.status_code == 422
+    finally:
+        link.unlink()
+
+
+class _Payload:
+    """What a malicious checkpoint could carry: unpickling it would write a file."""
+
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_snapshots_load_with_weights_only(run, tmp_path):
+    evil_run = tmp_path / "evil"
+    evil_run.mkdir()
+    state = torch.load(run / "best.pt", weights_only=True)
+    payload = _Payload()
+    payload.marker = tmp_path / "pwned.txt"
+    torch.save({**state, "extra": payload}, evil_run / "best.pt")
+    c = TestClient(create_app(Explorer(run_dir=evil_run)), raise_server_exceptions=False)
+    r = c.get("/api/image.png", params={"seed": 1})
+    assert r.status_code == 422 and "does not load" in r.json()["detail"], r.text
+    assert not payload.marker.exists()  # weights_only refused the pickled call instead of running it
+
+
+def test_explorer_needs_exactly_one_source(run, tmp_path):
+    with pytest.raises(ValueError, match="either"):
+        Explorer(snapshot=run / "best.pt", run_dir=run)
+    with pytest.raises(FileNotFoundError, match="no best.pt"):
+        Explorer(run_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Explorer(snapshot=tmp_path / "missing.pt")
+
+
+def test_a_rewritten_best_pt_is_reloaded(run, tmp_path):
+    """`ganflow evaluate` re-exports best.pt while the page is open: the next request draws with the new one."""
+    r2 = tmp_path / "r2"
+    (r2 / "checkpoints").mkdir(parents=True)
+    (_k0, first), (_k1, second) = list_checkpoints(run)
+    export_best(first, r2 / "best.pt")
+    ex = Explorer(run_dir=r2)
+    before = ex.image(None, 11)
+    export_best(second, r2 / "best.pt")
+    st = (r2 / "best.pt").stat()
+    os.utime(r2 / "best.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # coarse clocks: a distinct mtime
+    assert not np.array_equal(before, ex.image(None, 11))
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_serves_on_loopback_by_default(run, monkeypatch, capsys):
+    import uvicorn
+
+    from flows.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    assert main(["serve", "--run-dir", str(run)]) == 0
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000)
+    assert TestClient(seen["app"]).get("/api/info").json()["snapshot"] == "best.pt"
+    assert "http://127.0.0.1:8000/" in capsys.readouterr().err
+    assert main(["serve", "--snapshot", str(run / "best.pt"), "--host", "0.0.0.0", "--port", "9001"]) == 0
+    assert (seen["host"], seen["port"]) == ("0.0.0.0", 9001)
+    assert "anyone who can reach this machine" in capsys.readouterr().err
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["serve", "--run-dir", str(tmp_path)]) == 2
+    assert "no best.pt" in capsys.readouterr().err
+    broken = tmp_path / "best.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert main(["serve", "--snapshot", str(broken)]) == 2
+    assert "does not load" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve"])  # --snapshot or --run-dir is required

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flows.datasets_cli import add_datasets_commands
 from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 from flows.serve_cli import add_serve_commands
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     add_queue_commands(sub)
     add_eval_commands(sub)
+    add_datasets_commands(sub)
     add_serve_commands(sub)
     return parser
 

@@ -136,19 +136,24 @@ class Explorer:
             raise InputError(f"{self.root} has no snapshot any more")
         return BEST if BEST in names else names[-1]  # the best by FID, else the newest
 
-    def resolve(self, name: str | None) -> tuple[str, Path]:
+    def resolve(self, name: str | None) -> dict:
+        """The list_snapshots() entry of `name` (default_snapshot() when None)."""
         name = name or self.default_snapshot()
         for s in self.list_snapshots():
             if s["name"] == name:
-                return name, s["path"]
+                return s
         raise InputError(f"unknown snapshot {name!r}: choose one of {[s['name'] for s in self.list_snapshots()]} "
                          f"(GET /api/snapshots); only snapshots of the served run can be chosen")
 
     def generator(self, name: str | None) -> tuple[str, object, dict]:
         """(name, G, arch); loaded with weights_only=True (models.checkpoint), kept for the next requests, and
         loaded again when the file changed (`ganflow evaluate` rewrites best.pt)."""
-        name, path = self.resolve(name)
-        key = (path, path.stat().st_mtime)
+        snap = self.resolve(name)
+        name, path = snap["name"], snap["path"]
+        try:
+            key = (path, path.stat().st_mtime)
+        except OSError:  # deleted since it was listed
+            raise InputError(f"snapshot {name!r} is gone: GET /api/snapshots for those there now") from None
         with self._lock:
             if key not in self._loaded:
                 try:
@@ -212,8 +217,7 @@ class Explorer:
     # ------------------------------------------------------------------ what the page shows
     def info(self, name: str | None) -> dict:
         name, _G, arch = self.generator(name)
-        snap = next(s for s in self.list_snapshots() if s["name"] == name)
-        return {"snapshot": name, "kimg": snap["kimg"], "arch": arch["name"],
+        return {"snapshot": name, "kimg": self.resolve(name)["kimg"], "arch": arch["name"],
                 "native_resolution": int(arch["net"]["resolution"]),
                 "resolutions": offered_resolutions(arch, self.limits),
                 "default_resolution": default_resolution(arch, self.limits),

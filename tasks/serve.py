@@ -243,8 +243,12 @@ class Explorer:
         best = (metrics.get("best") or {}).get("kimg")
         flagged = {float(k) for k in metrics.get("flagged") or {}}
         names = {s["name"] for s in self.list_snapshots()}
+        try:
+            history = read_fid_csv(self.root)
+        except (OSError, ValueError, KeyError) as e:  # a hand-edited or half-written file: say so, serve the rest
+            return {"rows": [], "best_kimg": None, "note": f"{path} does not read: {type(e).__name__}: {e}"}
         rows = []
-        for r in read_fid_csv(self.root):
+        for r in history:
             snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
             rows.append({"kimg": r["kimg"], "fid": _finite(r["fid"]), "kid": _finite(r["kid"]),
                          "snapshot": snap if snap in names else None,

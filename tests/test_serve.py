@@ -162,8 +162,12 @@ def test_fid_table_without_fid_csv_says_how_to_get_one(run):
     lone = run.parent / "lone"
     lone.mkdir()
     (lone / "best.pt").write_bytes((run / "best.pt").read_bytes())
-    body = TestClient(create_app(Explorer(snapshot=lone / "best.pt"))).get("/api/fid").json()
+    lone_client = TestClient(create_app(Explorer(snapshot=lone / "best.pt")), raise_server_exceptions=False)
+    body = lone_client.get("/api/fid").json()
     assert body["rows"] == [] and "ganflow evaluate" in body["note"]
+    (lone / "fid.csv").write_text("kimg,fid\n1.0,not-a-number\n")
+    body = lone_client.get("/api/fid").json()
+    assert body["rows"] == [] and "does not read" in body["note"]
 
 
 def test_openapi_documents_every_endpoint_with_its_media_type_and_422(client):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -86,7 +86,10 @@ class ObjectReader:
 
 def _tracked_datasets(file: str, text: str) -> list[tuple[str, str, str]]:
     """(dataset path, DVC hash, source) for each dataset-like out in a .dvc file or a dvc.lock."""
-    doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    try:
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except yaml.YAMLError:  # a broken commit of the file: nothing to read there
+        return []
     base = Path(file).parent
     if file.endswith(".dvc"):
         return [((base / o["path"]).as_posix(), o.get("md5", ""), file) for o in doc.get("outs") or []
@@ -104,18 +107,15 @@ def _tracked_datasets(file: str, text: str) -> list[tuple[str, str, str]]:
 
 def _dataset_json(reader: ObjectReader, md5: str) -> tuple[dict | None, bool]:
     """(dataset.json of this version or None, whether the version is a dataset as far as is known)."""
-    oid = md5.removesuffix(".dir")
-    raw = reader.read(md5)  # the .dir listing is stored under its full name, `<md5>.dir`
-    if not md5.endswith(".dir"):
-        listing_oid = oid
-    elif raw is None:
-        return None, True
-    else:
-        entry = next((e for e in json.loads(raw) if e.get("relpath") == DATASET), None)
+    if md5.endswith(".dir"):  # a folder: its listing names dataset.json's own hash
+        listing = reader.read(md5)
+        if listing is None:
+            return None, True
+        entry = next((e for e in json.loads(listing) if e.get("relpath") == DATASET), None)
         if entry is None:
             return None, False
-        listing_oid = entry["md5"]
-    data = reader.read(listing_oid)
+        md5 = entry["md5"]
+    data = reader.read(md5)
     return (json.loads(data) if data else None), True
 
 
@@ -151,7 +151,7 @@ def dataset_versions(repo_root: str | Path = ".", dataset: str | None = None) ->
         commits.append((rev, date, [f for f in files if f]))
     specs = [f"{rev}:./{f}" for rev, _, files in commits for f in files]
     texts = iter(_blobs(root, specs) if specs else [])
-    want = dataset.rstrip("/") if dataset else None
+    want = PurePosixPath(dataset).as_posix() if dataset else None
     reader, seen, rows = ObjectReader(root), {}, []
     try:
         for rev, date, files in commits:

@@ -53,8 +53,11 @@ def dvc_writer(root: Path, timeout: float):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _waiting_for_dvc_lock(op, deadline: float, timeout: float):
-    """Run a DVC operation; while DVC's repo lock is someone else's (each try waits DVC's own 3 s), retry."""
+def _waiting_for_dvc_lock(op, deadline: float, timeout: float, setup: bool = True):
+    """Run a DVC operation; while DVC's repo lock is someone else's (each try waits DVC's own 3 s), retry.
+    With `setup`, DVC's other errors (overlapping outs, a missing dependency) become VersioningErrors,
+    which a task does not retry; a failed push (the network, the remote) stays retryable."""
+    from dvc.exceptions import DvcException
     from dvc.lock import LockError
 
     while True:
@@ -65,6 +68,10 @@ def _waiting_for_dvc_lock(op, deadline: float, timeout: float):
                 raise VersioningError(f"DVC's repo lock (.dvc/tmp/lock) stayed held by another dvc process "
                                       f"(a `dvc repro`?) for more than {timeout:.0f} s") from None
             time.sleep(POLL_SECONDS)
+        except DvcException as e:
+            if setup:
+                raise VersioningError(f"dvc: {e}") from e
+            raise
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -117,7 +124,7 @@ def commit_message(rel: str, md5: str, info: dict) -> list[str]:
 
 def git_commit_only(root: Path, paths: list[Path], message: list[str], timeout: float = 60.0) -> tuple[str | None, bool]:
     """Commit just those of `paths` that changed (`git commit -- PATHS`: other staged work stays staged, out
-    of this commit); return (the newest commit holding them, whether one was made now)."""
+    of this commit); return (the newest commit of paths[0], whether one was made now)."""
     rels = [p.relative_to(root).as_posix() for p in paths]
     known = set(git(root, "ls-files", "--", *rels).stdout.split("\n"))
     present = [r for r in rels if (root / r).exists() or r in known]
@@ -132,7 +139,7 @@ def git_commit_only(root: Path, paths: list[Path], message: list[str], timeout: 
             if "index.lock" not in out.stderr or time.monotonic() > deadline:  # a user's git command
                 raise VersioningError(f"git commit of {', '.join(changed)} failed: {out.stderr.strip()}")
             time.sleep(POLL_SECONDS)
-    rev = git(root, "log", "-1", "--format=%H", "--", *rels).stdout.strip() or None
+    rev = git(root, "log", "-1", "--format=%H", "--", rels[0]).stdout.strip() or None  # the .dvc file or dvc.lock
     return rev, bool(changed)
 
 
@@ -173,7 +180,7 @@ def version_dataset(path: str | Path, repo_root: str | Path = ".", push: bool = 
             remote = repo.config["core"].get("remote")
             pushed = bool(push and remote)
             if pushed:
-                _waiting_for_dvc_lock(lambda: repo.push(targets=[target]), deadline, lock_timeout)
+                _waiting_for_dvc_lock(lambda: repo.push(targets=[target]), deadline, lock_timeout, setup=False)
             producer = None if stage.is_data_source else stage.name
             tracking = _tracking_files(root, stage, folder, producer is None)
         finally:

@@ -128,7 +128,7 @@ def test_second_version_has_a_new_hash_and_datasets_lists_both(project, capsys):
 
     # Past versions' dataset.json come from the remote when the local cache no longer has them.
     shutil.rmtree(project / ".dvc/cache")
-    assert main(["datasets", "--repo", str(project), "--json", "data/curated/cats"]) == 0
+    assert main(["datasets", "--repo", str(project), "--json", "./data/curated/cats/"]) == 0
     assert [r["count"] for r in json.loads(capsys.readouterr().out)] == [6, 8]
 
 

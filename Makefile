@@ -26,10 +26,9 @@ DEMO_TRAIN := --arch stylegan2 --resolution 64 --kimg 0.2 --snapshot-kimg 0.1 --
 demo: $(STAMP)
 	$(BIN)/ganflow curate --demo --out data/curated/demo
 	$(BIN)/ganflow train --data data/curated/demo --run-dir runs/demo $(DEMO_TRAIN)
-	@test -n "$$GANFLOW_INCEPTION_WEIGHTS" || { echo "FID below uses a RANDOM-INITIALIZED Inception (no weights file given): not comparable to published FIDs; set GANFLOW_INCEPTION_WEIGHTS for real ones"; \
-	  $(BIN)/python -c "from tasks.metrics import write_random_inception_weights as w; w('data/cache/inception-random.pt')"; }
+	@test -n "$$GANFLOW_INCEPTION_WEIGHTS" || echo "FID below uses a RANDOM-INITIALIZED Inception (no weights file given): not comparable to published FIDs; set GANFLOW_INCEPTION_WEIGHTS for real ones"
 	$(BIN)/ganflow evaluate --run-dir runs/demo --data data/curated/demo --n-fake 32 \
-	  --inception-weights $${GANFLOW_INCEPTION_WEIGHTS:-data/cache/inception-random.pt} > runs/demo/evaluate.json
+	  --inception-weights $${GANFLOW_INCEPTION_WEIGHTS:-random} > runs/demo/evaluate.json
 	$(BIN)/ganflow generate --snapshot runs/demo/best.pt --seeds 0-15 --out runs/demo/seeds
 	$(BIN)/ganflow morph --snapshot runs/demo/best.pt --seeds 1,5,9 --frames 30 --out runs/demo/morph.gif
 
@@ -55,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/checkpoint_overhead.py
 	$(BIN)/python bench/fid.py
+	$(BIN)/python bench/dvc_noop.py
 	$(BIN)/python bench/serve_load.py
 
 # A local Prefect server (UI at http://127.0.0.1:4200), the ganflow-process pool, the deployments of

@@ -43,6 +43,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--input", metavar="PATH", help="a folder (recursive), a .zip or a .tar of images")
     src.add_argument("--hashtag", metavar="TAG", help="an Instagram hashtag (needs a session file; see --session-file)")
     src.add_argument("--demo", action="store_true", help="the embedded demo data (built offline at run time)")
+    src.add_argument("--raw", metavar="DIR", help="a raw store `ganflow ingest` filled (skips ingest)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the curated dataset")
     p.add_argument("--resolution", type=int, metavar="N", help="output side in pixels (default: params.yaml)")
     p.add_argument("--matte", choices=["auto", "rembg", "grabcut", "none"],
@@ -52,6 +53,8 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-root", default="data/raw", metavar="DIR", help="raw store root (default: data/raw)")
     p.add_argument("--cache-dir", default="data/cache", metavar="DIR", help="per-image result cache (default: data/cache)")
     p.add_argument("--max-posts", type=int, default=200, metavar="N", help="Instagram: posts to take (default: 200)")
+    p.add_argument("--dvc", action="store_true", help="version the result with DVC: dvc add (or commit), dvc push, "
+                                                      "and a git commit of its .dvc file (see `ganflow datasets`)")
     p.add_argument("--session-file", metavar="FILE",
                    help="Instagram session file from `instaloader --login USER` (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
@@ -64,13 +67,13 @@ def _run_curate(args: argparse.Namespace) -> int:
     from tasks.report import summary_text
     from tasks.publish import read_manifest
 
-    source = "demo" if args.demo else "hashtag" if args.hashtag else "path"
+    source = "hashtag" if args.hashtag else "path" if args.input else "demo"
     progress.install(_Bars())
     try:
         result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,
                         raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
                         resolution=args.resolution, matte=args.matte, max_posts=args.max_posts,
-                        session_file=args.session_file, ig_user=args.ig_user)
+                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc)
     finally:
         progress.install(None)
     print()
@@ -80,6 +83,50 @@ def _run_curate(args: argparse.Namespace) -> int:
           f"(content hash {result['content_hash'][:12]}).")
     out = Path(result["out"])
     print(f"Results in {out}/: manifest.jsonl, dataset.json, shards/ ({len(result['shards'])} tar)")
+    if "version" in result:
+        v = result["version"]
+        print(f"Versioned with DVC: {v['md5']} (git {str(v.get('git_rev') or '-')[:10]}, "
+              f"{'pushed' if v.get('pushed') else 'not pushed'})")
+    return 0
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="copy a source's images into a raw store (the DVC pipeline's first stage)",
+                       description="Copy a folder, an archive, a hashtag's posts or the demo into DIR (files by "
+                                   "content hash + provenance.jsonl). With no source option, params.yaml's "
+                                   "`ingest` section names the source. `ganflow curate --raw DIR` curates it.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", metavar="PATH", help="a folder (recursive), a .zip or a .tar of images")
+    src.add_argument("--hashtag", metavar="TAG", help="an Instagram hashtag (needs a session file)")
+    src.add_argument("--demo", action="store_true", help="the embedded demo data")
+    p.add_argument("--raw-dir", required=True, metavar="DIR", help="the raw store to fill")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    p.add_argument("--max-posts", type=int, metavar="N", help="Instagram: posts to take (default: params)")
+    p.add_argument("--session-file", metavar="FILE", help="Instagram session file (or $GANFLOW_IG_SESSIONFILE)")
+    p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from tasks import progress
+    from tasks.ingest import ingest_source
+    from tasks.params import ingest_params
+    from tasks.sources.raw import read_provenance
+
+    named = {}  # a source option given here replaces the params' source
+    if args.demo or args.input or args.hashtag:
+        named = {"source": "hashtag" if args.hashtag else "path" if args.input else "demo",
+                 "input": args.input or "", "hashtag": args.hashtag or ""}
+    p = ingest_params(args.params, **named, max_posts=args.max_posts)
+    progress.install(_Bars())
+    progress.begin("ingest", 0)
+    try:
+        raw = ingest_source(p.source, args.raw_dir, p.input, p.hashtag, p.max_posts, args.session_file, args.ig_user)
+    finally:
+        progress.end("ingest")
+        progress.install(None)
+    items = read_provenance(raw)
+    print(f"{len(items)} inputs ({len({i.id for i in items})} distinct files) from {p.source} in {raw}")
     return 0
 
 
@@ -92,40 +139,52 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
                                    "command again continues from the newest checkpoint that loads.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", required=True, choices=["stylegan2", "pggan"],
-                   help="network family: stylegan2 (with ADA) or pggan (progressive growing)")
-    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
-    p.add_argument("--kimg", type=float, required=True, metavar="K", help="train until this many thousand images")
-    p.add_argument("--snapshot-kimg", type=float, required=True, metavar="S", help="checkpoint every S kimg")
     p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE",
+                   help="settings file: every option not given comes from its `train` section (default: params.yaml)")
+    p.add_argument("--arch", choices=["stylegan2", "pggan"],
+                   help="network family: stylegan2 (with ADA) or pggan (progressive growing)")
+    p.add_argument("--resolution", type=int, metavar="N", help="training resolution (power of 2)")
+    p.add_argument("--kimg", type=float, metavar="K", help="train until this many thousand images "
+                                                            "(default: train.kimg, or the stage plan's length)")
+    p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and noise")
     p.add_argument("--resume-from", metavar="CKPT", help="start a new run from this snapshot's networks "
                                                           "(transfer learning); ignored when R has checkpoints")
-    p.add_argument("--preset", default="auto", help="network/training preset: auto (stylegan2: the reference's auto config; "
+    p.add_argument("--restart-on-change", action="store_true",
+                   help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
+                        "and start afresh (default: refuse)")
+    p.add_argument("--preset", help="network/training preset: auto (stylegan2: the reference's auto config; "
                         "pggan: the paper's network) or small (pggan, 4x narrower)")
-    p.add_argument("--batch", type=int, default=0, help="images per step (default: the preset's)")
+    p.add_argument("--batch", type=int, help="images per step (0: the preset's)")
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
-    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: logistic with lazy R1)")
-    p.add_argument("--ada-target", type=float, default=-1.0,
-                   help="ADA target for E[sign(D(real))]; 0 = off; default: 0.6 for stylegan2, off for pggan")
-    p.add_argument("--fade-kimg", type=float, default=0.0, help="pggan: kimg per fade-in (default 800, the paper's)")
-    p.add_argument("--stabilize-kimg", type=float, default=0.0,
-                   help="pggan: kimg per resolution once faded in (default 800, the paper's)")
+    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: the family's)")
+    p.add_argument("--ada-target", type=float,
+                   help="ADA target for E[sign(D(real))]; 0 = off; default: train.ada_target for stylegan2, off for pggan")
+    p.add_argument("--fade-kimg", type=float, help="pggan: kimg per fade-in (the paper's: 800)")
+    p.add_argument("--stabilize-kimg", type=float, help="pggan: kimg per resolution once faded in (the paper's: 800)")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from models.trainer import TrainConfig
+    from dataclasses import replace
+
+    from tasks.stages import plan_stages, resolve_device, train_config, train_params
     from tasks.training import run_training
 
-    net = {k: v for k, v in (("channel_base", args.channel_base), ("channel_max", args.channel_max)) if v}
-    cfg = TrainConfig(arch=args.arch, resolution=args.resolution, preset=args.preset, batch=args.batch,
-                      loss=args.loss or "", ada_target=args.ada_target, xflip=args.xflip,
-                      fade_kimg=args.fade_kimg, stabilize_kimg=args.stabilize_kimg,
-                      snapshot_kimg=args.snapshot_kimg, seed=args.seed, net=net)
+    # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
+    given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
+                                           "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
+                                           "device")}
+    p = train_params(args.params, **given)
+    cfg = train_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target)
+    if args.xflip:
+        cfg = replace(cfg, xflip=True)
+    if args.kimg is None:
+        args.kimg = plan_stages(p.arch, p.resolution, None, p)[-1].end_kimg
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
     bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr,
@@ -147,10 +206,13 @@ def _run_train(args: argparse.Namespace) -> int:
                        f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}", file=sys.stderr)
 
     result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
-                          device=args.device, progress_fn=progress, summary_fn=summary)
+                          device=resolve_device(p.device), progress_fn=progress, summary_fn=summary,
+                          restart_on_change=args.restart_on_change)
     bar.close()
     if not lead:
         return 0
+    if result.set_aside:
+        print(f"checkpoints of other settings or data moved to {result.set_aside}; trained afresh")
     if result.resumed_from:
         print(f"resumed from {result.resumed_from}")
     if result.transferred_from:
@@ -166,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_ingest(sub)
     _add_curate(sub)
     _add_train(sub)
     add_queue_commands(sub)
@@ -178,13 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(route_train_verbs(argv))  # `train submit|status` → their own parsers
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from models.data import DatasetError
-    from tasks.params import ParamsError
-    from tasks.sources.local import SourceError
-
     try:
         return args.func(args)
-    except (ParamsError, SourceError, DatasetError, ValueError, FileNotFoundError) as e:
+    # ParamsError, SourceError, DatasetError and VersioningError are ValueErrors: a user's mistake, said in one
+    # line. (Catching the base class spares every command importing torch just to name DatasetError.)
+    except (ValueError, FileNotFoundError) as e:
         print(f"ganflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

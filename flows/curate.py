@@ -18,7 +18,8 @@ from tasks.publish import publish_task
 from tasks.render import render_task
 from tasks.report import report_task, summary_text
 from tasks.screen import screen_cheap_task, screen_content_task
-from tasks.sources.raw import read_provenance
+from tasks.sources.raw import PROVENANCE, read_provenance
+from tasks.versioning import version_dataset_task
 from tasks.verdicts import assemble, dedup_candidates, split_exact_copies
 
 
@@ -54,6 +55,8 @@ def curate(
     max_posts: int = 200,                 # Instagram: posts to take from the hashtag
     session_file: str | None = None,      # Instagram session file (else $GANFLOW_IG_SESSIONFILE)
     ig_user: str | None = None,           # Instagram user of that session (else $GANFLOW_IG_USER)
+    raw_dir: str | None = None,           # an already ingested raw store (`ganflow ingest`): ingest is skipped
+    version: bool = False,                # version the dataset with DVC (add or commit, push, git commit)
 ) -> dict:
     """Curate a folder, an archive, a hashtag or the demo into a clean square dataset.
 
@@ -71,17 +74,24 @@ def curate(
         max_posts: Instagram: posts to take from the hashtag.
         session_file: Instagram session file on the worker. Empty: $GANFLOW_IG_SESSIONFILE.
         ig_user: Instagram user of that session. Empty: $GANFLOW_IG_USER.
+        raw_dir: A raw store that `ganflow ingest` already filled (the DVC pipeline's ingest stage): curate its
+            files and skip ingest; source, input_path and hashtag are then not used.
+        version: Version the dataset with DVC when it is written: `dvc add` (or `dvc commit` when a dvc.yaml stage
+            makes it), `dvc push` to the default remote, and a git commit of its .dvc file; one writer at a time.
+            Its DVC hash is recorded as an artifact and listed by `ganflow datasets`. Never inside `dvc repro`.
     """
     params = curate_params(params_path, resolution=resolution, matte=matte)
-    raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
-
     pool.warm(params.workers)  # worker processes start while ingest runs
-    progress.begin("ingest", 0)
-    if source == "hashtag":
-        scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)
-    else:
-        ingest_task(source, raw_dir, input_path)
-    progress.end("ingest")
+    if raw_dir is None:
+        raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
+        progress.begin("ingest", 0)
+        if source == "hashtag":
+            scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)
+        else:
+            ingest_task(source, raw_dir, input_path)
+        progress.end("ingest")
+    elif not (Path(raw_dir) / PROVENANCE).is_file():
+        raise FileNotFoundError(f"{raw_dir} is not a raw store (no {PROVENANCE}): run `ganflow ingest` first")
     inputs = read_provenance(Path(raw_dir))
 
     unique, _ = split_exact_copies(inputs)
@@ -102,8 +112,12 @@ def curate(
                    params=params, cache_dir=cache_dir, matte_name=matter.name)
 
     records = assemble(inputs, cheap, near, content)
+    kinds = ",".join(sorted({i.source for i in inputs}))  # demo, folder, zip, tar, instagram: from provenance
     dataset = publish_task(out, records, pngs, params.resolution, params.shard_size,
-                           extra={"matte": matter.name, "source": source})
+                           extra={"matte": matter.name, "source": kinds})
     report_task(records, {**paths, **pngs}, dataset)
     logger.info("%s accepted of %s inputs\n%s", dataset["count"], dataset["inputs"], summary_text(records))
-    return {"out": str(Path(out).resolve()), "raw_dir": raw_dir, "matte_note": matter.note, **dataset}
+    result = {"out": str(Path(out).resolve()), "raw_dir": raw_dir, "matte_note": matter.note, **dataset}
+    if version:
+        result["version"] = version_dataset_task(out)
+    return result

@@ -131,8 +131,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         note = " best" if r["kimg"] == best else " diverged" if f"{r['kimg']:g}" in flagged else ""
         kid = f"{r['kid']:.5f}" if r["kid"] is not None else "–"
         print(f"{r['kimg']:>10g} {r['fid']:>12.4f} {kid:>10}{note}", file=sys.stderr)
-    if out.get("warning"):
-        print(f"ganflow evaluate: note: {out['warning']}", file=sys.stderr)
+    for note in (out.get("warning"), out.get("extractor")):
+        if note:
+            print(f"ganflow evaluate: note: {note}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -26,10 +26,10 @@ from tasks.stages import (done_kimg, plan_stages, resolve_device, tag_current_ru
 def train_flow(
     data: str,
     run_dir: str,
-    resolution: int,
-    arch: Literal["stylegan2", "pggan"] = "stylegan2",
+    resolution: int | None = None,
+    arch: Literal["stylegan2", "pggan"] | None = None,
     kimg: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     params: str = "params.yaml",
     snapshot_kimg: float | None = None,
     ada_target: float | None = None,
@@ -42,11 +42,12 @@ def train_flow(
     Args:
         data: Curated dataset folder (dataset.json + shards/), as `ganflow curate` writes it.
         run_dir: Run folder: checkpoints/ckpt-<kimg>.pt and samples/fakes-<kimg>.png go here.
-        resolution: Training resolution in pixels (a power of two, at most the dataset's).
+        resolution: Training resolution in pixels (a power of two, at most the dataset's). Empty: train.resolution.
         arch: Network family: stylegan2 (StyleGAN2-ADA, trained in cycles) or pggan (one stage per resolution).
-        kimg: Train until this many thousand images in total. Empty: params.yaml (stylegan2: train.cycles x
-            train.cycle_kimg; pggan: until the final resolution is faded in and stabilized).
-        seed: Seed for weights, data order and noise.
+            Empty: train.arch.
+        kimg: Train until this many thousand images in total. Empty: train.kimg, or when that is 0 the family's
+            length (stylegan2: train.cycles x train.cycle_kimg; pggan: the final resolution faded in and stabilized).
+        seed: Seed for weights, data order and noise. Empty: train.seed.
         params: Settings file; section `train` holds stage lengths, snapshot interval, retries, batch, nets.
         snapshot_kimg: Checkpoint and sample grid every this many kimg. Empty: train.snapshot_kimg.
         ada_target: ADA target for E[sign(D(real))], 0 = off. Empty: train.ada_target (stylegan2), off (pggan).
@@ -59,6 +60,8 @@ def train_flow(
     if request_id:
         tag_current_run(f"request:{request_id}")
     p = train_params(params, snapshot_kimg=snapshot_kimg)
+    arch, resolution = arch or p.arch, resolution or p.resolution
+    seed = p.seed if seed is None else seed
     cfg = train_config(p, arch, resolution, seed, ada_target=ada_target)
     stages = plan_stages(arch, resolution, kimg, p)
     total = stages[-1].end_kimg
@@ -87,10 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         "from RUN's newest checkpoint. Defaults come from params.yaml, section `train`."))
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
     p.add_argument("--run-dir", required=True, metavar="RUN", help="run folder (checkpoints/, samples/)")
-    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
-    p.add_argument("--arch", choices=["stylegan2", "pggan"], default="stylegan2", help="network family")
+    p.add_argument("--resolution", type=int, metavar="N", help="training resolution, a power of 2 (default: params)")
+    p.add_argument("--arch", choices=["stylegan2", "pggan"], help="network family (default: params)")
     p.add_argument("--kimg", type=float, metavar="K", help="total kimg (default: from params.yaml)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default: params)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
     p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg (default: params)")
     p.add_argument("--ada-target", type=float, metavar="T", help="ADA target, 0 = off (default: params)")

@@ -11,11 +11,13 @@ to 2k, gives bit-identical weights on CPU.
 from __future__ import annotations
 
 import copy
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from models import checkpoint as ck
@@ -55,6 +57,7 @@ class TrainConfig:
     seed: int = 0                    # one seed for weights, sampler, noise
     amp: str = "auto"                # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | off
     net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
+    dataset: str = ""                # content hash of the training set: a run dir never continues on other data
 
 
 class Trainer:
@@ -73,8 +76,13 @@ class Trainer:
         if self.arch.batch % self.world:
             raise ValueError(f"batch {self.arch.batch} does not split evenly over {self.world} processes")
         self.latent_rng = torch.Generator().manual_seed(cfg.seed)
+        own_seed = cfg.seed + 1_000_003 * self.rank
         if self.rank:
-            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)
+            torch.manual_seed(own_seed)
+        # numpy's and python's generators are in every checkpoint too: seeded, a checkpoint's bytes (and so
+        # DVC's hash of it) depend only on the run, never on the process that wrote it.
+        np.random.seed(own_seed % 2**32)
+        random.seed(own_seed)
         self.augment = self.ada = None
         if self.arch.ada_target > 0:
             # The reference's default 'bgc' pipe; p starts at 0 and the controller moves it.

@@ -101,9 +101,23 @@ def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) ->
             "source": Path(ckpt).name, **(extra or {})}
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(best, tmp)
+    with open(tmp, "wb") as f:  # a file object: the bytes do not depend on the file's name
+        torch.save(best, f)
     os.replace(tmp, out)
     return out
+
+
+def evaluation_key(first_ckpt: str | Path, weights_sha256: str, p: EvaluateParams) -> dict:
+    """What fid.csv's rows depend on: the run (its settings and dataset, from its first checkpoint), the
+    extractor and N. A different key (the run was restarted on new data, other weights) voids the rows."""
+    import hashlib
+
+    from models.checkpoint import load_checkpoint
+    from tasks.training import RESUMABLE_CHANGES
+
+    config = {k: v for k, v in load_checkpoint(first_ckpt).get("config", {}).items() if k not in RESUMABLE_CHANGES}
+    run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
 
 
 # ------------------------------------------------------------------ per-snapshot metrics
@@ -195,13 +209,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     best one as best.pt and write metrics.json. Returns what metrics.json holds plus `evaluated` (kimgs)."""
     from models.checkpoint import list_checkpoints
     from models.generate import load_generator
-    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, real_stats
+    from tasks.metrics import (RANDOM_FILE, RANDOM_NOTE, Stats, extract_features, load_extractor, metrics_from,
+                               real_stats, sha256_file)
 
     run_dir = Path(run_dir)
     snapshots = list_checkpoints(run_dir)
     if not snapshots:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
-    rows = read_fid_csv(run_dir)
+    previous = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).exists() else {}
+    key = evaluation_key(snapshots[0][1], sha256_file(weights), p)
+    rows = read_fid_csv(run_dir) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
     todo = [(k, path) for k, path in snapshots if k not in done]
     evaluated, latest_detail, digest = [], None, None
@@ -229,7 +246,6 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
         ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
         if ckpt is not None:
             export_best(ckpt, run_dir / BEST, {"fid": best["fid"]})
-    previous = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).exists() else {}
     latest = rows[-1]
     summary = {
         "kimg": latest["kimg"], "fid": latest["fid"], "kid": latest["kid"],
@@ -240,6 +256,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
         "best": {"kimg": best["kimg"], "fid": best["fid"], "why": why, "file": BEST} if best else None,
         "flagged": {f"{k:g}": r for k, r in flagged.items()},
         "snapshots": len(rows),
+        "evaluated_with": key,
+        **({"extractor": RANDOM_NOTE} if Path(weights).name == RANDOM_FILE else {}),
     }
     tmp = run_dir / f".{METRICS_JSON}.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")

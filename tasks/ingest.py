@@ -52,11 +52,19 @@ def scrape_hashtag(hashtag: str, raw_dir: Path, max_posts: int, session_file: st
     return raw_dir
 
 
+def ingest_source(source: str, raw_dir: str | Path, input_path: str | None = None, hashtag: str | None = None,
+                  max_posts: int = 200, session_file: str | None = None, username: str | None = None) -> Path:
+    """Fill raw_dir from any source: what `ganflow ingest` (the DVC pipeline's ingest stage) runs."""
+    if source == "hashtag":
+        return scrape_hashtag(hashtag, Path(raw_dir), max_posts, session_file, username)
+    if source == "demo":
+        return ingest_demo(Path(raw_dir))
+    return ingest_local(input_path, Path(raw_dir))
+
+
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(source: str, raw_dir: str, input_path: str | None = None) -> str:
-    if source == "demo":
-        return str(ingest_demo(Path(raw_dir)))
-    return str(ingest_local(input_path, Path(raw_dir)))
+    return str(ingest_source(source, raw_dir, input_path))
 
 
 # Instagram answers 429/401 for minutes at a time: back off between whole attempts too. An attempt

@@ -32,6 +32,11 @@ WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.
 FEATURE = "2048"
 SMALL_N = 2048  # below this many images FID is biased upwards (and the 2048-d covariance is rank-deficient)
 IMAGE_EXT = ("png", "jpg", "jpeg")  # torch-fidelity's samples_find_ext
+# "random" in place of a weights path: a seeded random-initialized extractor, for offline demos and smoke runs
+# of the pipeline. Its FIDs rank snapshots of one run but are NOT comparable to published FIDs.
+RANDOM = "random"
+RANDOM_FILE = "inception-random-init.pt"
+RANDOM_NOTE = "random-initialized InceptionV3 (evaluate.inception_weights: random): FIDs not comparable to published ones"
 
 
 class InceptionWeightsError(FileNotFoundError):
@@ -39,11 +44,15 @@ class InceptionWeightsError(FileNotFoundError):
 
 
 # ------------------------------------------------------------------ weights
-def resolve_weights(cli: str | None = None, configured: str | None = None) -> Path:
+def resolve_weights(cli: str | None = None, configured: str | None = None, cache_dir: str | Path = "data/cache") -> Path:
     """The weights path: --inception-weights, else $GANFLOW_INCEPTION_WEIGHTS, else params evaluate.inception_weights.
-    Raises InceptionWeightsError saying which file to put where when none is set or the file is absent."""
+    "random" gives a seeded random-initialized file in cache_dir (written once). Raises InceptionWeightsError
+    saying which file to put where when none is set or the file is absent."""
     for source, value in (("--inception-weights", cli), (f"${ENV_WEIGHTS}", os.environ.get(ENV_WEIGHTS)),
                           ("params.yaml evaluate.inception_weights", configured)):
+        if value == RANDOM:
+            path = Path(cache_dir) / RANDOM_FILE
+            return path if path.is_file() else write_random_inception_weights(path)
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
@@ -54,7 +63,8 @@ def resolve_weights(cli: str | None = None, configured: str | None = None) -> Pa
     raise InceptionWeightsError(
         f"FID/KID need torch-fidelity's InceptionV3 weights file {WEIGHTS_FILE} (download it elsewhere from "
         f"{WEIGHTS_URL}); nothing is downloaded here. Put it e.g. at models/weights/{WEIGHTS_FILE} and pass "
-        f"--inception-weights PATH, set ${ENV_WEIGHTS}=PATH, or set evaluate.inception_weights in params.yaml")
+        f"--inception-weights PATH, set ${ENV_WEIGHTS}=PATH, or set evaluate.inception_weights in params.yaml "
+        f"('{RANDOM}' gives a random-initialized extractor: a smoke run, not comparable FIDs)")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -110,7 +120,7 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    empty = path.with_name(f".{path.name}.empty")
+    empty = path.with_name(f".{path.name}.{os.getpid()}.empty")
     torch.save({}, empty)
     try:
         with torch.random.fork_rng():
@@ -121,7 +131,10 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
                     torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     finally:
         empty.unlink()
-    torch.save(model.state_dict(), path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent writers each rename a whole file
+    with open(tmp, "wb") as f:  # a file object, not a name: torch.save's bytes then never depend on the name
+        torch.save(model.state_dict(), f)
+    os.replace(tmp, path)
     return path
 
 

@@ -59,6 +59,22 @@ class CurateParams:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class IngestParams:
+    source: str       # demo | path | hashtag
+    input: str        # folder, .zip or .tar when source is path
+    hashtag: str      # hashtag without '#' when source is hashtag
+    max_posts: int    # Instagram: posts to take
+
+    def __post_init__(self) -> None:
+        if self.source not in ("demo", "path", "hashtag"):
+            raise ParamsError(f"ingest.source must be demo, path or hashtag, not {self.source!r}")
+        if self.source == "path" and not self.input:
+            raise ParamsError("ingest.source is path: set ingest.input to a folder, a .zip or a .tar")
+        if self.source == "hashtag" and not self.hashtag:
+            raise ParamsError("ingest.source is hashtag: set ingest.hashtag")
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -82,6 +98,15 @@ def _build(cls, section: dict[str, Any], name: str, overrides: dict[str, Any]):
         return cls(**{k: casts[fields[k]](values[k]) for k in fields})
     except (TypeError, ValueError) as e:
         raise ParamsError(f"params section {name!r}: {e}") from e
+
+
+def ingest_params(path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> IngestParams:
+    """The `ingest` section (what the DVC pipeline's ingest stage reads), with overrides."""
+    data = load_params(path)
+    if "ingest" not in data:
+        raise ParamsError(f"{path} has no 'ingest' section")
+    section = {k: ("" if v is None else v) for k, v in data["ingest"].items()}
+    return _build(IngestParams, section, "ingest", overrides)
 
 
 def curate_params(path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> CurateParams:

@@ -67,8 +67,18 @@ class TrainParams:
     ada_target: float = 0.6    # StyleGAN2 only; PGGAN trains without ADA unless overridden
     loss: str = ""             # "" = the family's
     device: str = "auto"
+    arch: str = "stylegan2"    # family of runs that name none (`ganflow train`, dvc.yaml)
+    resolution: int = 256      # their resolution
+    kimg: float = 0.0          # their total kimg; 0 = the stage plan's (cycles x cycle_kimg, or PGGAN's growth)
+    seed: int = 0              # their seed
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ParamsError(f"train.arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise ParamsError(f"train.resolution must be a power of two >= 4, not {self.resolution}")
+        if self.kimg < 0:
+            raise ParamsError(f"train.kimg must be >= 0 (0 = the stage plan's), not {self.kimg}")
         for name in ("cycle_kimg", "snapshot_kimg"):
             if getattr(self, name) <= 0:
                 raise ParamsError(f"train.{name} must be positive, not {getattr(self, name)}")
@@ -173,6 +183,9 @@ def pggan_stages(resolution: int, fade_kimg: float, stabilize_kimg: float,
 
 
 def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainParams) -> list[Stage]:
+    """The stages up to total_kimg; None: train.kimg, or when that is 0 the family's default length."""
+    if total_kimg is None and p.kimg > 0:
+        total_kimg = p.kimg
     if arch == "pggan":
         return pggan_stages(resolution, p.fade_kimg, p.stabilize_kimg, total_kimg)
     if arch == "stylegan2":

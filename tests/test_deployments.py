@@ -83,14 +83,14 @@ def test_make_serve_registers_deployments_and_its_worker_completes_runs(tmp_path
             assert train.job_variables["env"] == {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}
             assert train.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
             schema = train.parameter_openapi_schema
-            assert schema["required"] == ["data", "run_dir", "resolution"]
+            assert schema["required"] == ["data", "run_dir"]  # the rest defaults to params.yaml's train section
             assert schema["properties"]["arch"]["enum"] == ["stylegan2", "pggan"]
             assert "kimg" in schema["properties"]["kimg"]["description"]
             assert [s.schedule.interval.total_seconds() for s in deployments["manager"].schedules] == [300]
 
             curate = run_deployment("curate/curate", timeout=0, parameters=dict(
                 source="path", input_path=str(images), out=str(tmp_path / "out"), raw_root=str(tmp_path / "raw"),
-                cache_dir=str(tmp_path / "cache"), resolution=64, matte="none"))
+                cache_dir=str(tmp_path / "cache"), resolution=64, matte="none", version=False))
             trained = run_deployment("train/train", timeout=0, parameters=dict(
                 data=str(dataset), run_dir=str(tmp_path / "run"), resolution=32, kimg=0.008,
                 params=str(tmp_path / "params.yaml")))

@@ -1,0 +1,96 @@
+"""A no-op `dvc repro` of the pipeline: what a data engineer waits for when nothing changed. Target <= 3 s.
+
+Builds a fresh project (the repo's git files, one commit) with the embedded demo data at the default
+curation settings (rembg/GrabCut off, to keep the set-up short) and a tiny CPU training run, reproduces it
+once, then times `dvc repro` with nothing to do, next to two references measured in the same run:
+- `dvc version`: DVC's own start-up (Python imports), the floor of any dvc command;
+- `dvc status`: the same hashing of deps and outs without the run decision.
+The ratios compare across machines; the absolute seconds are what the target is about.
+
+Usage: python bench/dvc_noop.py [--runs 5] [--out bench/results/dvc_noop.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_S = 3.0
+TINY = {
+    "curate": {"matte": "none"},
+    "train": {"resolution": 16, "kimg": 0.02, "snapshot_kimg": 0.01, "batch": 4, "channel_base": 256,
+              "channel_max": 32, "net": {"z_dim": 32, "w_dim": 32}, "device": "cpu"},
+    "evaluate": {"inception_weights": "random", "n_fake": 8, "kid": False, "batch": 8},
+}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def make_project(dest: Path, env: dict) -> Path:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file() and rel != "dvc.lock" and not rel.startswith(("data/", "runs/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dvc_noop.json"))
+    a = ap.parse_args()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PREFECT_LOGGING_LEVEL": "WARNING",
+           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
+           "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    with tempfile.TemporaryDirectory(prefix="ganflow-dvc-bench-") as tmp:
+        project = make_project(Path(tmp), env)
+        setup = run(["dvc", "repro"], project, env)
+        times = {name: [run(cmd, project, env) for _ in range(a.runs)]
+                 for name, cmd in (("repro", ["dvc", "repro"]), ("status", ["dvc", "status"]),
+                                   ("version", ["dvc", "version"]))}
+        files = sum(1 for _ in (project / "data").rglob("*")) + sum(1 for _ in (project / "runs").rglob("*"))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "noop_repro_s": round(median["repro"], 3),
+        "target_s": TARGET_S,
+        "meets_target": median["repro"] <= TARGET_S,
+        "ratio_to_dvc_version": round(median["repro"] / median["version"], 3),
+        "ratio_to_dvc_status": round(median["repro"] / median["status"], 3),
+        "dvc_version_s": round(median["version"], 3),
+        "dvc_status_s": round(median["status"], 3),
+        "runs": a.runs,
+        "all_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "first_repro_s": round(setup, 1),
+        "files_under_data_and_runs": files,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,6 +118,7 @@ def curate(
     report_task(records, {**paths, **pngs}, dataset)
     logger.info("%s accepted of %s inputs\n%s", dataset["count"], dataset["inputs"], summary_text(records))
     result = {"out": str(Path(out).resolve()), "raw_dir": raw_dir, "matte_note": matter.note, **dataset}
-    if version:
-        result["version"] = version_dataset_task(out)
+    if version:  # the DVC project is the one the dataset lies in, wherever the flow runs
+        folder = Path(out).resolve()
+        result["version"] = version_dataset_task(str(folder), repo_root=str(folder.parent))
     return result

@@ -275,3 +275,24 @@ def test_task_records_the_dataset_hash_in_a_flow_artifact(prefect_api, project):
     rows = artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
     assert rows == [{"dataset": "data/curated/Cats 2", "dvc_md5": out["md5"], "git_rev": out["git_rev"][:12],
                      "pushed": True, "inputs": 4, "accepted": 3, "blurry": 1}]
+
+
+def test_curate_flow_with_version_records_the_dataset_in_dvc_and_git(project, prefect_api, tmp_path):
+    """What the curate deployment (version: true) does for a dataset built from the UI."""
+    from flows.curate import curate
+    from tasks.dataset_versions import dataset_versions
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):  # noise photos: sharp and colourful, so they are accepted
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    out = project / "data" / "curated" / "photos"
+    result = curate(source="path", input_path=str(photos), out=str(out), raw_root=str(tmp_path / "raw"),
+                    cache_dir=str(tmp_path / "cache"), resolution=32, matte="none", version=True)
+    v = result["version"]
+    assert v["path"] == "data/curated/photos" and v["md5"].endswith(".dir") and v["pushed"]
+    assert git(project, "log", "-1", "--format=%H").strip() == v["git_rev"]
+    assert "data/curated/photos.dvc" in git(project, "show", "--name-only", "--format=", v["git_rev"])
+    [row] = dataset_versions(project)
+    assert row["md5"] == v["md5"] and row["count"] == result["count"] == 4

@@ -77,3 +77,35 @@ def test_bad_params_value_is_a_clear_error(ganflow, tmp_path, params_file):
                   "--params", str(params_file(face_mode="sometimes")))
     assert out.returncode == 2
     assert "face_mode" in out.stderr
+
+
+def test_ingest_reads_its_source_from_params_and_says_what_is_missing(tmp_path):
+    """`ganflow ingest` (the DVC ingest stage): the source comes from params.yaml's ingest section, a
+    source option overrides it, and an incomplete section is a one-line error."""
+    import yaml
+
+    from tests.conftest import PARAMS
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(photos / "astronaut.png")
+    params = yaml.safe_load(PARAMS.read_text())
+    params["ingest"].update(source="path", input=str(photos))
+    good = tmp_path / "params.yaml"
+    good.write_text(yaml.safe_dump(params))
+    params["ingest"].update(input="")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+
+    def ingest(*args):
+        return subprocess.run([sys.executable, "-m", "flows.cli", "ingest", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+
+    done = ingest("--raw-dir", str(tmp_path / "raw"), "--params", str(good))
+    assert done.returncode == 0, done.stderr
+    assert "1 inputs" in done.stdout and len(list((tmp_path / "raw" / "files").iterdir())) == 1
+    failed = ingest("--raw-dir", str(tmp_path / "raw2"), "--params", str(bad))
+    assert failed.returncode == 2 and "set ingest.input" in failed.stderr
+    assert not (tmp_path / "raw2").exists()
+    given = ingest("--raw-dir", str(tmp_path / "raw3"), "--params", str(bad), "--input", str(photos))
+    assert given.returncode == 0, given.stderr  # the option replaces the params' (incomplete) source

@@ -38,6 +38,7 @@ class Limits:
     max_resolution: int = 1024             # largest resampled StyleGAN2 size offered (the native size always is)
     max_grid: int = 25                     # images in one neighbour grid
     max_frames: int = 120                  # frames in one morph
+    min_fps: float = 0.5                   # GIF frame durations are whole 10 ms units up to 655 s
     max_fps: float = 60.0
     max_spread: float = 2.0                # neighbour distance (0 = the seed's own image everywhere)
     max_pixels: int = 16 * 1024 * 1024     # output pixels of one request: images × side² (16 images of 1024²)
@@ -313,7 +314,10 @@ def create_app(explorer: Explorer):
     class GIF(Response):
         media_type = "image/gif"
 
-    bad = {422: {"model": Problem, "description": "a parameter out of range or not offered by this snapshot"}}
+    why = "a parameter out of range or not offered by this snapshot"
+    bad = {422: {"model": Problem, "description": why}}
+    # Image routes: a model would be documented under the route's image type; the 422 body is JSON.
+    bad_image = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
     app = FastAPI(title="ganflow serve", version="1",
                   description="Images, neighbour grids and morphs from a trained ganflow snapshot, and its run's "
                               "FID table. Every image endpoint takes `snapshot` (a name from /api/snapshots).")
@@ -363,13 +367,13 @@ def create_app(explorer: Explorer):
     def attachment(kind: str, name: str) -> dict:
         return {"Content-Disposition": f'inline; filename="{name}.{kind}"'}  # a good name for "save as"
 
-    @app.get("/api/image.png", response_class=PNG, responses=bad, summary="One seed's image")
+    @app.get("/api/image.png", response_class=PNG, responses=bad_image, summary="One seed's image")
     def image(seed: int = Seed(), truncation: float = Trunc(), resolution: int | None = Res(),
               snapshot: str | None = Snap()):
         img = explorer.image(snapshot, seed, truncation, resolution)
         return PNG(to_png(img), headers=attachment("png", f"seed{seed:04d}-{img.shape[0]}px"))
 
-    @app.get("/api/neighbours.png", response_class=PNG, responses=bad,
+    @app.get("/api/neighbours.png", response_class=PNG, responses=bad_image,
              summary="A grid: the seed's image first, then latents around it")
     def neighbours(seed: int = Seed(), count: int = Query(9, ge=1, le=L.max_grid, description="images in the grid"),
                    spread: float = Query(0.3, ge=0.0, le=L.max_spread, allow_inf_nan=False,
@@ -378,11 +382,12 @@ def create_app(explorer: Explorer):
         png = to_png(explorer.neighbours(snapshot, seed, count, spread, truncation, resolution))
         return PNG(png, headers=attachment("png", f"seed{seed:04d}-neighbours"))
 
-    @app.get("/api/morph.gif", response_class=GIF, responses=bad,
+    @app.get("/api/morph.gif", response_class=GIF, responses=bad_image,
              summary="A looping morph seed_a → seed_b → seed_a, as an animated GIF")
     def morph(seed_a: int = Seed(), seed_b: int = Seed(),
               frames: int = Query(24, ge=2, le=L.max_frames, description="frames in the whole loop"),
-              fps: float = Query(12.0, gt=0.0, le=L.max_fps, allow_inf_nan=False, description="frames per second"),
+              fps: float = Query(12.0, ge=L.min_fps, le=L.max_fps, allow_inf_nan=False,
+                               description="frames per second"),
               truncation: float = Trunc(), resolution: int | None = Res(), snapshot: str | None = Snap()):
         video = explorer.morph(snapshot, [seed_a, seed_b], frames, truncation, resolution)
         return GIF(to_gif(video, fps), headers=attachment("gif", f"morph-{seed_a}-{seed_b}"))

@@ -216,3 +216,15 @@ def test_curate_stage_depends_on_the_code_it_runs():
                "tasks/versioning.py", "tasks/dataset_versions.py"}
     deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["curate"]["deps"])
     assert used - neutral - deps == set()
+
+
+def test_datasets_lists_the_pipelines_dataset_once_dvc_lock_is_committed(repro, env, tmp_path):
+    project = copy_project(repro[0], tmp_path / "e")
+    sh(env, project, "git", "add", "dvc.lock", "runs/pipeline/metrics.json", "runs/pipeline/fid.csv")
+    sh(env, project, "git", "commit", "-qm", "dvc repro")
+    rows = sh_json(env, project, "ganflow", "datasets", "--json")
+    dataset = json.loads((project / "data/curated/pipeline/dataset.json").read_text())
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    [row] = [r for r in rows if r["dataset"] == "data/curated/pipeline"]
+    assert row["md5"] == lock["stages"]["curate"]["outs"][0]["md5"]
+    assert row["count"] == dataset["count"] and row["reasons"] == dataset["reasons"]

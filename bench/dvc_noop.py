@@ -3,7 +3,7 @@
 Builds a fresh project (the repo's git files, one commit) with the embedded demo data at the default
 curation settings (rembg/GrabCut off, to keep the set-up short) and a tiny CPU training run, reproduces it
 once, then times `dvc repro` with nothing to do, next to two references measured in the same run:
-- `dvc version`: DVC's own start-up (Python imports), the floor of any dvc command;
+- `dvc version`: a dvc command that reads no pipeline (start-up, plugin and filesystem discovery);
 - `dvc status`: the same hashing of deps and outs without the run decision.
 The ratios compare across machines; the absolute seconds are what the target is about.
 

@@ -309,3 +309,12 @@ def _no_autocast(x: Tensor):
 def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """Scale x to unit mean square along dim (the mapping network's input normalization)."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of trainable-parameter elements (what the reference's summary prints as 'Parameters')."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format

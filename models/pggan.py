@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.ops import memory_format
+
 Tensor = torch.Tensor
 SQRT2 = math.sqrt(2)
 LRELU_SLOPE = 0.2
@@ -138,15 +140,6 @@ def preset(resolution: int, kind: str = "paper", channels: int = 3) -> tuple[PGG
     return PGGANConfig(resolution=resolution, channels=channels, **_PRESETS[kind]), PGGANTrainDefaults(kind=kind)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable-parameter elements."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 # --------------------------------------------------------------------------- layers
 
 
@@ -256,7 +249,7 @@ class MinibatchStd(nn.Module):
         y = (y.square().mean(dim=0) + self.eps).sqrt()    # std over the group  [M, C, H, W]
         y = y.mean(dim=[1, 2, 3]).to(x.dtype)             # one number per group  [M]
         y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
-        return torch.cat([x, y.contiguous(memory_format=_memory_format(_is_channels_last(x)))], dim=1)
+        return torch.cat([x, y.contiguous(memory_format=memory_format(_is_channels_last(x)))], dim=1)
 
 
 def _is_channels_last(x: Tensor) -> bool:
@@ -289,7 +282,7 @@ class GeneratorInput(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         x = self.dense(self.latent_norm(z)).reshape(-1, self.channels, 4, 4)
         x = F.leaky_relu(x + self.bias.reshape(1, -1, 1, 1), LRELU_SLOPE, inplace=True)
-        x = self.norm0(x).contiguous(memory_format=_memory_format(self.channels_last))
+        x = self.norm0(x).contiguous(memory_format=memory_format(self.channels_last))
         return self.norm1(self.conv(x))
 
 
@@ -438,7 +431,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"images at stage {stage} must be [N, {self.img_channels}, {res}, {res}], "
                              f"not {list(img.shape)}")
         alpha = min(max(float(alpha), 0.0), 1.0)
-        img = img.contiguous(memory_format=_memory_format(self.cfg.channels_last))
+        img = img.contiguous(memory_format=memory_format(self.cfg.channels_last))
         x = self.from_rgb[stage](img)
         if stage > 0:
             x = self.blocks[stage](x)

@@ -162,15 +162,6 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
     return cfg, train
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable-parameter elements (what the reference's summary prints as 'Parameters')."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def _full_precision(x: Tensor):
     """A context that turns autocast off for x's device (the reference's fp32 layers under AMP)."""
     if x.device.type in ("cpu", "cuda"):
@@ -373,7 +364,7 @@ class SynthesisBlock(nn.Module):
                 fused_modconv: bool | None = None) -> tuple[Tensor, Tensor]:
         """ws: [N, num_conv + num_torgb, w_dim]. Returns (features, image so far)."""
         w_iter = iter(ws.unbind(dim=1))
-        fmt = _memory_format(self.channels_last)
+        fmt = ops.memory_format(self.channels_last)
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=fmt)
         else:
@@ -477,7 +468,7 @@ class DiscriminatorBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: the image for the first block, else the previous block's features."""
-        x = x.contiguous(memory_format=_memory_format(self.channels_last))
+        x = x.contiguous(memory_format=ops.memory_format(self.channels_last))
         with _precision(self.use_fp16, x):
             if not self.use_fp16:
                 x = x.to(torch.float32)

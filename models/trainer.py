@@ -22,7 +22,7 @@ import torch
 
 from models import checkpoint as ck
 from models import distributed as dd
-from models import losses
+from models import losses, ops
 from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
@@ -146,7 +146,7 @@ class Trainer:
 
     def summary(self) -> dict:
         """What this run trains, for a log line: parameter counts and the settings the preset chose."""
-        count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+        count = ops.count_parameters
         return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
                 "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,

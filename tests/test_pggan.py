@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from models.generate import synthesize
+from models.ops import count_parameters
 from models.pggan import (
     FUSED_MIN_RES, PRESETS, Discriminator, EqualConv2d, EqualLinear, Generator, GrowthSchedule, MinibatchStd, PGGANConfig,
-    PixelNorm, count_parameters, fade_reals, paper_minibatch, preset, resolution_stage,
+    PixelNorm, fade_reals, paper_minibatch, preset, resolution_stage,
     stage_resolution,
 )
 

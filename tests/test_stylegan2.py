@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from models import ops
+from models.ops import count_parameters
 from models.stylegan2 import (
-    Discriminator, Generator, MinibatchStd, StyleGAN2Config, TrainDefaults, count_parameters, preset,
+    Discriminator, Generator, MinibatchStd, StyleGAN2Config, TrainDefaults, preset,
 )
 
 # The seed blog's StyleGAN2-ADA at 512x512 (stylegan2-ada-pytorch prints these as 'Parameters').

@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(route_train_verbs(argv))  # `train submit|status` → their own parsers
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a Prefect server configured, a flow starts a temporary one; Prefect gives it 20 s, which a busy
+    # laptop (or a `dvc repro` next to other work) can exceed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     try:
         return args.func(args)
     # ParamsError, SourceError, DatasetError and VersioningError are ValueErrors: a user's mistake, said in one

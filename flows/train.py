@@ -110,6 +110,9 @@ def _exit_on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Without a Prefect server configured, a flow starts a temporary one; Prefect gives it 20 s, which a busy
+    # laptop (or a `dvc repro` next to other work) can exceed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from prefect import tags
 
     from models.data import DatasetError

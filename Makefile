@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Curate the embedded demo data, then train a small StyleGAN2 on it for a few minutes on CPU.
+# Curate the embedded demo data, then train a small StyleGAN2 on it for a few minutes on CPU. A rerun continues
+# the same run; after an update changed the demo data or settings, the old run is set aside (runs/demo/superseded/).
 DEMO_TRAIN := --arch stylegan2 --resolution 64 --kimg 0.2 --snapshot-kimg 0.1 --batch 8 \
-              --channel-base 4096 --channel-max 128
+              --channel-base 4096 --channel-max 128 --restart-on-change
 
 demo: $(STAMP)
 	$(BIN)/ganflow curate --demo --out data/curated/demo

@@ -137,7 +137,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                               "ganflow train status shows the queue (see `ganflow train submit --help`).",
                        description="Train on DIR's shards until --kimg thousand images, writing "
                                    "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
-                                   "command again continues from the newest checkpoint that loads.")
+                                   "command again continues from the newest checkpoint that loads. Options "
+                                   "not given come from params.yaml's `train` section.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
     p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
     p.add_argument("--params", default="params.yaml", metavar="FILE",

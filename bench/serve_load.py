@@ -163,7 +163,7 @@ def main() -> int:
         "network": {k: arch["net"][k] for k in ("resolution", "channel_base", "channel_max", "z_dim")},
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "errors": len(errors), "error_samples": errors[:5],
-        "img_per_s": {"server_64_concurrent": n / t_srv, "in_process_one_by_one": n / t_ref,
+        "img_per_s": {"server_concurrent": n / t_srv, "in_process_one_by_one": n / t_ref,
                       "in_process_one_batch": n / t_batch},
         "ratio_server_to_in_process": t_ref / t_srv,
         "latency_s": {"p50": float(lat[len(lat) // 2]), "p95": float(lat[int(0.95 * (len(lat) - 1))]),

@@ -123,12 +123,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(f"{m['kimg']:g} kimg: FID {m['fid']:.4f}{kid}", file=sys.stderr)
 
     out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress)
-    from tasks.evaluate import read_fid_csv
+    from tasks.fid_table import read_fid_csv, row_note
 
-    flagged, best = out["flagged"], (out.get("best") or {}).get("kimg")
+    flagged, best = {float(k) for k in out["flagged"]}, (out.get("best") or {}).get("kimg")
     print(f"{'kimg':>10} {'FID':>12} {'KID':>10}", file=sys.stderr)
     for r in read_fid_csv(args.run_dir):
-        note = " best" if r["kimg"] == best else " diverged" if f"{r['kimg']:g}" in flagged else ""
+        note = row_note(r["kimg"], best, flagged)
+        note = f" {note}" if note else ""
         kid = f"{r['kid']:.5f}" if r["kid"] is not None else "–"
         print(f"{r['kimg']:>10g} {r['fid']:>12.4f} {kid:>10}{note}", file=sys.stderr)
     for note in (out.get("warning"), out.get("extractor")):

@@ -72,8 +72,9 @@ def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> 
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """With mmap, tensors stay on disk until touched: cheap when only the plain fields are wanted."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[float, Path]]:

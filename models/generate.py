@@ -148,3 +148,10 @@ def grid(images: np.ndarray, cols: int | None = None) -> Image.Image:
         r, c = divmod(i, cols)
         canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
     return Image.fromarray(canvas)
+
+
+def save_gif(frames: np.ndarray, fp, fps: float) -> None:
+    """Frames (N x H x W x 3 uint8) as a GIF that loops forever, to a path or a binary file object."""
+    pics = [Image.fromarray(f) for f in frames]
+    pics[0].save(fp, "GIF", save_all=True, append_images=pics[1:], loop=0, duration=round(1000 / fps),
+                 optimize=False)

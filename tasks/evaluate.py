@@ -6,7 +6,6 @@ metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import warnings
@@ -20,6 +19,7 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.fid_table import BEST, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
 from tasks.params import ParamsError
 
 
@@ -115,37 +115,14 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str, p: EvaluateParam
     from models.checkpoint import load_checkpoint
     from tasks.training import RESUMABLE_CHANGES
 
-    config = {k: v for k, v in load_checkpoint(first_ckpt).get("config", {}).items() if k not in RESUMABLE_CHANGES}
+    # mmap: only the config is read here, not the networks and optimizer states (hundreds of MB at 512²)
+    config = {k: v for k, v in load_checkpoint(first_ckpt, mmap=True).get("config", {}).items()
+              if k not in RESUMABLE_CHANGES}
     run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     return {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
 
 
 # ------------------------------------------------------------------ per-snapshot metrics
-FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"
-CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G")  # losses: the discriminator probe's (logistic loss only)
-
-
-def read_fid_csv(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / FID_CSV
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(f)]
-
-
-def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
-    path = Path(run_dir) / FID_CSV
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in sorted(rows, key=lambda r: r["kimg"]):
-            # repr: full precision, so a number read back equals the one computed
-            w.writerow({k: "" if r.get(k) is None else repr(float(r[k])) for k in CSV_FIELDS})
-    os.replace(tmp, path)
-    return path
-
-
 def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
                       truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
     """n generated images (seeds seed0 ... seed0+n-1, no truncation by default) as uint8 NCHW batches."""
@@ -217,13 +194,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     if not snapshots:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
     previous = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).exists() else {}
-    key = evaluation_key(snapshots[0][1], sha256_file(weights), p)
+    weights_sha = sha256_file(weights)
+    key = evaluation_key(snapshots[0][1], weights_sha, p)
     rows = read_fid_csv(run_dir) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
     todo = [(k, path) for k, path in snapshots if k not in done]
     evaluated, latest_detail, digest = [], None, None
     if todo:
-        extractor, digest = load_extractor(weights, p.inception_sha256 or None, device)
+        extractor, digest = load_extractor(weights, p.inception_sha256 or None, device, digest=weights_sha)
         real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
                                   keep_features=p.kid, batch=p.batch, device=device)
         for kimg, path in todo:
@@ -270,7 +248,7 @@ def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None) -> 
     """The FID-over-kimg table for a Prefect table artifact."""
     return [{"kimg": f"{r['kimg']:g}", "FID": f"{r['fid']:.4f}" if r.get("fid") is not None else "–",
              "KID": f"{r['kid']:.5f}" if r.get("kid") is not None else "–",
-             "note": "best" if r["kimg"] == best_kimg else ("diverged" if r["kimg"] in flagged else "")}
+             "note": row_note(r["kimg"], best_kimg, flagged)}
             for r in sorted(rows, key=lambda r: r["kimg"])]
 
 

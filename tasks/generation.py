@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.generate import grid, images_from_seeds, interpolation_frames, load_generator
+from models.generate import grid, images_from_seeds, interpolation_frames, load_generator, save_gif
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -85,9 +85,7 @@ def write_morph(snapshot: str | Path, seeds: list[int], frames: int, out: str | 
     video = interpolation_frames(G, arch, seeds, frames, truncation_psi=truncation_psi, resolution=resolution)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        pics = [Image.fromarray(f) for f in video]
-        pics[0].save(out, save_all=True, append_images=pics[1:], loop=0, duration=round(1000 / fps),
-                     optimize=False)
+        save_gif(video, out, fps)
     else:
         _write_mp4(video, out, fps)
     return {"out": str(out), "frames": len(video), "seeds": seeds, "arch": arch["name"]}

@@ -75,10 +75,11 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_weights(path: str | Path, sha256: str | None = None) -> str:
+def check_weights(path: str | Path, sha256: str | None = None, digest: str | None = None) -> str:
     """Refuse a file that torch-fidelity's pickle load could run code from: it must match `sha256` (when
-    given) and load with weights_only=True as a dict of tensors. Returns the file's sha256."""
-    digest = sha256_file(path)
+    given) and load with weights_only=True as a dict of tensors. Returns the file's sha256 (`digest`, when the
+    caller has already hashed the file: ~100 MB need not be read twice)."""
+    digest = digest or sha256_file(path)
     if sha256 and digest != sha256.lower():
         raise InceptionWeightsError(f"{path}: sha256 {digest} is not the expected {sha256}; refusing to load it")
     try:
@@ -91,12 +92,12 @@ def check_weights(path: str | Path, sha256: str | None = None) -> str:
     return digest
 
 
-def load_extractor(path: str | Path, sha256: str | None = None, device: str = "cpu"):
+def load_extractor(path: str | Path, sha256: str | None = None, device: str = "cpu", digest: str | None = None):
     """torch-fidelity's FeatureExtractorInceptionV3 ('inception-v3-compat', 2048-d pool features) from `path`,
     after check_weights. Returns (extractor, weights sha256)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    digest = check_weights(path, sha256)
+    digest = check_weights(path, sha256, digest)
     try:
         extractor = FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE],
                                                 feature_extractor_weights_path=str(path))

@@ -21,9 +21,9 @@ from PIL import Image
 
 from models.checkpoint import CKPT_DIR, list_checkpoints
 from models.generate import (grid, images_from_seeds, images_from_z, interpolation_frames, load_generator,
-                             neighbour_latents)
+                             neighbour_latents, save_gif)
+from tasks.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note
 
-BEST, FID_CSV, METRICS_JSON = "best.pt", "fid.csv", "metrics.json"  # the files `ganflow evaluate` writes
 PAGE = Path(__file__).with_name("serve_page.html")
 
 
@@ -77,9 +77,7 @@ def to_png(image: np.ndarray | Image.Image) -> bytes:
 def to_gif(frames: np.ndarray, fps: float) -> bytes:
     """A GIF that loops forever (what `ganflow morph` writes), so the page plays it with a plain <img>."""
     buf = io.BytesIO()
-    pics = [Image.fromarray(f) for f in frames]
-    pics[0].save(buf, "GIF", save_all=True, append_images=pics[1:], loop=0, duration=round(1000 / fps),
-                 optimize=False)
+    save_gif(frames, buf, fps)
     return buf.getvalue()
 
 
@@ -235,8 +233,6 @@ class Explorer:
             return {"rows": [], "best_kimg": None,
                     "note": f"no {FID_CSV} in {self.root}: `ganflow evaluate --run-dir {self.root} --data DIR` "
                             f"writes it"}
-        from tasks.evaluate import read_fid_csv
-
         try:
             metrics = json.loads((self.root / METRICS_JSON).read_text())
         except (OSError, ValueError):
@@ -253,7 +249,7 @@ class Explorer:
             snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
             rows.append({"kimg": r["kimg"], "fid": _finite(r["fid"]), "kid": _finite(r["kid"]),
                          "snapshot": snap if snap in names else None,
-                         "note": "best" if r["kimg"] == best else "diverged" if r["kimg"] in flagged else ""})
+                         "note": row_note(r["kimg"], best, flagged)})
         return {"rows": rows, "best_kimg": best, "note": ""}
 
 

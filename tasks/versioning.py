@@ -107,7 +107,7 @@ def dataset_hash(stage, folder: Path) -> str:
     return out.hash_info.value
 
 
-def _tracking_files(root: Path, stage, folder: Path, added: bool) -> list[Path]:
+def _tracking_files(stage, folder: Path, added: bool) -> list[Path]:
     """The git-tracked files DVC may have changed for this dataset: its .dvc file or the stage's dvc.lock,
     and the .gitignore beside each out."""
     if added:
@@ -182,7 +182,7 @@ def version_dataset(path: str | Path, repo_root: str | Path = ".", push: bool = 
             if pushed:
                 _waiting_for_dvc_lock(lambda: repo.push(targets=[target]), deadline, lock_timeout, setup=False)
             producer = None if stage.is_data_source else stage.name
-            tracking = _tracking_files(root, stage, folder, producer is None)
+            tracking = _tracking_files(stage, folder, producer is None)
         finally:
             repo.close()
         git_rev, committed = (git_commit_only(root, tracking, commit_message(rel, md5, info))

@@ -229,9 +229,10 @@ def test_push_then_pull_restores_identical_files(project):
 
 
 def test_gitignore_keeps_datasets_out_of_git_and_dvc_files_in(project):
-    make_dataset(project / "data/curated/demo", 3, {"blurry": 1})  # what `make demo` writes
+    make_dataset(project / "data/curated/demo", 3, {"blurry": 1})  # what `make demo` writes: no DVC file yet
+    assert git(project, "status", "--porcelain", "--untracked-files=all") == ""  # the project's .gitignore alone
     (project / "data/curated/demo.dvc").write_text("outs: []\n")
-    (project / "data/curated/.gitignore").write_text("/demo\n")
+    (project / "data/curated/.gitignore").write_text("/demo\n")  # what `dvc add` writes beside it
     assert sorted(git(project, "status", "--porcelain", "--untracked-files=all").split()[1::2]) == [
         "data/curated/.gitignore", "data/curated/demo.dvc"]
 

@@ -246,8 +246,8 @@ def _zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Entry | None:
     if info.flag_bits & 0x1:
         return Entry(name, reason="encrypted", detail="password-protected member")
     if info.compress_type not in _ZIP_METHODS:
-        return Entry(name, reason="unsupported_compression",
-                     detail=f"compression method {info.compress_type} (deflate64 is 9) is not supported")
+        method = f"{info.compress_type} (deflate64)" if info.compress_type == 9 else str(info.compress_type)
+        return Entry(name, reason="unsupported_compression", detail=f"compression method {method} is not supported")
     return Entry(name, open=functools.partial(zf.open, info), packed=info.compress_size, size=info.file_size)
 
 
@@ -270,7 +270,8 @@ def _tar_entry(tf: tarfile.TarFile, m: tarfile.TarInfo) -> Entry | None:
     if m.isdir():
         return Entry(m.name, reason="directory", detail="a directory named like an image") \
             if _IMAGE_NAME.fullmatch(m.name.rstrip("/").rsplit("/", 1)[-1]) else None
-    return Entry(m.name, reason="special_file", detail="device, FIFO or other special member")
+    kind = "a FIFO" if m.isfifo() else "a device" if m.ischr() or m.isblk() else "a special file"
+    return Entry(m.name, reason="special_file", detail=f"{kind} member, not a regular file")
 
 
 def _tar_open(tf: tarfile.TarFile, m: tarfile.TarInfo) -> BinaryIO:

@@ -166,17 +166,21 @@ def hostile_folder(root: Path, outside: Path) -> dict[str, str | None]:
     root.mkdir(parents=True)
     outside.mkdir(parents=True, exist_ok=True)
     (root / "rocket.jpg").write_bytes(photo_jpeg("rocket"))
-    (root / "rocket copy.jpg").write_bytes(photo_jpeg("rocket"))
+    (root / "rocket2.jpg").write_bytes(photo_jpeg("rocket"))  # an exact copy, named after the original
+    small = Image.fromarray(skimage.data.rocket()).resize((620, 414), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=80)
+    (root / "rocket-smaller.jpg").write_bytes(buf.getvalue())  # a near-duplicate, smaller
     (outside / "secret.jpg").write_bytes(photo_jpeg("chelsea"))
     os.symlink(outside / "secret.jpg", root / "link.jpg")
     os.mkfifo(root / "pipe.jpg")
     (root / "album.jpg").mkdir()
-    (root / "album.jpg" / "inside.png").write_bytes(strip_png(300000, 1))
+    (root / "album.jpg" / "inside.png").write_bytes(strip_png(299999, 1))
     (root / "strip-300000x1.png").write_bytes(strip_png(300000, 1))
     (root / "strip-100000x10.png").write_bytes(strip_png(100000, 10))
     (root / "strip-20000x500.png").write_bytes(strip_png(20000, 500))
     tiff, _ = float_tiff()
     (root / "float.tif").write_bytes(tiff)
-    return {"rocket.jpg": None, "rocket copy.jpg": "duplicate", "link.jpg": "link", "pipe.jpg": "special_file",
+    return {"rocket.jpg": None, "rocket2.jpg": "duplicate", "rocket-smaller.jpg": "duplicate", "link.jpg": "link", "pipe.jpg": "special_file",
             "album.jpg": "directory", "album.jpg/inside.png": "too_small", "strip-300000x1.png": "too_small",
             "strip-100000x10.png": "too_small", "strip-20000x500.png": "aspect", "float.tif": "grayscale"}

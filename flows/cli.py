@@ -63,7 +63,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 
 def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
-    from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
+    from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
     from tasks.params import MAX_RESOLUTION, curate_params
     from tasks.sources.local import check_input
 
@@ -76,8 +76,8 @@ def _check_curate_args(args: argparse.Namespace) -> None:
     check_store_root(args.cache_dir, "--cache-dir")
     if args.raw is None:
         check_store_root(args.raw_root, "--raw-root")
-    else:
-        check_raw_dir(args.raw, "--raw")
+    elif not (Path(args.raw) / "provenance.jsonl").is_file() or not is_raw_store(Path(args.raw)):
+        raise ValueError(f"--raw {args.raw!r} is not a raw store (no provenance.jsonl): run `ganflow ingest` first")
     if args.input is not None:
         check_input(args.input)
 

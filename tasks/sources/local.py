@@ -70,7 +70,10 @@ class _Capped:
         self.stream, self.limits, self.packed, self.count = stream, limits, packed, 0
 
     def read(self, n: int = -1) -> bytes:
-        chunk = self.stream.read(n if n and n > 0 else 1 << 20)
+        try:
+            chunk = self.stream.read(n if n and n > 0 else 1 << 20)
+        except _MEMBER_ERRORS as e:  # a read failure is the member's; a write failure (disk full) is the run's
+            raise _refusal(e) from None
         self.count += len(chunk)
         if self.count > self.limits.max_bytes:
             raise Refused("bomb", f"more than {self.limits.max_bytes} bytes (curate.max_member_bytes)")
@@ -113,8 +116,8 @@ def _is_tar(path: Path) -> bool:
 
 def source_kind(src: Path) -> str:
     """folder, zip or tar; SourceError (one line) for anything else."""
-    if not src.exists() and not src.is_symlink():
-        raise SourceError(f"input not found: {src}")
+    if not src.exists():
+        raise SourceError(f"input is a broken link: {src}" if src.is_symlink() else f"input not found: {src}")
     if src.is_dir():
         return "folder"
     if not src.is_file():
@@ -136,7 +139,15 @@ def check_input(src: str | Path) -> str:
     """What `--input` must be, checked before any work: a folder, zip or tar with at least one entry."""
     src = Path(src)
     kind = source_kind(src)
-    if next(iter(_entries(src, kind)), None) is None:
+    if kind == "tar":  # its first header only: listing every member would inflate a whole .tar.gz here
+        try:
+            with tarfile.open(src) as tf:
+                empty = tf.next() is None
+        except (tarfile.TarError, EOFError, OSError, zlib.error):
+            empty = False  # a damaged tar is ingested as far as it reads, with a `truncated` record
+    else:
+        empty = next(iter(_entries(src, kind)), None) is None
+    if empty:
         raise SourceError(f"input {src} holds no files: nothing to curate")
     return kind
 
@@ -172,11 +183,15 @@ def _store(raw_dir: Path, entry: Entry, source: str, limits: MemberLimits) -> Ra
     if entry.reason is not None:
         return rejected_item(source, entry.name, entry.reason, entry.detail)
     try:
-        with entry.open() as f:
-            return store_stream(raw_dir, _Capped(f, limits, entry.packed), source, entry.name)
+        f = entry.open()
     except _MEMBER_ERRORS as e:
         refused = _refusal(e)
         return rejected_item(source, entry.name, refused.reason, refused.detail)
+    try:
+        with f:
+            return store_stream(raw_dir, _Capped(f, limits, entry.packed), source, entry.name)
+    except Refused as e:
+        return rejected_item(source, entry.name, e.reason, e.detail)
 
 
 # ---- folder ------------------------------------------------------------------------------------

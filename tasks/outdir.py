@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 # The ganflow checkout: never an output folder (its params.yaml, dvc.yaml and data/ live there).
@@ -91,6 +92,16 @@ def _check_folder(value: str, option: str, owned, what: str) -> Path:
 def check_dataset_dir(value: str, option: str = "--out") -> Path:
     """A curated dataset's folder: missing, empty, or a dataset ganflow curate wrote. Returns it (~ expanded)."""
     return _check_folder(value, option, is_curated_dataset, "a dataset ganflow curate wrote (no dataset.json of it)")
+
+
+def is_generated_dir(folder: Path) -> bool:
+    """Only what `ganflow generate` writes: seed<N>.png and grid.png."""
+    return all(re.fullmatch(r"seed\d+\.png|grid\.png", p.name) and p.is_file() for p in folder.iterdir())
+
+
+def check_generated_dir(value: str, option: str = "--out") -> Path:
+    """`ganflow generate`'s folder: missing, empty, or holding only its seed<N>.png and grid.png."""
+    return _check_folder(value, option, is_generated_dir, "a folder ganflow generate wrote (only seed<N>.png, grid.png)")
 
 
 def check_raw_dir(value: str, option: str = "--raw-dir") -> Path:

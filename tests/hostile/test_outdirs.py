@@ -159,3 +159,27 @@ def test_bad_curate_option_is_one_line_exit_2_in_a_real_process(scratch, tmp_pat
     out = _cli(scratch, "curate", "--demo", "--out", str(tmp_path / "new"), "--params", str(PARAMS), *args)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [f"ganflow curate: error: {says}"]
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("out, says", [
+    (".", "is the current folder or one of its parents"),
+    ("shards", "is not empty and not a folder ganflow generate wrote"),
+])
+def test_generate_never_writes_over_a_folder_it_did_not_write(scratch, capsys, out, says):
+    rc = main(["generate", "--snapshot", "no-such.pt", "--seeds", "0", "--out", out])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"ganflow generate: error: --out {out!r}")
+    assert says in lines[0]
+    assert _untouched(scratch)
+
+
+def test_a_folder_generate_wrote_is_accepted(tmp_path):
+    from tasks.outdir import check_generated_dir
+
+    (tmp_path / "seeds").mkdir()
+    for name in ("seed0001.png", "seed0002.png", "grid.png"):
+        (tmp_path / "seeds" / name).write_bytes(b"png")
+    assert check_generated_dir(str(tmp_path / "seeds")) == tmp_path / "seeds"
+    (tmp_path / "seeds" / "holiday.png").write_bytes(b"mine")
+    with pytest.raises(PathError):
+        check_generated_dir(str(tmp_path / "seeds"))

@@ -15,13 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Never paper over truncated files: a truncated image must fail, not decode grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # EXIF orientations that swap width and height.
 _TRANSPOSED = {5, 6, 7, 8}
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose does). Applied by
+# hand because a reduced image no longer carries the EXIF block.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class DecodeError(Exception):
@@ -40,6 +45,7 @@ class Header:
     format: str
     mode: str                # mode as stored (CMYK, P, I;16, F, ...)
     frames: int
+    orientation: int = 1     # EXIF orientation tag (1 = upright)
 
 
 @dataclass
@@ -129,9 +135,11 @@ def _open_checked(path: Path):
 
 def _header(img: Image.Image) -> Header:
     w, h = img.size
-    if img.getexif().get(0x0112, 1) in _TRANSPOSED:
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in _TRANSPOSED:
         w, h = h, w
-    return Header(width=w, height=h, format=img.format or "?", mode=img.mode, frames=getattr(img, "n_frames", 1))
+    return Header(width=w, height=h, format=img.format or "?", mode=img.mode, frames=getattr(img, "n_frames", 1),
+                  orientation=orientation)
 
 
 def _reduce(img: Image.Image, min_side: int) -> Image.Image:
@@ -203,7 +211,8 @@ def decode(path: str | Path, min_side: int | None = None) -> Decoded:
                 img.load()
                 if min_side:
                     img = _reduce(img, min_side)
-                img = ImageOps.exif_transpose(img)
+                if head.orientation in _UPRIGHT:
+                    img = img.transpose(_UPRIGHT[head.orientation])
                 rgb = np.asarray(to_rgb(img, head.mode))
     except DecodeError:
         raise

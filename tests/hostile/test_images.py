@@ -144,3 +144,19 @@ def test_peak_memory_of_a_48_megapixel_jpeg_follows_the_resolution(tmp_path):
     got = _measure(tmp_path, tmp_path / "big.jpg", {"matte": "none", "gray_max_chroma": 0.0}, render=True)
     assert got["reason"] is None
     assert got["growth_mb"] < 100, got
+
+
+def test_reduced_decode_keeps_the_exif_orientation(tmp_path):
+    """A box-reduced image loses its EXIF block: the orientation read from the header is applied instead."""
+    import skimage.data
+
+    rocket = np.asarray(Image.fromarray(skimage.data.rocket()).resize((600, 300)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    Image.fromarray(rocket).save(tmp_path / "turned.png", exif=exif)
+    full = decode(tmp_path / "turned.png")
+    small = decode(tmp_path / "turned.png", min_side=100)
+    assert full.rgb.shape == (600, 300, 3) and (small.width, small.height) == (300, 600)
+    assert small.rgb.shape == (200, 100, 3)
+    ref = np.asarray(Image.fromarray(full.rgb).reduce(3))
+    assert np.abs(ref.astype(int) - small.rgb.astype(int)).mean() < 2

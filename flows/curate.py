@@ -88,8 +88,8 @@ def curate(
     cache_dir = str(check_store_root(cache_dir, "cache_dir"))
     pool.warm(params.workers)  # worker processes start while ingest runs
     if raw_dir is None:
-        raw_dir = str(check_raw_dir(str(check_store_root(raw_root, "raw_root") / raw_name(source, input_path, hashtag)),
-                                    "raw_root"))
+        store = check_store_root(raw_root, "raw_root") / raw_name(source, input_path, hashtag)
+        raw_dir = str(check_raw_dir(str(store), "raw_root"))
         progress.begin("ingest", 0)
         if source == "hashtag":
             scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -130,8 +131,7 @@ def source_kind(src: Path) -> str:
         return "tar"
     with src.open("rb") as f:
         if f.read(4) == b"PK\x03\x04":
-            raise SourceError(f"input {src} starts like a zip but has no central directory (truncated or "
-                              "damaged): repair it (zip -FF) or give the folder")
+            return "zip"  # a zip cut short (no central directory): its local headers are walked
     raise SourceError(f"input must be a folder, a .zip or a .tar: {src}")
 
 
@@ -248,7 +248,7 @@ def _kind_of(mode: int) -> str:
 # ---- zip ---------------------------------------------------------------------------------------
 
 
-def _zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Entry | None:
+def _zip_entry(info: zipfile.ZipInfo, opener: Callable[[], BinaryIO]) -> Entry | None:
     name = info.filename
     mode = info.external_attr >> 16
     if info.is_dir():
@@ -263,15 +263,58 @@ def _zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Entry | None:
     if info.compress_type not in _ZIP_METHODS:
         method = f"{info.compress_type} (deflate64)" if info.compress_type == 9 else str(info.compress_type)
         return Entry(name, reason="unsupported_compression", detail=f"compression method {method} is not supported")
-    return Entry(name, open=functools.partial(zf.open, info), packed=info.compress_size, size=info.file_size)
+    return Entry(name, open=opener, packed=info.compress_size, size=info.file_size)
 
 
 def _zip_entries(src: Path) -> Iterator[Entry]:
+    if not zipfile.is_zipfile(src):
+        yield from _zip_local_entries(src)
+        return
     with zipfile.ZipFile(src) as zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
-            entry = _zip_entry(zf, info)
+            entry = _zip_entry(info, functools.partial(zf.open, info))
             if entry is not None:
                 yield entry
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # signature, version, flags, method, time, date, crc, sizes, name/extra
+
+
+def _open_local(src: Path, start: int, info: zipfile.ZipInfo) -> BinaryIO:
+    f = src.open("rb")
+    f.seek(start)
+    return zipfile.ZipExtFile(f, "r", info, close_fileobj=True)  # inflates, checks the CRC, stops at file_size
+
+
+def _zip_local_entries(src: Path) -> Iterator[Entry]:
+    """A zip cut short has no central directory: walk its local headers and keep every complete member; what
+    the cut took is one `truncated` record."""
+    total, pos, found = src.stat().st_size, 0, []
+    with src.open("rb") as f:
+        while True:
+            f.seek(pos)
+            raw = f.read(_LOCAL_HEADER.size)
+            if len(raw) < _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+                break
+            _, _, flags, method, _, _, crc, packed, size, name_len, extra_len = _LOCAL_HEADER.unpack(raw)
+            name_bytes = f.read(name_len)
+            start = pos + _LOCAL_HEADER.size + name_len + extra_len
+            if len(name_bytes) < name_len:
+                break
+            name = name_bytes.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+            if flags & 0x8 or start + packed > total:  # sizes only after the data, or data cut: stop here
+                found.append(Entry(name, reason="truncated", detail="the zip ends inside this member"))
+                break
+            info = zipfile.ZipInfo(name)
+            info.flag_bits, info.compress_type, info.CRC = flags, method, crc
+            info.compress_size, info.file_size = packed, size
+            entry = _zip_entry(info, functools.partial(_open_local, src, start, info))
+            if entry is not None:
+                found.append(entry)
+            pos = start + packed
+    yield from sorted(found, key=lambda e: e.name)
+    yield Entry(f"{src.name} (after {len(found)} members)", reason="truncated",
+                detail="the zip has no central directory: it was cut short or damaged")
 
 
 # ---- tar ---------------------------------------------------------------------------------------

@@ -147,12 +147,20 @@ def test_empty_input_is_refused(tmp_path, make):
     assert not (tmp_path / "raw" / PROVENANCE).exists()
 
 
-def test_truncated_zip_without_central_directory_is_one_clear_error(tmp_path):
-    build.hostile_zip(tmp_path / "h.zip")
+def test_truncated_zip_keeps_the_members_before_the_cut(tmp_path):
+    """A zip cut short has no central directory: its local headers are walked instead."""
+    expect = build.hostile_zip(tmp_path / "h.zip")
     data = (tmp_path / "h.zip").read_bytes()
-    (tmp_path / "cut.zip").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SourceError, match="starts like a zip but has no central directory"):
-        check_input(tmp_path / "cut.zip")
+    cut = data.index(b"ratio-bomb.png") + 2000  # inside the 5th member's data
+    (tmp_path / "cut.zip").write_bytes(data[:cut])
+    assert check_input(tmp_path / "cut.zip") == "zip"
+    raw = tmp_path / "raw"
+    got = {n: i.reason for n, i in _by_name(ingest_path(tmp_path / "cut.zip", raw, LIMITS)).items()}
+    before = ("good.jpg", "encrypted.jpg", "bad-crc.jpg", "deflate64.jpg")  # in the order they were written
+    assert {n: got[n] for n in before} == {n: expect[n] for n in before}
+    assert got["ratio-bomb.png"] == "truncated"
+    assert got["cut.zip (after 5 members)"] == "truncated"
+    assert len(got) == 6 and len(_stored_ids(raw)) == 1
 
 
 def test_folder_and_archives_of_one_name_get_distinct_raw_stores(tmp_path):

@@ -61,12 +61,34 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_curate)
 
 
+def _check_curate_args(args: argparse.Namespace) -> None:
+    """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
+    from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
+    from tasks.params import MAX_RESOLUTION, curate_params
+    from tasks.sources.local import check_input
+
+    if args.resolution is not None and not 8 <= args.resolution <= MAX_RESOLUTION:
+        raise ValueError(f"--resolution {args.resolution}: must be between 8 and {MAX_RESOLUTION}")
+    if args.max_posts < 1:
+        raise ValueError(f"--max-posts {args.max_posts}: must be at least 1")
+    curate_params(args.params, resolution=args.resolution, matte=args.matte)
+    check_dataset_dir(args.out, "--out")
+    check_store_root(args.cache_dir, "--cache-dir")
+    if args.raw is None:
+        check_store_root(args.raw_root, "--raw-root")
+    elif not (Path(args.raw) / "provenance.jsonl").is_file() or not is_raw_store(Path(args.raw)):
+        raise ValueError(f"--raw {args.raw!r} is not a raw store (no provenance.jsonl): run `ganflow ingest` first")
+    if args.input is not None:
+        check_input(args.input)
+
+
 def _run_curate(args: argparse.Namespace) -> int:
     from flows.curate import curate
     from tasks import progress
     from tasks.report import summary_text
     from tasks.publish import read_manifest
 
+    _check_curate_args(args)
     source = "hashtag" if args.hashtag else "path" if args.input else "demo"
     progress.install(_Bars())
     try:
@@ -110,7 +132,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 def _run_ingest(args: argparse.Namespace) -> int:
     from tasks import progress
     from tasks.ingest import ingest_source
-    from tasks.params import ingest_params
+    from tasks.outdir import check_raw_dir
+    from tasks.params import curate_params, ingest_params
+    from tasks.sources.local import MemberLimits, check_input
     from tasks.sources.raw import read_provenance
 
     named = {}  # a source option given here replaces the params' source
@@ -118,10 +142,15 @@ def _run_ingest(args: argparse.Namespace) -> int:
         named = {"source": "hashtag" if args.hashtag else "path" if args.input else "demo",
                  "input": args.input or "", "hashtag": args.hashtag or ""}
     p = ingest_params(args.params, **named, max_posts=args.max_posts)
+    limits = MemberLimits.from_params(curate_params(args.params))  # the member caps live with the filters
+    raw_dir = check_raw_dir(args.raw_dir, "--raw-dir")
+    if p.source == "path":
+        check_input(p.input)
     progress.install(_Bars())
     progress.begin("ingest", 0)
     try:
-        raw = ingest_source(p.source, args.raw_dir, p.input, p.hashtag, p.max_posts, args.session_file, args.ig_user)
+        raw = ingest_source(p.source, raw_dir, limits, p.input, p.hashtag, p.max_posts, args.session_file,
+                            args.ig_user)
     finally:
         progress.end("ingest")
         progress.install(None)

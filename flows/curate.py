@@ -13,11 +13,13 @@ from tasks import pool, progress
 from tasks.dedup import dedup_task
 from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.matte import make_matter
+from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
 from tasks.params import curate_params
 from tasks.publish import publish_task
 from tasks.render import render_task
 from tasks.report import report_task, summary_text
 from tasks.screen import screen_cheap_task, screen_content_task
+from tasks.sources.local import MemberLimits
 from tasks.sources.raw import PROVENANCE, read_provenance
 from tasks.versioning import version_dataset_task
 from tasks.verdicts import assemble, dedup_candidates, split_exact_copies
@@ -81,14 +83,18 @@ def curate(
             Its DVC hash is recorded as an artifact and listed by `ganflow datasets`. Never inside `dvc repro`.
     """
     params = curate_params(params_path, resolution=resolution, matte=matte)
+    # Never write into a folder ganflow did not write (the CLI checks these too, before Prefect starts).
+    out = str(check_dataset_dir(out, "out"))
+    cache_dir = str(check_store_root(cache_dir, "cache_dir"))
     pool.warm(params.workers)  # worker processes start while ingest runs
     if raw_dir is None:
-        raw_dir = str(Path(raw_root) / raw_name(source, input_path, hashtag))
+        store = check_store_root(raw_root, "raw_root") / raw_name(source, input_path, hashtag)
+        raw_dir = str(check_raw_dir(str(store), "raw_root"))
         progress.begin("ingest", 0)
         if source == "hashtag":
             scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)
         else:
-            ingest_task(source, raw_dir, input_path)
+            ingest_task(source, raw_dir, MemberLimits.from_params(params), input_path)
         progress.end("ingest")
     elif not (Path(raw_dir) / PROVENANCE).is_file():
         raise FileNotFoundError(f"{raw_dir} is not a raw store (no {PROVENANCE}): run `ganflow ingest` first")

@@ -62,7 +62,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> int:
     from tasks.generation import parse_seeds, write_seed_images
+    from tasks.outdir import check_generated_dir
 
+    check_generated_dir(args.out, "--out")  # never overwrite someone else's grid.png
     out = write_seed_images(args.snapshot, parse_seeds(args.seeds), args.out, truncation_psi=args.trunc,
                             resolution=args.resolution)
     print(f"{len(out['images'])} images ({out['resolution']}², {out['arch']}) in {args.out}; grid: {out['grid']}")

@@ -1,7 +1,10 @@
 """Decoding raw bytes into RGB, with a stable reason word for every way it can fail.
 
-Pillow's decompression-bomb guard stays on (MAX_IMAGE_PIXELS untouched). Cheap checks decode a
-thumbnail in JPEG draft mode (DCT scaling: 1/2..1/8 of the work) instead of the full image.
+Pillow's decompression-bomb guard stays on (MAX_IMAGE_PIXELS untouched), and decode() refuses as `bomb`
+anything above it (Pillow only warns between 1x and 2x). The header (size, orientation, format) is read
+before any pixel: `probe()` answers size questions without decoding. With `min_side`, JPEGs decode in draft
+mode (DCT scaling: 1/2..1/8 of the work) and other formats are box-reduced right after decoding, so all work
+after the decode is bounded by the requested size, not the input's.
 """
 from __future__ import annotations
 
@@ -12,13 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Never paper over truncated files: a truncated image must fail, not decode grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # EXIF orientations that swap width and height.
 _TRANSPOSED = {5, 6, 7, 8}
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose does). Applied by
+# hand because a reduced image no longer carries the EXIF block.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class DecodeError(Exception):
@@ -28,6 +36,16 @@ class DecodeError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@dataclass
+class Header:
+    width: int               # full-size width after EXIF orientation
+    height: int
+    format: str
+    mode: str                # mode as stored (CMYK, P, I;16, F, ...)
+    frames: int
+    orientation: int = 1     # EXIF orientation tag (1 = upright)
 
 
 @dataclass
@@ -76,11 +94,22 @@ def _reason_for(exc: BaseException, head: bytes = b"", size: int = 0) -> str:
     return "corrupt"
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16/32-bit scaled, CMYK and palette converted."""
+def _scale_top(arr: np.ndarray, mode: str) -> float:
+    """The value that means white: 16-bit 65535; float images in 0..1 (TIFF, EXR exports) 1.0; else 255."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    peak = float(arr.max(initial=0))
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return 65535.0 if peak > 255 else 255.0
+
+
+def to_rgb(img: Image.Image, stored_mode: str | None = None) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16/32-bit and float scaled, CMYK and palette
+    converted. `stored_mode`: the mode before a reduction changed it (I;16 becomes I)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = _scale_top(arr, stored_mode if stored_mode and stored_mode.startswith("I;16") else img.mode)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "P":
@@ -94,44 +123,103 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _open_checked(path: Path):
+    """Image.open with the size known and checked before any pixel is decoded."""
+    img = Image.open(path)
+    if img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        raise DecodeError("bomb", f"{img.size[0]}x{img.size[1]} pixels is above the decompression-bomb limit "
+                                  f"({Image.MAX_IMAGE_PIXELS})")
+    return img
+
+
+def _header(img: Image.Image) -> Header:
+    w, h = img.size
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in _TRANSPOSED:
+        w, h = h, w
+    return Header(width=w, height=h, format=img.format or "?", mode=img.mode, frames=getattr(img, "n_frames", 1),
+                  orientation=orientation)
+
+
+def _reduce(img: Image.Image, min_side: int) -> Image.Image:
+    """Box-average by the largest integer factor that keeps the short side >= min_side (no-op below 2x)."""
+    k = min(img.size) // min_side
+    if k < 2:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(k)
+
+
+def _failure(path: Path, e: BaseException, size: int) -> DecodeError:
+    with path.open("rb") as f:
+        head = f.read(16)
+    detail = str(e) or type(e).__name__
+    reason = _reason_for(e, head, size)
+    if reason == "corrupt" and isinstance(e, UnidentifiedImageError):
+        detail = f"starts like {_sniff(head)} but cannot be parsed"
+    return DecodeError(reason, detail)
+
+
+def _nonempty(path: Path) -> int:
+    size = path.stat().st_size
+    if size == 0:
+        raise DecodeError("empty", "zero-byte file")
+    return size
+
+
+def probe(path: str | Path) -> Header:
+    """Size (after EXIF orientation), format, mode and frames from the header alone: no pixel is decoded.
+
+    Raises DecodeError like decode() for what the header already shows (empty, not_image, corrupt, bomb).
+    """
+    path = Path(path)
+    size = _nonempty(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_checked(path) as img:
+                return _header(img)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise _failure(path, e, size) from None
+
+
 def decode(path: str | Path, min_side: int | None = None) -> Decoded:
     """Decode an image file to RGB; with `min_side`, decode only a thumbnail whose short side is >= it.
 
     Raises DecodeError with reason empty, not_image, truncated, corrupt or bomb.
     """
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise DecodeError("empty", "zero-byte file")
+    size = _nonempty(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                fmt, stored_mode = img.format or "?", img.mode
-                frames = getattr(img, "n_frames", 1)
+            with _open_checked(path) as img:
+                head = _header(img)
                 img.seek(0)  # animated: the first frame
-                orientation = img.getexif().get(0x0112, 1)
-                w, h = img.size
-                if orientation in _TRANSPOSED:
-                    w, h = h, w
-                if min_side and fmt in ("JPEG", "MPO") and min(img.size) >= 2 * min_side:
+                if min_side and head.format in ("JPEG", "MPO") and min(img.size) >= 2 * min_side:
                     # Draft picks the largest DCT scale (1/2..1/8) that keeps both sides >= the request.
                     k = min(img.size) / min_side
                     img.draft("RGB", (math.ceil(img.size[0] / k), math.ceil(img.size[1] / k)))
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = np.asarray(to_rgb(img))
+                if min_side:
+                    img = _reduce(img, min_side)
+                if head.orientation in _UPRIGHT:
+                    img = img.transpose(_UPRIGHT[head.orientation])
+                rgb = np.asarray(to_rgb(img, head.mode))
     except DecodeError:
         raise
     except Exception as e:  # any decoder failure is this input's reason word, never a crashed batch
-        with path.open("rb") as f:
-            head = f.read(16)
-        detail = str(e) or type(e).__name__
-        reason = _reason_for(e, head, size)
-        if reason == "corrupt" and isinstance(e, UnidentifiedImageError):
-            detail = f"starts like {_sniff(head)} but cannot be parsed"
-        raise DecodeError(reason, detail) from None
-    return Decoded(rgb=rgb, width=w, height=h, format=fmt, mode=stored_mode, frames=frames)
+        raise _failure(path, e, size) from None
+    return Decoded(rgb=rgb, width=head.width, height=head.height, format=head.format, mode=head.mode,
+                   frames=head.frames)
 
 
 def load_rgb(path: str | Path) -> Image.Image:

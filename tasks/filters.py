@@ -13,8 +13,22 @@ from PIL import Image
 from tasks.params import CurateParams
 
 
+# fit_short_side never makes an image longer than this many short sides: a 300000x1 strip scaled to a short
+# side of 256 would be 58.9 GB. Callers reject such shapes first (size_verdict); this bounds any other caller.
+FIT_MAX_ASPECT = 16
+
+
 def fit_short_side(rgb: np.ndarray, side: int) -> np.ndarray:
-    """Resize so the short side is `side` (area resampling: no aliasing that would fake sharpness)."""
+    """Resize so the short side is `side` (area resampling: no aliasing that would fake sharpness).
+
+    The output is at most side x (FIT_MAX_ASPECT * side): a longer image is centre-cropped to that first.
+    """
+    h, w = rgb.shape[:2]
+    longest = FIT_MAX_ASPECT * min(h, w)
+    if w > longest:
+        rgb = rgb[:, (w - longest) // 2:(w - longest) // 2 + longest]
+    elif h > longest:
+        rgb = rgb[(h - longest) // 2:(h - longest) // 2 + longest]
     h, w = rgb.shape[:2]
     k = side / min(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))
@@ -61,10 +75,20 @@ def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateParams)
     }
 
 
+def size_verdict(width: int, height: int, params: CurateParams) -> str | None:
+    """too_small or aspect from the header's size alone, before any pixel is decoded or resized."""
+    if min(width, height) < params.min_side:
+        return "too_small"
+    if max(width, height) > params.max_aspect * min(width, height):
+        return "aspect"
+    return None
+
+
 def cheap_verdict(scores: dict, params: CurateParams) -> str | None:
     """The first failing cheap check's reason, or None when the image passes them all."""
-    if min(scores["width"], scores["height"]) < params.min_side:
-        return "too_small"
+    size = size_verdict(scores["width"], scores["height"], params)
+    if size:
+        return size
     if scores["blur_var"] < params.blur_min_var:
         return "blurry"
     if scores["gray_chroma"] < params.gray_max_chroma:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
+# Above this side a dataset is not a GAN dataset but a typo (`--resolution 100000` would ask for 30 GB per image).
+MAX_RESOLUTION = 4096
 
 
 class ParamsError(ValueError):
@@ -37,14 +40,28 @@ class CurateParams:
     matte: str
     rembg_model: str
     shard_size: int
+    max_aspect: float              # long side / short side above this: rejected as `aspect` before any resize
+    max_member_bytes: int          # an archive member or file larger than this is a `bomb` (never written out)
+    max_compression_ratio: float   # a member inflating more than this per compressed byte is a `bomb`
 
     def __post_init__(self) -> None:
         if self.face_mode not in ("reject", "crop"):
             raise ParamsError(f"curate.face_mode must be 'reject' or 'crop', not {self.face_mode!r}")
         if self.matte not in ("auto", "rembg", "grabcut", "none"):
             raise ParamsError(f"curate.matte must be auto|rembg|grabcut|none, not {self.matte!r}")
-        if self.resolution < 8:
-            raise ParamsError(f"curate.resolution must be at least 8, not {self.resolution}")
+        if not 8 <= self.resolution <= MAX_RESOLUTION:
+            raise ParamsError(f"curate.resolution must be between 8 and {MAX_RESOLUTION}, not {self.resolution}")
+        positive = {"batch_size": self.batch_size, "shard_size": self.shard_size, "blur_size": self.blur_size,
+                    "max_member_bytes": self.max_member_bytes}
+        for key, value in positive.items():
+            if value < 1:
+                raise ParamsError(f"curate.{key} must be at least 1, not {value}")
+        for key in ("min_side_fraction", "blur_min_var", "gray_max_chroma", "max_aspect", "max_compression_ratio"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise ParamsError(f"curate.{key} must be a finite number >= 0, not {value}")
+        if self.max_aspect < 1 or self.max_compression_ratio < 1:
+            raise ParamsError("curate.max_aspect and curate.max_compression_ratio must be at least 1")
 
     @property
     def min_side(self) -> int:
@@ -79,8 +96,16 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path} (run from the project root or pass --params)")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:  # one line: where the YAML broke, not a parser traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"params file {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of sections")
     return data

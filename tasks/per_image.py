@@ -7,16 +7,26 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from tasks.decode import DecodeError, decode
+from tasks.decode import DecodeError, decode, probe
 from tasks.detectors import DETECT_SIDE, Box, content_verdict
-from tasks.filters import cheap_scores, cheap_verdict
+from tasks.filters import cheap_scores, cheap_verdict, size_verdict
 from tasks.matte import crop_and_matte, make_matter
 from tasks.params import CurateParams
 
 
 def screen_cheap_one(path: str, params: CurateParams) -> dict:
-    """{"reason": word|None, "scores": {...}} from a draft-mode thumbnail."""
+    """{"reason": word|None, "scores": {...}} from a draft-mode (or box-reduced) thumbnail.
+
+    The size is judged from the header first: a too small or too elongated image is never decoded, so a
+    958-byte 300000x1 PNG costs nothing (issue 15).
+    """
     try:
+        head = probe(path)
+        header = {"width": head.width, "height": head.height, "format": head.format, "mode": head.mode,
+                  "frames": head.frames}
+        size = size_verdict(head.width, head.height, params)
+        if size:
+            return {"reason": size, "scores": header}
         d = decode(path, min_side=params.blur_size)
     except DecodeError as e:
         return {"reason": e.reason, "scores": {"error": e.detail[:200]}}
@@ -39,5 +49,9 @@ def screen_content_one(path: str, params: CurateParams) -> dict:
 def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[bytes, dict]:
     path, face_box = job
     matter = make_matter(params.matte, params.rembg_model)  # cached per process: one rembg session
-    face = Box(**face_box) if face_box else None
-    return crop_and_matte(decode(path).rgb, params.resolution, matter, face_box=face)
+    # Decoded at no less than the output side (JPEG draft, else a box reduction): memory follows the
+    # resolution, not the input's size. The face box comes in full-size pixels.
+    d = decode(path, min_side=params.resolution)
+    k = d.rgb.shape[1] / d.width
+    face = Box(**{n: int(round(v * k)) for n, v in face_box.items()}) if face_box else None
+    return crop_and_matte(d.rgb, params.resolution, matter, face_box=face)

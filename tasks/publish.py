@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tarfile
 import tempfile
 from collections import Counter
@@ -17,9 +18,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.outdir import GENERATOR
+
 MANIFEST = "manifest.jsonl"
 DATASET = "dataset.json"
 SHARDS = "shards"
+_SHARD_NAME = re.compile(r"shard-\d{6}\.tar")  # the only files in shards/ ganflow ever removes: its own
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,15 @@ def write_dataset(out_dir: str | Path, records: list[Record], pngs: dict[str, Pa
         shards.append({"file": name, "count": len(ids), "sha256": sha})
         for i in ids:
             content.update(f"{i} {_sha256_file(pngs[i])}\n".encode())
-    # Shards from an earlier, larger run would otherwise linger and be read as data.
+    # Shards from an earlier, larger run would otherwise linger and be read as data. Only ganflow's own
+    # shard names go: a file it did not write is never deleted.
     keep = {s["file"] for s in shards}
     for old in sorted((out / SHARDS).glob("*.tar")) if (out / SHARDS).exists() else []:
-        if f"{SHARDS}/{old.name}" not in keep:
+        if _SHARD_NAME.fullmatch(old.name) and f"{SHARDS}/{old.name}" not in keep:
             old.unlink()
     _atomic_write(out / MANIFEST, manifest_bytes(records))
     dataset = {
+        "generator": GENERATOR,  # how a later run knows this folder is ganflow's to rewrite
         "count": len(accepted),
         "resolution": resolution,
         "content_hash": content.hexdigest(),

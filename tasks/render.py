@@ -12,7 +12,7 @@ from tasks.params import CurateParams
 from tasks.per_image import render_one
 from tasks.pool import imap
 
-RENDER_VERSION = "1"  # bump when rendering changes its output
+RENDER_VERSION = "2"  # bump when rendering changes its output (2: decoded at >= resolution, not full size)
 FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
 
 

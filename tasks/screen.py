@@ -17,10 +17,10 @@ from tasks.per_image import screen_cheap_one, screen_content_one
 from tasks.pool import imap
 
 # The settings each stage's results depend on: the cache key changes exactly when they do.
-CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma")
+CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
 CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
                 "text_min_chars", "text_max_area", "text_max_boxes")
-SCREEN_VERSION = "1"  # bump when the scoring code changes meaning
+SCREEN_VERSION = "2"  # bump when the scoring code changes meaning
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,

@@ -23,11 +23,12 @@ import skimage.data
 from PIL import Image
 
 from tasks.decode import DecodeError, decode, load_rgb
-from tasks.sources.local import ingest_path
+from tasks.sources.local import MemberLimits, ingest_path
 from tasks.sources.raw import FILES, PROVENANCE, read_provenance
 
 PILLOW_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's own default guard
 REASONS = {"empty", "not_image", "truncated", "corrupt", "bomb"}
+LIMITS = MemberLimits(max_bytes=256 << 20, max_ratio=200.0)  # params.yaml's caps
 
 
 # ---------------------------------------------------------------- builders (bytes of real files)
@@ -367,9 +368,13 @@ def test_draft_short_side_never_below_request(tmp_path, min_side):
     assert d.rgb.shape[1] > d.rgb.shape[0]
 
 
-def test_non_jpeg_ignores_min_side(corpus):
+def test_non_jpeg_box_reduced_to_min_side(corpus):
+    """Formats without draft mode are box-reduced by an integer factor right after decoding, so the work
+    after decode is bounded by min_side (issue 15); the full size is still reported."""
     d = decode(corpus / "good.png", min_side=64)
-    assert d.rgb.shape == (427, 640, 3)
+    assert (d.width, d.height) == (640, 427)
+    assert 64 <= min(d.rgb.shape[:2]) < 128 and d.rgb.shape == (-(-427 // 6), -(-640 // 6), 3)  # reduce keeps partial edge blocks
+    assert decode(corpus / "good.png").rgb.shape == (427, 640, 3)
 
 
 # ---------------------------------------------------------------- raw store: every input accounted for
@@ -390,9 +395,14 @@ def _expected(name: str) -> str:
     return BAD[name][1] if name in BAD else "ok"
 
 
-def _check_store(raw: Path, items, expected_names: list[str], expected_outcome: dict[str, str]):
-    prov = read_provenance(raw)
-    assert len(prov) == len(items) == len(expected_names)  # one record per input, none dropped
+def _check_store(raw: Path, items, expected_names: list[str], expected_outcome: dict[str, str],
+                 refused: dict[str, str] | None = None):
+    """`refused`: name -> reason of entries recorded without stored bytes (links, ...)."""
+    refused = refused or {}
+    everything = read_provenance(raw)
+    assert len(everything) == len(items) == len(expected_names) + len(refused)  # one record per input
+    assert {i.source_name: i.reason for i in everything if i.reason} == refused
+    prov = [i for i in everything if not i.reason]
     assert sorted(i.source_name for i in prov) == sorted(expected_names)
     for item in prov:
         stored = raw / item.file
@@ -403,7 +413,7 @@ def _check_store(raw: Path, items, expected_names: list[str], expected_outcome: 
     # Identical bytes share one stored file.
     assert len({i.id for i in prov}) == len(list((raw / FILES).iterdir()))
     lines = (raw / PROVENANCE).read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(expected_names) and all(json.loads(x)["id"] for x in lines)
+    assert len(lines) == len(everything) and all(json.loads(x)["id"] for x in lines)
 
 
 def _folder_corpus(corpus: Path, dest: Path) -> dict[str, str]:
@@ -426,14 +436,14 @@ def test_ingest_folder_accounts_for_every_file(corpus, tmp_path):
     src = tmp_path / "in"
     outcome = _folder_corpus(corpus, src)
     raw = tmp_path / "raw"
-    items = ingest_path(src, raw)
+    items = ingest_path(src, raw, LIMITS)
     _check_store(raw, items, list(outcome), outcome)
     by_name = {i.source_name: i for i in items}
     assert by_name["写真 東京.jpg"].id == by_name["good.jpg"].id == by_name["sub dir/copy of good.jpg"].id
     assert {i.source for i in items} == {"folder"}
     # Rerun: same records, nothing new stored (identity is the content hash).
     before = _tree(raw)
-    again = ingest_path(src, raw)
+    again = ingest_path(src, raw, LIMITS)
     assert sorted((i.id, i.source_name) for i in again) == sorted((i.id, i.source_name) for i in items)
     assert _tree(raw) == before
 
@@ -449,7 +459,7 @@ def test_ingest_zip_accounts_for_every_member(corpus, tmp_path):
     outcome["evil.jpg"] = "ok"
     raw = tmp_path / "store" / "raw"
     outside_before = _tree(tmp_path)
-    items = ingest_path(zpath, raw)
+    items = ingest_path(zpath, raw, LIMITS)
     _check_store(raw, items, list(outcome), outcome)
     assert {i.source for i in items} == {"zip"}
     new = _tree(tmp_path) - outside_before
@@ -484,9 +494,11 @@ def test_ingest_tar_never_writes_outside_raw_dir(corpus, tmp_path):
     outcome["abs/evil2.jpg"] = "ok"
     raw = tmp_path / "store" / "raw"
     outside_before = _tree(tmp_path)
-    items = ingest_path(tpath, raw)
-    # Regular members only: links, hard links and directories are not inputs (never followed).
-    _check_store(raw, items, list(outcome), outcome)
+    items = ingest_path(tpath, raw, LIMITS)
+    # Only regular members are stored; links and hard links are recorded as `link`, never followed, and a
+    # plain directory is a container, not an input.
+    _check_store(raw, items, list(outcome), outcome,
+                 refused={"link-to-passwd.jpg": "link", "link-up.jpg": "link", "hardlink.jpg": "link"})
     assert {i.source for i in items} == {"tar"}
     new = _tree(tmp_path) - outside_before
     assert all(p.startswith("store/raw") or p == "store" for p in new), new

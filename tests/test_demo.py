@@ -18,7 +18,7 @@ from tasks.detectors import DETECT_SIDE, content_verdict
 from tasks.filters import cheap_scores, cheap_verdict
 from tasks.params import curate_params
 from tasks.sources.demo import ACCEPTED, BOMB_SIZE, DEMO_REASONS, write_demo
-from tasks.sources.local import ingest_path
+from tasks.sources.local import MemberLimits, ingest_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODE_REASONS = {"empty", "not_image", "truncated", "corrupt", "bomb"}
@@ -164,7 +164,7 @@ def test_odd_names_survive_ingest(demo, tmp_path):
     assert any(unicodedata.category(ch) == "Lo" for n in odd for ch in n)         # CJK
     assert any(ord(ch) > 0xFFFF for n in odd for ch in n)                           # emoji
     assert any(unicodedata.decomposition(ch) for n in odd for ch in n if ord(ch) > 127)  # accents
-    items = ingest_path(root, tmp_path / "raw", source="demo")
+    items = ingest_path(root, tmp_path / "raw", MemberLimits.from_params(curate_params(ROOT / "params.yaml")), source="demo")
     assert sorted(i.source_name for i in items) == sorted(table)
 
 

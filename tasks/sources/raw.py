@@ -29,6 +29,16 @@ class RawItem:
     file: str                    # path of the bytes, relative to the raw dir
     size: int                    # bytes
     extra: dict = field(default_factory=dict)  # provenance beyond the name (e.g. shortcode, date, url)
+    reason: str | None = None    # set when the input could not be stored (link, encrypted, bomb, ...): no file
+    detail: str | None = None    # what went wrong, for the manifest
+
+
+def rejected_item(source: str, source_name: str, reason: str, detail: str) -> RawItem:
+    """The record of an input whose bytes were not stored. Its id is the sha256 of its source and name
+    (there are no bytes to hash): stable across runs, and never equal to a stored file's id."""
+    clean = sanitize_name(source_name)
+    sha = hashlib.sha256(f"ganflow-unstored\0{source}\0{clean}".encode()).hexdigest()
+    return RawItem(id=sha, source=source, source_name=clean, file="", size=0, reason=reason, detail=detail[:200])
 
 
 def sanitize_name(name: str, max_len: int = 200) -> str:
@@ -91,7 +101,9 @@ def store_bytes(raw_dir: Path, data: bytes, source: str, source_name: str,
 def write_provenance(raw_dir: Path, items: Iterable[RawItem]) -> Path:
     """Write provenance.jsonl atomically, one record per input, in a stable order."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted((asdict(i) for i in items), key=lambda r: (r["source_name"], r["id"]))
+    # reason/detail only where set: stores written before they existed keep their exact bytes.
+    rows = sorted(({k: v for k, v in asdict(i).items() if v is not None or k not in ("reason", "detail")}
+                   for i in items), key=lambda r: (r["source_name"], r["id"]))
     path = raw_dir / PROVENANCE
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w", encoding="utf-8") as f:

@@ -202,9 +202,9 @@ def read_network_pickle(path: str | Path) -> tuple[dict, str]:
         obj = _RestrictedUnpickler(io.BytesIO(raw)).load()
     except NetworkPickleError as e:
         raise NetworkPickleError(f"{path.name}: {e}") from None
-    except EOFError:
-        raise NetworkPickleError(f"{path.name}: truncated (the pickle ends early)") from None
     except Exception as e:  # any malformed stream: pickle, torch or numpy raise their own types
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise NetworkPickleError(f"{path.name}: truncated (the pickle ends early)") from None
         raise NetworkPickleError(f"{path.name}: not a readable network pickle ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(obj, dict):
@@ -241,7 +241,8 @@ def import_network_pickle(path: str | Path) -> dict:
     tsk = nets.get("training_set_kwargs")
     out.update({
         "arch": arch,
-        "source": {"file": name, "sha256": digest, "training_set_kwargs": _plain(tsk) if isinstance(tsk, dict) else None},
+        "source": {"file": name, "sha256": digest, "training_set_kwargs": _plain(tsk) if isinstance(tsk, dict) else None,
+                   "num_params": {k: nets[k].num_params() for k in ("G", "D")}},
         "format": FORMAT,
     })
     return out

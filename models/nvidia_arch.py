@@ -194,7 +194,10 @@ def architecture(G: Persistent, D: Persistent) -> tuple[dict, Callable[[], torch
         from models.stylegan2 import Generator
 
         return arch, lambda: Generator(net), lambda: Discriminator(net)
-    from models import stylegan3
+    try:
+        from models import stylegan3
+    except ImportError:
+        raise NetworkPickleError("a StyleGAN3 network, and this ganflow has no models/stylegan3.py") from None
 
     g_cfg = stylegan3.StyleGAN3Config(**stylegan3_config(G))
     d_cfg = StyleGAN2Config.from_dict(d_fields)

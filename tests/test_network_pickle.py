@@ -105,6 +105,47 @@ def test_cli_prints_what_it_imported(tmp_path, capsys):
     assert "stylegan2 16x16" in out and "z_dim 64" in out and "G 5,534 parameters" in out and "D 4,193" in out
 
 
+def test_morph_and_serve_take_an_imported_network(imported, tmp_path):
+    """The other commands that read a network file accept an imported one as they accept best.pt."""
+    from fastapi.testclient import TestClient
+
+    from tasks.serve import Explorer, create_app
+
+    path = str(imported["stylegan2"])
+    assert main(["morph", "--snapshot", path, "--seeds", "0,1", "--frames", "4", "--out", str(tmp_path / "m.gif")]) == 0
+    assert Image.open(tmp_path / "m.gif").n_frames == 4
+
+    client = TestClient(create_app(Explorer(snapshot=path)))
+    r = client.get("/api/image.png", params={"seed": 2, "truncation": 0.7})
+    assert r.status_code == 200
+    expected = np.load(DATA / "stylegan2-expected.npz")["stylegan2_psi0.7"][2]
+    got = np.asarray(Image.open(__import__("io").BytesIO(r.content)).convert("RGB"))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+@pytest.mark.filterwarnings("ignore:FID from 6 images")
+def test_evaluate_snapshot_takes_an_imported_network(imported, tmp_path, capsys):
+    """`ganflow evaluate --snapshot FILE`: FID of one network file (a pretrained one before fine-tuning)."""
+    import json
+
+    import yaml
+
+    from tests.conftest import write_curated
+    from tests.test_metrics import random_inception_weights
+
+    path = str(imported["stylegan2"])
+    data = write_curated(tmp_path / "data", n=6, side=16)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"n_fake": 6, "batch": 6, "kid": False,
+                                                   "cache_dir": str(tmp_path / "cache")}}))
+    weights = random_inception_weights(tmp_path / "inception-random.pt")
+    capsys.readouterr()
+    assert main(["evaluate", "--snapshot", path, "--data", str(data), "--inception-weights", weights,
+                 "--params", str(params)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["arch"] == "stylegan2" and out["n_fake"] == 6 and np.isfinite(out["fid"]) and out["fid"] > 0
+
+
 # --------------------------------------------------------------------------- writing pickles here
 
 

@@ -25,7 +25,7 @@ from flows.cli import main
 from models.network_pickle import NetworkPickleError, import_network_pickle, read_network_pickle, save_imported
 
 DATA = Path(__file__).parent / "data" / "nvidia_pickles"
-RECORDED = ["stylegan2"]
+RECORDED = ["stylegan2", "stylegan3-t", "stylegan3-r"]
 SEEDS = [0, 1, 2, 3]
 
 
@@ -76,6 +76,25 @@ def test_stylegan2_architecture_from_kwargs_not_defaults(imported):
     assert src["sha256"] == hashlib.sha256((DATA / "stylegan2.pkl.gz").read_bytes()).hexdigest()
     assert src["training_set_kwargs"]["class_name"] == "training.dataset.ImageFolderDataset"
     assert src["num_params"] == {"G": 5534, "D": 4193}  # what the reference counted (record.py printed them)
+
+
+@pytest.mark.parametrize("name,kernel,radial,base,cmax,g_params", [
+    ("stylegan3-t", 3, False, 256, 4, 4503), ("stylegan3-r", 1, True, 512, 8, 4519)])
+def test_stylegan3_architecture_from_kwargs(imported, name, kernel, radial, base, cmax, g_params):
+    """T or R from the kwargs (conv_kernel 1 + use_radial_filters = R); D's own config beside G's."""
+    state = torch.load(imported[name], weights_only=True)
+    assert state["arch"]["name"] == name
+    net, d_net = state["arch"]["net"], state["arch"]["d_net"]
+    assert (net["conv_kernel"], net["use_radial_filters"], net["channel_base"], net["channel_max"]) == (
+        kernel, radial, base, cmax)
+    assert (net["z_dim"], net["w_dim"], net["resolution"], net["mapping_layers"]) == (64, 16, 16, 2)
+    assert net["magnitude_ema_beta"] == pytest.approx(0.5 ** (8 / 20000))  # train.py's for batch 8, not 0.999
+    assert (d_net["channel_base"], d_net["channel_max"], d_net["mbstd_group"], d_net["resolution"]) == (128, 8, 4, 16)
+    assert state["source"]["num_params"] == {"G": g_params, "D": 4193}
+    nets, _ = read_network_pickle(DATA / f"{name}.pkl.gz")
+    ref = nets["G_ema"].state_dict()
+    assert set(state["G_ema"]) == set(ref)  # StyleGAN3 keeps every tensor under the reference's name
+    assert all(torch.equal(v, ref[k]) for k, v in state["G_ema"].items())
 
 
 def test_imported_tensors_are_the_pickles_own(imported):

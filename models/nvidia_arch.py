@@ -9,6 +9,7 @@ ganflow implements; anything else is refused by name, so an import never silentl
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -136,6 +137,8 @@ def stylegan2_config(G: Persistent) -> dict:
     fused = syn.take("fused_modconv_default", defaults["fused_modconv_default"])
     out["fused_modconv"] = None if fused in (None, "inference_only") else bool(fused)
     syn.done()
+    _check_recorded(G, "G", {"mapping": {"w_avg_beta": out["w_avg_beta"], "num_layers": out["mapping_layers"]},
+                             "synthesis.b4.conv1": {"conv_clamp": out["conv_clamp"]}})
     return out
 
 
@@ -166,13 +169,27 @@ def stylegan2_d_fields(D: Persistent, flavor: str) -> dict:
     epi.require("activation", "lrelu", "lrelu")
     epi.done()
     kw.done()
-    # The conv layers record the clamp they run with: a wrong default assumption would show here.
-    epilogue = D.child("b4")
-    conv = epilogue.child("conv") if epilogue else None
-    if conv is not None and "conv_clamp" in conv.attrs and _clamp(conv.attrs["conv_clamp"]) != out["conv_clamp"]:
-        raise NetworkPickleError(f"D's kwargs give conv_clamp {out['conv_clamp']} but its layers use "
-                                 f"{conv.attrs['conv_clamp']}")
+    _check_recorded(D, "D", {"b4.conv": {"conv_clamp": out["conv_clamp"]}})
     return out
+
+
+def _check_recorded(rec: Persistent, who: str, expected: dict[str, dict]) -> None:
+    """The layers record the values they run with (conv_clamp, w_avg_beta, ...): the config derived from the
+    kwargs and the reference's defaults must agree with them, or the import would change the network."""
+    for path, values in expected.items():
+        node = rec
+        for part in path.split(".") if path else []:
+            node = node.child(part) if node is not None else None
+        if node is None:
+            continue
+        for attr, want in values.items():
+            if attr in node.attrs:
+                have = node.attrs[attr]
+                have = have.item() if hasattr(have, "item") else have
+                same = (have is None and want is None) or (
+                    have is not None and want is not None and math.isclose(float(have), float(want), rel_tol=1e-9))
+                if not same:
+                    raise NetworkPickleError(f"{who}'s kwargs give {attr} {want} but {who}.{path} records {have}")
 
 
 def architecture(G: Persistent, D: Persistent) -> tuple[dict, Callable[[], torch.nn.Module],
@@ -224,6 +241,12 @@ def stylegan3_config(G: Persistent) -> dict:
         out[key] = cast(syn.take(key, default))
     out["conv_clamp"] = _clamp(syn.take("conv_clamp", 256))
     syn.done()
+    recorded = {"mapping": {"w_avg_beta": out["w_avg_beta"], "num_layers": out["mapping_layers"]},
+                "synthesis": {k: out[k] for k in ("num_layers", "num_critical", "margin_size", "output_scale")}}
+    layers = G.child("synthesis").attrs.get("layer_names") or []
+    if layers:
+        recorded[f"synthesis.{layers[0]}"] = {k: out[k] for k in ("conv_clamp", "magnitude_ema_beta", "conv_kernel")}
+    _check_recorded(G, "G", recorded)
     return out
 
 

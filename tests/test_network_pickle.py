@@ -25,7 +25,7 @@ from flows.cli import main
 from models.network_pickle import NetworkPickleError, import_network_pickle, read_network_pickle, save_imported
 
 DATA = Path(__file__).parent / "data" / "nvidia_pickles"
-RECORDED = ["stylegan2", "stylegan3-t", "stylegan3-r"]
+RECORDED = ["stylegan2", "stylegan2-sg3", "stylegan3-t", "stylegan3-r"]
 SEEDS = [0, 1, 2, 3]
 
 
@@ -95,6 +95,15 @@ def test_stylegan3_architecture_from_kwargs(imported, name, kernel, radial, base
     ref = nets["G_ema"].state_dict()
     assert set(state["G_ema"]) == set(ref)  # StyleGAN3 keeps every tensor under the reference's name
     assert all(torch.equal(v, ref[k]) for k, v in state["G_ema"].items())
+
+
+def test_stylegan3_repos_stylegan2_takes_that_repos_defaults(imported):
+    """stylegan3's networks_stylegan2 takes its synthesis kwargs flat and has other defaults than
+    stylegan2-ada-pytorch's networks.py (record.py leaves conv_clamp, num_fp16_res and w_avg_beta unset)."""
+    state = torch.load(imported["stylegan2-sg3"], weights_only=True)
+    net = state["arch"]["net"]
+    assert (net["mapping_layers"], net["channel_base"], net["channel_max"]) == (3, 128, 8)
+    assert (net["conv_clamp"], net["num_fp16_res"], net["w_avg_beta"], net["fused_modconv"]) == (256.0, 4, 0.998, None)
 
 
 def test_imported_tensors_are_the_pickles_own(imported):
@@ -311,8 +320,13 @@ def test_unsupported_kwargs_refused_by_name(tmp_path):
     def extra_kwarg(rec):
         return {**rec.init_kwargs, "mapping_kwargs": {**rec.init_kwargs["mapping_kwargs"], "new_knob": 3}}
 
+    def no_clamp(rec):  # kwargs that no longer say what the layers run with: the default (None) would differ
+        return {**rec.init_kwargs, "synthesis_kwargs": {k: v for k, v in rec.init_kwargs["synthesis_kwargs"].items()
+                                                        if k != "conv_clamp"}}
+
     for edit, message in ((resnet_g, "G.synthesis_kwargs.architecture='resnet' is not supported"),
-                          (extra_kwarg, "unknown kwargs G.mapping_kwargs.new_knob")):
+                          (extra_kwarg, "unknown kwargs G.mapping_kwargs.new_knob"),
+                          (no_clamp, "G's kwargs give conv_clamp None but G.synthesis.b4.conv1 records 256")):
         path = tmp_path / f"{edit.__name__}.pkl"
         _repickle(path, "# source", edit_g=edit)
         with pytest.raises(NetworkPickleError, match=message):

@@ -5,10 +5,13 @@ only on scratch copies, never on the repository:
 
     git --git-dir=<mirror of NVlabs/stylegan2-ada-pytorch> archive HEAD | tar -x -C /tmp/ni/sg2
     git --git-dir=<mirror of NVlabs/stylegan3> archive HEAD | tar -x -C /tmp/ni/sg3
+    # stylegan3's torch_utils/ops/{conv2d,grid_sample}_gradfix.py import pkg_resources, gone from recent
+    # setuptools: in the scratch copy, `from packaging.version import parse as parse_version` instead.
     PYTHONPATH= .venv/bin/python tests/data/nvidia_pickles/record.py --sg2 /tmp/ni/sg2 --sg3 /tmp/ni/sg3
 
-Per network (stylegan2 from stylegan2-ada-pytorch's training/networks.py; stylegan3-t and stylegan3-r from
-stylegan3's training/networks_stylegan3.py with its networks_stylegan2 discriminator):
+Per network (stylegan2 from stylegan2-ada-pytorch's training/networks.py; stylegan2-sg3 from stylegan3's
+training/networks_stylegan2.py; stylegan3-t and stylegan3-r from stylegan3's training/networks_stylegan3.py
+with its networks_stylegan2 discriminator):
 - G and D built from kwargs as each repository's train.py assembles them, with non-default values
   (z_dim 64, w_dim 16, small channel_base/max, 16x16), then every parameter and buffer perturbed so that
   biases, noise strengths, w_avg and magnitude EMAs are not at their initial constants (G_ema differs
@@ -44,6 +47,15 @@ NETS = {
                   dict(class_name="training.networks.Discriminator", channel_base=128, channel_max=8,
                        num_fp16_res=4, conv_clamp=256, block_kwargs={}, mapping_kwargs={},
                        epilogue_kwargs=dict(mbstd_group_size=2))),
+    # stylegan3's own StyleGAN2 (train.py --cfg stylegan2): flat synthesis kwargs, other defaults (conv_clamp
+    # 256, num_fp16_res 4, w_avg_beta 0.998), left to those defaults here.
+    "stylegan2-sg3": ("sg3",
+                      dict(class_name="training.networks_stylegan2.Generator", z_dim=64, w_dim=16,
+                           mapping_kwargs=dict(num_layers=3), channel_base=128, channel_max=8,
+                           fused_modconv_default="inference_only"),
+                      dict(class_name="training.networks_stylegan2.Discriminator", channel_base=128,
+                           channel_max=8, block_kwargs=dict(freeze_layers=0), mapping_kwargs={},
+                           epilogue_kwargs=dict(mbstd_group_size=4))),
     "stylegan3-t": ("sg3",
                     dict(class_name="training.networks_stylegan3.Generator", z_dim=64, w_dim=16,
                          mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=4,

@@ -143,8 +143,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
     p.add_argument("--params", default="params.yaml", metavar="FILE",
                    help="settings file: every option not given comes from its `train` section (default: params.yaml)")
-    p.add_argument("--arch", choices=["stylegan2", "pggan"],
-                   help="network family: stylegan2 (with ADA) or pggan (progressive growing)")
+    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family: stylegan2 or stylegan3-t/-r (with ADA), or pggan (progressive growing)")
     p.add_argument("--resolution", type=int, metavar="N", help="training resolution (power of 2)")
     p.add_argument("--kimg", type=float, metavar="K", help="train until this many thousand images "
                                                             "(default: train.kimg, or the stage plan's length)")
@@ -160,6 +160,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, help="images per step (0: the preset's)")
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
+    p.add_argument("--r1-gamma", "--gamma", dest="r1_gamma", type=float, metavar="G",
+                   help="R1 regularization weight (the reference's --gamma); default: train.r1_gamma, whose -1 means "
+                        "the family's (stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
     p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: the family's)")
     p.add_argument("--ada-target", type=float,
                    help="ADA target for E[sign(D(real))]; 0 = off; default: train.ada_target for stylegan2, off for pggan")
@@ -179,7 +182,7 @@ def _run_train(args: argparse.Namespace) -> int:
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
                                            "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
-                                           "device")}
+                                           "device", "r1_gamma")}
     p = train_params(args.params, **given)
     cfg = train_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target)
     if args.xflip:

@@ -131,6 +131,16 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None, fd: Tensor | None, b: Tensor, u
     return _upfirdn_1d(x, fd, 1, down, (0, 0, 0, 0), gain=1.0)
 
 
+def blur(images: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of std `sigma` pixels (3 sigma each side, zero padding), as the reference's run_D blurs
+    what StyleGAN3-R's discriminator sees early in training; sigma < 1/3 leaves the images as they are."""
+    size = int(np.floor(sigma * 3))
+    if size <= 0:
+        return images
+    f = torch.arange(-size, size + 1, device=images.device).div(sigma).square().neg().exp2()
+    return _upfirdn_1d(images, f / f.sum(), 1, 1, (size, size, size, size), gain=1.0)
+
+
 def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
                           radial: bool = False) -> Tensor | None:
     """Kaiser-windowed low-pass filter (separable, scipy.signal.firwin) or its radially symmetric jinc

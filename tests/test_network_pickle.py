@@ -133,20 +133,21 @@ def test_cli_prints_what_it_imported(tmp_path, capsys):
     assert "stylegan2 16x16" in out and "z_dim 64" in out and "G 5,534 parameters" in out and "D 4,193" in out
 
 
-def test_morph_and_serve_take_an_imported_network(imported, tmp_path):
+@pytest.mark.parametrize("name", ["stylegan2", "stylegan3-r"])
+def test_morph_and_serve_take_an_imported_network(imported, tmp_path, name):
     """The other commands that read a network file accept an imported one as they accept best.pt."""
     from fastapi.testclient import TestClient
 
     from tasks.serve import Explorer, create_app
 
-    path = str(imported["stylegan2"])
+    path = str(imported[name])
     assert main(["morph", "--snapshot", path, "--seeds", "0,1", "--frames", "4", "--out", str(tmp_path / "m.gif")]) == 0
     assert Image.open(tmp_path / "m.gif").n_frames == 4
 
     client = TestClient(create_app(Explorer(snapshot=path)))
     r = client.get("/api/image.png", params={"seed": 2, "truncation": 0.7})
     assert r.status_code == 200
-    expected = np.load(DATA / "stylegan2-expected.npz")["stylegan2_psi0.7"][2]
+    expected = np.load(DATA / f"{name}-expected.npz")[f"{name}_psi0.7"][2]
     got = np.asarray(Image.open(__import__("io").BytesIO(r.content)).convert("RGB"))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 

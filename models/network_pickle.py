@@ -183,6 +183,22 @@ def _plain(x):
     return x
 
 
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _json_like(x):
+    """Only what weights_only loads and a user reads: strings, numbers, lists, dicts (anything else as text)."""
+    if isinstance(x, dict):
+        return {str(k): _json_like(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_like(v) for v in x]
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return repr(x)
+
+
 def read_network_pickle(path: str | Path) -> tuple[dict, str]:
     """(the pickle's top-level dict with networks as Persistent records, sha256 of the file). A gzipped
     pickle is read too. Anything else raises NetworkPickleError."""
@@ -206,7 +222,7 @@ def read_network_pickle(path: str | Path) -> tuple[dict, str]:
         if isinstance(e, EOFError) or "truncated" in str(e):
             raise NetworkPickleError(f"{path.name}: truncated (the pickle ends early)") from None
         raise NetworkPickleError(f"{path.name}: not a readable network pickle ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                 f"{_one_line(e)})") from None
     if not isinstance(obj, dict):
         raise NetworkPickleError(f"{path.name}: holds a {type(obj).__name__}, not the dict of networks "
                                  "(G, D, G_ema) NVIDIA's training writes")
@@ -236,12 +252,13 @@ def import_network_pickle(path: str | Path) -> dict:
         out = {"G": nvidia_arch.load_tensors(build_g(), nets["G"], "G", taps["G"]),
                "D": nvidia_arch.load_tensors(build_d(), nets["D"], "D", taps["D"]),
                "G_ema": nvidia_arch.load_tensors(build_g(), nets["G_ema"], "G_ema", taps["G"])}
-    except (NetworkPickleError, ValueError, TypeError) as e:
-        raise NetworkPickleError(f"{name}: {e}") from None
+    except (NetworkPickleError, ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed network
+        raise NetworkPickleError(f"{name}: {_one_line(e)}") from None
     tsk = nets.get("training_set_kwargs")
     out.update({
         "arch": arch,
-        "source": {"file": name, "sha256": digest, "training_set_kwargs": _plain(tsk) if isinstance(tsk, dict) else None,
+        "source": {"file": name, "sha256": digest,
+                   "training_set_kwargs": _json_like(_plain(tsk)) if isinstance(tsk, dict) else None,
                    "num_params": {k: nets[k].num_params() for k in ("G", "D")}},
         "format": FORMAT,
     })

@@ -21,7 +21,9 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,16 @@ def _load_storage(b: bytes):
     """torch.storage._load_from_bytes, with torch's safe unpickler (a storage is pickled as a legacy torch.save)."""
     if not isinstance(b, (bytes, bytearray)):
         raise NetworkPickleError("a tensor storage that is not bytes")
-    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch's notes on odd streams: the error below says it in one line
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's own text suggests weights_only=False, the one thing not to do with this file
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise NetworkPickleError(f"refusing to load {found.group(1)} (inside a tensor's storage)" if found else
+                                 "a tensor storage that torch's weights_only loader refuses: not a network pickle "
+                                 "of NVIDIA's code") from None
 
 
 class _EasyDict(dict):

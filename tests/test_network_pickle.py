@@ -279,6 +279,19 @@ def test_reduce_payload_refused_naming_the_global(tmp_path, payload, global_name
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("error")
+def test_payload_inside_a_tensor_storage_refused(tmp_path):
+    """A storage's bytes are themselves a (torch.save) pickle: they go through torch's weights_only unpickler."""
+    marker = tmp_path / "pwned"
+    inner = pickle.dumps(_Payload(os.system, (f"touch {marker}",)))
+    hostile = tmp_path / "evil.pkl"
+    hostile.write_bytes(pickle.dumps({"G": _Payload(torch.storage._load_from_bytes, (inner,))}))
+    with pytest.raises(NetworkPickleError, match="a tensor storage that torch's weights_only loader refuses") as e:
+        import_network_pickle(hostile)
+    assert "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
+    assert not marker.exists()
+
+
 def test_tensorflow_era_pickle_refused(tmp_path):
     class Network:  # what dnnlib.tflib.network.Network pickles look like: a class with state
         def __getstate__(self):

@@ -105,9 +105,10 @@ def _generator_top(G: Persistent) -> tuple[dict, _Kwargs, _Kwargs]:
 
 
 def _mapping_fields(m: _Kwargs, w_dim: int, defaults: dict) -> dict:
+    beta = m.take("w_avg_beta", defaults["w_avg_beta"])
     out = {"mapping_layers": int(m.take("num_layers", defaults["num_layers"])),
            "mapping_lr": float(m.take("lr_multiplier", defaults["lr_multiplier"])),
-           "w_avg_beta": float(m.take("w_avg_beta", defaults["w_avg_beta"]))}
+           "w_avg_beta": 1.0 if beta is None else float(beta)}  # None (not tracked) = a w_avg that never moves
     m.require("layer_features", (None, w_dim), None)
     m.require("activation", "lrelu", "lrelu")
     m.take("embed_features")  # used only with labels (c_dim > 0, refused above)
@@ -186,6 +187,8 @@ def _check_recorded(rec: Persistent, who: str, expected: dict[str, dict]) -> Non
             if attr in node.attrs:
                 have = node.attrs[attr]
                 have = have.item() if hasattr(have, "item") else have
+                if attr == "w_avg_beta" and have is None:
+                    have = 1.0  # the reference's "not tracked", ganflow's beta 1
                 same = (have is None and want is None) or (
                     have is not None and want is not None and math.isclose(float(have), float(want), rel_tol=1e-9))
                 if not same:

@@ -227,9 +227,9 @@ def _as_persistent(rec, module_src: str, edit=None):
                                   state=state))
 
 
-def _repickle(path: Path, module_src: str, edit_g=None) -> None:
+def _repickle(path: Path, module_src: str, edit_g=None, edit_d=None) -> None:
     nets, _ = read_network_pickle(DATA / "stylegan2.pkl.gz")
-    data = {k: _as_persistent(nets[k], module_src, edit_g if k.startswith("G") else None) for k in ("G", "D", "G_ema")}
+    data = {k: _as_persistent(nets[k], module_src, edit_g if k.startswith("G") else edit_d) for k in ("G", "D", "G_ema")}
     data["training_set_kwargs"] = None
     with _fake_modules(**{"torch_utils": {}, "torch_utils.persistence": {
             "_reconstruct_persistent_obj": _reconstruct_persistent_obj}}):
@@ -345,6 +345,34 @@ def test_unsupported_kwargs_refused_by_name(tmp_path):
         _repickle(path, "# source", edit_g=edit)
         with pytest.raises(NetworkPickleError, match=message):
             import_network_pickle(path)
+
+
+def test_kwargs_spelled_out_as_legacy_py_writes_them(tmp_path):
+    """The published stylegan2-ada-pytorch files converted from TensorFlow by its legacy.py list every kwarg
+    (None for w_avg_beta = not tracked, label-only ones, the D's label mapping): same network."""
+    def g(rec):
+        kw = rec.init_kwargs
+        return {**kw, "mapping_kwargs": {**kw["mapping_kwargs"], "embed_features": None, "layer_features": None,
+                                         "activation": "lrelu", "lr_multiplier": 0.01, "w_avg_beta": None},
+                "synthesis_kwargs": {**kw["synthesis_kwargs"], "architecture": "skip", "resample_filter": [1, 3, 3, 1],
+                                     "use_noise": True, "activation": "lrelu"}}
+
+    def d(rec):
+        kw = rec.init_kwargs
+        return {**kw, "architecture": "resnet", "cmap_dim": None,
+                "block_kwargs": {"activation": "lrelu", "resample_filter": [1, 3, 3, 1], "freeze_layers": 0},
+                "mapping_kwargs": {"num_layers": 0, "embed_features": None, "layer_features": None,
+                                   "activation": "lrelu", "lr_multiplier": 0.1},
+                "epilogue_kwargs": {"mbstd_group_size": None, "mbstd_num_channels": 1, "activation": "lrelu"}}
+
+    def recorded_beta_none(rec):  # what such a network's mapping records
+        rec.modules["mapping"].attrs["w_avg_beta"] = None
+        return g(rec)
+
+    path = tmp_path / "legacy.pkl"
+    _repickle(path, "# source", edit_g=recorded_beta_none, edit_d=d)
+    net = import_network_pickle(path)["arch"]["net"]
+    assert (net["w_avg_beta"], net["mbstd_group"], net["z_dim"], net["channel_base"]) == (1.0, 0, 64, 128)
 
 
 def test_cli_refuses_hostile_pickle_in_one_line(tmp_path):

@@ -28,7 +28,8 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "starts it, watches it through the Prefect API and restarts it from its "
                                    "newest checkpoint if its process or machine is lost.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", required=True, choices=["stylegan2", "pggan"], help="network family")
+    p.add_argument("--arch", required=True, choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family")
     p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
     p.add_argument("--kimg", type=float, required=True, metavar="K",
                    help="train until this many thousand images in total (restarts continue toward it)")

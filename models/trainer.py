@@ -32,7 +32,7 @@ CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step 
 
 @dataclass
 class TrainConfig:
-    arch: str = "stylegan2"          # network family: stylegan2 | pggan
+    arch: str = "stylegan2"          # network family: stylegan2 | stylegan3-t | stylegan3-r | pggan
     resolution: int = 64             # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
@@ -216,7 +216,7 @@ class Trainer:
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
         with self._autocast():
             with torch.no_grad():
-                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False).float()
+                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
             real_in = self._aug(reals).detach().requires_grad_(do_r1)
             real_logits = self._D(real_in)
             fake_logits = self._D(self._aug(fakes))
@@ -239,7 +239,7 @@ class Trainer:
     def _g_step(self) -> dict:
         z = self._latents()
         with self._autocast():
-            fakes = self.arch.generate(self.G, z, self.nimg).float()
+            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
             loss = self.g_loss_fn(self._D(self._aug(fakes)))
             stats = {"loss_G": loss.item()}
             if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:

@@ -108,6 +108,19 @@ def mark_crashed(client: SyncPrefectClient, run_id: str, message: str) -> None:
     client.set_flow_run_state(UUID(run_id), Crashed(message=f"ganflow manager: {message}"), force=True)
 
 
+def crash_task_runs(client: SyncPrefectClient, run_id: str, message: str) -> int:
+    """Set the flow run's task runs that never reached a final state (a SIGKILLed stage stays Running) to
+    Crashed; returns how many."""
+    from prefect.client.schemas.filters import FlowRunFilterId
+
+    n = 0
+    for tr in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)]))):
+        if tr.state is not None and not tr.state.is_final():
+            client.set_task_run_state(tr.id, Crashed(message=f"ganflow manager: {message}"), force=True)
+            n += 1
+    return n
+
+
 def start_deployment(name: str, parameters: dict[str, Any], tag: str, idempotency_key: str) -> str:
     """Create a run of deployment `name` for a worker to pick up; returns its id at once (timeout=0).
     The idempotency key makes a repeated call for the same attempt return the same run."""

@@ -221,7 +221,7 @@ def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
 
 
 def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg: float, *,
-              device: str = "cpu", resume_from: str | None = None,
+              device: str = "cpu", resume_from: str | None = None, restart_on_change: bool = False,
               progress_fn: Callable[[dict], None] | None = None,
               report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
     """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns the stage summary.
@@ -244,6 +244,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     def work() -> None:
         try:
             box["result"] = run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
+                                         restart_on_change=restart_on_change,
                                          progress_fn=progress, abort_fn=abort.is_set,
                                          summary_fn=lambda info: box.setdefault("summary", info))
         except BaseException as e:  # handed to the waiting thread, which raises it
@@ -293,28 +294,21 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
 
 # ---------------------------------------------------------------------------------------------- Prefect
 
-def tag_current_run(tag: str) -> None:
-    """Add `tag` to the running flow run (a run started by a deployment or the manager already has it)."""
-    from prefect import get_client
-    from prefect.runtime import flow_run
-
-    if not flow_run.id or tag in (flow_run.tags or []):
-        return
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)
-        client.update_flow_run(flow_run.id, tags=sorted({*run.tags, tag}))
-
-
 # A ValueError (no dataset, a bad config, a checkpoint from another version) is not retried: it would fail
 # the same way after every retry_delay_seconds.
 @task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE,  # the result is on disk
       retry_condition_fn=retry_unless_setup_error)
 def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
                      device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
-                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
+                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0,
+                     restart_on_change: bool = False) -> dict:
     """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
     progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
+    from prefect.runtime import flow_run, task_run
+
     logger = get_run_logger()
+    logger.info("%s: training from %g to %g kimg (task attempt %s, flow run attempt %s)", stage.label,
+                done_kimg(run_dir), stage.end_kimg, task_run.run_count or 1, flow_run.run_count or 1)
 
     def report(stats: dict) -> None:
         if not progress_artifact:
@@ -326,7 +320,9 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
     summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
-                        progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+                        restart_on_change=restart_on_change, progress_fn=progress_fn, report_fn=report,
+                        report_every_s=report_every_s)
+    summary["attempt"] = int(flow_run.run_count or 1)
     if summary["resumed_from"]:
         logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])
     info = summary.pop("summary") or {}

@@ -57,8 +57,10 @@ cleanup() {
     #    Only the top of each run's tree gets the signal: the supervisor forwards it to the flow itself.
     if [ -n "$worker" ]; then runs=($(pgrep -P "$worker" 2>/dev/null || true)); fi
     for p in $step $worker "${runs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    if [ -n "$step$worker" ]; then wait_gone 6 $step $worker "${runs[@]}"; fi
-    # 2. The server, in its own session (setsid): its whole group, uvicorn and its services.
+    # 2. The server, in its own session (setsid): its whole group, uvicorn and its services; at once when no
+    #    run needs it to report its state.
+    if [ -n "$server" ] && [ "${#runs[@]}" -eq 0 ]; then kill -TERM -- "-$server" 2>/dev/null || true; fi
+    if [ -n "$step$worker" ]; then wait_gone 5 $step $worker "${runs[@]}"; fi
     if [ -n "$server" ]; then kill -TERM -- "-$server" 2>/dev/null || true; wait_gone 3 "$server"; fi
     # 3. Whatever is left, and anything started meanwhile: SIGKILL.
     for p in $step $worker $server; do all+=($(descendants "$p")); done

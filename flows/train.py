@@ -86,8 +86,7 @@ def train_flow(
             continue
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
         results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
-                                                           resume_from=resume_from, progress_artifact=str(progress),
-                                                           restart_on_change=restart_on_change)})
+                                                           resume_from=resume_from, progress_artifact=str(progress))})
         results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
     return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
             "kimg": done_kimg(run_dir), "stages": results}

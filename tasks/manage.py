@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from models.checkpoint import list_checkpoints
 from tasks.launch import kill_local, launch_local, process_state
 from tasks.queue import Queue, Request
-from tasks.runs import crash_task_runs, find_run, mark_crashed, seconds_since, start_deployment, view_run
+from tasks.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
 from tasks.supervise import ManagerParams, Observation, decide
 
 
@@ -145,12 +145,13 @@ def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerPa
 
 
 def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
-    """A lost attempt: Crashed in the API, its unfinished task runs too (they would show Running forever),
-    and its process gone here."""
+    """A lost attempt: Crashed in the API, its unfinished task runs too (they would show Running forever), its
+    progress artifact saying where it stopped, and its process gone here."""
     if mark and view is not None:
         mark_crashed(client, view.id, reason)
     if view is not None:
         crash_task_runs(client, view.id, reason)
+        mark_progress_stopped(client, view.id, reason)
     attempt = req.current
     kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
 

@@ -221,7 +221,7 @@ def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
 
 
 def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg: float, *,
-              device: str = "cpu", resume_from: str | None = None, restart_on_change: bool = False,
+              device: str = "cpu", resume_from: str | None = None,
               progress_fn: Callable[[dict], None] | None = None,
               report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
     """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns the stage summary.
@@ -244,7 +244,6 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     def work() -> None:
         try:
             box["result"] = run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
-                                         restart_on_change=restart_on_change,
                                          progress_fn=progress, abort_fn=abort.is_set,
                                          summary_fn=lambda info: box.setdefault("summary", info))
         except BaseException as e:  # handed to the waiting thread, which raises it
@@ -300,8 +299,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
       retry_condition_fn=retry_unless_setup_error)
 def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
                      device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
-                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0,
-                     restart_on_change: bool = False) -> dict:
+                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
     """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
     progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
     from prefect.runtime import flow_run, task_run
@@ -320,8 +318,7 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
     summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
-                        restart_on_change=restart_on_change, progress_fn=progress_fn, report_fn=report,
-                        report_every_s=report_every_s)
+                        progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
     summary["attempt"] = int(flow_run.run_count or 1)
     if summary["resumed_from"]:
         logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])

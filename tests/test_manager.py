@@ -278,6 +278,9 @@ def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_p
     # The killed stage's task run is Crashed too, not Running forever.
     task_states = [t.state.type.name for t in _task_runs(api, old.flow_run_id)]
     assert task_states and all(s in ("COMPLETED", "CRASHED") for s in task_states) and "CRASHED" in task_states
+    [progress] = [a for a in _artifacts(api, old.flow_run_id) if a.type == "progress"]
+    assert progress.description.startswith("kimg ") and " · stopped: attempt 1: train process exited" in \
+        progress.description, progress.description  # not a progress bar that looks alive
     # The pass's markdown artifact says what it saw and what it did.
     report = _manager_artifact(api)
     assert f"| `{rid}` | attempt 1: flow run running" in report and "process dead | **restarted** | attempt 2:" in report
@@ -311,6 +314,15 @@ def _task_runs(api, flow_run_id: str):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     return api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+
+
+def _artifacts(api, flow_run_id: str):
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return api.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+        any_=[UUID(flow_run_id)])))
 
 
 def _manager_artifact(api) -> str:

@@ -18,10 +18,10 @@ def pass_markdown(outcomes: list, queue: str, settings, when: datetime | None = 
     """outcomes: tasks.manage.Outcome (request_id, seen, action, detail)."""
     when = when or datetime.now(timezone.utc)
     launch = f"deployment `{settings.deployment}`" if settings.deployment else "local processes"
+    running = f"at most {settings.max_running} running at once" if settings.max_running else "no limit on runs"
     lines = [f"### Training manager pass, {when:%Y-%m-%d %H:%M:%S} UTC", "",
-             f"Queue `{queue}`; at most {settings.max_attempts} attempt(s) per request, "
-             f"{settings.max_running or 'no limit of'} running at once, a Running run silent "
-             f"{settings.stale_after_seconds:g} s is lost; launches {launch}.", ""]
+             f"Queue `{queue}`; at most {settings.max_attempts} attempt(s) per request, {running}, a Running run "
+             f"silent {settings.stale_after_seconds:g} s is lost; launches {launch}.", ""]
     if not outcomes:
         return "\n".join(lines + ["No queued or running requests: nothing to do.", ""])
     lines += ["| request | saw | did | detail |", "|---|---|---|---|"]

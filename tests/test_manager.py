@@ -388,3 +388,20 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
         req = q.get(rid)
         for a in req.history:
             kill_local(a.pid, a.host, rid)
+
+
+def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
+    from tasks.manage import Outcome
+    from tasks.manager_report import pass_markdown, pass_summary
+    from tasks.supervise import ManagerParams
+
+    settings = ManagerParams("q", 120, 600, 3, 0, "train/train")
+    outcomes = [Outcome("a1", "failed", "flow run failed: x | y\nz", "attempt 3: flow run failed"),
+                Outcome("b2", "started", "attempt 1: flow run 42", "queued")]
+    text = pass_markdown(outcomes, "runs/queue.sqlite", settings)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows == ["| `a1` | attempt 3: flow run failed | **failed** | flow run failed: x \\| y z |",
+                    "| `b2` | queued | **started** | attempt 1: flow run 42 |"]
+    assert "no limit on runs" in text and "deployment `train/train`" in text
+    assert pass_summary(outcomes) == "1 failed, 1 started" and pass_summary([]) == "nothing to do"
+    assert "nothing to do" in pass_markdown([], "q", settings)

@@ -4,10 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-# Quiet, offline-friendly Prefect defaults (the ephemeral server needs time on 2 slow cores).
+# Quiet, offline-friendly Prefect defaults (the ephemeral server needs time on 2 slow cores). The terminal is
+# quieted through the console handler only: PREFECT_LOGGING_LEVEL=WARNING would also keep the runs' INFO lines
+# (stage starts, resumes, skipped FID, the manager's decisions) out of the UI's Logs tab.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_LOGGING_LEVEL ?= WARNING
+export PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL ?= WARNING
 export DO_NOT_TRACK ?= 1
 
 .PHONY: demo test test-slow bench install clean serve
@@ -61,7 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve_load.py
 
 # A local Prefect server (UI at http://127.0.0.1:4200), the ganflow-process pool, the deployments of
-# deployments/prefect.yaml and a worker for the pool; Ctrl-C stops them. See README, "Prefect".
+# deployments/prefect.yaml and a worker for the pool; Ctrl-C or SIGTERM stops them all. See README, "Prefect".
 serve: $(STAMP)
 	GANFLOW_ROOT=$(CURDIR) deployments/serve.sh
 

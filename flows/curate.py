@@ -67,7 +67,8 @@ def curate(
         input_path: The folder (recursive), .zip or .tar when source is path.
         hashtag: The hashtag without '#' when source is hashtag.
         out: Where manifest.jsonl, shards/ and dataset.json go.
-        raw_root: Raw store root: inputs are copied once to <raw_root>/<name>/.
+        raw_root: Raw store root: inputs are copied once to a folder named after the source below it
+            (RAW_ROOT/NAME/, e.g. data/raw/demo/).
         cache_dir: Per-image results, so reruns do no work twice.
         params_path: Thresholds and settings (section curate).
         resolution: Side of the square output images. Empty: curate.resolution.

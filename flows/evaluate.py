@@ -20,7 +20,7 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
     """FID/KID per snapshot of a run (RUN/fid.csv, RUN/metrics.json) and RUN/best.pt.
 
     Args:
-        run_dir: Run folder with checkpoints/ckpt-<kimg>.pt.
+        run_dir: Run folder with checkpoints/ckpt-KIMG.pt.
         data: The curated dataset the run trained on (its real statistics are cached).
         inception_weights: torch-fidelity's InceptionV3 weights file. Empty: $GANFLOW_INCEPTION_WEIGHTS, then
             params.yaml evaluate.inception_weights.

@@ -3,7 +3,8 @@
 Each pass starts queued requests (up to manager.max_running at once) and checks the running ones
 through the Prefect API: Completed → done; Crashed, Failed, or Running with a stale heartbeat (its
 process was killed or its machine vanished) → restarted from the newest checkpoint with the remaining
-kimg, until manager.max_attempts, then failed with the reason. Run it every few minutes (a scheduled
+kimg, until manager.max_attempts, then failed with the reason. Each pass logs its decisions and writes a
+markdown artifact (key ganflow-manager): per request, what it saw and what it did. Run it every few minutes (a scheduled
 deployment), or with `ganflow manager` (a loop) / `ganflow manager --once` (one pass).
 """
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 import threading
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from tasks.manage import ManagerError, Outcome, check_task, require_api, start_task
+from tasks.manager_report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.queue import Queue, queue_path
 from tasks.supervise import manager_params
 
@@ -50,7 +53,11 @@ def manager_flow(
     for req in Queue(path).list(("queued",)):
         outcomes.append(_isolated(start_task, path, req.id, settings))
     for o in outcomes:
-        logger.info(o.line())
+        logger.info("%s (saw: %s)", o.line(), o.seen or "-")
+    if not outcomes:
+        logger.info("no queued or running requests in %s", path)
+    create_markdown_artifact(pass_markdown(outcomes, path, settings), key=ARTIFACT_KEY,
+                             description=f"manager pass: {pass_summary(outcomes)}")
     return [o.line() for o in outcomes]
 
 

@@ -46,7 +46,8 @@ def pipeline(
         curate_resolution: Side of the curated images. Empty: curate.resolution (512).
         matte: Background removal for curation. Empty: curate.matte.
         max_posts: Instagram: posts to take from the hashtag.
-        raw_root: Raw store root: inputs are copied once to <raw_root>/<name>/.
+        raw_root: Raw store root: inputs are copied once to a folder named after the source below it
+            (RAW_ROOT/NAME/, e.g. data/raw/demo/).
         cache_dir: Per-image curation results, so reruns do no work twice.
     """
     dataset = curate(source=source, input_path=input_path, hashtag=hashtag, out=out, params_path=params,

@@ -120,12 +120,26 @@ def status_table(requests: list, max_attempts: int | None) -> str:
     for r in requests:
         done, rate, ckpt = _progress(r)
         target = "?" if r.kimg_target is None else f"{r.kimg_target:g}"
-        eta = _eta(r, done, rate)
-        rows.append((r.id, r.state, f"{done:g} / {target}",
+        lost = _lost(r)
+        eta = "-" if lost else _eta(r, done, rate)
+        rows.append((r.id, "lost" if lost else r.state, f"{done:g} / {target}",
                      f"{r.attempts}/{max_attempts}" if max_attempts else str(r.attempts),
-                     Path(ckpt).name if ckpt else "-", eta, r.reason or ""))
+                     Path(ckpt).name if ckpt else "-", eta, lost or r.reason or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows).rstrip()
+
+
+def _lost(r) -> str:
+    """Why a running request's attempt is gone, from what the queue knows (the pid of a process launched on
+    this machine); "" when it may be alive. The manager's next pass restarts it (or fails it at the cap)."""
+    from tasks.launch import process_state
+
+    a = r.current
+    if r.state != "running" or a is None or a.pid is None:
+        return ""
+    if process_state(a.pid, a.host, r.id) != "dead":
+        return ""
+    return f"lost, restart on next manager pass (process {a.pid} is gone)"
 
 
 def _progress(r) -> tuple[float, float | None, str | None]:

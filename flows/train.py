@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
 from tasks import train_report
-from tasks.stages import (done_kimg, plan_stages, resolve_device, tag_current_run, train_config, train_params,
-                          train_stage_task)
+from tasks.stages import done_kimg, plan_stages, resolve_device, train_config, train_params, train_stage_task
+from tasks.training import claim_run_dir
 
 
 @flow(name="train")
@@ -35,13 +35,14 @@ def train_flow(
     ada_target: float | None = None,
     device: str | None = None,
     resume_from: str | None = None,
-    request_id: str | None = None,
+    restart_on_change: bool = False,
 ) -> dict:
     """Train a GAN on a curated dataset in stages; every stage resumes from the newest checkpoint.
 
     Args:
         data: Curated dataset folder (dataset.json + shards/), as `ganflow curate` writes it.
-        run_dir: Run folder: checkpoints/ckpt-<kimg>.pt and samples/fakes-<kimg>.png go here.
+        run_dir: Run folder: its checkpoints (checkpoints/ckpt-KIMG.pt) and sample grids (samples/fakes-KIMG.png)
+            go here. One run per folder: a folder holding another run's checkpoints is an error, see restart_on_change.
         resolution: Training resolution in pixels (a power of two, at most the dataset's). Empty: train.resolution.
         arch: Network family: stylegan2 (StyleGAN2-ADA) or stylegan3-t / stylegan3-r (StyleGAN3 with ADA), trained
             in cycles, or pggan (one stage per resolution). Empty: train.arch.
@@ -54,11 +55,11 @@ def train_flow(
         device: auto, cpu, cuda or cuda:N. Empty: train.device.
         resume_from: A checkpoint of another run to start from (transfer learning); ignored once run_dir has
             checkpoints.
-        request_id: The training manager's request id; the run is tagged request:<id> so the manager finds it.
+        restart_on_change: When run_dir holds checkpoints of another run (other settings or data), move them to
+            run_dir/superseded/N/ and start afresh, instead of failing. Nothing is deleted.
     """
     logger = get_run_logger()
-    if request_id:
-        tag_current_run(f"request:{request_id}")
+    train_report.log_preemptions_as_such()  # a SIGTERM's "Crash detected!" ERROR reads as the preemption it is
     p = train_params(params, snapshot_kimg=snapshot_kimg)
     arch, resolution = arch or p.arch, resolution or p.resolution
     seed = p.seed if seed is None else seed
@@ -66,8 +67,15 @@ def train_flow(
     stages = plan_stages(arch, resolution, kimg, p)
     total = stages[-1].end_kimg
     dev = resolve_device(device or p.device)
+    # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
+    set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
+    if set_aside:
+        logger.info("%s held another run's checkpoints: moved to %s, starting afresh", run_dir, set_aside)
     start = done_kimg(run_dir)
-    progress = train_report.create_progress(start, total)
+    resumed = train_report.note_resumed_attempt(run_dir)
+    if resumed:
+        logger.info(resumed)
+    progress = train_report.progress_for_run(start, total)
     logger.info("%s %s² to %g kimg in %d stage(s) on %s%s", arch, resolution, total, len(stages), dev,
                 f", resuming at {start:g} kimg" if start else "")
 
@@ -127,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
             result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,
                                 kimg=args.kimg, seed=args.seed, params=args.params, snapshot_kimg=args.snapshot_kimg,
-                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from,
-                                request_id=args.request_id)
+                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from)
     except (ParamsError, DatasetError, ValueError, FileNotFoundError) as e:
         print(f"python -m flows.train: error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from models.checkpoint import list_checkpoints
 from tasks.launch import kill_local, launch_local, process_state
 from tasks.queue import Queue, Request
-from tasks.runs import find_run, mark_crashed, seconds_since, start_deployment, view_run
+from tasks.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
 from tasks.supervise import ManagerParams, Observation, decide
 
 
@@ -31,6 +31,7 @@ class Outcome:
     request_id: str
     action: str      # started | restarted | running | done | failed | skipped (another manager) | held | error
     detail: str = ""
+    seen: str = ""   # what the manager observed before it acted (for the pass's artifact)
 
     def line(self) -> str:
         return f"{self.request_id}  {self.action:<9} {self.detail}".rstrip()
@@ -43,7 +44,8 @@ def newest_checkpoint(run_dir: str) -> tuple[float, str] | None:
 
 
 def _train_parameters(req: Request) -> dict:
-    return {**req.params, "request_id": req.id}
+    # The request id travels as the run's tag (request:<id>), not as a parameter: the train form stays the user's.
+    return dict(req.params)
 
 
 def require_api() -> str:
@@ -70,13 +72,30 @@ def start(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
     found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
     # Compare with "queued", never with the state just read: another manager may have started it since.
+    seen = "queued" + (f"; its run dir has a checkpoint at {found[0]:g} kimg" if found else "")
     n = queue.claim(req.id, "queued", req.attempts, start_kimg=start_kimg,
                     max_attempts=settings.max_attempts, max_running=settings.max_running)
     if n is None:
         if settings.max_running and len(queue.list(("running",))) >= settings.max_running:
-            return Outcome(req.id, "held", f"{settings.max_running} request(s) already running")
-        return Outcome(req.id, "skipped", "another manager took it")
-    return _launch_claimed(queue, req, n, settings, start_kimg, found is not None)
+            return Outcome(req.id, "held", f"{settings.max_running} request(s) already running", seen)
+        return Outcome(req.id, "skipped", "another manager took it", seen)
+    return _with_seen(_launch_claimed(queue, req, n, settings, start_kimg, found is not None), seen)
+
+
+def _with_seen(outcome: Outcome, seen: str) -> Outcome:
+    outcome.seen = seen
+    return outcome
+
+
+def describe(n: int, obs: Observation) -> str:
+    """What the manager saw of attempt n, e.g. 'attempt 2: flow run running, alive 12 s ago; process dead'."""
+    if obs.run_state is None:
+        text = f"attempt {n}: no flow run yet ({obs.since_launch:.0f} s after launch)"
+    else:
+        text = f"attempt {n}: flow run {obs.run_state.lower()}" + (f" ({obs.run_message})" if obs.run_message else "")
+        if obs.since_alive is not None:
+            text += f", last sign of life {obs.since_alive:.0f} s ago"
+    return text + (f"; process {obs.process}" if obs.process != "unknown" else "")
 
 
 def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
@@ -94,20 +113,26 @@ def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
                           seconds_since(view.last_alive) if view else None, time.time() - attempt.started,
                           process)
         decision = decide(obs, n, settings.max_attempts, settings.stale_after_seconds)
-        if decision.action == "wait":
-            state = view.state.lower() if view else "launching"
-            return Outcome(req.id, "running", f"attempt {n}: {state}" + (f", {view.progress_text}" if view and
-                                                                          view.progress_text else ""))
-        if decision.action == "done":
-            found = newest_checkpoint(req.params["run_dir"])
-            if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=found and found[1]):
-                return Outcome(req.id, "done", f"after {n} attempt(s)")
-            return Outcome(req.id, "skipped", "another manager finished it")
-        if decision.action == "fail":
-            if not queue.finish(req.id, n, "failed", decision.reason):
-                return Outcome(req.id, "skipped", "another manager handled it")
-            _bury(client, req, view, decision.mark_crashed, decision.reason)
-            return Outcome(req.id, "failed", decision.reason)
+        seen = describe(n, obs)
+        return _with_seen(_act(queue, req, client, view, decision, settings), seen)
+
+
+def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerParams) -> Outcome:
+    n = req.attempts
+    if decision.action == "wait":
+        state = view.state.lower() if view else "launching"
+        return Outcome(req.id, "running", f"attempt {n}: {state}" + (f", {view.progress_text}" if view and
+                                                                      view.progress_text else ""))
+    if decision.action == "done":
+        found = newest_checkpoint(req.params["run_dir"])
+        if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=found and found[1]):
+            return Outcome(req.id, "done", f"after {n} attempt(s)")
+        return Outcome(req.id, "skipped", "another manager finished it")
+    if decision.action == "fail":
+        if not queue.finish(req.id, n, "failed", decision.reason):
+            return Outcome(req.id, "skipped", "another manager handled it")
+        _bury(client, req, view, decision.mark_crashed, decision.reason)
+        return Outcome(req.id, "failed", decision.reason)
     # restart: claim the next attempt first, so only the manager that wins it buries the old one.
     found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
@@ -115,15 +140,18 @@ def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
                     max_attempts=settings.max_attempts)
     if m is None:
         return Outcome(req.id, "skipped", "another manager restarted it")
-    with get_client(sync_client=True) as client:
-        _bury(client, req, view, decision.mark_crashed, decision.reason)
+    _bury(client, req, view, decision.mark_crashed, decision.reason)
     return _launch_claimed(queue, req, m, settings, start_kimg, found is not None, decision.reason)
 
 
 def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
-    """A lost attempt: Crashed in the API (it would show Running forever) and its process gone here."""
+    """A lost attempt: Crashed in the API, its unfinished task runs too (they would show Running forever), its
+    progress artifact saying where it stopped, and its process gone here."""
     if mark and view is not None:
         mark_crashed(client, view.id, reason)
+    if view is not None:
+        crash_task_runs(client, view.id, reason)
+        mark_progress_stopped(client, view.id, reason)
     attempt = req.current
     kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
 

@@ -17,8 +17,9 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                            FlowRunFilterTags)
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType, FlowRunFilter,
+                                            FlowRunFilterId, FlowRunFilterTags)
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
@@ -106,6 +107,27 @@ def seconds_since(t: datetime | None) -> float | None:
 def mark_crashed(client: SyncPrefectClient, run_id: str, message: str) -> None:
     """Force a lost run to Crashed, so the UI stops showing it Running and nobody waits on it."""
     client.set_flow_run_state(UUID(run_id), Crashed(message=f"ganflow manager: {message}"), force=True)
+
+
+def crash_task_runs(client: SyncPrefectClient, run_id: str, message: str) -> int:
+    """Set the flow run's task runs that never reached a final state (a SIGKILLed stage stays Running) to
+    Crashed; returns how many."""
+    n = 0
+    for tr in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)]))):
+        if tr.state is not None and not tr.state.is_final():
+            client.set_task_run_state(tr.id, Crashed(message=f"ganflow manager: {message}"), force=True)
+            n += 1
+    return n
+
+
+def mark_progress_stopped(client: SyncPrefectClient, run_id: str, reason: str) -> None:
+    """Say on the run's progress artifact that it stopped there (it would read as still moving); the kimg
+    text stays as it was, so RunView.kimg() still reads it."""
+    for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]), type=ArtifactFilterType(any_=["progress"]))):
+        text = artifact.description or ""
+        if " · stopped: " not in text:
+            client.update_artifact(artifact.id, ArtifactUpdate(description=f"{text} · stopped: {reason}"))
 
 
 def start_deployment(name: str, parameters: dict[str, Any], tag: str, idempotency_key: str) -> str:

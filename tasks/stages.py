@@ -296,18 +296,6 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
 
 # ---------------------------------------------------------------------------------------------- Prefect
 
-def tag_current_run(tag: str) -> None:
-    """Add `tag` to the running flow run (a run started by a deployment or the manager already has it)."""
-    from prefect import get_client
-    from prefect.runtime import flow_run
-
-    if not flow_run.id or tag in (flow_run.tags or []):
-        return
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)
-        client.update_flow_run(flow_run.id, tags=sorted({*run.tags, tag}))
-
-
 # A ValueError (no dataset, a bad config, a checkpoint from another version) is not retried: it would fail
 # the same way after every retry_delay_seconds.
 @task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE,  # the result is on disk
@@ -317,7 +305,11 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
                      progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
     """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
     progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
+    from prefect.runtime import flow_run, task_run
+
     logger = get_run_logger()
+    logger.info("%s: training from %g to %g kimg (task attempt %s, flow run attempt %s)", stage.label,
+                done_kimg(run_dir), stage.end_kimg, task_run.run_count or 1, flow_run.run_count or 1)
 
     def report(stats: dict) -> None:
         if not progress_artifact:
@@ -330,6 +322,7 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
 
     summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
                         progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+    summary["attempt"] = int(flow_run.run_count or 1)
     if summary["resumed_from"]:
         logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])
     info = summary.pop("summary") or {}

@@ -56,6 +56,31 @@ def dataset_hash(data_dir: str | Path) -> str:
     return json.loads((Path(data_dir) / "dataset.json").read_text()).get("content_hash", "")
 
 
+def another_run_error(run_dir: str | Path, changed: list[str]) -> ValueError:
+    return ValueError(f"{run_dir} holds checkpoints of another run ({', '.join(changed)} differ from this one's): "
+                      f"use a new run directory, or restart on purpose (`ganflow train --restart-on-change`, or "
+                      f"restart_on_change in the train deployment's form, moves them to "
+                      f"{Path(run_dir) / SUPERSEDED}/)")
+
+
+def claim_run_dir(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path,
+                  restart_on_change: bool = False) -> str | None:
+    """Before a run plans its stages from run_dir's checkpoints: those of another run (other settings or data)
+    are an error, or with restart_on_change are moved aside (returns where to); None when the run dir is
+    empty or this run's own."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return None
+    if not cfg.dataset:
+        cfg = replace(cfg, dataset=dataset_hash(data_dir))
+    changed = config_changes(found[1].get("config", {}), cfg)
+    if not changed:
+        return None
+    if not restart_on_change:
+        raise another_run_error(run_dir, changed)
+    return str(set_aside_run(run_dir))
+
+
 def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, target_kimg: float,
                  resume_from: str | Path | None = None, device: str = "cpu",
                  progress_fn: Callable[[dict], None] | None = None,
@@ -74,9 +99,7 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     moved = None
     if found is not None and (changed := config_changes(found[1].get("config", {}), cfg)):
         if not restart_on_change:
-            raise ValueError(f"{run_dir} holds checkpoints of another run ({', '.join(changed)} differ from this "
-                             f"one's): use a new run directory, or restart on purpose (`ganflow train "
-                             f"--restart-on-change` moves them to {Path(run_dir) / SUPERSEDED}/)")
+            raise another_run_error(run_dir, changed)
         if dd.rank() == 0:  # under torchrun one process moves the files, the others wait for it
             moved = str(set_aside_run(run_dir))
         dd.barrier()

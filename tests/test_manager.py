@@ -87,6 +87,9 @@ def test_stale_running_run_is_crashed_in_api_and_capped(tmp_path, api, manager_p
     assert lines == [f"{rid}  failed    {req.reason}"]
     state = _state(api, run_id)
     assert state.type.name == "CRASHED" and "no heartbeat" in state.message
+    report = _manager_artifact(api)
+    assert f"| `{rid}` | attempt 1: flow run running, last sign of life " in report
+    assert f"| **failed** | {req.reason} |" in report
     assert _pass(params, stale_after_seconds=2) == []               # nothing left to do
 
 
@@ -164,7 +167,8 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_par
         assert req.attempts == 1 and len(req.history) == 1 and req.flow_run_id, (lines, req)
         runs = api.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[request_tag(rid)])))
         assert [str(r.id) for r in runs] == [req.flow_run_id]
-        assert runs[0].parameters["request_id"] == rid and runs[0].state.type.name == "SCHEDULED"
+        assert request_tag(rid) in runs[0].tags and runs[0].state.type.name == "SCHEDULED"
+        assert "request_id" not in runs[0].parameters  # manager-only: a tag, never a field of the train form
     # Waiting for a worker is not a lost run: the next pass leaves them alone.
     again = _pass(params)
     assert sorted(again) == sorted(f"{rid}  running   attempt 1: scheduled" for rid in ids)
@@ -259,11 +263,27 @@ def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_p
     while process_state(attempt.pid, attempt.host, rid) == "alive":
         time.sleep(0.05)
 
+    # Before the manager's next pass, `train status` knows the pid is gone: no ETA for a dead process.
+    status = ganflow("train", "status")
+    assert status.returncode == 0, status.stderr
+    [row] = [line for line in status.stdout.splitlines() if line.startswith(rid)]
+    assert row.split()[1] == "lost" and f"lost, restart on next manager pass (process {attempt.pid} is gone)" in row
+    assert row.split()[7] == "-", row  # the ETA column (after kimg "done / target", attempts, checkpoint)
+
     second = ganflow("manager", "--once")
     assert f"{rid}  restarted attempt 2" in second.stdout, (second.stdout, second.stderr[-3000:])
     assert "train process exited without reporting a final state" in second.stdout
     old = q.get(rid).history[0]
     assert old.flow_run_id and _state(api, old.flow_run_id).type.name == "CRASHED"
+    # The killed stage's task run is Crashed too, not Running forever.
+    task_states = [t.state.type.name for t in _task_runs(api, old.flow_run_id)]
+    assert task_states and all(s in ("COMPLETED", "CRASHED") for s in task_states) and "CRASHED" in task_states
+    [progress] = [a for a in _artifacts(api, old.flow_run_id) if a.type == "progress"]
+    assert progress.description.startswith("kimg ") and " · stopped: attempt 1: train process exited" in \
+        progress.description, progress.description  # not a progress bar that looks alive
+    # The pass's markdown artifact says what it saw and what it did.
+    report = _manager_artifact(api)
+    assert f"| `{rid}` | attempt 1: flow run running" in report and "process dead | **restarted** | attempt 2:" in report
 
     # Now the manager as a loop: it watches attempt 2 to the end and marks the request done.
     loop = subprocess.Popen([sys.executable, "-m", "flows.cli", "manager", "--interval", "2", "--params",
@@ -286,6 +306,35 @@ def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_p
     assert ref_state["kimg"] == state["kimg"] == 0.048
     assert ref_state["G_ema"].keys() == state["G_ema"].keys()
     assert all(torch_equal(ref_state["G_ema"][k], state["G_ema"][k]) for k in state["G_ema"])
+
+
+def _task_runs(api, flow_run_id: str):
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    return api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+
+
+def _artifacts(api, flow_run_id: str):
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return api.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+        any_=[UUID(flow_run_id)])))
+
+
+def _manager_artifact(api) -> str:
+    """The newest manager pass's markdown artifact."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.manager_report import ARTIFACT_KEY
+
+    [artifact] = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+                                    sort=ArtifactSort.CREATED_DESC, limit=1)
+    return artifact.data
 
 
 def torch_equal(a, b) -> bool:
@@ -339,3 +388,20 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
         req = q.get(rid)
         for a in req.history:
             kill_local(a.pid, a.host, rid)
+
+
+def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
+    from tasks.manage import Outcome
+    from tasks.manager_report import pass_markdown, pass_summary
+    from tasks.supervise import ManagerParams
+
+    settings = ManagerParams("q", 120, 600, 3, 0, "train/train")
+    outcomes = [Outcome("a1", "failed", "flow run failed: x | y\nz", "attempt 3: flow run failed"),
+                Outcome("b2", "started", "attempt 1: flow run 42", "queued")]
+    text = pass_markdown(outcomes, "runs/queue.sqlite", settings)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows == ["| `a1` | attempt 3: flow run failed | **failed** | flow run failed: x \\| y z |",
+                    "| `b2` | queued | **started** | attempt 1: flow run 42 |"]
+    assert "no limit on runs" in text and "deployment `train/train`" in text
+    assert pass_summary(outcomes) == "1 failed, 1 started" and pass_summary([]) == "nothing to do"
+    assert "nothing to do" in pass_markdown([], "q", settings)

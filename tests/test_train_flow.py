@@ -63,6 +63,14 @@ def _artifacts(api, flow_run_id):
     return api.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
+def _logs(api, flow_run_id) -> list[tuple[int, str]]:
+    """(level, message) of the flow run's log lines in the API, what its Logs tab shows."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    found = api.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [(log.level, log.message) for log in found]
+
+
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -110,9 +118,12 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
 
     data = write_curated(tmp_path / "data")
     run_dir = tmp_path / "run"
-    state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
-                       kimg=0.016 if arch == "stylegan2" else None, params=str(tiny_params(tmp_path, **extra)),
-                       request_id="abc123", return_state=True)
+    from prefect import tags
+
+    with tags("request:abc123"):  # how `python -m flows.train --request-id` (the manager's launch) tags its run
+        state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
+                           kimg=0.016 if arch == "stylegan2" else None, params=str(tiny_params(tmp_path, **extra)),
+                           return_state=True)
     assert state.is_completed(), state
     result = state.result()
     run = api.read_flow_run(state.state_details.flow_run_id)
@@ -292,7 +303,9 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     run = api.create_flow_run_from_deployment(deployment, parameters=dict(
         data=str(data), run_dir=str(run_dir), resolution=32, kimg=1.0, params=str(params)))
     execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
-    env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule")
+    # As `make serve` runs its worker: no PREFECT_LOGGING_LEVEL, the console handler quieted.
+    env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
+    env.pop("PREFECT_LOGGING_LEVEL")
     proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_stage(api, FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), proc)
     time.sleep(2)
@@ -310,7 +323,27 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert again.returncode == 0, again.stderr[-3000:]
     assert api.read_flow_run(run.id).state.is_completed()
     assert [k for k, _ in list_checkpoints(run_dir)] == [kimg, pytest.approx(kimg + 0.008)]
-    assert f"resumed from {ckpt}" in again.stdout + again.stderr
+
+    # What the UI shows for the run: one progress artifact, moved by the resumed attempt to 100%.
+    progress = [a for a in _artifacts(api, run.id) if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0, [(a.data, a.description) for a in progress]
+    # The stage task run the SIGTERM stopped reads as preempted and resumed, not as a crash.
+    stages = _task_runs(api, run.id)
+    assert [(t.state.type.name, t.state.name) for t in stages] == [("CANCELLED", "Preempted"), ("COMPLETED", "Completed")]
+    assert f"attempt 2 of this flow run resumes from {ckpt}" in stages[0].state.message
+    report = [a for a in _artifacts(api, run.id) if a.type == "markdown"]
+    assert report and "| flow run attempt | 2 (resumed after a preemption) |" in report[-1].data
+    # Its logs reach the API at INFO (the Logs tab), with the terminal quiet (console handler at WARNING).
+    lines = _logs(api, run.id)
+    assert any(level == 20 and f"attempt 2 of this flow run resumes from {ckpt}" in m for level, m in lines), lines
+    assert any(level == 20 and "training from" in m for level, m in lines)
+    assert any(level == 20 and m.endswith(f"resumed from {ckpt}") for level, m in lines), lines
+    assert any(level == 20 and m.startswith("FID evaluation skipped") for level, m in lines)
+    assert "training from" not in again.stdout + again.stderr
+    from tasks.train_report import PREEMPTED_LOG
+
+    assert not [m for level, m in lines if level >= 40], lines  # no ERROR: no "Crash detected!" for a preemption
+    assert any(level == 30 and m == PREEMPTED_LOG for level, m in lines), lines
 
 
 def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):

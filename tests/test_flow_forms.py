@@ -1,0 +1,67 @@
+"""The Prefect UI's run forms, as deployments/prefect.yaml registers them: descriptions render as written,
+UI runs do not version or commit unasked, and the train form offers what its errors advise."""
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DEPLOYMENTS = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+# The UI renders descriptions as markdown (HTML allowed): <kimg> or <name>/ would vanish as unknown tags.
+ANGLE = re.compile(r"<[^<>\s][^<>]*>")
+
+
+def _schema(entrypoint: str) -> dict:
+    from prefect.utilities.callables import parameter_schema
+
+    module, name = entrypoint.split(":")
+    flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+    return parameter_schema(flow).model_dump_for_openapi()
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_parameter_descriptions_have_no_angle_brackets(deployment):
+    props = _schema(deployment["entrypoint"])["properties"]
+    assert props, deployment["name"]
+    for name, prop in props.items():
+        description = prop.get("description", "")
+        assert description, f"{deployment['name']}.{name} has no description in the form"
+        assert not ANGLE.search(description), f"{deployment['name']}.{name}: {description!r}"
+    assert not ANGLE.search(deployment.get("description", ""))
+
+
+def test_train_form_offers_restart_on_change_and_hides_the_managers_request_id():
+    train = next(d for d in DEPLOYMENTS if d["name"] == "train")
+    props = _schema(train["entrypoint"])["properties"]
+    assert "request_id" not in props  # the manager tags its runs request:<id> instead
+    assert props["restart_on_change"]["type"] == "boolean" and props["restart_on_change"]["default"] is False
+    assert "superseded" in props["restart_on_change"]["description"]
+
+
+def test_curate_deployment_does_not_version_unless_asked():
+    curate = next(d for d in DEPLOYMENTS if d["name"] == "curate")
+    assert curate["parameters"].get("version", False) is False
+    assert _schema(curate["entrypoint"])["properties"]["version"]["default"] is False
+    assert "version" in curate["description"]  # and says how to
+
+
+def test_train_flow_with_restart_on_change_sets_another_runs_folder_aside(tmp_path, prefect_api, one_torch_thread):
+    """The way out the error names: the same flow, seed changed, into a folder of another run."""
+    from flows.train import train_flow
+    from models.checkpoint import list_checkpoints
+    from tests.conftest import write_curated
+    from tests.test_train_flow import tiny_params
+
+    data, run_dir = write_curated(tmp_path / "data"), tmp_path / "run"
+    args = dict(data=str(data), run_dir=str(run_dir), arch="stylegan2", resolution=32, kimg=0.008,
+                params=str(tiny_params(tmp_path)), device="cpu")
+    assert train_flow(**args, seed=0)["kimg"] == 0.008
+    refused = train_flow(**args, seed=1, return_state=True)
+    assert refused.is_failed() and "restart_on_change in the train deployment's form" in refused.message
+    assert train_flow(**args, seed=1, restart_on_change=True)["kimg"] == 0.008
+    assert [k for k, _ in list_checkpoints(run_dir / "superseded" / "1")] == [0.008]  # moved, not deleted
+    assert [k for k, _ in list_checkpoints(run_dir)] == [0.008]

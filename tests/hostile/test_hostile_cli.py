@@ -53,6 +53,7 @@ TRAIN_BAD = [
     (["--device", "cuda:99"], ["--device", "cuda:99", "CUDA device"]),
     (["--channel-base", "-1"], ["--channel-base", "'-1'", "from 0"]),
     (["--channel-max", "x"], ["--channel-max", "'x'", "integer"]),
+    (["--channel-base", "1"], ["channel_base 1", "leaves no feature maps at 64"]),  # was a ZeroDivisionError
     (["--kimg", "-1"], ["--kimg", "'-1'", "> 0"]),
     (["--kimg", "nan"], ["--kimg", "'nan'", "finite"]),
     (["--kimg", "inf"], ["--kimg", "'inf'", "finite"]),

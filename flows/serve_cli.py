@@ -53,6 +53,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     print(f"ganflow serve: {name} ({arch['name']}, {arch['net']['resolution']}²) at http://{host}:{args.port}/ "
           f"(API: /docs); Ctrl-C stops", file=sys.stderr)
     hosts = allowed_hosts(args.host, args.allow_host)
+    if args.host not in LOOPBACK and "*" not in hosts:
+        print(f"ganflow serve: note: requests must name one of {sorted(hosts)} as their Host; --allow-host NAME "
+              f"adds another (the name or address clients use)", file=sys.stderr)
     if "*" in hosts:
         print("ganflow serve: note: --allow-host '*': any Host header is answered (no DNS-rebinding check)",
               file=sys.stderr)

@@ -197,8 +197,9 @@ class Explorer:
     """The snapshots of one run (or one snapshot file) and the images they draw.
 
     Snapshots are chosen by name from list_snapshots() (`best.pt`, `checkpoints/ckpt-<kimg>.pt`), never by path,
-    so a request can reach no other file. Generation holds a lock: one generator call at a time keeps each call's
-    latency bounded on a few shared cores, and a loaded network is not run by two threads at once.
+    so a request can reach no other file. Generation and loading pass through `gate` (Gate): one generator call at
+    a time keeps each call's latency bounded on a few shared cores, a loaded network is not run by two threads at
+    once, and the requests waiting behind it are bounded in number and in time.
     """
 
     def __init__(self, snapshot: str | Path | None = None, run_dir: str | Path | None = None,

@@ -5,7 +5,6 @@ else reaches stderr. Queue files that are corrupt, torn, of another schema or ho
 one-line errors naming the file, or shown with a warning, never hidden."""
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess

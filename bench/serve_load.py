@@ -57,8 +57,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--run-dir", str(run_dir), "--port", str(port)]
+def start_server(run_dir: Path, port: int, queue: int = 8) -> subprocess.Popen:
+    # --queue: the whole burst may wait for the generator (its default, 8, would answer the rest 429)
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--run-dir", str(run_dir), "--port", str(port),
+           "--queue", str(queue), "--max-wait", "3600"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -131,7 +133,7 @@ def main() -> int:
         else:
             demo_snapshot(run)
         port = free_port()
-        server = start_server(run, port)
+        server = start_server(run, port, queue=a.requests)
         try:
             explorer = Explorer(run_dir=run)
             _name, G, arch = explorer.generator(None)

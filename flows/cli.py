@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
@@ -12,6 +13,7 @@ from flows.datasets_cli import add_datasets_commands
 from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 from flows.serve_cli import add_serve_commands
+from flows.validate import OneLineParser, device, integer, number, power_of_two, writable_folder
 
 
 class _Bars:
@@ -169,16 +171,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                                    "command again continues from the newest checkpoint that loads. Options "
                                    "not given come from params.yaml's `train` section.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
+    p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
+                   help="run folder (checkpoints/ goes here)")
     p.add_argument("--params", default="params.yaml", metavar="FILE",
                    help="settings file: every option not given comes from its `train` section (default: params.yaml)")
     p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
                    help="network family: stylegan2 or stylegan3-t/-r (with ADA), or pggan (progressive growing)")
-    p.add_argument("--resolution", type=int, metavar="N", help="training resolution (power of 2)")
-    p.add_argument("--kimg", type=float, metavar="K", help="train until this many thousand images "
-                                                            "(default: train.kimg, or the stage plan's length)")
-    p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg")
-    p.add_argument("--seed", type=int, help="seed for weights, data order and noise")
+    p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
+                   help="training resolution (a power of 2 from 4 to 1024, at most the dataset's)")
+    p.add_argument("--kimg", type=number(0, lo_open=True), metavar="K",
+                   help="train until this many thousand images (default: train.kimg, or the stage plan's length)")
+    p.add_argument("--snapshot-kimg", type=number(0, lo_open=True), metavar="S", help="checkpoint every S kimg")
+    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), help="seed for weights, data order and noise")
     p.add_argument("--resume-from", metavar="CKPT", help="start a new run from this snapshot's networks "
                                                           "(transfer learning); ignored when R has checkpoints")
     p.add_argument("--restart-on-change", action="store_true",
@@ -186,19 +190,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "and start afresh (default: refuse)")
     p.add_argument("--preset", help="network/training preset: auto (stylegan2: the reference's auto config; "
                         "pggan: the paper's network) or small (pggan, 4x narrower)")
-    p.add_argument("--batch", type=int, help="images per step (0: the preset's)")
-    p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
-    p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
-    p.add_argument("--r1-gamma", "--gamma", dest="r1_gamma", type=float, metavar="G",
+    p.add_argument("--batch", type=integer(0, 65536), help="images per step (0: the preset's)")
+    p.add_argument("--channel-base", type=integer(0, 1 << 20),
+                   help="feature-map budget (smaller = faster, for CPU runs; 0: the preset's)")
+    p.add_argument("--channel-max", type=integer(0, 4096), help="cap on feature maps per layer (0: the preset's)")
+    p.add_argument("--r1-gamma", "--gamma", dest="r1_gamma", type=number(0), metavar="G",
                    help="R1 regularization weight (the reference's --gamma); default: train.r1_gamma, whose -1 means "
                         "the family's (stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
     p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: the family's)")
-    p.add_argument("--ada-target", type=float,
+    p.add_argument("--ada-target", type=number(0, 1),
                    help="ADA target for E[sign(D(real))]; 0 = off; default: train.ada_target for stylegan2, off for pggan")
-    p.add_argument("--fade-kimg", type=float, help="pggan: kimg per fade-in (the paper's: 800)")
-    p.add_argument("--stabilize-kimg", type=float, help="pggan: kimg per resolution once faded in (the paper's: 800)")
+    p.add_argument("--fade-kimg", type=number(0), help="pggan: kimg per fade-in (the paper's: 800)")
+    p.add_argument("--stabilize-kimg", type=number(0, lo_open=True),
+                   help="pggan: kimg per resolution once faded in (the paper's: 800)")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", type=device, help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(func=_run_train)
 
 
@@ -206,13 +212,14 @@ def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tasks.stages import plan_stages, resolve_device, train_config, train_params
-    from tasks.training import run_training
+    from tasks.training import check_resolution, run_training
 
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
                                            "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
                                            "device", "r1_gamma")}
     p = train_params(args.params, **given)
+    check_device_available(p.device, "--device" if args.device else "train.device")
     cfg = train_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target)
     if args.xflip:
         cfg = replace(cfg, xflip=True)
@@ -220,10 +227,14 @@ def _run_train(args: argparse.Namespace) -> int:
         args.kimg = plan_stages(p.arch, p.resolution, None, p)[-1].end_kimg
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
-    bar = tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True, file=sys.stderr,
-               disable=not lead)
+    check_resolution(args.data, p.resolution)  # refused here, before any work (run_training checks it too)
+    bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
 
     def progress(stats: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
+                             file=sys.stderr, disable=not lead))
+        bar = bars[0]
         bar.n = round(stats["kimg"] * 1000)
         grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
         bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
@@ -241,7 +252,8 @@ def _run_train(args: argparse.Namespace) -> int:
     result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
                           device=resolve_device(p.device), progress_fn=progress, summary_fn=summary,
                           restart_on_change=args.restart_on_change)
-    bar.close()
+    for bar in bars:
+        bar.close()
     if not lead:
         return 0
     if result.set_aside:
@@ -281,9 +293,25 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_device_available(name: str, option: str) -> None:
+    """Refuse a device this machine does not have, before any work (torch's own error comes mid-run)."""
+    import torch
+
+    if name.startswith("cuda"):
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ValueError(f"{option} {name}: this machine has {have} CUDA device(s); use cpu or auto")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} mps: this machine has no MPS device; use cpu or auto")
+    elif name not in ("auto", "cpu", "mps"):
+        raise ValueError(f"{option} {name!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show Python's traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_ingest(sub)
     _add_curate(sub)
@@ -302,13 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     # Without a Prefect server configured, a flow starts a temporary one; Prefect gives it 20 s, which a busy
     # laptop (or a `dvc repro` next to other work) can exceed.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # A library warning (a skipped checkpoint, a recomputed cache) is one line naming the command, as errors are.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"ganflow {args.command}: warning: {message}\n"
     try:
         return args.func(args)
-    # ParamsError, SourceError, DatasetError and VersioningError are ValueErrors: a user's mistake, said in one
-    # line. (Catching the base class spares every command importing torch just to name DatasetError.)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ganflow {args.command}: error: {e}", file=sys.stderr)
+    # ParamsError, SourceError, DatasetError, CheckpointError, QueueError and VersioningError are ValueErrors: a
+    # user's mistake, said in one line; so is an OSError (a file that cannot be read or written, which it names).
+    # (Catching the base class spares every command importing torch just to name DatasetError.)
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"ganflow {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())  # never a multi-line message
+    return text if len(text) <= 600 else text[:600] + " ..."
 
 
 if __name__ == "__main__":

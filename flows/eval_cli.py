@@ -6,6 +6,12 @@ import json
 import sys
 import warnings
 
+from flows.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
+                            writable_file, writable_folder)
+
+MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
+MAX_FRAMES = 3600     # frames in one morph (all are kept in memory to write the file)
+
 
 def _weights_help() -> str:
     return ("torch-fidelity's InceptionV3 weights file (weights-inception-2015-12-05-6726825d.pth); "
@@ -21,11 +27,13 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir_b", metavar="DIR_B")
     p.add_argument("--inception-weights", metavar="W", help=_weights_help())
     p.add_argument("--kid", action="store_true", help="also KID (kid_mean, kid_std)")
-    p.add_argument("--kid-subsets", type=int, help="KID subsets (default: params.yaml, 100)")
-    p.add_argument("--kid-subset-size", type=int, help="KID subset size, capped at the image count (default 1000)")
-    p.add_argument("--cache-dir", metavar="DIR", help="cache DIR_A's statistics here (keyed by content and weights)")
+    p.add_argument("--kid-subsets", type=integer(1, 100_000), help="KID subsets (default: params.yaml, 100)")
+    p.add_argument("--kid-subset-size", type=integer(2, 1_000_000),
+                   help="KID subset size, capped at the image count (default 1000)")
+    p.add_argument("--cache-dir", metavar="DIR", type=writable_folder,
+                   help="cache DIR_A's statistics here (keyed by content and weights)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_fid)
 
 
@@ -39,8 +47,9 @@ def _run_fid(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")  # the small-N note goes into the JSON and to stderr below
         out = fid_folders(args.dir_a, args.dir_b, weights, with_kid=args.kid, cache_dir=args.cache_dir,
                           sha256=ep.inception_sha256 or None, batch=ep.batch,
-                          kid_subsets=args.kid_subsets or ep.kid_subsets,
-                          kid_subset_size=args.kid_subset_size or ep.kid_subset_size, device=args.device)
+                          kid_subsets=ep.kid_subsets if args.kid_subsets is None else args.kid_subsets,
+                          kid_subset_size=ep.kid_subset_size if args.kid_subset_size is None else args.kid_subset_size,
+                          device=args.device)
     if out.get("warning"):
         print(f"ganflow fid: note: {out['warning']}", file=sys.stderr)
     print(json.dumps(out, indent=2))
@@ -51,21 +60,24 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="images from chosen seeds of a snapshot (PNGs + a grid)",
                        description="Write OUT/seed<NNNN>.png for every seed and OUT/grid.png, from a snapshot's "
                                    "G_ema (a checkpoint or best.pt). The same seed always gives the same file.")
-    p.add_argument("--snapshot", required=True, metavar="CKPT", help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
-    p.add_argument("--seeds", required=True, metavar="SEEDS", help="a range (0-63), a list (1,5,9) or both")
-    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI",
-                   help="truncation psi (StyleGAN2): 1 = none, 0.7 = closer to the average image (default 1)")
-    p.add_argument("--resolution", type=int, metavar="N", help="output side (default: the snapshot's)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--snapshot", required=True, metavar="CKPT", type=existing_file,
+                   help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", type=seeds,
+                   help=f"a range (0-63), a list (1,5,9) or both; at most {MAX_SEEDS:,} seeds")
+    p.add_argument("--trunc", type=number(0, 2), default=1.0, metavar="PSI",
+                   help="truncation psi (StyleGAN2), 0 to 2: 1 = none, 0.7 = closer to the average image (default 1)")
+    p.add_argument("--resolution", type=integer(4, MAX_SIDE), metavar="N",
+                   help=f"output side, 4 to {MAX_SIDE} (default: the snapshot's)")
+    p.add_argument("--out", required=True, metavar="DIR", type=writable_folder, help="output folder")
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from tasks.generation import parse_seeds, write_seed_images
+    from tasks.generation import write_seed_images
     from tasks.outdir import check_generated_dir
 
     check_generated_dir(args.out, "--out")  # never overwrite someone else's grid.png
-    out = write_seed_images(args.snapshot, parse_seeds(args.seeds), args.out, truncation_psi=args.trunc,
+    out = write_seed_images(args.snapshot, args.seeds, args.out, truncation_psi=args.trunc,
                             resolution=args.resolution)
     print(f"{len(out['images'])} images ({out['resolution']}², {out['arch']}) in {args.out}; grid: {out['grid']}")
     return 0
@@ -75,20 +87,28 @@ def _add_morph(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("morph", help="a looping morph animation between seeds (GIF or MP4)",
                        description="Interpolate seeds[0] → seeds[1] → ... → seeds[0]: linear in W for StyleGAN2, "
                                    "slerp in Z for PGGAN. .gif is written with Pillow; .mp4 needs OpenCV's encoder.")
-    p.add_argument("--snapshot", required=True, metavar="CKPT", help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
-    p.add_argument("--seeds", required=True, metavar="SEEDS", help="at least two seeds, e.g. 1,5,9")
-    p.add_argument("--frames", type=int, default=60, help="frames in the whole loop (default 60)")
-    p.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
-    p.add_argument("--trunc", type=float, default=1.0, metavar="PSI", help="truncation psi (default 1)")
-    p.add_argument("--resolution", type=int, metavar="N", help="frame side (default: the snapshot's)")
-    p.add_argument("--out", required=True, metavar="FILE", help="morph.gif or morph.mp4")
+    p.add_argument("--snapshot", required=True, metavar="CKPT", type=existing_file,
+                   help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", type=seeds, help="at least two seeds, e.g. 1,5,9")
+    p.add_argument("--frames", type=integer(2, MAX_FRAMES), default=60,
+                   help=f"frames in the whole loop, 2 to {MAX_FRAMES} (default 60)")
+    p.add_argument("--fps", type=number(0.5, 120), default=30.0, help="frames per second, 0.5 to 120 (default 30)")
+    p.add_argument("--trunc", type=number(0, 2), default=1.0, metavar="PSI", help="truncation psi, 0 to 2 (default 1)")
+    p.add_argument("--resolution", type=integer(4, MAX_SIDE), metavar="N",
+                   help=f"frame side, 4 to {MAX_SIDE} (default: the snapshot's)")
+    p.add_argument("--out", required=True, metavar="FILE", type=writable_file, help="morph.gif or morph.mp4")
     p.set_defaults(func=_run_morph)
 
 
 def _run_morph(args: argparse.Namespace) -> int:
-    from tasks.generation import parse_seeds, write_morph
+    from tasks.generation import write_morph
 
-    out = write_morph(args.snapshot, parse_seeds(args.seeds), args.frames, args.out, fps=args.fps,
+    if len(args.seeds) < 2:
+        raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: a morph needs at least 2 seeds, e.g. 1,5,9")
+    if args.frames < len(args.seeds):
+        raise ValueError(f"--frames {args.frames}: a morph through {len(args.seeds)} seeds needs at least "
+                         f"{len(args.seeds)} frames")
+    out = write_morph(args.snapshot, args.seeds, args.frames, args.out, fps=args.fps,
                       truncation_psi=args.trunc, resolution=args.resolution)
     print(f"{out['frames']} frames looping through seeds {out['seeds']} → {out['out']}")
     return 0
@@ -101,15 +121,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "RUN/metrics.json (latest, best, flagged) and RUN/best.pt (G_ema of the lowest-FID "
                                    "snapshot not flagged as diverged).")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", metavar="R", help="run folder (checkpoints/ inside)")
-    src.add_argument("--snapshot", metavar="FILE", help="one network file instead (a checkpoint, best.pt or a "
-                                                        "`ganflow import`ed network): its FID/KID as JSON, no run files")
-    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (or a folder of real images)")
+    src.add_argument("--run-dir", metavar="R", type=writable_folder,
+                     help="run folder (checkpoints/ inside; fid.csv, metrics.json and best.pt are written there)")
+    src.add_argument("--snapshot", metavar="FILE", type=existing_file,
+                     help="one network file instead (a checkpoint, best.pt or a `ganflow import`ed network): its "
+                          "FID/KID as JSON, no run files")
+    p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
+                   help="curated dataset (or a folder of real images)")
     p.add_argument("--inception-weights", metavar="W", help=_weights_help())
-    p.add_argument("--n-fake", type=int, help="generated images per snapshot (default: params.yaml evaluate.n_fake)")
+    p.add_argument("--n-fake", type=integer(2, 1_000_000),
+                   help="generated images per snapshot, 2 or more (default: params.yaml evaluate.n_fake)")
     p.add_argument("--no-kid", action="store_true", help="FID only")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -120,7 +144,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from tasks.metrics import resolve_weights
 
     ep = evaluate_params(args.params)
-    ep = dataclasses.replace(ep, n_fake=args.n_fake or ep.n_fake, kid=ep.kid and not args.no_kid)
+    ep = dataclasses.replace(ep, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
+                             kid=ep.kid and not args.no_kid)
     weights = resolve_weights(args.inception_weights, ep.inception_weights)
 
     if args.snapshot:
@@ -133,7 +158,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         kid = f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else ""
         print(f"{m['kimg']:g} kimg: FID {m['fid']:.4f}{kid}", file=sys.stderr)
 
-    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress)
+    def warn(message: str) -> None:
+        print(f"ganflow evaluate: warning: {message}", file=sys.stderr)
+
+    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn)
     from tasks.fid_table import read_fid_csv, row_note
 
     flagged, best = {float(k) for k in out["flagged"]}, (out.get("best") or {}).get("kimg")

@@ -11,13 +11,18 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from flows.validate import existing_folder, integer, number, power_of_two, writable_folder
+
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
 
 
 def route_train_verbs(argv: list[str] | None) -> list[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "train" and argv[1] in TRAIN_VERBS:
-        return [TRAIN_VERBS[argv[1]], *argv[2:]]
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":  # global options come before the command
+        i += 1
+    if len(argv) >= i + 2 and argv[i] == "train" and argv[i + 1] in TRAIN_VERBS:
+        return [*argv[:i], TRAIN_VERBS[argv[i + 1]], *argv[i + 2:]]
     return argv
 
 
@@ -27,14 +32,18 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                        description="Add a training request to the queue and print its id. `ganflow manager` "
                                    "starts it, watches it through the Prefect API and restarts it from its "
                                    "newest checkpoint if its process or machine is lost.")
-    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
+    p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
+                   help="curated dataset (dataset.json + shards/)")
     p.add_argument("--arch", required=True, choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
                    help="network family")
-    p.add_argument("--resolution", type=int, required=True, metavar="N", help="training resolution (power of 2)")
-    p.add_argument("--kimg", type=float, required=True, metavar="K",
+    p.add_argument("--resolution", type=power_of_two(4, 1024), required=True, metavar="N",
+                   help="training resolution (a power of 2 from 4 to 1024, at most the dataset's)")
+    p.add_argument("--kimg", type=number(0, lo_open=True), required=True, metavar="K",
                    help="train until this many thousand images in total (restarts continue toward it)")
-    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/, attempt logs)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
+                   help="run folder (checkpoints/, attempt logs)")
+    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=0,
+                   help="seed for weights, data order and noise (default 0)")
     _common(p)
     p.set_defaults(func=_run_submit, command="train submit")
 
@@ -82,6 +91,9 @@ def _run_submit(args: argparse.Namespace) -> int:
     if not (data / "dataset.json").is_file():
         raise FileNotFoundError(f"no curated dataset at {data} (expected {data / 'dataset.json'}; "
                                 "make one with `ganflow curate`)")
+    from tasks.training import check_resolution
+
+    check_resolution(data, args.resolution)  # refused now, not when the manager starts it hours later
     queue = _open_queue(args)
     # Absolute paths: the manager (or a worker) may run from another folder.
     req = queue.submit({"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()),
@@ -101,11 +113,17 @@ def _run_status(args: argparse.Namespace) -> int:
         max_attempts = manager_params(args.params).max_attempts
     except ValueError:
         max_attempts = None
-    requests = [queue.get(args.request)] if args.request else queue.list()
+    from tasks.queue import STATES
+
+    requests = [queue.get(args.request)] if args.request else queue.list(states=None)
     if not requests:
         print(f"no training requests in {queue.path}")
         return 0
     print(status_table(requests, max_attempts))
+    for r in requests:
+        if r.state not in STATES:  # written by another version, or by hand: shown, never hidden
+            print(f"ganflow train status: warning: request {r.id} is in state {r.state!r}, which this version does "
+                  f"not know ({', '.join(STATES)}); the manager leaves it alone", file=sys.stderr)
     if args.request:
         for a in requests[0].history:
             ended = f"{_clock(a.ended)} {a.outcome}" if a.ended else "-"
@@ -148,7 +166,7 @@ def _progress(r) -> tuple[float, float | None, str | None]:
     from models.checkpoint import list_checkpoints
 
     done, rate, ckpt = r.kimg_done, r.kimg_per_s, r.last_checkpoint
-    found = list_checkpoints(r.params["run_dir"])
+    found = list_checkpoints(r.params["run_dir"]) if r.params.get("run_dir") else []
     if found and found[-1][0] >= done:
         done, ckpt = found[-1][0], str(found[-1][1])
     if r.state == "running" and rate is None and r.current is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.validate import integer, torch_device
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -20,26 +22,63 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--run-dir", metavar="R", help="a run folder: its best.pt and checkpoints, chosen in the page")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--port", type=integer(1, 65535), default=8000, help="port, 1 to 65535 (default 8000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; by default only the --host "
+                        "address, or for 0.0.0.0 this machine's names; '*' turns the DNS-rebinding check off)")
+    p.add_argument("--queue", type=integer(0, 1000), metavar="N",
+                   help="heavy requests that may wait for the generator; more get 429 (default 8)")
+    p.add_argument("--max-wait", type=integer(1, 3600), metavar="S",
+                   help="seconds a request may wait for the generator before a 503 (default 30)")
+    p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import uvicorn
 
-    from tasks.serve import Explorer, create_app
+    from tasks.serve import Explorer, InputError, Limits, allowed_hosts, create_app
 
-    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device)
-    name, _G, arch = explorer.generator(None)  # load now: a snapshot that does not load fails here, not in the page
+    limits = Limits()
+    limits = dataclasses.replace(limits, max_queue=limits.max_queue if args.queue is None else args.queue,
+                                 max_wait_s=limits.max_wait_s if args.max_wait is None else float(args.max_wait))
+    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device, limits=limits)
+    name, arch = _first_loadable(explorer, InputError)  # load now: what does not load is said here, not in the page
     if args.host not in LOOPBACK:
         print(f"ganflow serve: note: listening on {args.host}: anyone who can reach this machine can use the page "
               f"(there is no login)", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ganflow serve: {name} ({arch['name']}, {arch['net']['resolution']}²) at http://{host}:{args.port}/ "
           f"(API: /docs); Ctrl-C stops", file=sys.stderr)
-    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    hosts = allowed_hosts(args.host, args.allow_host)
+    if args.host not in LOOPBACK and "*" not in hosts:
+        print(f"ganflow serve: note: requests must name one of {sorted(hosts)} as their Host; --allow-host NAME "
+              f"adds another (the name or address clients use)", file=sys.stderr)
+    if "*" in hosts:
+        print("ganflow serve: note: --allow-host '*': any Host header is answered (no DNS-rebinding check)",
+              file=sys.stderr)
+    uvicorn.run(create_app(explorer, hosts), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _first_loadable(explorer, input_error) -> tuple[str, dict]:
+    """The default snapshot (best.pt, else the newest), or when it does not load the newest one that does; each
+    one that does not load is named on stderr. None loading is an error."""
+    snaps = [s["name"] for s in explorer.list_snapshots()]
+    first = explorer.default_snapshot()
+    failed = []
+    for candidate in [first] + [n for n in reversed(snaps) if n != first]:
+        try:
+            name, _G, arch = explorer.generator(candidate)
+        except input_error as e:
+            failed.append(str(e))
+            continue
+        for why in failed:
+            print(f"ganflow serve: warning: {why}", file=sys.stderr)
+        return name, arch
+    raise ValueError(failed[0] if len(failed) == 1 else f"no snapshot loads: {'; '.join(failed)}")
 
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,9 +73,52 @@ def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> 
     return path
 
 
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """With mmap, tensors stay on disk until touched: cheap when only the plain fields are wanted."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+class CheckpointError(ValueError):
+    """A file that is not a readable ganflow checkpoint (planted pickle, torn, empty, a folder, a FIFO)."""
+
+
+def open_regular(path: str | Path, follow_links: bool = True):
+    """A binary file object for `path`, refused unless it is a regular file: O_NONBLOCK so a FIFO named like a
+    checkpoint cannot block the open, fstat on the opened descriptor so what is checked is what is read, and
+    O_NOFOLLOW when links must not be followed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be opened ({e.strerror or type(e).__name__})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False, follow_links: bool = True) -> dict[str, Any]:
+    """A checkpoint's dict, loaded with weights_only=True; anything else is a one-line CheckpointError naming the
+    file. With mmap, tensors stay on disk until touched: cheap when only the plain fields are wanted."""
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol note: the error below says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if mmap:  # torch maps a path, not a file object: check it is a regular file first
+                open_regular(path).close()
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            else:
+                with open_regular(path, follow_links) as f:
+                    state = torch.load(f, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as e:  # the safe unpickler's refusal, a torn zip, an empty file: all mean "not a checkpoint"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_why(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a ganflow checkpoint (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _why(e: Exception) -> str:
+    """One short line about a load failure; the unpickler's refusal names the global it refused."""
+    first = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+    first = first or (str(e).splitlines() or [""])[0].strip()
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[float, Path]]:
@@ -93,6 +137,6 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None
     for _kimg, path in reversed(list_checkpoints(run_dir)):
         try:
             return path, load_checkpoint(path)
-        except Exception as e:  # a torn file raises from zipfile, pickle or torch: all mean "unusable"
-            warnings.warn(f"skipping unreadable checkpoint {path.name}: {type(e).__name__}: {e}", stacklevel=2)
+        except CheckpointError as e:
+            warnings.warn(f"skipping unreadable checkpoint: {e}", stacklevel=2)
     return None

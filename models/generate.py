@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
 
 
 def z_from_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -50,15 +50,19 @@ def build_generator(arch: dict) -> torch.nn.Module:
     raise ValueError(f"unknown architecture {arch['name']!r}")
 
 
-def load_generator(ckpt: str | Path) -> tuple[torch.nn.Module, dict]:
-    """G_ema of a checkpoint (full or best.pt), rebuilt from its recorded architecture; eval mode."""
-    state = load_checkpoint(ckpt)
-    arch = state["arch"]
+def load_generator(ckpt: str | Path, follow_links: bool = True) -> tuple[torch.nn.Module, dict]:
+    """G_ema of a checkpoint (full or best.pt), rebuilt from its recorded architecture; eval mode. A file that
+    is not a generator snapshot is a one-line CheckpointError naming it."""
+    state = load_checkpoint(ckpt, follow_links=follow_links)
+    arch = state.get("arch")
+    if not isinstance(arch, dict) or not isinstance(state.get("G_ema"), dict):
+        raise CheckpointError(f"{ckpt} is not a generator snapshot (no arch and G_ema entries)")
     try:
         G = build_generator(arch)
-    except ValueError as e:
-        raise ValueError(f"{ckpt}: {e}") from None
-    G.load_state_dict(state["G_ema"])
+        G.load_state_dict(state["G_ema"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # a recorded arch or weights that do not fit
+        raise CheckpointError(f"{ckpt}: its generator does not rebuild ({type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:160]})") from None
     return G.eval().requires_grad_(False), arch
 
 

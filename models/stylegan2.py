@@ -57,6 +57,9 @@ class StyleGAN2Config:
             raise ValueError(f"resolution must be a power of two >= 4, not {r}")
         if self.d_architecture not in ("resnet", "orig"):
             raise ValueError(f"d_architecture must be 'resnet' or 'orig', not {self.d_architecture!r}")
+        if self.channels_at(r) < 1:  # as PGGANConfig: found by a `--channel-base 1` that divided by zero
+            raise ValueError(f"channel_base {self.channel_base} (or channel_max {self.channel_max}) leaves no "
+                             f"feature maps at {r}: give at least {r}")
 
     def channels_at(self, res: int) -> int:
         """Feature maps of the blocks working at resolution `res`."""

@@ -19,7 +19,7 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.fid_table import BEST, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
+from tasks.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
 from tasks.params import ParamsError
 
 
@@ -186,11 +186,10 @@ def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Pat
     (`ganflow import`), e.g. a pretrained network's distance to a dataset before fine-tuning on it. Writes no
     run files; the real statistics are cached as for evaluate_run."""
     from models.generate import load_generator
-    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, real_stats, sha256_file
+    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, read_weights, real_stats
 
-    weights_sha = sha256_file(weights)
     G, arch = load_generator(snapshot)
-    extractor, digest = load_extractor(weights, p.inception_sha256 or None, device, digest=weights_sha)
+    extractor, digest = load_extractor(read_weights(weights, p.inception_sha256 or None), device=device)
     real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
                               keep_features=p.kid, batch=p.batch, device=device)
     feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
@@ -199,50 +198,105 @@ def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Pat
             "weights_sha256": digest}
 
 
+def _previous_metrics(run_dir: Path, warn: Callable[[str], None]) -> dict:
+    path = run_dir / METRICS_JSON
+    if not path.exists():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+        if isinstance(out, dict):
+            return out
+    except (OSError, ValueError):
+        pass
+    warn(f"{path} is unreadable: every snapshot is evaluated again")
+    return {}
+
+
+def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
+    try:
+        rows = read_fid_csv(run_dir)
+    except (OSError, ValueError, KeyError) as e:
+        warn(f"{run_dir / FID_CSV} is unreadable ({type(e).__name__}): every snapshot is evaluated again")
+        return []
+    return [r for r in rows if r["kimg"] is not None]
+
+
+def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str, p: EvaluateParams,
+               skipped: dict[float, str]) -> dict:
+    """The evaluation key from the oldest checkpoint that loads (unreadable ones recorded in `skipped`)."""
+    from models.checkpoint import CheckpointError
+
+    for kimg, path in snapshots:
+        try:
+            return evaluation_key(path, weights_sha, p)
+        except CheckpointError as e:
+            skipped[kimg] = str(e)
+    raise CheckpointError(f"no checkpoint of {Path(snapshots[0][1]).parent} loads: {'; '.join(skipped.values())}")
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
-                 device: str = "cpu", progress: Callable[[dict], None] | None = None) -> dict:
+                 device: str = "cpu", progress: Callable[[dict], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> dict:
     """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged snapshots, export the
-    best one as best.pt and write metrics.json. Returns what metrics.json holds plus `evaluated` (kimgs)."""
-    from models.checkpoint import list_checkpoints
+    best one as best.pt and write metrics.json. Returns what metrics.json holds plus `evaluated` (kimgs) and
+    `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
+    from models.checkpoint import CheckpointError, list_checkpoints
     from models.generate import load_generator
     from tasks.metrics import (RANDOM_FILE, RANDOM_NOTE, Stats, extract_features, load_extractor, metrics_from,
-                               real_stats, sha256_file)
+                               read_weights, real_stats)
 
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
     run_dir = Path(run_dir)
     snapshots = list_checkpoints(run_dir)
     if not snapshots:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
-    previous = json.loads((run_dir / METRICS_JSON).read_text()) if (run_dir / METRICS_JSON).exists() else {}
-    weights_sha = sha256_file(weights)
-    key = evaluation_key(snapshots[0][1], weights_sha, p)
-    rows = read_fid_csv(run_dir) if previous.get("evaluated_with") == key else []  # else: everything again
+    previous = _previous_metrics(run_dir, warn)
+    # Read once: the bytes hashed for the key are the bytes the extractor is built from (never the path again).
+    weights_file = read_weights(weights, p.inception_sha256 or None)
+    skipped: dict[float, str] = {}
+    key = _first_key(snapshots, weights_file.sha256, p, skipped)
+    rows = _previous_rows(run_dir, warn) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
-    todo = [(k, path) for k, path in snapshots if k not in done]
+    todo = [(k, path) for k, path in snapshots if k not in done and k not in skipped]
     evaluated, latest_detail, digest = [], None, None
     if todo:
-        extractor, digest = load_extractor(weights, p.inception_sha256 or None, device, digest=weights_sha)
+        extractor, digest = load_extractor(weights_file, device=device)
+        del weights_file  # ~100 MB: the extractor holds the weights now
         real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
                                   keep_features=p.kid, batch=p.batch, device=device)
         for kimg, path in todo:
-            G, arch = load_generator(path)
+            try:
+                G, arch = load_generator(path)
+                probe = discriminator_probe(path, data)
+            except (CheckpointError, KeyError, TypeError) as e:  # torn, planted or not a training checkpoint
+                skipped[kimg] = f"{e}" if isinstance(e, CheckpointError) else \
+                    f"{path} is not a training checkpoint ({type(e).__name__}: {e})"
+                continue
             feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
                 m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
-            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean"), **discriminator_probe(path, data)}
+            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean"), **probe}
             rows.append(row)
             write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
             evaluated.append(kimg)
             latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": digest}
             if progress:
                 progress(dict(latest_detail))
+    for kimg, why in sorted(skipped.items()):
+        warn(f"skipped the snapshot at {kimg:g} kimg: {why}")
+    if not rows:
+        raise CheckpointError(f"no snapshot of {run_dir} could be evaluated: {'; '.join(skipped.values())}")
     rows.sort(key=lambda r: r["kimg"])
     flagged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss)
     best, why = choose_best(rows, flagged)
     if best is not None:
         ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
         if ckpt is not None:
-            export_best(ckpt, run_dir / BEST, {"fid": best["fid"]})
+            try:
+                export_best(ckpt, run_dir / BEST, {"fid": best["fid"]})
+            except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
+                warn(f"best.pt not exported: {e}")
     latest = rows[-1]
     summary = {
         "kimg": latest["kimg"], "fid": latest["fid"], "kid": latest["kid"],
@@ -259,7 +313,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     tmp = run_dir / f".{METRICS_JSON}.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, run_dir / METRICS_JSON)
-    return {**summary, "evaluated": evaluated}
+    return {**summary, "evaluated": evaluated, "skipped": {f"{k:g}": why for k, why in sorted(skipped.items())}}
 
 
 # ------------------------------------------------------------------ what the UI shows
@@ -296,7 +350,7 @@ def evaluate_task(run_dir: str, data: str, weights: str, p: EvaluateParams, devi
         logger.info("%g kimg: FID %.4f%s (N real %d, fake %d)", m["kimg"], m["fid"],
                     f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else "", m["n_real"], m["n_fake"])
 
-    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress)
+    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning)
     if out.get("warning"):
         logger.warning(out["warning"])
     rows = read_fid_csv(run_dir)

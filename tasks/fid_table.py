@@ -5,6 +5,7 @@ No Prefect and no torch here: the web page (tasks/serve.py) and the CLI read it 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -17,7 +18,12 @@ def read_fid_csv(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(f)]
+        return parse_fid_csv(f.read())
+
+
+def parse_fid_csv(text: str) -> list[dict]:
+    """fid.csv's rows as {field: float | None}; an empty cell is None, a cell that is not a number a ValueError."""
+    return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(io.StringIO(text))]
 
 
 def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:

@@ -9,9 +9,11 @@ from PIL import Image
 from models.generate import grid, images_from_seeds, interpolation_frames, load_generator, save_gif
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-63', '1,5,9' or a mix ('0-3,10') → seeds in the order given."""
+def parse_seeds(text: str, max_count: int | None = None, max_seed: int = 2 ** 32 - 1) -> list[int]:
+    """'0-63', '1,5,9' or a mix ('0-3,10') → seeds in the order given. Each seed is 0..max_seed (numpy's
+    RandomState takes up to 2**32 - 1); with max_count, more seeds than that are refused before a range is made."""
     seeds: list[int] = []
+    rule = f"use a range like 0-63 or a list like 1,5,9 (seeds are 0 to {max_seed})"
     for part in str(text).split(","):
         part = part.strip()
         if not part:
@@ -19,14 +21,17 @@ def parse_seeds(text: str) -> list[int]:
         try:
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
+                if hi < lo or lo < 0:
                     raise ValueError
-                seeds.extend(range(lo, hi + 1))
             else:
-                seeds.append(int(part))
+                lo = hi = int(part)
         except ValueError:
-            raise ValueError(f"cannot read seeds {text!r}: use a range like 0-63 or a list like 1,5,9 "
-                             f"(seeds are 0 or more)") from None
+            raise ValueError(f"cannot read seeds {text!r}: {rule}") from None
+        if lo < 0 or hi > max_seed:
+            raise ValueError(f"seeds {text!r} are out of range: {rule}")
+        if max_count is not None and len(seeds) + (hi - lo + 1) > max_count:
+            raise ValueError(f"seeds {text!r} are more than {max_count:,} seeds: ask for fewer per call")
+        seeds.extend(range(lo, hi + 1))
     if not seeds:
         raise ValueError(f"no seeds in {text!r}")
     return seeds

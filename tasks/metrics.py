@@ -2,8 +2,11 @@
 
 Pure functions; `ganflow fid`, `ganflow evaluate` and the evaluate flow call them.
 
-- The weights file is checked before torch-fidelity unpickles it (it loads with weights_only=False):
-  it must load with torch.load(weights_only=True) as a plain state dict, and match a sha256 when one is given.
+- The weights file is read once into memory, hashed (and compared with a sha256 when one is given) and loaded
+  from those bytes with torch.load(weights_only=True) as a plain state dict, which is put into torch-fidelity's
+  extractor. torch-fidelity itself never sees the path (its own load is a full pickle load), so a file swapped
+  after the check cannot run code: nothing reads the path a second time.
+- A real-statistics cache that does not load (planted pickle, torn, another schema) is recomputed, with a warning.
 - Statistics are float64 mean/covariance of the 2048-d pool features, computed as torch-fidelity does
   (np.cov, eigenvalues of sigma1·sigma2), so the numbers equal torch_fidelity.calculate_metrics'.
 - Real-data statistics (and, for KID, the features) are cached on disk, keyed by the data's content hash,
@@ -12,14 +15,16 @@ Pure functions; `ganflow fid`, `ganflow evaluate` and the evaluate flow call the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,36 +80,90 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_weights(path: str | Path, sha256: str | None = None, digest: str | None = None) -> str:
-    """Refuse a file that torch-fidelity's pickle load could run code from: it must match `sha256` (when
-    given) and load with weights_only=True as a dict of tensors. Returns the file's sha256 (`digest`, when the
-    caller has already hashed the file: ~100 MB need not be read twice)."""
-    digest = digest or sha256_file(path)
+@dataclass(frozen=True)
+class InceptionWeights:
+    """A weights file read once: the bytes that were hashed are the bytes that get loaded."""
+
+    path: Path
+    sha256: str
+    data: bytes = field(repr=False)
+
+
+def read_weights(path: str | Path, sha256: str | None = None) -> InceptionWeights:
+    """Read the weights file once into memory and hash those bytes; refuse it when `sha256` is given and differs."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InceptionWeightsError(f"{path} is not a regular file")
+            data = f.read()
+    except OSError as e:
+        raise InceptionWeightsError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
+    digest = hashlib.sha256(data).hexdigest()
     if sha256 and digest != sha256.lower():
         raise InceptionWeightsError(f"{path}: sha256 {digest} is not the expected {sha256}; refusing to load it")
+    return InceptionWeights(path, digest, data)
+
+
+def checked_state(weights: InceptionWeights) -> dict[str, torch.Tensor]:
+    """The state dict in the bytes read, loaded with weights_only=True (the safe unpickler refuses anything but
+    tensors and plain containers): a dict of tensors, or InceptionWeightsError."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the safe unpickler refuses anything but tensors and plain containers
-        raise InceptionWeightsError(f"{path} is not a plain tensor state dict (torch.load(weights_only=True) "
+        state = torch.load(io.BytesIO(weights.data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InceptionWeightsError(f"{weights.path} is not a plain tensor state dict (torch.load(weights_only=True) "
                                     f"refused it: {type(e).__name__}); refusing to unpickle it") from None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise InceptionWeightsError(f"{path} does not hold an InceptionV3 state dict (name → tensor)")
-    return digest
+        raise InceptionWeightsError(f"{weights.path} does not hold an InceptionV3 state dict (name → tensor)")
+    return state
 
 
-def load_extractor(path: str | Path, sha256: str | None = None, device: str = "cpu", digest: str | None = None):
-    """torch-fidelity's FeatureExtractorInceptionV3 ('inception-v3-compat', 2048-d pool features) from `path`,
-    after check_weights. Returns (extractor, weights sha256)."""
+def check_weights(path: str | Path, sha256: str | None = None) -> str:
+    """Refuse a file that is not a plain tensor state dict (or has another sha256); returns its sha256."""
+    weights = read_weights(path, sha256)
+    checked_state(weights)
+    return weights.sha256
+
+
+@functools.lru_cache(maxsize=1)
+def _extractor_class():
+    """torch-fidelity's FeatureExtractorInceptionV3, built without its own weight loading: its __init__ unpickles
+    the weights argument with weights_only=False, so it is handed an empty dict that we pickled in memory, and
+    the checked state dict is loaded afterwards."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    digest = check_weights(path, sha256, digest)
+    class CheckedInceptionV3(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            if state_dict:  # the empty placeholder loaded in __init__ is skipped
+                return super().load_state_dict(state_dict, *args, **kwargs)
+
+    return CheckedInceptionV3
+
+
+def new_extractor():
+    """An InceptionV3 extractor ('inception-v3-compat', 2048-d pool features) with its initial weights."""
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    return _extractor_class()("inception-v3-compat", [FEATURE], feature_extractor_weights_path=empty)
+
+
+def load_extractor(weights: str | Path | InceptionWeights, sha256: str | None = None, device: str = "cpu"):
+    """torch-fidelity's FeatureExtractorInceptionV3 with the weights of `weights` (a path, read once here, or an
+    InceptionWeights already read), checked as checked_state says. Returns (extractor, weights sha256)."""
+    if not isinstance(weights, InceptionWeights):
+        weights = read_weights(weights, sha256)
+    elif sha256 and weights.sha256 != sha256.lower():
+        raise InceptionWeightsError(f"{weights.path}: sha256 {weights.sha256} is not the expected {sha256}; "
+                                    f"refusing to load it")
+    state = checked_state(weights)
+    extractor = new_extractor()
     try:
-        extractor = FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE],
-                                                feature_extractor_weights_path=str(path))
-    except RuntimeError as e:  # load_state_dict: missing/unexpected keys or shape mismatches
-        raise InceptionWeightsError(f"{path} is not an InceptionV3 state dict of torch-fidelity's layout: "
+        extractor.load_state_dict(state)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        raise InceptionWeightsError(f"{weights.path} is not an InceptionV3 state dict of torch-fidelity's layout: "
                                     f"{str(e).splitlines()[0]}") from None
-    return extractor.to(device), digest
+    return extractor.to(device), weights.sha256
 
 
 def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
@@ -112,26 +171,14 @@ def write_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     neither vanish nor explode through ~90 layers), for tests, benchmarks and the demo where the real file is
     absent. FIDs from it are NOT comparable to published ones. Built by constructing the extractor class itself
     with its weight loading skipped, so the keys and shapes are exactly the extractor's."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class Unloaded(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            if state_dict:  # the empty dict loaded in __init__ is skipped
-                return super().load_state_dict(state_dict, *args, **kwargs)
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    empty = path.with_name(f".{path.name}.{os.getpid()}.empty")
-    torch.save({}, empty)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = Unloaded("inception-v3-compat", [FEATURE], feature_extractor_weights_path=str(empty))
-            for m in model.modules():
-                if isinstance(m, torch.nn.Conv2d):
-                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    finally:
-        empty.unlink()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = new_extractor()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent writers each rename a whole file
     with open(tmp, "wb") as f:  # a file object, not a name: torch.save's bytes then never depend on the name
         torch.save(model.state_dict(), f)
@@ -269,6 +316,29 @@ def _cache_file(cache_dir: Path, data_hash: str, weights_sha: str, n: int | None
     return cache_dir / f"real-stats-{key}.pt"
 
 
+def read_stats_cache(cache: Path) -> Stats | None:
+    """A real-statistics cache file, loaded with weights_only=True and checked (mean [2048], covariance
+    [2048, 2048], N, features [N, 2048] or none). One that does not load or fit (planted pickle, torn, another
+    schema) is None, with a warning naming it: the caller recomputes and rewrites it."""
+    try:
+        d = torch.load(cache, map_location="cpu", weights_only=True)
+        n = int(d["n"])
+        mu, sigma, feats = d["mu"], d["sigma"], d.get("features")
+        dim = int(FEATURE)
+        if not (torch.is_tensor(mu) and torch.is_tensor(sigma) and tuple(mu.shape) == (dim,)
+                and tuple(sigma.shape) == (dim, dim) and n >= 2
+                and (feats is None or (torch.is_tensor(feats) and tuple(feats.shape) == (n, dim)))):
+            raise ValueError("its entries do not have the shapes of InceptionV3 statistics")
+        if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+            raise ValueError("it holds non-finite numbers")
+    except Exception as e:  # the safe unpickler's refusal, a torn zip, a missing key: all mean "recompute"
+        first = (str(e).splitlines() or [""])[0][:160]
+        warnings.warn(f"real-statistics cache {cache} is unreadable ({type(e).__name__}: {first}); recomputing it",
+                      stacklevel=3)
+        return None
+    return Stats(mu.double().numpy(), sigma.double().numpy(), n, feats.float().numpy() if feats is not None else None)
+
+
 def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | Path | None = None,
                n: int | None = None, keep_features: bool = False, batch: int = 64,
                device: str = "cpu") -> tuple[Stats, bool]:
@@ -278,19 +348,23 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
     if cache_dir is not None:
         cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n)
         if cache.exists():
-            d = torch.load(cache, map_location="cpu", weights_only=True)
-            if not keep_features or d.get("features") is not None:
-                feats = d["features"].numpy() if d.get("features") is not None else None
-                return Stats(d["mu"].numpy(), d["sigma"].numpy(), int(d["n"]), feats), True
+            stats = read_stats_cache(cache)
+            if stats is not None and (not keep_features or stats.features is not None):
+                return stats, True
     feats = extract_features(extractor, source_batches(path, batch, n), device)
     stats = Stats.of(feats, keep_features=True)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        # Features (N x 2048 float32: 400 MB at 50k) only when KID needs them; a later KID run re-extracts.
-        torch.save({"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": stats.n,
-                    "features": torch.from_numpy(feats) if keep_features else None}, tmp)
-        os.replace(tmp, cache)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            # Features (N x 2048 float32: 400 MB at 50k) only when KID needs them; a later KID run re-extracts.
+            torch.save({"mu": torch.from_numpy(stats.mu), "sigma": torch.from_numpy(stats.sigma), "n": stats.n,
+                        "features": torch.from_numpy(feats) if keep_features else None}, tmp)
+            os.replace(tmp, cache)
+        except OSError as e:  # a cache that cannot be written costs time next run, not this result
+            tmp.unlink(missing_ok=True)
+            warnings.warn(f"real-statistics cache {cache} not written ({e.strerror or type(e).__name__})",
+                          stacklevel=2)
     if not keep_features:
         stats.features = None
     return stats, False

@@ -109,38 +109,70 @@ def queue_path(flag: str | None = None, params_value: str | None = None) -> Path
     return Path(flag or os.environ.get(QUEUE_ENV) or params_value or DEFAULT_QUEUE)
 
 
+_COLUMNS = {"requests": ("id", "created", "params", "state", "attempts", "flow_run_id", "kimg_target", "kimg_done",
+                          "kimg_per_s", "last_checkpoint", "reason", "updated"),
+            "attempts": ("request_id", "n", "started", "host", "pid", "log", "flow_run_id", "start_kimg", "ended",
+                         "outcome")}
+
+
 class Queue:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise QueueError(f"queue file {self.path} is not a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
+        with self._unreadable():
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                db.executescript(_SCHEMA)  # commits by itself; IF NOT EXISTS makes it safe to run concurrently
+                self._check_schema(db)
+            finally:
+                db.close()
+
+    @contextmanager
+    def _unreadable(self) -> Iterator[None]:
+        """SQLite's errors (not a database, a torn file, a locked or read-only one) as one QueueError naming it."""
         try:
-            db.executescript(_SCHEMA)  # commits by itself; IF NOT EXISTS makes it safe to run concurrently
-        finally:
-            db.close()
+            yield
+        except sqlite3.Error as e:
+            raise QueueError(f"queue file {self.path} is unreadable ({type(e).__name__}: {e})") from None
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        """A file of another program (or another version) with tables of these names is refused, not misread."""
+        for table, wanted in _COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in wanted if c not in have]
+            if missing:
+                raise QueueError(f"queue file {self.path} is not a ganflow queue: table {table} lacks "
+                                 f"{', '.join(missing)}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE takes SQLite's write lock before the first read,
         so a compare-and-set's read and write see no other writer in between."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._unreadable():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.close()
 
     # ------------------------------------------------------------------ reads
-    def list(self, states: tuple[str, ...] = STATES) -> list[Request]:
+    def list(self, states: tuple[str, ...] | None = STATES) -> list[Request]:
+        """Requests in `states` (None: every row, also one in a state this version does not know)."""
         with self._tx() as db:
-            rows = db.execute(f"SELECT * FROM requests WHERE state IN ({','.join('?' * len(states))}) "
-                              "ORDER BY created, id", states).fetchall()
+            if states is None:
+                rows = db.execute("SELECT * FROM requests ORDER BY created, id").fetchall()
+            else:
+                rows = db.execute(f"SELECT * FROM requests WHERE state IN ({','.join('?' * len(states))}) "
+                                  "ORDER BY created, id", states).fetchall()
             return [self._request(db, r) for r in rows]
 
     def get(self, request_id: str) -> Request:
@@ -158,10 +190,15 @@ class Queue:
             return self._request(db, rows[0])
 
     def _request(self, db: sqlite3.Connection, row: sqlite3.Row) -> Request:
-        history = [Attempt(**{k: a[k] for k in a.keys() if k != "request_id"}) for a in db.execute(
+        history = [Attempt(**{k: a[k] for k in _COLUMNS["attempts"] if k != "request_id"}) for a in db.execute(
             "SELECT * FROM attempts WHERE request_id = ? ORDER BY n", (row["id"],))]
-        values = dict(row)
-        values["params"] = json.loads(values["params"])
+        values = {k: row[k] for k in _COLUMNS["requests"]}
+        try:
+            values["params"] = json.loads(values["params"])
+            if not isinstance(values["params"], dict):
+                raise ValueError("not a JSON object")
+        except (TypeError, ValueError) as e:
+            raise QueueError(f"queue file {self.path}: request {row['id']!r} has unreadable params ({e})") from None
         return Request(**values, history=history)
 
     # ------------------------------------------------------------------ transitions
@@ -174,8 +211,8 @@ class Queue:
         now = time.time()
         target = params.get("kimg")
         with self._tx() as db:
-            for row in db.execute("SELECT id, params FROM requests WHERE state IN ('queued', 'running')"):
-                if json.loads(row["params"])["run_dir"] == params["run_dir"]:
+            for row in db.execute("SELECT * FROM requests WHERE state IN ('queued', 'running')").fetchall():
+                if self._request(db, row).params.get("run_dir") == params["run_dir"]:
                     # Two runs writing checkpoints into one folder would resume from each other's.
                     raise QueueError(f"request {row['id']} already trains into {params['run_dir']}; "
                                      "give this one another --run-dir")

@@ -5,13 +5,23 @@ run folder, found by listing it), which resolutions a snapshot offers (a PGGAN's
 StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate.
 create_app() puts FastAPI over it: every bad input is a 422 with a sentence saying what to change, and the caps in
 Limits bound the work any one request can ask for. No Prefect here: serving is a view on a run, not a pipeline step.
+
+Hostile files and requests: only regular files inside the run folder are read (links, FIFOs and folders named like
+snapshots are not listed, and every open is O_NONBLOCK|O_NOFOLLOW and fstat-checked); messages name files relative
+to the run folder and never quote their contents; the Host header must name the bound address (DNS rebinding);
+heavy requests wait in a bounded queue (429 when it is full, 503 after Limits.max_wait_s).
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
+import os
+import socket
+import stat
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.checkpoint import CKPT_DIR, list_checkpoints
+from models.checkpoint import CKPT_DIR, CheckpointError, list_checkpoints
 from models.generate import (grid, images_from_seeds, images_from_z, interpolation_frames, load_generator,
                              neighbour_latents, save_gif)
-from tasks.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note
+from tasks.fid_table import BEST, FID_CSV, METRICS_JSON, parse_fid_csv, row_note
 
 PAGE = Path(__file__).with_name("serve_page.html")
 
@@ -43,10 +53,112 @@ class Limits:
     max_spread: float = 2.0                # neighbour distance (0 = the seed's own image everywhere)
     max_pixels: int = 16 * 1024 * 1024     # output pixels of one request: images × side² (16 images of 1024²)
     cached_generators: int = 2             # snapshots kept loaded
+    max_queue: int = 8                     # heavy requests waiting for the generator; more are refused (429)
+    max_wait_s: float = 30.0               # longest wait in that queue before a 503
+    max_table_bytes: int = 4 * 1024 * 1024 # fid.csv / metrics.json larger than this are not read
 
 
 class InputError(ValueError):
     """A request asked for something this snapshot or the limits do not allow (HTTP 422)."""
+
+
+class Busy(RuntimeError):
+    """The generator's queue is full (429) or a request waited too long for it (503)."""
+
+    def __init__(self, status: int, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.status, self.retry_after = status, retry_after
+
+
+class Gate:
+    """One heavy request at a time, at most `queue` more waiting, each for at most `wait_s` seconds.
+
+    A request beyond the queue is refused at once (429): a burst of maximum-size requests cannot pile up behind
+    the generator for minutes. One that waits too long gets a 503. Both say when to retry."""
+
+    def __init__(self, queue: int, wait_s: float) -> None:
+        self.queue, self.wait_s = queue, wait_s
+        self._cv = threading.Condition()
+        self.busy = False
+        self.waiting = 0
+
+    def __enter__(self) -> Gate:
+        with self._cv:
+            if self.busy and self.waiting >= self.queue:
+                raise Busy(429, f"the generator is busy and {self.waiting} request(s) already wait: retry shortly",
+                           retry_after=max(1, math.ceil(self.wait_s / 4)))
+            self.waiting += 1
+            try:
+                deadline = time.monotonic() + self.wait_s
+                while self.busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise Busy(503, f"waited {self.wait_s:g} s for the generator: it is busy, retry later",
+                                   retry_after=max(1, math.ceil(self.wait_s)))
+                    self._cv.wait(left)
+                self.busy = True
+            finally:
+                self.waiting -= 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cv:
+            self.busy = False
+            self._cv.notify()
+
+
+def read_regular(path: Path, limit: int) -> bytes | None:
+    """A small file's bytes, or None unless it is a regular file (not a link, FIFO or folder) of at most `limit`
+    bytes: opened without following links and without blocking, checked on the open descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "::", "")
+
+
+def host_of(header: str) -> str:
+    """'Example.com:8000' → 'example.com', '[::1]:8000' → '::1' (what a Host or Origin names, lower case)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
+
+
+def allowed_hosts(bind: str, extra: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
+    """The names a request's Host header may carry: the bound address (loopback names for a loopback bind; this
+    machine's name and addresses for 0.0.0.0 / ::) and `extra` (`ganflow serve --allow-host`; '*' allows any).
+    Anything else is a DNS-rebinding page or a misdirected request."""
+    names = {host_of(bind)} - {""}
+    if names & set(LOOPBACK) or not names:
+        names |= set(LOOPBACK)
+    if bind in WILDCARD:
+        names |= set(LOOPBACK)
+        hostname = socket.gethostname()
+        names |= {hostname.lower(), socket.getfqdn().lower()}
+        try:
+            names |= {info[4][0].lower() for info in socket.getaddrinfo(hostname, None)}
+        except OSError:
+            pass
+    return frozenset(names | {host_of(h) if h != "*" else "*" for h in extra})
 
 
 def offered_resolutions(arch: dict, limits: Limits = Limits()) -> list[int]:
@@ -85,8 +197,9 @@ class Explorer:
     """The snapshots of one run (or one snapshot file) and the images they draw.
 
     Snapshots are chosen by name from list_snapshots() (`best.pt`, `checkpoints/ckpt-<kimg>.pt`), never by path,
-    so a request can reach no other file. Generation holds a lock: one generator call at a time keeps each call's
-    latency bounded on a few shared cores, and a loaded network is not run by two threads at once.
+    so a request can reach no other file. Generation and loading pass through `gate` (Gate): one generator call at
+    a time keeps each call's latency bounded on a few shared cores, a loaded network is not run by two threads at
+    once, and the requests waiting behind it are bounded in number and in time.
     """
 
     def __init__(self, snapshot: str | Path | None = None, run_dir: str | Path | None = None,
@@ -94,8 +207,10 @@ class Explorer:
         if (snapshot is None) == (run_dir is None):
             raise ValueError("give either a snapshot file or a run folder, not both (nor neither)")
         self.limits, self.device = limits, device
-        self._lock = threading.Lock()
+        self.gate = Gate(limits.max_queue, limits.max_wait_s)  # generation and loading: one at a time, bounded
+        self._cache_lock = threading.Lock()
         self._loaded: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
+        self._broken: dict[tuple[Path, float], str] = {}  # snapshots that did not load (until their file changes)
         if run_dir is not None:
             self.root, self.fixed = Path(run_dir).resolve(), None
             if not self.root.is_dir():
@@ -112,28 +227,52 @@ class Explorer:
     # ------------------------------------------------------------------ which snapshots
     def list_snapshots(self) -> list[dict]:
         """[{name, kimg, path}], best.pt first, then checkpoints oldest first. Read afresh each time: a run still
-        training or being evaluated gains snapshots while it is served. A file that resolves outside the run folder
-        (a symlink) is left out."""
+        training or being evaluated gains snapshots while it is served. Only regular files directly in the run
+        folder (or in its real checkpoints/ folder) are listed: a link (in or out of the run folder, or looping
+        onto itself), a FIFO or a folder named like a snapshot is left out."""
         if self.fixed is not None:
             return [{"name": self.fixed.name, "kimg": None, "path": self.fixed}]
         found = []
         best = self.root / BEST
-        if best.is_file():
+        if _is_regular(best):
             found.append({"name": BEST, "kimg": self._best_kimg(), "path": best})
-        found += [{"name": f"{CKPT_DIR}/{p.name}", "kimg": kimg, "path": p} for kimg, p in list_checkpoints(self.root)]
-        return [s for s in found if s["path"].resolve().is_relative_to(self.root)]
+        try:
+            real_folder = stat.S_ISDIR(os.lstat(self.root / CKPT_DIR).st_mode)
+        except OSError:
+            real_folder = False
+        if real_folder:
+            found += [{"name": f"{CKPT_DIR}/{p.name}", "kimg": kimg, "path": p}
+                      for kimg, p in list_checkpoints(self.root) if _is_regular(p)]
+        return found
+
+    def _read_json(self, name: str) -> dict:
+        data = read_regular(self.root / name, self.limits.max_table_bytes)
+        try:
+            out = json.loads(data) if data is not None else {}
+        except ValueError:
+            return {}
+        return out if isinstance(out, dict) else {}
 
     def _best_kimg(self) -> float | None:
         try:
-            return float(json.loads((self.root / METRICS_JSON).read_text())["best"]["kimg"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return float(self._read_json(METRICS_JSON)["best"]["kimg"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _key(self, path: Path) -> tuple[Path, float] | None:
+        try:
+            return path, (os.stat(path) if self.fixed is not None else os.lstat(path)).st_mtime
+        except OSError:
             return None
 
     def default_snapshot(self) -> str:
-        names = [s["name"] for s in self.list_snapshots()]
-        if not names:
-            raise InputError(f"{self.root} has no snapshot any more")
-        return BEST if BEST in names else names[-1]  # the best by FID, else the newest
+        """best.pt, else the newest checkpoint; a snapshot known not to load is passed over while others do."""
+        snaps = self.list_snapshots()
+        if not snaps:
+            raise InputError("the run folder has no snapshot any more")
+        with self._cache_lock:
+            good = [s["name"] for s in snaps if self._key(s["path"]) not in self._broken] or [s["name"] for s in snaps]
+        return BEST if BEST in good else good[-1]  # the best by FID, else the newest
 
     def resolve(self, name: str | None) -> dict:
         """The list_snapshots() entry of `name` (default_snapshot() when None)."""
@@ -149,21 +288,35 @@ class Explorer:
         loaded again when the file changed (`ganflow evaluate` rewrites best.pt)."""
         snap = self.resolve(name)
         name, path = snap["name"], snap["path"]
-        try:
-            key = (path, path.stat().st_mtime)
-        except OSError:  # deleted since it was listed
-            raise InputError(f"snapshot {name!r} is gone: GET /api/snapshots for those there now") from None
-        with self._lock:
-            if key not in self._loaded:
-                try:
-                    G, arch = load_generator(path)
-                except Exception as e:  # weights_only refuses pickled code; a torn file fails in zipfile
-                    raise InputError(f"snapshot {name!r} does not load: {type(e).__name__}: {str(e)[:300]}") from None
-                self._loaded[key] = (G.to(self.device), arch)
-                while len(self._loaded) > self.limits.cached_generators:
-                    self._loaded.popitem(last=False)
-            self._loaded.move_to_end(key)
-            G, arch = self._loaded[key]
+        key = self._key(path)
+        if key is None:  # deleted since it was listed
+            raise InputError(f"snapshot {name!r} is gone: GET /api/snapshots for those there now")
+        with self._cache_lock:
+            hit, broken = self._loaded.get(key), self._broken.get(key)
+        if broken:
+            raise InputError(broken)
+        if hit is None:
+            with self.gate:  # loading is heavy too: it waits in the generator's bounded queue
+                with self._cache_lock:
+                    hit = self._loaded.get(key)  # another request may have loaded it meanwhile
+                if hit is None:
+                    try:  # a run folder's snapshots: no link is followed, a FIFO never blocks (models.checkpoint)
+                        G, arch = load_generator(path, follow_links=self.fixed is not None)
+                    except CheckpointError:  # the reason names the absolute path: say only which snapshot
+                        why = (f"snapshot {name!r} does not load: it is not a readable ganflow checkpoint "
+                               f"(only weights_only=True loads are made); choose another from /api/snapshots")
+                        with self._cache_lock:
+                            self._broken[key] = why
+                        raise InputError(why) from None
+                    hit = (G.to(self.device), arch)
+                    with self._cache_lock:
+                        self._loaded[key] = hit
+                        while len(self._loaded) > self.limits.cached_generators:
+                            self._loaded.popitem(last=False)
+        with self._cache_lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+        G, arch = hit
         return name, G, arch
 
     # ------------------------------------------------------------------ checks
@@ -189,7 +342,7 @@ class Explorer:
         """One seed's image, batch 1: the same bytes as `ganflow generate` writes for it."""
         name, G, arch = self.generator(name)
         resolution = self.check(name, arch, truncation, resolution, 1)
-        with self._lock:
+        with self.gate:
             return images_from_seeds(G, arch, [seed], truncation, resolution, batch=1)[0]
 
     def neighbours(self, name: str | None, seed: int, count: int, spread: float, truncation: float = 1.0,
@@ -199,7 +352,7 @@ class Explorer:
         name, G, arch = self.generator(name)
         resolution = self.check(name, arch, truncation, resolution, count)
         z = neighbour_latents(seed, count, arch["net"]["z_dim"], spread)
-        with self._lock:
+        with self.gate:
             images = images_from_z(G, arch, z, truncation, resolution, batch=count)
         return grid(images)
 
@@ -210,7 +363,7 @@ class Explorer:
         resolution = self.check(name, arch, truncation, resolution, frames)
         if frames < len(seeds):
             raise InputError(f"a morph through {len(seeds)} seeds needs at least {len(seeds)} frames (got {frames})")
-        with self._lock:
+        with self.gate:
             return interpolation_frames(G, arch, seeds, frames, truncation, resolution)
 
     # ------------------------------------------------------------------ what the page shows
@@ -228,29 +381,36 @@ class Explorer:
         """RUN/fid.csv (as `ganflow evaluate` writes it) with each row's snapshot name and note (best, diverged)."""
         from models.checkpoint import checkpoint_name
 
-        path = self.root / FID_CSV
-        if not path.is_file():
+        # Read only as a regular file inside the run folder (a link out of it is not followed), and never quoted:
+        # a note says what is wrong with the file, not what it holds.
+        data = read_regular(self.root / FID_CSV, self.limits.max_table_bytes)
+        if data is None:
             return {"rows": [], "best_kimg": None,
-                    "note": f"no {FID_CSV} in {self.root}: `ganflow evaluate --run-dir {self.root} --data DIR` "
-                            f"writes it"}
+                    "note": f"no readable {FID_CSV} in the run folder (a regular file, not a link): "
+                            f"`ganflow evaluate --run-dir RUN --data DIR` writes it"}
+        metrics = self._read_json(METRICS_JSON)
         try:
-            metrics = json.loads((self.root / METRICS_JSON).read_text())
-        except (OSError, ValueError):
-            metrics = {}
-        best = (metrics.get("best") or {}).get("kimg")
-        flagged = {float(k) for k in metrics.get("flagged") or {}}
+            best = _finite(float(k)) if (k := (metrics.get("best") or {}).get("kimg")) is not None else None
+            flagged = {float(k) for k in metrics.get("flagged") or {}}
+        except (AttributeError, TypeError, ValueError):
+            best, flagged = None, set()
         names = {s["name"] for s in self.list_snapshots()}
         try:
-            history = read_fid_csv(self.root)
-        except (OSError, ValueError, KeyError) as e:  # a hand-edited or half-written file: say so, serve the rest
-            return {"rows": [], "best_kimg": None, "note": f"{path} does not read: {type(e).__name__}: {e}"}
-        rows = []
+            history = parse_fid_csv(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, KeyError, csv.Error):  # hand-edited or half-written: say so
+            return {"rows": [], "best_kimg": None,
+                    "note": f"{FID_CSV} does not read (a cell is not a number, or it is not a CSV table)"}
+        rows, left_out = [], 0
         for r in history:
+            if r["kimg"] is None or not math.isfinite(r["kimg"]):
+                left_out += 1  # a row without a kimg names no snapshot
+                continue
             snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
             rows.append({"kimg": r["kimg"], "fid": _finite(r["fid"]), "kid": _finite(r["kid"]),
                          "snapshot": snap if snap in names else None,
                          "note": row_note(r["kimg"], best, flagged)})
-        return {"rows": rows, "best_kimg": best, "note": ""}
+        note = f"{left_out} row(s) of {FID_CSV} without a kimg left out" if left_out else ""
+        return {"rows": rows, "best_kimg": best, "note": note}
 
 
 def _finite(x: float | None) -> float | None:
@@ -258,8 +418,12 @@ def _finite(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
-def create_app(explorer: Explorer):
-    """The FastAPI app: GET / (the page) and GET /api/... (JSON, PNG, GIF), documented at /docs."""
+def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = None):
+    """The FastAPI app: GET / (the page) and GET /api/... (JSON, PNG, GIF), documented at /docs.
+
+    `hosts`: the names a request's Host (and Origin, when sent) may carry, from allowed_hosts(); anything else is
+    answered 400 (a DNS-rebinding page) or 403 (another site's script). None checks nothing: for an app mounted
+    behind a server that checks Host itself. `ganflow serve` always passes them."""
     from fastapi import FastAPI, Query, Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
@@ -321,6 +485,32 @@ def create_app(explorer: Explorer):
     @app.exception_handler(InputError)
     async def _input_error(_req: Request, e: InputError):
         return JSONResponse({"detail": str(e)}, status_code=422)
+
+    @app.exception_handler(Busy)
+    async def _busy(_req: Request, e: Busy):
+        return JSONResponse({"detail": str(e)}, status_code=e.status, headers={"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(Exception)
+    async def _bug(_req: Request, e: Exception):
+        # A bug: the server's log has the traceback; the response says nothing about files, paths or contents.
+        return JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"},
+                            status_code=500)
+
+    app.state.explorer = explorer  # for whoever embeds the app (and tests): its snapshots, limits and gate
+    allowed = None if hosts is None or "*" in hosts else frozenset(hosts)
+
+    @app.middleware("http")
+    async def _check_host(request: Request, call_next):
+        if allowed is not None:
+            host = host_of(request.headers.get("host", ""))
+            if host not in allowed:
+                return JSONResponse({"detail": f"Host {host[:100]!r} is not served here: this server answers to "
+                                               f"{sorted(allowed)} (ganflow serve --allow-host NAME adds one)"},
+                                    status_code=400)
+            origin = request.headers.get("origin")
+            if origin and origin != "null" and host_of(origin.split("://", 1)[-1]) not in allowed:
+                return JSONResponse({"detail": "cross-origin requests are not served"}, status_code=403)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_req: Request, e: RequestValidationError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from models import distributed as dd
-from models.checkpoint import CKPT_DIR, latest_checkpoint, load_checkpoint
+from models.checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_checkpoint
 from models.data import load_images
 from models.distributed import init_from_env
 from models.trainer import TrainConfig, Trainer
@@ -50,6 +50,17 @@ def set_aside_run(run_dir: str | Path) -> Path:
         if (run_dir / name).exists():
             shutil.move(str(run_dir / name), str(dest / name))
     return dest
+
+
+def check_resolution(data_dir: str | Path, resolution: int) -> None:
+    """Refuse a training resolution above the dataset's (its images would only be upsampled)."""
+    try:
+        native = int(json.loads((Path(data_dir) / "dataset.json").read_text()).get("resolution") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # no or odd dataset.json: load_images says what is wrong with the dataset
+    if native and resolution > native:
+        raise ValueError(f"--resolution {resolution} (train.resolution) is above the dataset's {native}² "
+                         f"({Path(data_dir) / 'dataset.json'}): train at {native} or less, or curate at {resolution}")
 
 
 def dataset_hash(data_dir: str | Path) -> str:
@@ -91,6 +102,7 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     settings, or trained on other data) are an error, or with restart_on_change are set aside and the run
     starts afresh: what a pipeline that reruns training after its data changed (dvc repro) needs."""
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
+    check_resolution(data_dir, cfg.resolution)  # before any work: a model above its data's size learns nothing
     device = init_from_env(device)
     images = load_images(data_dir, cfg.resolution)
     if not cfg.dataset:
@@ -111,7 +123,12 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
         resumed = str(found[0])
     elif resume_from:
         # A snapshot from another run: take its networks, start counters and optimizers afresh.
-        trainer.load_state_dict(load_checkpoint(resume_from), weights_only=True)
+        source = load_checkpoint(resume_from)
+        try:
+            trainer.load_state_dict(source, weights_only=True)
+        except (KeyError, RuntimeError, TypeError) as e:  # not a training checkpoint, or another architecture
+            raise CheckpointError(f"--resume-from {resume_from}: its networks do not fit this run "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
         transferred = str(resume_from)
     if summary_fn:
         summary_fn({**trainer.summary(), "resumed_from": resumed, "transferred_from": transferred})

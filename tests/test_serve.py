@@ -336,7 +336,9 @@ def test_cli_serves_on_loopback_by_default(run, monkeypatch, capsys):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
     assert main(["serve", "--run-dir", str(run)]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000)
-    assert TestClient(seen["app"]).get("/api/info").json()["snapshot"] == "best.pt"
+    # The CLI's app answers only to the address it is bound to (a DNS-rebinding page's Host is refused)
+    assert TestClient(seen["app"], base_url="http://127.0.0.1:8000").get("/api/info").json()["snapshot"] == "best.pt"
+    assert TestClient(seen["app"]).get("/api/info").status_code == 400  # Host: testserver
     assert "http://127.0.0.1:8000/" in capsys.readouterr().err
     assert main(["serve", "--snapshot", str(run / "best.pt"), "--host", "0.0.0.0", "--port", "9001"]) == 0
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 9001)

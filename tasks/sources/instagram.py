@@ -11,8 +11,10 @@ Provenance keeps shortcode, UTC date, post URL and carousel index: no owner, no 
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -138,11 +140,29 @@ def open_session(session_file: str | None = None, username: str | None = None, *
         username = match.group(1)
     loader = make_loader(sleep)
     try:
-        loader.load_session_from_file(username, str(path))
+        loader.load_session(username, read_session_file(path))
     except Exception as err:  # name the problem, never echo the file's contents
         raise InstagramSetupError(f"Cannot read Instagram session file {path} ({type(err).__name__}). "
                                   + _HOWTO) from None
     return loader
+
+
+class _CookiesOnly(pickle.Unpickler):
+    """instaloader's session file is a pickle of a {cookie name: value} dict: plain opcodes, no globals. Any
+    global (a class, a function: how a planted pickle runs code) is refused, as torch's weights_only does."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"a session file holds only cookies, not {module}.{name}")
+
+
+def read_session_file(path: Path) -> dict[str, str]:
+    """The cookies of a session file, read once and unpickled without running anything (instaloader's own
+    load_session_from_file is a full pickle.load)."""
+    with open(path, "rb") as f:
+        data = _CookiesOnly(io.BytesIO(f.read())).load()
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise pickle.UnpicklingError("not a {cookie name: value} dict")
+    return data
 
 
 def ingest_hashtag(tag: str, raw_dir: Path, *, max_posts: int, session_file: str | None = None,

@@ -22,7 +22,32 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--data", metavar="DIR", help="the curated dataset the run trained on: the page then shows the "
+                                                 "3 training images nearest each generated one (in DINOv2 features "
+                                                 "when evaluate.metrics has fd_dinov2, else Inception's)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (evaluate section)")
+    p.add_argument("--inception-weights", metavar="W", help="for --data without fd_dinov2 (default: as `ganflow evaluate`)")
+    p.add_argument("--dinov2-weights", metavar="W", help="for --data with fd_dinov2 (default: as `ganflow evaluate`)")
     p.set_defaults(func=_run_serve)
+
+
+def _neighbours(args: argparse.Namespace):
+    """tasks.nearest.TrainingNeighbours over --data, with the extractor and settings `ganflow evaluate` uses."""
+    from pathlib import Path
+
+    from tasks import dinov2, metrics
+    from tasks.evaluate import evaluate_params
+    from tasks.nearest import NeighbourSettings, TrainingNeighbours
+
+    p = evaluate_params(args.params)
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data} is not a folder (a curated dataset or a folder of images)")
+    if "fd_dinov2" in p.metrics:
+        metric, weights, sha = "fd_dinov2", dinov2.resolve_weights(args.dinov2_weights, p.dinov2_weights), p.dinov2_sha256
+    else:
+        metric, weights, sha = "fid", metrics.resolve_weights(args.inception_weights, p.inception_weights), p.inception_sha256
+    return TrainingNeighbours(NeighbourSettings(Path(args.data), metric, weights, sha or None, p.cache_dir or None,
+                                                p.n_real or None, p.memorized_quantile, p.batch, args.device))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -30,7 +55,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from tasks.serve import Explorer, create_app
 
-    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device)
+    neighbours = _neighbours(args) if args.data else None
+    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device, training=neighbours)
     name, _G, arch = explorer.generator(None)  # load now: a snapshot that does not load fails here, not in the page
     if args.host not in LOOPBACK:
         print(f"ganflow serve: note: listening on {args.host}: anyone who can reach this machine can use the page "

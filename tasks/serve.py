@@ -2,7 +2,8 @@
 
 Two layers. Explorer is plain Python (testable without HTTP): which snapshots may be chosen (only files under the
 run folder, found by listing it), which resolutions a snapshot offers (a PGGAN's grown stages, resampled sizes for
-StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate.
+StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate; with
+a dataset (tasks.nearest), the training images nearest a generated one, as the memorization audit measures them.
 create_app() puts FastAPI over it: every bad input is a 422 with a sentence saying what to change, and the caps in
 Limits bound the work any one request can ask for. No Prefect here: serving is a view on a run, not a pipeline step.
 """
@@ -42,6 +43,7 @@ class Limits:
     max_fps: float = 60.0
     max_spread: float = 2.0                # neighbour distance (0 = the seed's own image everywhere)
     max_pixels: int = 16 * 1024 * 1024     # output pixels of one request: images × side² (16 images of 1024²)
+    max_nearest: int = 8                   # training images per nearest-neighbour request
     cached_generators: int = 2             # snapshots kept loaded
 
 
@@ -90,10 +92,11 @@ class Explorer:
     """
 
     def __init__(self, snapshot: str | Path | None = None, run_dir: str | Path | None = None,
-                 limits: Limits = Limits(), device: str = "cpu") -> None:
+                 limits: Limits = Limits(), device: str = "cpu", training=None) -> None:
         if (snapshot is None) == (run_dir is None):
             raise ValueError("give either a snapshot file or a run folder, not both (nor neither)")
         self.limits, self.device = limits, device
+        self.training = training  # tasks.nearest.TrainingNeighbours, when a dataset was given
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
         if run_dir is not None:
@@ -213,6 +216,28 @@ class Explorer:
         with self._lock:
             return interpolation_frames(G, arch, seeds, frames, truncation, resolution)
 
+    # ------------------------------------------------------------------ training images
+    def _training(self):
+        if self.training is None:
+            raise InputError("nearest training images need the run's dataset: start `ganflow serve` with --data DIR "
+                             "(the curated dataset the run trained on)")
+        return self.training
+
+    def nearest_training(self, name: str | None, seed: int, truncation: float = 1.0, count: int = 3) -> dict:
+        """The training images nearest to a seed's image (at the snapshot's own size, as `ganflow evaluate` scores
+        it), with their distances and the memorization threshold τ."""
+        neighbours = self._training()
+        name, _G, _arch = self.generator(name)
+        out = neighbours.nearest(self.image(name, seed, truncation), count)
+        return {"snapshot": name, "seed": seed, **out}
+
+    def training_image(self, image_id: str) -> np.ndarray:
+        try:
+            return self._training().image(image_id)
+        except KeyError:
+            raise InputError(f"{image_id!r} is not an image of the served dataset: use an id from "
+                             f"/api/nearest") from None
+
     # ------------------------------------------------------------------ what the page shows
     def info(self, name: str | None) -> dict:
         name, _G, arch = self.generator(name)
@@ -239,6 +264,7 @@ class Explorer:
             metrics = {}
         best = (metrics.get("best") or {}).get("kimg")
         flagged = {float(k) for k in metrics.get("flagged") or {}}
+        memorizing = {float(k) for k in metrics.get("memorizing") or {}}
         names = {s["name"] for s in self.list_snapshots()}
         try:
             history = read_fid_csv(self.root)
@@ -247,10 +273,13 @@ class Explorer:
         rows = []
         for r in history:
             snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
-            rows.append({"kimg": r["kimg"], "fid": _finite(r["fid"]), "kid": _finite(r["kid"]),
+            rows.append({"kimg": r["kimg"], **{k: _finite(r[k]) for k in SCORES},
                          "snapshot": snap if snap in names else None,
-                         "note": row_note(r["kimg"], best, flagged)})
+                         "note": row_note(r["kimg"], best, flagged, memorizing)})
         return {"rows": rows, "best_kimg": best, "note": ""}
+
+
+SCORES = ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")  # fid.csv's columns the table shows
 
 
 def _finite(x: float | None) -> float | None:
@@ -296,6 +325,10 @@ def create_app(explorer: Explorer):
         kimg: float
         fid: float | None
         kid: float | None
+        fd_dinov2: float | None                  # with evaluate.metrics fd_dinov2
+        precision: float | None                  # k=3, in DINOv2 features when computed, else Inception's
+        recall: float | None
+        memorized: float | None                  # fraction of generated images closer than τ to a training image
         snapshot: str | None                     # its checkpoint's name, while that file exists
         note: str
 
@@ -303,6 +336,20 @@ def create_app(explorer: Explorer):
         rows: list[FidRow]
         best_kimg: float | None
         note: str
+
+    class Neighbour(BaseModel):
+        rank: int
+        id: str                                  # for /api/training-image.png
+        distance: float
+
+    class Nearest(BaseModel):
+        snapshot: str
+        seed: int
+        features: str                            # the feature space: dinov2-vitl14, 2048 (Inception), ...
+        threshold: float | None                  # τ of the memorization audit
+        quantile: float
+        memorized: bool                          # the nearest distance is below τ
+        neighbours: list[Neighbour]
 
     class PNG(Response):
         media_type = "image/png"
@@ -387,6 +434,18 @@ def create_app(explorer: Explorer):
               truncation: float = Trunc(), resolution: int | None = Res(), snapshot: str | None = Snap()):
         video = explorer.morph(snapshot, [seed_a, seed_b], frames, truncation, resolution)
         return GIF(to_gif(video, fps), headers=attachment("gif", f"morph-{seed_a}-{seed_b}"))
+
+    @app.get("/api/nearest", response_model=Nearest, responses=bad,
+             summary="The training images nearest a seed's image, with distances (needs `ganflow serve --data`)")
+    def nearest(seed: int = Seed(), truncation: float = Trunc(),
+                count: int = Query(3, ge=1, le=L.max_nearest, description="training images"),
+                snapshot: str | None = Snap()):
+        return explorer.nearest_training(snapshot, seed, truncation, count)
+
+    @app.get("/api/training-image.png", response_class=PNG, responses=bad_image,
+             summary="A training image, by an id from /api/nearest")
+    def training_image(id: str = Query(..., max_length=500, description="an id from /api/nearest")):  # noqa: A002
+        return PNG(to_png(explorer.training_image(id)), headers=attachment("png", Path(id).stem))
 
     @app.get("/api/fid", response_model=FidTable, summary="The run's FID table (RUN/fid.csv from `ganflow evaluate`)")
     def fid():

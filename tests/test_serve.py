@@ -416,3 +416,32 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not load" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve"])  # --snapshot or --run-dir is required
+
+
+def test_cli_data_serves_nearest_training_images_with_the_evaluate_settings(run, neighbours, tmp_path, monkeypatch,
+                                                                             capsys):
+    import uvicorn
+    import yaml
+
+    from flows.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.delenv("GANFLOW_DINOV2_WEIGHTS", raising=False)
+    params = tmp_path / "params.yaml"
+    cache = neighbours.settings.cache_dir  # the features the module's `neighbours` cached: nothing re-extracted
+    params.write_text(yaml.safe_dump({"evaluate": {"metrics": ["fd_dinov2"], "cache_dir": cache,
+                                                   "dinov2_weights": str(neighbours.settings.weights)}}))
+    data = str(run.parent / "data")
+    assert main(["serve", "--run-dir", str(run), "--data", data, "--params", str(params)]) == 0
+    body = TestClient(seen["app"]).get("/api/nearest", params={"seed": 2}).json()
+    assert body["features"] == "dinov2-vits14" and len(body["neighbours"]) == 3
+    assert body == neighbours_json(TestClient(create_app(Explorer(run_dir=run, training=neighbours))), 2)
+
+    params.write_text(yaml.safe_dump({"evaluate": {"metrics": ["fd_dinov2"]}}))  # no DINOv2 weights anywhere
+    assert main(["serve", "--run-dir", str(run), "--data", data, "--params", str(params)]) == 2
+    assert "dinov2_vitl14_pretrain.pth" in capsys.readouterr().err
+
+
+def neighbours_json(client: TestClient, seed: int) -> dict:
+    return client.get("/api/nearest", params={"seed": seed}).json()

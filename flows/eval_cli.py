@@ -18,14 +18,38 @@ def _weights_help() -> str:
             "default: $GANFLOW_INCEPTION_WEIGHTS, then params.yaml evaluate.inception_weights")
 
 
+def _add_extractor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
+    p.add_argument("--metrics", metavar="LIST", help="fid, fd_dinov2 or fid,fd_dinov2 (default: params.yaml "
+                                                     "evaluate.metrics); precision/recall come in DINOv2 features "
+                                                     "when fd_dinov2 is asked for, else in Inception's")
+    p.add_argument("--dinov2-weights", metavar="W",
+                   help="Meta's dinov2_vit{s,b,l}14_pretrain.pth for fd_dinov2; default: $GANFLOW_DINOV2_WEIGHTS, then "
+                        "params.yaml evaluate.dinov2_weights ('random': a random-initialized ViT-S/14)")
+
+
+def _params_with(args: argparse.Namespace, **changes):
+    """params.yaml's evaluate section with the command line's --metrics (and other given options) applied."""
+    import dataclasses
+
+    from tasks.evaluate import EvaluateParams, evaluate_params
+
+    ep = evaluate_params(args.params)
+    if args.metrics:
+        changes["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    values = {f.name: getattr(ep, f.name) for f in dataclasses.fields(ep)}
+    return EvaluateParams(**{**values, **changes})  # validated again: a bad --metrics is a ParamsError
+
+
 def _add_fid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fid", help="FID (and KID) between two folders of images, as JSON",
                        description="FID between DIR_A (reals: a folder of images or a curated dataset; its "
                                    "statistics are cached with --cache-dir) and DIR_B (a folder of images), with "
-                                   "torch-fidelity's InceptionV3 extractor. Prints JSON.")
+                                   "torch-fidelity's InceptionV3 extractor, and/or FD-DINOv2 (--metrics fd_dinov2); "
+                                   "precision and recall (k=3) beside them. Prints JSON.")
     p.add_argument("dir_a", metavar="DIR_A")
     p.add_argument("dir_b", metavar="DIR_B")
-    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
+    _add_extractor_options(p)
     p.add_argument("--kid", action="store_true", help="also KID (kid_mean, kid_std)")
     p.add_argument("--kid-subsets", type=integer(1, 100_000), help="KID subsets (default: params.yaml, 100)")
     p.add_argument("--kid-subset-size", type=integer(2, 1_000_000),
@@ -38,20 +62,22 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fid(args: argparse.Namespace) -> int:
-    from tasks.evaluate import evaluate_params
-    from tasks.metrics import fid_folders, resolve_weights
+    from tasks.evaluate import resolve_weight_paths
+    from tasks.metrics import fid_folders
 
-    ep = evaluate_params(args.params)
-    weights = resolve_weights(args.inception_weights, ep.inception_weights)
+    ep = _params_with(args)
+    weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-N note goes into the JSON and to stderr below
         out = fid_folders(args.dir_a, args.dir_b, weights, with_kid=args.kid, cache_dir=args.cache_dir,
                           sha256=ep.inception_sha256 or None, batch=ep.batch,
                           kid_subsets=ep.kid_subsets if args.kid_subsets is None else args.kid_subsets,
                           kid_subset_size=ep.kid_subset_size if args.kid_subset_size is None else args.kid_subset_size,
-                          device=args.device)
-    if out.get("warning"):
-        print(f"ganflow fid: note: {out['warning']}", file=sys.stderr)
+                          device=args.device, metrics=ep.metrics, dinov2_weights=dinov2,
+                          dinov2_sha256=ep.dinov2_sha256 or None)
+    for note in (out.get("warning"), out.get("extractor")):
+        if note:
+            print(f"ganflow fid: note: {note}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -117,9 +143,10 @@ def _run_morph(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="FID/KID of every snapshot of a run not evaluated yet; best snapshot → best.pt",
                        description="Evaluate each RUN/checkpoints/ckpt-*.pt that RUN/fid.csv has no row for, against "
-                                   "the real statistics of DIR (cached), then write RUN/fid.csv (kimg, fid, kid), "
-                                   "RUN/metrics.json (latest, best, flagged) and RUN/best.pt (G_ema of the lowest-FID "
-                                   "snapshot not flagged as diverged).")
+                                   "the real statistics of DIR (cached), then write RUN/fid.csv (kimg, fid, kid, "
+                                   "fd_dinov2, precision, recall, memorized), RUN/metrics.json (latest, best, flagged, "
+                                   "memorizing) and RUN/best.pt (G_ema of the lowest-FID snapshot not flagged as "
+                                   "diverged or memorizing).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", metavar="R", type=writable_folder,
                      help="run folder (checkpoints/ inside; fid.csv, metrics.json and best.pt are written there)")
@@ -128,7 +155,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                           "FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (or a folder of real images)")
-    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
+    _add_extractor_options(p)
     p.add_argument("--n-fake", type=integer(2, 1_000_000),
                    help="generated images per snapshot, 2 or more (default: params.yaml evaluate.n_fake)")
     p.add_argument("--no-kid", action="store_true", help="FID only")
@@ -138,15 +165,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from tasks.evaluate import evaluate_params, evaluate_run
-    from tasks.metrics import resolve_weights
+    from tasks.evaluate import evaluate_params, evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
+    from tasks.fid_table import read_fid_csv
 
     ep = evaluate_params(args.params)
-    ep = dataclasses.replace(ep, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
-                             kid=ep.kid and not args.no_kid)
-    weights = resolve_weights(args.inception_weights, ep.inception_weights)
+    ep = _params_with(args, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
+                      kid=ep.kid and not args.no_kid)
+    weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
 
     if args.snapshot:
         from tasks.evaluate import evaluate_snapshot
@@ -155,22 +180,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         return 0
 
     def progress(m: dict) -> None:
-        kid = f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else ""
-        print(f"{m['kimg']:g} kimg: FID {m['fid']:.4f}{kid}", file=sys.stderr)
+        print(progress_line(m), file=sys.stderr)
 
     def warn(message: str) -> None:
         print(f"ganflow evaluate: warning: {message}", file=sys.stderr)
 
-    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn)
-    from tasks.fid_table import read_fid_csv, row_note
-
+    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn,
+                       dinov2_weights=dinov2)
     flagged, best = {float(k) for k in out["flagged"]}, (out.get("best") or {}).get("kimg")
-    print(f"{'kimg':>10} {'FID':>12} {'KID':>10}", file=sys.stderr)
-    for r in read_fid_csv(args.run_dir):
-        note = row_note(r["kimg"], best, flagged)
-        note = f" {note}" if note else ""
-        kid = f"{r['kid']:.5f}" if r["kid"] is not None else "–"
-        print(f"{r['kimg']:>10g} {r['fid']:>12.4f} {kid:>10}{note}", file=sys.stderr)
+    table = fid_table_rows(read_fid_csv(args.run_dir), flagged, best, {float(k) for k in out["memorizing"]})
+    if table:
+        print(" ".join(f"{c:>10}" for c in table[0]), file=sys.stderr)
+        for r in table:
+            print(" ".join(f"{v:>10}" for v in r.values()).rstrip(), file=sys.stderr)
     for note in (out.get("warning"), out.get("extractor")):
         if note:
             print(f"ganflow evaluate: note: {note}", file=sys.stderr)

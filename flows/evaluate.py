@@ -1,6 +1,7 @@
-"""The evaluate flow: FID/KID for every snapshot of a run not evaluated yet, the best snapshot exported.
+"""The evaluate flow: FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of a run not evaluated
+yet, the best snapshot exported.
 
-    python -m flows.evaluate --run-dir runs/photos --data data/curated/photos [--inception-weights W]
+    python -m flows.evaluate --run-dir runs/photos --data data/curated/photos [--inception-weights W] [--dinov2-weights W]
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from tasks.evaluate import evaluate_params, evaluate_task, weights_or_reason
 
 @flow(name="evaluate")
 def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None, params: str = "params.yaml",
-                  n_fake: int | None = None, device: str = "cpu", skip_without_weights: bool = False) -> dict:
-    """FID/KID per snapshot of a run (RUN/fid.csv, RUN/metrics.json) and RUN/best.pt.
+                  n_fake: int | None = None, device: str = "cpu", skip_without_weights: bool = False,
+                  dinov2_weights: str | None = None) -> dict:
+    """FID/KID (FD-DINOv2, precision/recall, memorization) per snapshot of a run (RUN/fid.csv, RUN/metrics.json)
+    and RUN/best.pt.
 
     Args:
         run_dir: Run folder with checkpoints/ckpt-KIMG.pt.
@@ -28,18 +31,21 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
         n_fake: Generated images per snapshot. Empty: evaluate.n_fake.
         device: Torch device for generation and the extractor.
         skip_without_weights: Return {"skipped": reason} instead of failing when no weights file is configured.
+        dinov2_weights: Meta's dinov2_vit{s,b,l}14_pretrain.pth, for evaluate.metrics with fd_dinov2. Empty:
+            $GANFLOW_DINOV2_WEIGHTS, then params.yaml evaluate.dinov2_weights.
     """
     logger = get_run_logger()
     p = evaluate_params(params)
     if n_fake:
         p = dataclasses.replace(p, n_fake=n_fake)
-    weights, reason = weights_or_reason(inception_weights, p.inception_weights)
-    if weights is None:
+    weights, dinov2, reason = weights_or_reason(p, inception_weights, dinov2_weights)
+    if reason:
         if skip_without_weights:
             logger.warning("evaluation skipped: %s", reason)
             return {"skipped": reason}
         raise FileNotFoundError(reason)
-    return evaluate_task(run_dir, data, str(weights), p, device=device)
+    return evaluate_task(run_dir, data, weights and str(weights), p, device=device,
+                         dinov2_weights=dinov2 and str(dinov2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--inception-weights")
+    ap.add_argument("--dinov2-weights")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--n-fake", type=int)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    print(json.dumps(evaluate_flow(a.run_dir, a.data, a.inception_weights, a.params, a.n_fake, a.device), indent=2))
+    print(json.dumps(evaluate_flow(a.run_dir, a.data, a.inception_weights, a.params, a.n_fake, a.device,
+                                   dinov2_weights=a.dinov2_weights), indent=2))
     return 0
 
 
@@ -60,16 +68,18 @@ if __name__ == "__main__":
 
 
 def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> dict:
-    """The train flow's step after each stage: the evaluate subflow when an Inception weights file is configured
-    ($GANFLOW_INCEPTION_WEIGHTS or evaluate.inception_weights), else skipped with the reason logged. A failing
-    evaluation is logged, not raised: the stage's training is done and `ganflow evaluate` can redo it."""
+    """The train flow's step after each stage: the evaluate subflow when the weights files evaluate.metrics need are
+    configured ($GANFLOW_INCEPTION_WEIGHTS or evaluate.inception_weights; $GANFLOW_DINOV2_WEIGHTS or
+    evaluate.dinov2_weights), else skipped with the reason logged. A failing evaluation is logged, not raised: the
+    stage's training is done and `ganflow evaluate` can redo it."""
     logger = get_run_logger()
-    weights, reason = weights_or_reason(None, evaluate_params(params).inception_weights)
-    if weights is None:
+    weights, dinov2, reason = weights_or_reason(evaluate_params(params))
+    if reason:
         logger.info("FID evaluation skipped: %s", reason.split(";")[0])
         return {"skipped": reason}
     try:
-        return evaluate_flow(run_dir, data, str(weights), params, device=device)
+        return evaluate_flow(run_dir, data, weights and str(weights), params, device=device,
+                             dinov2_weights=dinov2 and str(dinov2))
     except Exception as e:  # noqa: BLE001 - reported, and the training result stands
         logger.error("FID evaluation of %s failed: %s: %s", run_dir, type(e).__name__, e)
         return {"failed": f"{type(e).__name__}: {e}"}

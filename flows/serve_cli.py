@@ -31,7 +31,32 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait", type=integer(1, 3600), metavar="S",
                    help="seconds a request may wait for the generator before a 503 (default 30)")
     p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
+    p.add_argument("--data", metavar="DIR", type=existing_folder,
+                   help="the curated dataset the run trained on: the page then shows the 3 training images nearest "
+                        "each generated one (in DINOv2 features when evaluate.metrics has fd_dinov2, else Inception's)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (evaluate section)")
+    p.add_argument("--inception-weights", metavar="W", help="for --data without fd_dinov2 (default: as `ganflow evaluate`)")
+    p.add_argument("--dinov2-weights", metavar="W", help="for --data with fd_dinov2 (default: as `ganflow evaluate`)")
     p.set_defaults(func=_run_serve)
+
+
+def _neighbours(args: argparse.Namespace):
+    """tasks.nearest.TrainingNeighbours over --data, with the extractor and settings `ganflow evaluate` uses."""
+    from pathlib import Path
+
+    from tasks import dinov2, metrics
+    from tasks.evaluate import evaluate_params
+    from tasks.nearest import NeighbourSettings, TrainingNeighbours
+
+    p = evaluate_params(args.params)
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data} is not a folder (a curated dataset or a folder of images)")
+    if "fd_dinov2" in p.metrics:
+        metric, weights, sha = "fd_dinov2", dinov2.resolve_weights(args.dinov2_weights, p.dinov2_weights), p.dinov2_sha256
+    else:
+        metric, weights, sha = "fid", metrics.resolve_weights(args.inception_weights, p.inception_weights), p.inception_sha256
+    return TrainingNeighbours(NeighbourSettings(Path(args.data), metric, weights, sha or None, p.cache_dir or None,
+                                                p.n_real or None, p.memorized_quantile, p.batch, args.device))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -44,7 +69,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     limits = Limits()
     limits = dataclasses.replace(limits, max_queue=limits.max_queue if args.queue is None else args.queue,
                                  max_wait_s=limits.max_wait_s if args.max_wait is None else float(args.max_wait))
-    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device, limits=limits)
+    neighbours = _neighbours(args) if args.data else None
+    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device, limits=limits,
+                        training=neighbours)
     name, arch = _first_loadable(explorer, InputError)  # load now: what does not load is said here, not in the page
     if args.host not in LOOPBACK:
         print(f"ganflow serve: note: listening on {args.host}: anyone who can reach this machine can use the page "

@@ -1,7 +1,8 @@
-"""Evaluation of a run's snapshots: FID/KID per snapshot, a divergence monitor, the best snapshot.
+"""Evaluation of a run's snapshots: FID/KID (and FD-DINOv2, precision/recall, memorization) per snapshot, a
+divergence monitor, the best snapshot.
 
 Pure functions (testable without Prefect) and the @task the evaluate flow maps over a run. Files in RUN/:
-fid.csv (kimg, fid, kid: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
+fid.csv (kimg, fid, kid, ...: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
 metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch of the best snapshot).
 """
 from __future__ import annotations
@@ -36,11 +37,30 @@ class EvaluateParams:
     cache_dir: str = "data/cache/fid"
     diverge_fid_rises: int = 3    # flag a snapshot after FID rose this many snapshots in a row
     diverge_d_loss: float = 0.05  # flag when D loss falls below this while G loss climbs
+    metrics: tuple = ("fid",)     # fid (Inception) and/or fd_dinov2 (DINOv2 ViT): the Fréchet distances per snapshot
+    dinov2_weights: str = ""      # Meta's dinov2_vit{s,b,l}14_pretrain.pth ("" = $GANFLOW_DINOV2_WEIGHTS; "random")
+    dinov2_sha256: str = ""       # expected sha256 of that file ("" = not checked beyond weights_only)
+    memorized_quantile: float = 0.05  # τ = this quantile of the training images' nearest-neighbour distances
+    max_memorized: float = 0.25   # a snapshot with more generated images closer than τ is never "best" (1 = off)
 
     def __post_init__(self) -> None:
+        from tasks.metrics import METRICS
+
         if int(self.n_fake) < 2 or int(self.batch) < 1 or int(self.n_real) < 0:
             raise ParamsError(f"evaluate: n_fake must be >= 2, batch >= 1 and n_real >= 0 (got n_fake={self.n_fake}, "
                               f"batch={self.batch}, n_real={self.n_real})")
+        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics or ())
+        if not metrics or set(metrics) - set(METRICS):
+            raise ParamsError(f"evaluate.metrics must list one or both of {list(METRICS)} (got {list(metrics)})")
+        object.__setattr__(self, "metrics", metrics)
+        if not 0 < float(self.memorized_quantile) < 1 or not 0 <= float(self.max_memorized) <= 1:
+            raise ParamsError(f"evaluate: memorized_quantile must be in (0, 1) and max_memorized in [0, 1] (got "
+                              f"{self.memorized_quantile}, {self.max_memorized})")
+
+    @property
+    def rank_by(self) -> str:
+        """The column the best snapshot and the divergence monitor go by: fid, else fd_dinov2."""
+        return "fid" if "fid" in self.metrics else "fd_dinov2"
 
 
 def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
@@ -57,7 +77,9 @@ def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
-def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0.05) -> dict[float, str]:
+LABELS = {"fid": "FID", "fd_dinov2": "FD-DINOv2"}
+def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0.05,
+                  key: str = "fid") -> dict[float, str]:
     """Snapshots not to trust, {kimg: reason}. A run diverges from the first snapshot of `fid_rises` FID rises
     in a row, or from a snapshot where D's loss has collapsed below `d_loss_min` while G's loss climbed since the
     previous snapshot (when the history has loss_D/loss_G). Every snapshot from there on is flagged: a diverged
@@ -67,9 +89,9 @@ def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0
     rises = 0
     for i in range(1, len(rows)):
         prev, cur = rows[i - 1], rows[i]
-        rises = rises + 1 if cur.get("fid") is not None and prev.get("fid") is not None and cur["fid"] > prev["fid"] else 0
+        rises = rises + 1 if cur.get(key) is not None and prev.get(key) is not None and cur[key] > prev[key] else 0
         if fid_rises and rises >= fid_rises:
-            start, reason = i - rises + 1, f"FID rose {rises} snapshots in a row"
+            start, reason = i - rises + 1, f"{LABELS[key]} rose {rises} snapshots in a row"
             break
         d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
         if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:
@@ -80,15 +102,24 @@ def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0
     return {r["kimg"]: reason for r in rows[start:]}
 
 
-def choose_best(history: list[dict], flagged: dict[float, str]) -> tuple[dict | None, str]:
-    """The lowest-FID snapshot not flagged; when every one is flagged, the lowest overall, said so."""
-    scored = [r for r in history if r.get("fid") is not None]
+def flag_memorized(history: list[dict], max_memorized: float) -> dict[float, str]:
+    """Snapshots whose memorized fraction is above `max_memorized`, {kimg: reason}."""
+    return {r["kimg"]: f"{r['memorized']:.0%} of generated images are closer to a training image than the "
+                       f"memorization threshold (max_memorized {max_memorized:g})"
+            for r in history if r.get("memorized") is not None and r["memorized"] > max_memorized}
+
+
+def choose_best(history: list[dict], flagged: dict[float, str], key: str = "fid") -> tuple[dict | None, str]:
+    """The lowest-`key` snapshot not flagged (diverged or memorizing); when every one is flagged, the lowest
+    overall, said so."""
+    label = LABELS[key]
+    scored = [r for r in history if r.get(key) is not None]
     if not scored:
-        return None, "no snapshot has an FID"
+        return None, f"no snapshot has an {label}"
     trusted = [r for r in scored if r["kimg"] not in flagged]
     if trusted:
-        return min(trusted, key=lambda r: r["fid"]), "lowest FID among snapshots not flagged as diverged"
-    return min(scored, key=lambda r: r["fid"]), "every snapshot is flagged as diverged: lowest FID overall"
+        return min(trusted, key=lambda r: r[key]), f"lowest {label} among snapshots not flagged"
+    return min(scored, key=lambda r: r[key]), f"every snapshot is flagged: lowest {label} overall"
 
 
 def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) -> Path:
@@ -107,9 +138,10 @@ def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) ->
     return out
 
 
-def evaluation_key(first_ckpt: str | Path, weights_sha256: str, p: EvaluateParams) -> dict:
+def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateParams,
+                   dinov2_sha256: str | None = None) -> dict:
     """What fid.csv's rows depend on: the run (its settings and dataset, from its first checkpoint), the
-    extractor and N. A different key (the run was restarted on new data, other weights) voids the rows."""
+    extractors and N. A different key (the run was restarted on new data, other weights) voids the rows."""
     import hashlib
 
     from models.checkpoint import load_checkpoint
@@ -119,7 +151,10 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str, p: EvaluateParam
     config = {k: v for k, v in load_checkpoint(first_ckpt, mmap=True).get("config", {}).items()
               if k not in RESUMABLE_CHANGES}
     run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    return {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
+    key = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
+    if dinov2_sha256:  # absent for Inception-only runs: their rows from before DINOv2 stay valid
+        key.update(dinov2_sha256=dinov2_sha256, metrics=list(p.metrics))
+    return key
 
 
 # ------------------------------------------------------------------ per-snapshot metrics
@@ -221,29 +256,34 @@ def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
     return [r for r in rows if r["kimg"] is not None]
 
 
-def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str, p: EvaluateParams,
-               skipped: dict[float, str]) -> dict:
+def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateParams,
+               skipped: dict[float, str], dinov2_sha: str | None = None) -> dict:
     """The evaluation key from the oldest checkpoint that loads (unreadable ones recorded in `skipped`)."""
     from models.checkpoint import CheckpointError
 
     for kimg, path in snapshots:
         try:
-            return evaluation_key(path, weights_sha, p)
+            return evaluation_key(path, weights_sha, p, dinov2_sha)
         except CheckpointError as e:
             skipped[kimg] = str(e)
     raise CheckpointError(f"no checkpoint of {Path(snapshots[0][1]).parent} loads: {'; '.join(skipped.values())}")
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
+LATEST_KEYS = ("kid_std", "n_real", "n_fake", "warning", "weights_sha256", "dinov2_sha256", "audit_features")
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
                  device: str = "cpu", progress: Callable[[dict], None] | None = None,
-                 warn: Callable[[str], None] | None = None) -> dict:
-    """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged snapshots, export the
-    best one as best.pt and write metrics.json. Returns what metrics.json holds plus `evaluated` (kimgs) and
-    `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
+                 dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None) -> dict:
+    """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged and memorizing snapshots,
+    export the best one as best.pt and write metrics.json. `weights`: Inception's file (None without "fid" in
+    p.metrics), `dinov2_weights`: DINOv2's (with "fd_dinov2"). Returns what metrics.json holds plus `evaluated` (kimgs)
+    and `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
     from models.checkpoint import CheckpointError, list_checkpoints
     from models.generate import load_generator
-    from tasks.metrics import (RANDOM_FILE, RANDOM_NOTE, Stats, extract_features, load_extractor, metrics_from,
-                               read_weights, real_stats)
+    from tasks.audit import K, kth_neighbour_distance, memorization_threshold, memorized
+    from tasks.metrics import (audit_space, extract_each, feature_spaces, read_weights, real_stats_each, scores,
+                               sha256_file)
 
     warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
     run_dir = Path(run_dir)
@@ -251,19 +291,31 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     if not snapshots:
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
     previous = _previous_metrics(run_dir, warn)
-    # Read once: the bytes hashed for the key are the bytes the extractor is built from (never the path again).
-    weights_file = read_weights(weights, p.inception_sha256 or None)
+    # Read once: the Inception bytes hashed for the key are the bytes its extractor is built from.
+    inception = read_weights(weights, p.inception_sha256 or None) if "fid" in p.metrics and weights is not None else None
+    weights_sha = inception.sha256 if inception is not None else None
+    dinov2_sha = sha256_file(dinov2_weights) if "fd_dinov2" in p.metrics and dinov2_weights is not None else None
     skipped: dict[float, str] = {}
-    key = _first_key(snapshots, weights_file.sha256, p, skipped)
+    key = _first_key(snapshots, weights_sha, p, skipped, dinov2_sha)
     rows = _previous_rows(run_dir, warn) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
     todo = [(k, path) for k, path in snapshots if k not in done and k not in skipped]
-    evaluated, latest_detail, digest = [], None, None
+    evaluated, latest_detail, notes = [], None, []
+    memorization = previous.get("memorization") if rows else None
     if todo:
-        extractor, digest = load_extractor(weights_file, device=device)
-        del weights_file  # ~100 MB: the extractor holds the weights now
-        real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
-                                  keep_features=p.kid, batch=p.batch, device=device)
+        spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
+                                p.dinov2_sha256 or None, device)
+        del inception  # ~100 MB: the extractor holds the weights now
+        notes = [s.note for s in spaces if s.note]
+        reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
+        cached = all(c for _s, c in reals.values())
+        reals = {k: v[0] for k, v in reals.items()}
+        audit = audit_space(spaces)
+        train = reals[audit.metric].features  # the training images' features (cached with the real statistics)
+        radii = kth_neighbour_distance(train, K) if len(train) > K else None
+        tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
+        memorization = {"threshold": tau, "quantile": p.memorized_quantile, "features": audit.name,
+                        "n_train": len(train), "max_memorized": p.max_memorized}
         for kimg, path in todo:
             try:
                 G, arch = load_generator(path)
@@ -272,15 +324,19 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
                 skipped[kimg] = f"{e}" if isinstance(e, CheckpointError) else \
                     f"{path} is not a training checkpoint ({type(e).__name__}: {e})"
                 continue
-            feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+            fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
-                m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
-            row = {"kimg": kimg, "fid": m["fid"], "kid": m.get("kid_mean"), **probe}
+                m = scores(spaces, reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, radii)
+            m["memorized"] = (memorized(fakes[audit.metric], train, tau, p.memorized_quantile).fraction
+                              if tau is not None else None)
+            row = {"kimg": kimg, "fid": m.get("fid"), "kid": m.get("kid_mean"), **probe,
+                   **{k: m.get(k) for k in ("fd_dinov2", "precision", "recall", "memorized")}}
             rows.append(row)
             write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
             evaluated.append(kimg)
-            latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": digest}
+            latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": weights_sha,
+                             "dinov2_sha256": dinov2_sha}
             if progress:
                 progress(dict(latest_detail))
     for kimg, why in sorted(skipped.items()):
@@ -288,27 +344,34 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
     if not rows:
         raise CheckpointError(f"no snapshot of {run_dir} could be evaluated: {'; '.join(skipped.values())}")
     rows.sort(key=lambda r: r["kimg"])
-    flagged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss)
-    best, why = choose_best(rows, flagged)
+    diverged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss, p.rank_by)
+    memorizing = flag_memorized(rows, p.max_memorized)
+    best, why = choose_best(rows, {**memorizing, **diverged}, p.rank_by)
     if best is not None:
         ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
         if ckpt is not None:
             try:
-                export_best(ckpt, run_dir / BEST, {"fid": best["fid"]})
+                export_best(ckpt, run_dir / BEST, {p.rank_by: best[p.rank_by]})
             except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
                 warn(f"best.pt not exported: {e}")
     latest = rows[-1]
+    fresh = latest_detail is not None and latest_detail["kimg"] == latest["kimg"]
     summary = {
-        "kimg": latest["kimg"], "fid": latest["fid"], "kid": latest["kid"],
-        **({k: v for k, v in latest_detail.items() if k in ("kid_std", "n_real", "n_fake", "warning",
-                                                               "weights_sha256")}
-           if latest_detail and latest_detail["kimg"] == latest["kimg"] else
-           {k: previous[k] for k in ("kid_std", "n_real", "n_fake", "warning", "weights_sha256") if k in previous}),
-        "best": {"kimg": best["kimg"], "fid": best["fid"], "why": why, "file": BEST} if best else None,
-        "flagged": {f"{k:g}": r for k, r in flagged.items()},
+        "kimg": latest["kimg"],
+        **{k: latest.get(k) for k in ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")
+           if latest.get(k) is not None or k in ("fid", "kid")},
+        **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else
+           {k: previous[k] for k in LATEST_KEYS if k in previous}),
+        "best": ({"kimg": best["kimg"], p.rank_by: best[p.rank_by], "why": why, "file": BEST,
+                  **({"fid": best["fid"]} if p.rank_by != "fid" and best.get("fid") is not None else {})}
+                 if best else None),
+        "flagged": {f"{k:g}": r for k, r in diverged.items()},
+        "memorizing": {f"{k:g}": r for k, r in memorizing.items()},
+        "memorization": memorization,
         "snapshots": len(rows),
         "evaluated_with": key,
-        **({"extractor": RANDOM_NOTE} if Path(weights).name == RANDOM_FILE else {}),
+        **({"extractor": "; ".join(notes)} if notes else
+           {"extractor": previous["extractor"]} if not todo and "extractor" in previous else {}),
     }
     tmp = run_dir / f".{METRICS_JSON}.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -317,29 +380,60 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: 
 
 
 # ------------------------------------------------------------------ what the UI shows
-def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None) -> list[dict]:
-    """The FID-over-kimg table for a Prefect table artifact."""
-    return [{"kimg": f"{r['kimg']:g}", "FID": f"{r['fid']:.4f}" if r.get("fid") is not None else "–",
-             "KID": f"{r['kid']:.5f}" if r.get("kid") is not None else "–",
-             "note": row_note(r["kimg"], best_kimg, flagged)}
+TABLE_COLUMNS = (("FID", "fid", "{:.4f}"), ("KID", "kid", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
+                 ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                 ("memorized", "memorized", "{:.1%}"))
+
+
+def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
+    """The FID-over-kimg table for a Prefect table artifact (a column only when some row has a value for it)."""
+    shown = [c for c in TABLE_COLUMNS if c[1] in ("fid", "kid") or any(r.get(c[1]) is not None for r in rows)]
+    return [{"kimg": f"{r['kimg']:g}",
+             **{title: fmt.format(r[k]) if r.get(k) is not None else "–" for title, k, fmt in shown},
+             "note": row_note(r["kimg"], best_kimg, flagged, memorizing)}
             for r in sorted(rows, key=lambda r: r["kimg"])]
 
 
-def weights_or_reason(cli: str | None, configured: str | None) -> tuple[Path | None, str]:
-    """The weights path, or None and why (for callers that skip evaluation rather than fail)."""
-    from tasks.metrics import InceptionWeightsError, resolve_weights
+def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
+                        dinov2_cli: str | None = None) -> tuple[Path | None, Path | None]:
+    """(Inception weights, DINOv2 weights) that p.metrics need, None for one not needed; raises
+    InceptionWeightsError / DinoV2WeightsError saying which file to put where."""
+    from tasks import dinov2, metrics
+
+    return (metrics.resolve_weights(inception_cli, p.inception_weights) if "fid" in p.metrics else None,
+            dinov2.resolve_weights(dinov2_cli, p.dinov2_weights) if "fd_dinov2" in p.metrics else None)
+
+
+def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
+                      dinov2_cli: str | None = None) -> tuple[Path | None, Path | None, str]:
+    """resolve_weight_paths, or (None, None, why) for callers that skip evaluation rather than fail."""
+    from tasks.dinov2 import DinoV2WeightsError
+    from tasks.metrics import InceptionWeightsError
 
     try:
-        return resolve_weights(cli, configured), ""
-    except InceptionWeightsError as e:
-        return None, str(e)
+        return (*resolve_weight_paths(p, inception_cli, dinov2_cli), "")
+    except (InceptionWeightsError, DinoV2WeightsError) as e:
+        return None, None, str(e)
+
+
+def progress_line(m: dict) -> str:
+    """One snapshot's scores, for the CLI and the flow's log."""
+    parts = [f"{m['kimg']:g} kimg:"]
+    for label, key, fmt in (("FID", "fid", "{:.4f}"), ("KID", "kid_mean", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
+                            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                            ("memorized", "memorized", "{:.1%}")):
+        if m.get(key) is not None:
+            parts.append(f"{label} {fmt.format(m[key])}")
+    return " ".join(parts) + f" (N real {m['n_real']}, fake {m['n_fake']})"
 
 
 # ------------------------------------------------------------------ Prefect
 
 @task(name="evaluate-snapshots", cache_policy=NO_CACHE)  # results live in RUN/fid.csv
-def evaluate_task(run_dir: str, data: str, weights: str, p: EvaluateParams, device: str = "cpu") -> dict:
-    """FID/KID for every snapshot of run_dir not evaluated yet; best.pt and metrics.json; artifacts."""
+def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParams, device: str = "cpu",
+                  dinov2_weights: str | None = None) -> dict:
+    """FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of run_dir not evaluated yet;
+    best.pt and metrics.json; artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from tasks.train_report import artifact_key, thumbnail_data_uri
@@ -347,24 +441,31 @@ def evaluate_task(run_dir: str, data: str, weights: str, p: EvaluateParams, devi
     logger = get_run_logger()
 
     def progress(m: dict) -> None:
-        logger.info("%g kimg: FID %.4f%s (N real %d, fake %d)", m["kimg"], m["fid"],
-                    f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else "", m["n_real"], m["n_fake"])
+        logger.info("%s", progress_line(m))
 
-    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning)
+    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning,
+                       dinov2_weights=dinov2_weights)
     if out.get("warning"):
         logger.warning(out["warning"])
     rows = read_fid_csv(run_dir)
     flagged = {float(k): v for k, v in out["flagged"].items()}
+    memorizing = {float(k): v for k, v in out["memorizing"].items()}
     best = out.get("best") or {}
     key = artifact_key(run_dir).replace("train-", "fid-", 1)
-    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg")),
+    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg"), memorizing),
                           description=f"FID over kimg for {run_dir} (best: {best.get('kimg', '–')} kimg)")
     samples = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
     lines = [f"### Evaluation of {run_dir}", "",
-             f"Best snapshot: {best.get('kimg', '–')} kimg, FID {best.get('fid', float('nan')):.4f} "
+             f"Best snapshot: {best.get('kimg', '–')} kimg, {LABELS[p.rank_by]} {best.get(p.rank_by, float('nan')):.4f} "
              f"({best.get('why', '')}) → `{Path(run_dir) / BEST}`" if best else "No best snapshot."]
     if flagged:
         lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]
+    if memorizing:
+        lines += ["", "Flagged as memorizing: " + "; ".join(f"{k:g} kimg ({v})" for k, v in sorted(memorizing.items()))]
+    mem = out.get("memorization") or {}
+    if mem.get("threshold") is not None:
+        lines += ["", f"Memorization threshold τ = {mem['threshold']:.4g} ({mem['quantile']:g} quantile of the "
+                      f"training images' nearest-neighbour distances in {mem['features']} features)"]
     if out.get("warning"):
         lines += ["", f"Note: {out['warning']}"]
     if samples:

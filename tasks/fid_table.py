@@ -10,7 +10,10 @@ import os
 from pathlib import Path
 
 FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"  # the files `ganflow evaluate` writes in RUN/
-CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G")  # losses: the discriminator probe's (logistic loss only)
+# losses: the discriminator probe's (logistic loss only); fd_dinov2 with evaluate.metrics [.., fd_dinov2];
+# precision/recall (k=3) and memorized (the fraction of generated images closer to a training image than the
+# memorization threshold) in DINOv2 features when those are computed, else Inception's
+CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision", "recall", "memorized")
 
 
 def read_fid_csv(run_dir: str | Path) -> list[dict]:
@@ -39,6 +42,8 @@ def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
     return path
 
 
-def row_note(kimg: float, best_kimg: float | None, flagged) -> str:
-    """What a table shows beside a snapshot: best, diverged (flagged: kimgs the divergence monitor marked), or ''."""
-    return "best" if kimg == best_kimg else "diverged" if kimg in flagged else ""
+def row_note(kimg: float, best_kimg: float | None, flagged, memorizing=()) -> str:
+    """What a table shows beside a snapshot: best, diverged (flagged: kimgs the divergence monitor marked),
+    memorizing (over evaluate.max_memorized), or ''."""
+    return ("best" if kimg == best_kimg else "diverged" if kimg in flagged else
+            "memorizing" if kimg in memorizing else "")

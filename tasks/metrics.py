@@ -12,6 +12,8 @@ Pure functions; `ganflow fid`, `ganflow evaluate` and the evaluate flow call the
 - Real-data statistics (and, for KID, the features) are cached on disk, keyed by the data's content hash,
   the weights' sha256 and the image count.
 - Images are read and generated in batches; only the features (N x 2048 float32) are kept.
+- FD-DINOv2 (tasks.dinov2) is the same Fréchet distance in DINOv2 features; precision/recall (tasks.audit) are
+  computed in DINOv2 features when they are asked for, else in Inception's (as dgm-eval recommends).
 """
 from __future__ import annotations
 
@@ -238,6 +240,30 @@ def source_batches(path: str | Path, batch: int = 64, limit: int | None = None) 
     return folder_batches(path, batch, limit)
 
 
+def source_ids(path: str | Path, limit: int | None = None) -> list[str]:
+    """The names of the images source_batches yields, in its order: a feature row's image (`shard/member.png` in a
+    curated dataset, the file name in a folder)."""
+    path = Path(path)
+    if not (path / "dataset.json").exists():
+        return [f.name for f in folder_files(path)[:limit]]
+    ids = []
+    for shard in json.loads((path / "dataset.json").read_text())["shards"]:
+        with tarfile.open(path / shard["file"]) as tf:
+            ids += [f"{shard['file']}/{m.name}" for m in tf.getmembers()
+                    if m.isfile() and m.name.lower().endswith(".png")]
+    return ids[:limit]
+
+
+def read_source_image(path: str | Path, image_id: str) -> np.ndarray:
+    """One image of a curated dataset or folder by its source_ids() name (the caller checks the name is listed)."""
+    path = Path(path)
+    if not (path / "dataset.json").exists():
+        return np.asarray(Image.open(path / image_id).convert("RGB"))
+    shard, member = image_id.split(".tar/", 1)
+    with tarfile.open(path / f"{shard}.tar") as tf:
+        return np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB"))
+
+
 def content_hash(path: str | Path, limit: int | None = None) -> str:
     """What a real-stats cache is keyed by: dataset.json's content hash, or a hash of the folder's files."""
     meta = Path(path) / "dataset.json"
@@ -311,8 +337,8 @@ def small_n_warning(n: int) -> str | None:
 
 
 # ------------------------------------------------------------------ cached real statistics
-def _cache_file(cache_dir: Path, data_hash: str, weights_sha: str, n: int | None) -> Path:
-    key = hashlib.sha256(f"{data_hash} {weights_sha} {FEATURE} {n or 'all'}".encode()).hexdigest()[:20]
+def _cache_file(cache_dir: Path, data_hash: str, weights_sha: str, n: int | None, feature: str = FEATURE) -> Path:
+    key = hashlib.sha256(f"{data_hash} {weights_sha} {feature} {n or 'all'}".encode()).hexdigest()[:20]
     return cache_dir / f"real-stats-{key}.pt"
 
 
@@ -341,12 +367,13 @@ def read_stats_cache(cache: Path) -> Stats | None:
 
 def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | Path | None = None,
                n: int | None = None, keep_features: bool = False, batch: int = 64,
-               device: str = "cpu") -> tuple[Stats, bool]:
+               device: str = "cpu", feature: str = FEATURE) -> tuple[Stats, bool]:
     """Statistics of real images (a curated dataset or a folder), from the cache when present.
-    Returns (stats, came_from_cache). The cache holds mean, covariance, N and, when asked for, the features (KID)."""
+    Returns (stats, came_from_cache). The cache holds mean, covariance, N and, when asked for, the features (KID,
+    precision/recall, memorization). `feature` names the feature space (Inception's "2048", "dinov2-vits14", ...)."""
     cache = None
     if cache_dir is not None:
-        cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n)
+        cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n, feature)
         if cache.exists():
             stats = read_stats_cache(cache)
             if stats is not None and (not keep_features or stats.features is not None):
@@ -370,27 +397,117 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
     return stats, False
 
 
-def metrics_from(real: Stats, fake: Stats, with_kid: bool, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000) -> dict:
-    out: dict = {"fid": fid_from_stats(real, fake), "n_real": real.n, "n_fake": fake.n}
+# ------------------------------------------------------------------ several feature spaces at once
+METRICS = ("fid", "fd_dinov2")  # evaluate.metrics / --metrics: Fréchet distances in Inception and DINOv2 features
+
+
+@dataclass
+class FeatureSpace:
+    metric: str        # the column its Fréchet distance fills: "fid" or "fd_dinov2"
+    name: str          # what caches are keyed by: "2048" (Inception pool) or "dinov2-vits14", ...
+    extractor: object  # uint8 NCHW → (features,)
+    sha256: str        # of the weights file
+    note: str | None = None  # set for random-initialized weights: values not comparable to published ones
+
+
+def feature_spaces(metrics, inception_weights=None, dinov2_weights=None, inception_sha256: str | None = None,
+                   dinov2_sha256: str | None = None, device: str = "cpu") -> list[FeatureSpace]:
+    """The extractors `metrics` need, Inception's first (its weights a path or an InceptionWeights already read).
+    Raises for an unknown metric or a missing weights file."""
+    from tasks import dinov2
+
+    unknown = set(metrics) - set(METRICS)
+    if unknown or not metrics:
+        raise ValueError(f"unknown metric(s) {sorted(unknown)}: choose among {list(METRICS)}" if unknown else
+                         f"no metric asked for: choose among {list(METRICS)}")
+    spaces = []
+    if "fid" in metrics:
+        if inception_weights is None:
+            raise InceptionWeightsError("fid needs torch-fidelity's InceptionV3 weights (--inception-weights)")
+        ex, digest = load_extractor(inception_weights, inception_sha256, device)
+        path = inception_weights.path if isinstance(inception_weights, InceptionWeights) else inception_weights
+        spaces.append(FeatureSpace("fid", FEATURE, ex, digest, RANDOM_NOTE if Path(path).name == RANDOM_FILE else None))
+    if "fd_dinov2" in metrics:
+        if dinov2_weights is None:
+            raise dinov2.DinoV2WeightsError("fd_dinov2 needs a DINOv2 weights file (--dinov2-weights)")
+        ex, digest = dinov2.load_extractor(dinov2_weights, dinov2_sha256, device)
+        spaces.append(FeatureSpace("fd_dinov2", ex.name, ex, digest,
+                                   dinov2.RANDOM_NOTE if Path(dinov2_weights).name == dinov2.RANDOM_FILE else None))
+    return spaces
+
+
+def audit_space(spaces: list[FeatureSpace]) -> FeatureSpace:
+    """Where precision/recall and the memorization audit are measured: DINOv2 when asked for, else Inception."""
+    return next((s for s in spaces if s.metric == "fd_dinov2"), spaces[0])
+
+
+@torch.no_grad()
+def extract_each(spaces: list[FeatureSpace], batches: Iterable[torch.Tensor], device: str = "cpu") -> dict[str, np.ndarray]:
+    """{metric: features} of every image in every space; each batch is read (or generated) once."""
+    out: dict[str, list] = {s.metric: [] for s in spaces}
+    for b in batches:
+        b = b.to(device)
+        for s in spaces:
+            out[s.metric].append(s.extractor(b)[0].cpu().numpy())
+    if not any(out.values()):
+        raise ValueError("no images to extract features from")
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | None = None, with_kid: bool = False,
+                    batch: int = 64, device: str = "cpu") -> dict[str, tuple[Stats, bool]]:
+    """real_stats in every space: the first space (KID) and the audit space keep their features."""
+    audit = audit_space(spaces)
+    return {s.metric: real_stats(path, s.extractor, s.sha256, cache_dir, n,
+                                 keep_features=(with_kid and s is spaces[0]) or s is audit, batch=batch,
+                                 device=device, feature=s.name)
+            for s in spaces}
+
+
+def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str, np.ndarray], with_kid: bool,
+           kid_subsets: int = 100, kid_subset_size: int = 1000, real_radii: np.ndarray | None = None) -> dict:
+    """fid and/or fd_dinov2, KID (in the first space), precision/recall (in the audit space; None below K+1 images),
+    the image counts and the small-N note."""
+    from tasks.audit import K, precision_recall
+
+    first, audit = spaces[0], audit_space(spaces)
+    out: dict = {}
+    for s in spaces:
+        out[s.metric] = fid_from_stats(reals[s.metric], Stats.of(fakes[s.metric]))
+    out["n_real"], out["n_fake"] = reals[first.metric].n, len(fakes[first.metric])
     if with_kid:
-        out["kid_mean"], out["kid_std"] = kid(real.features, fake.features, kid_subsets, kid_subset_size)
-    note = small_n_warning(min(real.n, fake.n))
+        out["kid_mean"], out["kid_std"] = kid(reals[first.metric].features, fakes[first.metric], kid_subsets,
+                                              kid_subset_size)
+    real_f, fake_f = reals[audit.metric].features, fakes[audit.metric]
+    if len(real_f) > K and len(fake_f) > K:
+        out["precision"], out["recall"] = precision_recall(fake_f, real_f, K, real_radii)
+    else:
+        out["precision"] = out["recall"] = None
+    out["audit_features"] = audit.name
+    note = small_n_warning(min(out["n_real"], out["n_fake"]))
     if note:
         warnings.warn(note, stacklevel=2)
         out["warning"] = note
     return out
 
 
-def fid_folders(a: str | Path, b: str | Path, weights: str | Path, with_kid: bool = False,
+def fid_folders(a: str | Path, b: str | Path, weights: str | Path | None, with_kid: bool = False,
                 cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = 64,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, device: str = "cpu") -> dict:
-    """FID (and KID) between A (real: a curated dataset or a folder; its stats cached when cache_dir is set)
-    and B (a folder). `extracted` says how many images of each side went through the extractor."""
-    extractor, digest = load_extractor(weights, sha256, device)
-    real, cached = real_stats(a, extractor, digest, cache_dir, keep_features=with_kid, batch=batch, device=device)
-    fake = Stats.of(extract_features(extractor, folder_batches(b, batch), device), keep_features=with_kid)
-    out = metrics_from(real, fake, with_kid, kid_subsets, kid_subset_size)
-    out["extracted"] = {"a": 0 if cached else real.n, "b": fake.n}
-    out["weights_sha256"] = digest
+                kid_subsets: int = 100, kid_subset_size: int = 1000, device: str = "cpu",
+                metrics=("fid",), dinov2_weights: str | Path | None = None,
+                dinov2_sha256: str | None = None) -> dict:
+    """FID and/or FD-DINOv2 (and KID, precision/recall) between A (real: a curated dataset or a folder; its stats
+    cached when cache_dir is set) and B (a folder). `extracted` says how many images of each side went through the
+    extractors."""
+    spaces = feature_spaces(metrics, weights, dinov2_weights, sha256, dinov2_sha256, device)
+    reals = real_stats_each(a, spaces, cache_dir, with_kid=with_kid, batch=batch, device=device)
+    fakes = extract_each(spaces, folder_batches(b, batch), device)
+    out = scores(spaces, {k: v[0] for k, v in reals.items()}, fakes, with_kid, kid_subsets, kid_subset_size)
+    out["extracted"] = {"a": max(0 if cached else st.n for st, cached in reals.values()),
+                        "b": len(fakes[spaces[0].metric])}
+    for s in spaces:
+        out["weights_sha256" if s.metric == "fid" else "dinov2_sha256"] = s.sha256
+    notes = [s.note for s in spaces if s.note]
+    if notes:
+        out["extractor"] = "; ".join(notes)
     return out

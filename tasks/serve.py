@@ -2,7 +2,8 @@
 
 Two layers. Explorer is plain Python (testable without HTTP): which snapshots may be chosen (only files under the
 run folder, found by listing it), which resolutions a snapshot offers (a PGGAN's grown stages, resampled sizes for
-StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate.
+StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate; with
+a dataset (tasks.nearest), the training images nearest a generated one, as the memorization audit measures them.
 create_app() puts FastAPI over it: every bad input is a 422 with a sentence saying what to change, and the caps in
 Limits bound the work any one request can ask for. No Prefect here: serving is a view on a run, not a pipeline step.
 
@@ -52,6 +53,7 @@ class Limits:
     max_fps: float = 60.0
     max_spread: float = 2.0                # neighbour distance (0 = the seed's own image everywhere)
     max_pixels: int = 16 * 1024 * 1024     # output pixels of one request: images × side² (16 images of 1024²)
+    max_nearest: int = 8                   # training images per nearest-neighbour request
     cached_generators: int = 2             # snapshots kept loaded
     max_queue: int = 8                     # heavy requests waiting for the generator; more are refused (429)
     max_wait_s: float = 30.0               # longest wait in that queue before a 503
@@ -203,12 +205,13 @@ class Explorer:
     """
 
     def __init__(self, snapshot: str | Path | None = None, run_dir: str | Path | None = None,
-                 limits: Limits = Limits(), device: str = "cpu") -> None:
+                 limits: Limits = Limits(), device: str = "cpu", training=None) -> None:
         if (snapshot is None) == (run_dir is None):
             raise ValueError("give either a snapshot file or a run folder, not both (nor neither)")
         self.limits, self.device = limits, device
         self.gate = Gate(limits.max_queue, limits.max_wait_s)  # generation and loading: one at a time, bounded
         self._cache_lock = threading.Lock()
+        self.training = training  # tasks.nearest.TrainingNeighbours, when a dataset was given
         self._loaded: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
         self._broken: dict[tuple[Path, float], str] = {}  # snapshots that did not load (until their file changes)
         if run_dir is not None:
@@ -366,6 +369,30 @@ class Explorer:
         with self.gate:
             return interpolation_frames(G, arch, seeds, frames, truncation, resolution)
 
+    # ------------------------------------------------------------------ training images
+    def _training(self):
+        if self.training is None:
+            raise InputError("nearest training images need the run's dataset: start `ganflow serve` with --data DIR "
+                             "(the curated dataset the run trained on)")
+        return self.training
+
+    def nearest_training(self, name: str | None, seed: int, truncation: float = 1.0, count: int = 3) -> dict:
+        """The training images nearest to a seed's image (at the snapshot's own size, as `ganflow evaluate` scores
+        it), with their distances and the memorization threshold τ."""
+        neighbours = self._training()
+        name, _G, _arch = self.generator(name)
+        image = self.image(name, seed, truncation)
+        with self.gate:  # the feature extractor is as heavy as the generator: the same bounded queue
+            out = neighbours.nearest(image, count)
+        return {"snapshot": name, "seed": seed, **out}
+
+    def training_image(self, image_id: str) -> np.ndarray:
+        try:
+            return self._training().image(image_id)
+        except KeyError:
+            raise InputError(f"{image_id!r} is not an image of the served dataset: use an id from "
+                             f"/api/nearest") from None
+
     # ------------------------------------------------------------------ what the page shows
     def info(self, name: str | None) -> dict:
         name, _G, arch = self.generator(name)
@@ -392,8 +419,9 @@ class Explorer:
         try:
             best = _finite(float(k)) if (k := (metrics.get("best") or {}).get("kimg")) is not None else None
             flagged = {float(k) for k in metrics.get("flagged") or {}}
+            memorizing = {float(k) for k in metrics.get("memorizing") or {}}
         except (AttributeError, TypeError, ValueError):
-            best, flagged = None, set()
+            best, flagged, memorizing = None, set(), set()
         names = {s["name"] for s in self.list_snapshots()}
         try:
             history = parse_fid_csv(data.decode("utf-8"))
@@ -406,11 +434,14 @@ class Explorer:
                 left_out += 1  # a row without a kimg names no snapshot
                 continue
             snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
-            rows.append({"kimg": r["kimg"], "fid": _finite(r["fid"]), "kid": _finite(r["kid"]),
+            rows.append({"kimg": r["kimg"], **{k: _finite(r[k]) for k in SCORES},
                          "snapshot": snap if snap in names else None,
-                         "note": row_note(r["kimg"], best, flagged)})
+                         "note": row_note(r["kimg"], best, flagged, memorizing)})
         note = f"{left_out} row(s) of {FID_CSV} without a kimg left out" if left_out else ""
         return {"rows": rows, "best_kimg": best, "note": note}
+
+
+SCORES = ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")  # fid.csv's columns the table shows
 
 
 def _finite(x: float | None) -> float | None:
@@ -460,6 +491,10 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
         kimg: float
         fid: float | None
         kid: float | None
+        fd_dinov2: float | None                  # with evaluate.metrics fd_dinov2
+        precision: float | None                  # k=3, in DINOv2 features when computed, else Inception's
+        recall: float | None
+        memorized: float | None                  # fraction of generated images closer than τ to a training image
         snapshot: str | None                     # its checkpoint's name, while that file exists
         note: str
 
@@ -467,6 +502,20 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
         rows: list[FidRow]
         best_kimg: float | None
         note: str
+
+    class Neighbour(BaseModel):
+        rank: int
+        id: str                                  # for /api/training-image.png
+        distance: float
+
+    class Nearest(BaseModel):
+        snapshot: str
+        seed: int
+        features: str                            # the feature space: dinov2-vitl14, 2048 (Inception), ...
+        threshold: float | None                  # τ of the memorization audit
+        quantile: float
+        memorized: bool                          # the nearest distance is below τ
+        neighbours: list[Neighbour]
 
     class PNG(Response):
         media_type = "image/png"
@@ -577,6 +626,18 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
               truncation: float = Trunc(), resolution: int | None = Res(), snapshot: str | None = Snap()):
         video = explorer.morph(snapshot, [seed_a, seed_b], frames, truncation, resolution)
         return GIF(to_gif(video, fps), headers=attachment("gif", f"morph-{seed_a}-{seed_b}"))
+
+    @app.get("/api/nearest", response_model=Nearest, responses=bad,
+             summary="The training images nearest a seed's image, with distances (needs `ganflow serve --data`)")
+    def nearest(seed: int = Seed(), truncation: float = Trunc(),
+                count: int = Query(3, ge=1, le=L.max_nearest, description="training images"),
+                snapshot: str | None = Snap()):
+        return explorer.nearest_training(snapshot, seed, truncation, count)
+
+    @app.get("/api/training-image.png", response_class=PNG, responses=bad_image,
+             summary="A training image, by an id from /api/nearest")
+    def training_image(id: str = Query(..., max_length=500, description="an id from /api/nearest")):  # noqa: A002
+        return PNG(to_png(explorer.training_image(id)), headers=attachment("png", Path(id).stem))
 
     @app.get("/api/fid", response_model=FidTable, summary="The run's FID table (RUN/fid.csv from `ganflow evaluate`)")
     def fid():

@@ -26,7 +26,8 @@ TINY = {
     "curate": {"resolution": 32, "matte": "none", "workers": 1},
     "train": {"resolution": 16, "kimg": 0.02, "snapshot_kimg": 0.01, "batch": 4, "channel_base": 256,
               "channel_max": 32, "net": {"z_dim": 32, "w_dim": 32}, "device": "cpu"},
-    "evaluate": {"inception_weights": "random", "n_fake": 8, "kid": False, "batch": 8},
+    "evaluate": {"inception_weights": "random", "n_fake": 8, "kid": False, "batch": 8,
+                 "metrics": ["fid", "fd_dinov2"], "dinov2_weights": "random"},
 }
 
 
@@ -133,9 +134,11 @@ def test_repro_runs_every_stage_and_records_metrics_and_plots(repro, env):
     assert arch["net"]["resolution"] == 16
     shown = json.dumps(sh_json(env, project, "dvc", "metrics", "show", "--json"))
     assert '"fid"' in shown and '"best"' in shown, shown
+    assert all(f'"{key}"' in shown for key in ("fd_dinov2", "precision", "recall", "memorized")), shown
     assert "not comparable" in (project / "runs/pipeline/metrics.json").read_text()  # random extractor, said so
     rows = (project / "runs/pipeline/fid.csv").read_text().splitlines()
     assert rows[0].startswith("kimg,fid") and len(rows) == 3
+    assert all(column in rows[0].split(",") for column in ("fd_dinov2", "precision", "recall", "memorized"))
     plots = json.dumps(sh_json(env, project, "dvc", "plots", "show", "--json"))
     assert "fid.csv" in plots
     assert sh(env, project, "dvc", "status").strip().endswith("Data and pipelines are up to date.")

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from flows.cli import main
-from tasks.evaluate import choose_best, flag_diverged, read_fid_csv
+from tasks.evaluate import EvaluateParams, choose_best, flag_diverged, flag_memorized, read_fid_csv
+from tasks.params import ParamsError
 
 
 def hist(fids, loss_d=None, loss_g=None):
@@ -56,6 +57,20 @@ def test_all_flagged_falls_back_to_lowest_and_says_so():
     assert best["kimg"] == 10.0 and "every snapshot" in why
 
 
+def test_a_memorizing_snapshot_is_never_best_and_fd_dinov2_ranks_without_fid():
+    h = [{"kimg": 10.0, "fid": 50.0, "fd_dinov2": 900.0, "memorized": 0.02},
+         {"kimg": 20.0, "fid": 30.0, "fd_dinov2": 700.0, "memorized": 0.6},   # lowest, but copies its data
+         {"kimg": 30.0, "fid": 40.0, "fd_dinov2": 800.0, "memorized": None}]  # evaluated before the audit existed
+    memorizing = flag_memorized(h, 0.25)
+    assert list(memorizing) == [20.0] and "60%" in memorizing[20.0]
+    assert choose_best(h, memorizing)[0]["kimg"] == 30.0
+    assert choose_best(h, {}, key="fd_dinov2")[0]["kimg"] == 20.0
+    assert flag_memorized(h, 1.0) == {}  # max_memorized 1: off
+    assert EvaluateParams(metrics=["fd_dinov2"]).rank_by == "fd_dinov2"
+    with pytest.raises(ParamsError, match="evaluate.metrics"):
+        EvaluateParams(metrics=["fid", "is"])
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_torch_thread):
     from models.data import load_images
@@ -88,7 +103,12 @@ def test_ganflow_evaluate_writes_csv_metrics_and_a_weights_only_best(run, capsys
     assert [r["kimg"] for r in rows] == out["evaluated"] == [0.004, 0.008]
     assert all(r["fid"] > 0 and r["kid"] is not None for r in rows)
     assert all(r["loss_D"] > 0 and r["loss_G"] > 0 for r in rows)  # the discriminator probe (logistic loss)
+    # precision/recall and the memorization audit in Inception features (no DINOv2 asked for)
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["memorized"] <= 1 for r in rows)
+    assert all(r["fd_dinov2"] is None for r in rows)
     metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["precision"] == rows[-1]["precision"] and metrics["memorized"] == rows[-1]["memorized"]
+    assert metrics["memorization"]["features"] == "2048" and metrics["memorization"]["threshold"] > 0
     assert metrics["kimg"] == 0.008 and metrics["n_fake"] == 6 and "biased" in metrics["warning"]
     best_row = min(rows, key=lambda r: r["fid"])
     assert metrics["best"]["kimg"] == best_row["kimg"]
@@ -126,6 +146,7 @@ def test_evaluate_flow_publishes_the_fid_table_and_skips_without_weights(run, tm
 
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     assert arts and "0.008" in str(arts[0].data)
+    assert all(column in str(arts[0].data) for column in ("precision", "recall", "memorized"))
 
     monkeypatch.delenv("GANFLOW_INCEPTION_WEIGHTS", raising=False)
     skipped = evaluate_flow(str(run_dir), str(data), params=str(params), skip_without_weights=True)
@@ -163,3 +184,45 @@ def test_discriminator_probe_is_deterministic_and_skips_wgan(run, tmp_path, one_
                       stabilize_kimg=0.004, net=dict(channel_base=256, channel_max=64, z_dim=32))
     Trainer(cfg, load_images(data, 16), tmp_path / "pg").train(0.008)
     assert discriminator_probe(latest_checkpoint(tmp_path / "pg")[0], data) == {}  # PGGAN: WGAN-GP loss
+
+
+def test_a_generator_that_returns_training_images_is_flagged_as_memorizing(run, tmp_path, monkeypatch):
+    """FD-DINOv2 evaluation (random-initialized ViT-S/14) of the same checkpoints with the generator replaced by one
+    that returns the training images verbatim, and by one that returns noise."""
+    import shutil
+
+    import tasks.evaluate as ev
+    from tasks.dinov2 import write_random_weights
+    from tasks.metrics import source_batches
+
+    root, data, _, _ = run
+    dinov2 = write_random_weights(tmp_path / "dinov2-random.pt")
+    p = EvaluateParams(metrics=("fd_dinov2",), n_fake=10, batch=10, kid=False, cache_dir=str(tmp_path / "cache"))
+
+    def copier(G, arch, n, batch=64, **_):
+        yield from source_batches(data, batch, n)  # the 10 training images, pixel for pixel
+
+    def noise(G, arch, n, batch=64, **_):
+        yield torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    results = {}
+    for name, generator in (("copier", copier), ("noise", noise)):
+        run_dir = tmp_path / name
+        shutil.copytree(root / "run" / "checkpoints", run_dir / "checkpoints")
+        monkeypatch.setattr(ev, "generated_batches", generator)
+        results[name] = ev.evaluate_run(run_dir, data, None, p, dinov2_weights=dinov2), read_fid_csv(run_dir)
+
+    out, rows = results["copier"]
+    assert [r["memorized"] for r in rows] == [1.0, 1.0]
+    assert [(r["precision"], r["recall"]) for r in rows] == [(1.0, 1.0), (1.0, 1.0)]  # identical sets
+    assert sorted(out["memorizing"]) == ["0.004", "0.008"] and "every snapshot is flagged" in out["best"]["why"]
+    assert out["memorization"]["features"] == "dinov2-vits14" and out["memorization"]["n_train"] == 10
+    assert all(r["fid"] is None and r["fd_dinov2"] is not None for r in rows)
+    assert out["best"]["fd_dinov2"] == min(r["fd_dinov2"] for r in rows) and out["fid"] is None
+    assert abs(out["fd_dinov2"]) < 1e-3  # the training set against itself
+
+    out, rows = results["noise"]
+    assert [r["memorized"] for r in rows] == [0.0, 0.0] and out["memorizing"] == {}
+    assert all(r["precision"] == 0.0 for r in rows)
+    assert len(list((tmp_path / "cache").glob("real-stats-*.pt"))) == 1  # training features: once per dataset
+    assert out["fd_dinov2"] > results["copier"][0]["fd_dinov2"]

@@ -36,7 +36,9 @@ def make_run(root: Path) -> Path:
     Trainer(cfg, load_images(data, 32), run).train(0.016)
     (k0, first), (k1, _second) = list_checkpoints(run)
     export_best(first, run / "best.pt", {"fid": 12.5})
-    write_fid_csv(run, [{"kimg": k0, "fid": 12.5, "kid": 0.0125}, {"kimg": k1, "fid": 30.0, "kid": None}])
+    write_fid_csv(run, [{"kimg": k0, "fid": 12.5, "kid": 0.0125, "fd_dinov2": 310.0, "precision": 0.5, "recall": 0.25,
+                         "memorized": 0.125},
+                        {"kimg": k1, "fid": 30.0, "kid": None}])
     (run / "metrics.json").write_text(json.dumps({"best": {"kimg": k0, "fid": 12.5, "file": "best.pt"},
                                                   "flagged": {f"{k1:g}": "FID rose"}}))
     return run
@@ -59,10 +61,25 @@ def pggan_ckpt(tmp_path_factory, one_torch_thread) -> Path:
     return list_checkpoints(root / "pg")[-1][1]
 
 
+def training_neighbours(run: Path, cache: Path):
+    """The nearest-training-image finder over the run's dataset, in a random-initialized DINOv2 ViT-S/14's features
+    (as `ganflow serve --data` with evaluate.metrics [fd_dinov2] and dinov2_weights: random)."""
+    from tasks.dinov2 import write_random_weights
+    from tasks.nearest import NeighbourSettings, TrainingNeighbours
+
+    weights = write_random_weights(cache / "dinov2-random.pt")
+    return TrainingNeighbours(NeighbourSettings(run.parent / "data", "fd_dinov2", weights, cache_dir=str(cache)))
+
+
 @pytest.fixture(scope="module")
-def client(run) -> TestClient:
+def neighbours(run, tmp_path_factory):
+    return training_neighbours(run, tmp_path_factory.mktemp("nearest"))
+
+
+@pytest.fixture(scope="module")
+def client(run, neighbours) -> TestClient:
     # raise_server_exceptions=False: a bug answers 500 here as in production, and the 422 tests would see it
-    return TestClient(create_app(Explorer(run_dir=run)), raise_server_exceptions=False)
+    return TestClient(create_app(Explorer(run_dir=run, training=neighbours)), raise_server_exceptions=False)
 
 
 def png(response) -> np.ndarray:
@@ -152,8 +169,45 @@ def test_fid_table_from_fid_csv_with_best_and_diverged(client, run):
     body = client.get("/api/fid").json()
     assert body["best_kimg"] == k0
     assert body["rows"] == [
-        {"kimg": k0, "fid": 12.5, "kid": 0.0125, "snapshot": f"checkpoints/{first.name}", "note": "best"},
-        {"kimg": k1, "fid": 30.0, "kid": None, "snapshot": f"checkpoints/{second.name}", "note": "diverged"}]
+        {"kimg": k0, "fid": 12.5, "kid": 0.0125, "fd_dinov2": 310.0, "precision": 0.5, "recall": 0.25,
+         "memorized": 0.125, "snapshot": f"checkpoints/{first.name}", "note": "best"},
+        {"kimg": k1, "fid": 30.0, "kid": None, "fd_dinov2": None, "precision": None, "recall": None,
+         "memorized": None, "snapshot": f"checkpoints/{second.name}", "note": "diverged"}]
+
+
+def test_nearest_training_images_with_their_distances(client, run, neighbours):
+    """The 3 nearest training images of a seed's image, nearest first; each distance is the distance between the
+    features of the served PNGs themselves (the generated one and the training ones)."""
+    from tasks.metrics import source_batches, source_ids
+
+    body = client.get("/api/nearest", params={"seed": 3}).json()
+    assert body["snapshot"] == "best.pt" and body["features"] == "dinov2-vits14" and body["threshold"] > 0
+    ranks = body["neighbours"]
+    assert [n["rank"] for n in ranks] == [1, 2, 3]
+    distances = [n["distance"] for n in ranks]
+    assert distances == sorted(distances) and len({n["id"] for n in ranks}) == 3
+    ids = source_ids(run.parent / "data")
+    assert all(n["id"] in ids for n in ranks)
+
+    generated = png(client.get("/api/image.png", params={"seed": 3}))
+    train = [png(client.get("/api/training-image.png", params={"id": n["id"]})) for n in ranks]
+    dataset = next(iter(source_batches(run.parent / "data", batch=100))).permute(0, 2, 3, 1).numpy()
+    assert all(np.array_equal(t, dataset[ids.index(n["id"])]) for t, n in zip(train, ranks))  # the stored pixels
+    from tasks.dinov2 import load_extractor
+
+    extractor = load_extractor(neighbours.settings.weights)[0]
+    feats = extractor(torch.from_numpy(np.stack([generated, *train])).permute(0, 3, 1, 2))[0].numpy()
+    assert np.linalg.norm(feats[1:] - feats[0], axis=1) == pytest.approx(distances, rel=1e-4)
+    # the training set's own images are their own nearest neighbours, at distance ~0
+    nearest_own = neighbours.nearest(dataset[5], 1)["neighbours"][0]
+    assert nearest_own["id"] == ids[5] and nearest_own["distance"] < 1e-2
+
+
+def test_nearest_without_a_dataset_says_to_pass_data(run):
+    lone = TestClient(create_app(Explorer(run_dir=run)), raise_server_exceptions=False)
+    r = lone.get("/api/nearest", params={"seed": 1})
+    assert r.status_code == 422 and "--data" in r.json()["detail"]
+    assert lone.get("/api/training-image.png", params={"id": "x.png"}).status_code == 422
 
 
 def test_fid_table_without_fid_csv_says_how_to_get_one(run):
@@ -174,12 +228,13 @@ def test_openapi_documents_every_endpoint_with_its_media_type_and_422(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     assert set(paths) == {"/api/snapshots", "/api/info", "/api/image.png", "/api/neighbours.png", "/api/morph.gif",
-                          "/api/fid"}
+                          "/api/fid", "/api/nearest", "/api/training-image.png"}
     assert "image/png" in paths["/api/image.png"]["get"]["responses"]["200"]["content"]
     assert "image/gif" in paths["/api/morph.gif"]["get"]["responses"]["200"]["content"]
     seed = next(p for p in paths["/api/image.png"]["get"]["parameters"] if p["name"] == "seed")
     assert seed["schema"]["maximum"] == 2 ** 32 - 1 and seed["required"]
-    for path in ("/api/image.png", "/api/neighbours.png", "/api/morph.gif", "/api/info"):
+    for path in ("/api/image.png", "/api/neighbours.png", "/api/morph.gif", "/api/info", "/api/nearest",
+                 "/api/training-image.png"):
         assert set(paths[path]["get"]["responses"]["422"]["content"]) == {"application/json"}, path
 
 
@@ -219,6 +274,13 @@ BAD = [
     ("/api/image.png", {"seed": 1, "snapshot": "data/dataset.json"}, "unknown snapshot"),
     ("/api/info", {"snapshot": "x" * 201}, "snapshot"),
     ("/api/info", {"snapshot": "nope.pt"}, "unknown snapshot"),
+    ("/api/nearest", {"seed": -1}, "seed"),
+    ("/api/nearest", {"seed": 1, "count": 0}, "count"),
+    ("/api/nearest", {"seed": 1, "count": 9}, "count"),
+    ("/api/nearest", {"seed": 1, "snapshot": "nope.pt"}, "unknown snapshot"),
+    ("/api/training-image.png", {}, "id"),
+    ("/api/training-image.png", {"id": "../../../etc/passwd"}, "not an image of the served dataset"),
+    ("/api/training-image.png", {"id": "shards/shard-000000.tar/../../dataset.json"}, "not an image of the served"),
 ]
 
 
@@ -356,3 +418,32 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not load" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve"])  # --snapshot or --run-dir is required
+
+
+def test_cli_data_serves_nearest_training_images_with_the_evaluate_settings(run, neighbours, tmp_path, monkeypatch,
+                                                                             capsys):
+    import uvicorn
+    import yaml
+
+    from flows.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.delenv("GANFLOW_DINOV2_WEIGHTS", raising=False)
+    params = tmp_path / "params.yaml"
+    cache = neighbours.settings.cache_dir  # the features the module's `neighbours` cached: nothing re-extracted
+    params.write_text(yaml.safe_dump({"evaluate": {"metrics": ["fd_dinov2"], "cache_dir": cache,
+                                                   "dinov2_weights": str(neighbours.settings.weights)}}))
+    data = str(run.parent / "data")
+    assert main(["serve", "--run-dir", str(run), "--data", data, "--params", str(params)]) == 0
+    body = TestClient(seen["app"]).get("/api/nearest", params={"seed": 2}).json()
+    assert body["features"] == "dinov2-vits14" and len(body["neighbours"]) == 3
+    assert body == neighbours_json(TestClient(create_app(Explorer(run_dir=run, training=neighbours))), 2)
+
+    params.write_text(yaml.safe_dump({"evaluate": {"metrics": ["fd_dinov2"]}}))  # no DINOv2 weights anywhere
+    assert main(["serve", "--run-dir", str(run), "--data", data, "--params", str(params)]) == 2
+    assert "dinov2_vitl14_pretrain.pth" in capsys.readouterr().err
+
+
+def neighbours_json(client: TestClient, seed: int) -> dict:
+    return client.get("/api/nearest", params={"seed": seed}).json()

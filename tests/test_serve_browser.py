@@ -1,7 +1,8 @@
 """`ganflow serve` end to end in a real headless Chromium: Debian's /usr/bin/chromium (installed by `make test`),
 driven by Playwright with that executable (Playwright's own browser download is never used). The page is served on
 localhost by uvicorn; the test sets a seed and a resolution and checks that an image of that size appears, then the
-download, the morph, the FID table and an error message; the page's screenshot is saved as a test artifact."""
+download, the nearest training images, the morph, the FID table and an error message; the page's screenshot is saved
+as a test artifact."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_serve import make_run
+from tests.test_serve import make_run, training_neighbours
 
 CHROMIUM = os.environ.get("GANFLOW_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("GANFLOW_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
@@ -51,8 +52,8 @@ def server(tmp_path_factory, one_torch_thread):
     from tasks.serve import Explorer, create_app
 
     run = make_run(tmp_path_factory.mktemp("browser"))
-    srv = uvicorn.Server(uvicorn.Config(create_app(Explorer(run_dir=run)), host="127.0.0.1", port=0,
-                                        log_level="warning"))
+    explorer = Explorer(run_dir=run, training=training_neighbours(run, tmp_path_factory.mktemp("browser-nearest")))
+    srv = uvicorn.Server(uvicorn.Config(create_app(explorer), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -91,6 +92,18 @@ def test_page_in_chromium_draws_the_chosen_seed_at_the_chosen_resolution(browser
     api = page.request.get(server + "/api/image.png?seed=1234&resolution=64&truncation=1")
     assert api.ok and saved.read_bytes() == api.body()
 
+    # The 3 training images nearest to seed 1234's image, each shown (32² training images) with its distance.
+    page.wait_for_selector("#nearest[data-seed='1234'] figure")
+    assert page.locator("#nearest figure").count() == 3
+    page.wait_for_function("() => [...document.querySelectorAll('#nearest img')]"
+                           ".every((img) => img.complete && img.naturalWidth === 32)")
+    captions = page.locator("#nearest figcaption").all_text_contents()
+    distances = [float(c.removeprefix("d = ")) for c in captions]
+    assert distances == sorted(distances) and distances[0] > 0
+    nearest = page.request.get(server + "/api/nearest?seed=1234&truncation=1&count=3").json()
+    assert [float(f"{n['distance']:.4g}") for n in nearest["neighbours"]] == distances
+    assert "τ" in page.text_content("#nearest-note")
+
     # The neighbour grid (9 tiles at 64²) and the morph (to seed 7) at the chosen size.
     page.wait_for_function("() => document.getElementById('neighbours').naturalWidth === 192")
     page.fill("#seed-b", "7")
@@ -102,6 +115,8 @@ def test_page_in_chromium_draws_the_chosen_seed_at_the_chosen_resolution(browser
     page.wait_for_selector("#fid table")
     assert page.locator("#fid tbody tr").count() == 2
     assert page.locator("#fid tr.best").count() == 1 and page.locator("#fid tr.diverged").count() == 1
+    headers = page.locator("#fid th").all_text_contents()
+    assert all(h in headers for h in ("FID", "KID", "FD-DINOv2", "precision", "recall", "memorized"))
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)

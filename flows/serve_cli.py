@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.validate import integer, torch_device
+from flows.validate import existing_folder, integer, torch_device
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

@@ -23,6 +23,9 @@ SG2 = dict(arch="stylegan2", resolution=32, net=dict(channel_base=512, channel_m
 # WGAN-GP draws its interpolation points per process, so the PGGAN comparison uses the least-squares loss.
 PGGAN = dict(arch="pggan", resolution=16, loss="lsgan", fade_kimg=0.004, stabilize_kimg=0.004,
              net=dict(channel_base=256, channel_max=64, z_dim=32))
+# StyleGAN3-T: its running statistics move in D's pass per process and are averaged at the EMA update.
+SG3T = dict(arch="stylegan3-t", resolution=16, net=dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16),
+            r1_interval=1)
 BATCH = 8  # 4 per process: one minibatch-std group of 4, the same groups as the whole batch's (n % 2)
 
 
@@ -49,7 +52,7 @@ def _worker(rank: int, world: int, store: str, kw: dict, data: str, out: str, ki
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kw", [SG2, PGGAN], ids=["stylegan2", "pggan"])
+@pytest.mark.parametrize("kw", [SG2, PGGAN, SG3T], ids=["stylegan2", "pggan", "stylegan3-t"])
 def test_two_processes_make_the_same_update_as_one_with_the_whole_batch(tiny_dataset, tmp_path, kw):
     # One step (D with R1, G, EMA): after it StyleGAN2's noise strengths, updated from per-process noise, differ.
     kimg = BATCH / 1000

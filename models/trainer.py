@@ -237,6 +237,8 @@ class Trainer:
         loss.backward()
         dd.average_gradients(self.D.parameters())
         self.opt_D.step()
+        if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
+            dd.average_buffers(self.G)
         if self.ada:
             self.ada.accumulate(real_logits.detach())
         return stats

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
-from models.stylegan2 import NOISE_MODES, _precision
+from models.stylegan2 import NOISE_MODES, _full_precision, _precision
 
 Tensor = torch.Tensor
 KINDS = ("stylegan3-t", "stylegan3-r")
@@ -185,7 +185,8 @@ def modulated_conv2d(x: Tensor, w: Tensor, s: Tensor, demodulate: bool = True, p
     scale = s if input_gain is None else s * input_gain.expand(n, w.shape[1])
     x = F.conv2d(x * scale.to(x.dtype).reshape(n, -1, 1, 1), w.to(x.dtype), padding=padding)
     if demodulate:
-        dcoefs = (s.square() @ w.square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        with _full_precision(x):
+            dcoefs = (s.square() @ w.square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
         x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
     return x
 
@@ -239,9 +240,10 @@ class MappingNetwork(nn.Module):
         truncation_cutoff ws (all by default) towards w_avg."""
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [N, {self.z_dim}], not {list(z.shape)}")
-        x = ops.normalize_2nd_moment(z.to(torch.float32))
-        for i in range(self.num_layers):
-            x = getattr(self, f"fc{i}")(x)
+        with _full_precision(z):  # fp32 under autocast, as the reference's mapping
+            x = ops.normalize_2nd_moment(z.to(torch.float32))
+            for i in range(self.num_layers):
+                x = getattr(self, f"fc{i}")(x)
         if update_w_avg:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
@@ -273,6 +275,10 @@ class SynthesisInput(nn.Module):
         self.register_buffer("phases", phases)
 
     def forward(self, w: Tensor) -> Tensor:
+        with _full_precision(w):  # phases need fp32 (the reference never runs this layer in half precision)
+            return self._features(w.to(torch.float32))
+
+    def _features(self, w: Tensor) -> Tensor:
         n = w.shape[0]
         t = self.affine(w)  # (r_c, r_s, t_x, t_y)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
@@ -348,12 +354,13 @@ class SynthesisLayer(nn.Module):
                 magnitude = x.detach().to(torch.float32).square().mean()
                 self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
         input_gain = self.magnitude_ema.rsqrt()
-        with _precision(self.use_fp16, x):
-            if not self.use_fp16:
-                x = x.to(torch.float32)
+        with _full_precision(x):  # styles in fp32 (the reference's are): only the convolutions may run in half
             styles = self.affine(w.to(torch.float32))
             if self.is_torgb:
                 styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel ** 2))
+        with _precision(self.use_fp16, x):
+            if not self.use_fp16:
+                x = x.to(torch.float32)
             x = modulated_conv2d(x, self.weight, styles, demodulate=not self.is_torgb,
                                  padding=self.conv_kernel - 1, input_gain=input_gain, fused=fused)
             gain, slope = (1.0, 1.0) if self.is_torgb else (np.sqrt(2), 0.2)

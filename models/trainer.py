@@ -202,7 +202,12 @@ class Trainer:
         return self.arch.prepare_reals(reals, self.nimg)
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
-        return self.augment(x) if self.augment is not None else x
+        if self.augment is None:
+            return x
+        # In fp32, as the reference: under bf16 autocast the pipe's matrices come out bf16 and its index_put
+        # of warped images into the float batch fails as soon as p > 0.
+        with torch.autocast(self.device.type, enabled=False):
+            return self.augment(x.float())
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -232,6 +237,8 @@ class Trainer:
         loss.backward()
         dd.average_gradients(self.D.parameters())
         self.opt_D.step()
+        if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
+            dd.average_buffers(self.G)
         if self.ada:
             self.ada.accumulate(real_logits.detach())
         return stats

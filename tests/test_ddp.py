@@ -23,6 +23,13 @@ SG2 = dict(arch="stylegan2", resolution=32, net=dict(channel_base=512, channel_m
 # WGAN-GP draws its interpolation points per process, so the PGGAN comparison uses the least-squares loss.
 PGGAN = dict(arch="pggan", resolution=16, loss="lsgan", fade_kimg=0.004, stabilize_kimg=0.004,
              net=dict(channel_base=256, channel_max=64, z_dim=32))
+# StyleGAN3-T: its running statistics move in D's pass per process, then are averaged over processes.
+SG3T = dict(arch="stylegan3-t", resolution=16, net=dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16),
+            r1_interval=1)
+# The largest single-weight gap allowed, in Adam steps (lr). G's step runs through D after D's update, whose
+# near-eps gradients already differ by a part of lr (see below); StyleGAN3's 16 layers hold more G weights
+# with gradients near Adam's eps (|g| ~ 1e-8 at init), where that moves their first step by up to ~0.2 lr.
+MAX_GAP = {"stylegan2": 0.05, "pggan": 0.05, "stylegan3-t": 0.5}
 BATCH = 8  # 4 per process: one minibatch-std group of 4, the same groups as the whole batch's (n % 2)
 
 
@@ -49,7 +56,7 @@ def _worker(rank: int, world: int, store: str, kw: dict, data: str, out: str, ki
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kw", [SG2, PGGAN], ids=["stylegan2", "pggan"])
+@pytest.mark.parametrize("kw", [SG2, PGGAN, SG3T], ids=["stylegan2", "pggan", "stylegan3-t"])
 def test_two_processes_make_the_same_update_as_one_with_the_whole_batch(tiny_dataset, tmp_path, kw):
     # One step (D with R1, G, EMA): after it StyleGAN2's noise strengths, updated from per-process noise, differ.
     kimg = BATCH / 1000
@@ -58,6 +65,7 @@ def test_two_processes_make_the_same_update_as_one_with_the_whole_batch(tiny_dat
     torch.set_num_threads(1)
     single = _one_step(_cfg(kw), tiny_dataset, tmp_path / "single", kimg)
     start = Trainer(_cfg(kw), load_images(tiny_dataset, kw["resolution"]), tmp_path / "start")
+    off = total = 0  # weights (all nets) more than a thousandth of a step apart
     for name, net in (("G", single.G), ("D", single.D), ("G_ema", single.G_ema)):
         for key, value in net.state_dict().items():
             if "noise_strength" in key:
@@ -66,8 +74,12 @@ def test_two_processes_make_the_same_update_as_one_with_the_whole_batch(tiny_dat
             # Adam's first step moves a weight by lr * g / (|g| + eps): about lr, whatever the gradient's size,
             # so gradients that differ only by summation order can differ by a part of lr where g is ~eps.
             # Those are rare; everywhere else the two runs agree to a thousandth of a step.
-            assert gap.max().item() <= 0.05 * single.arch.lr, (name, key, gap.max().item())
-            assert (gap > 1e-3 * single.arch.lr).float().mean().item() <= 1e-3, (name, key)
+            assert gap.max().item() <= MAX_GAP[kw["arch"]] * single.arch.lr, (name, key, gap.max().item())
+            off += int((gap > 1e-3 * single.arch.lr).sum())
+            total += gap.numel()
+            if kw["arch"] != "stylegan3-t":  # its tensors are too small (256 weights) for a per-tensor rate
+                assert (gap > 1e-3 * single.arch.lr).float().mean().item() <= 1e-3, (name, key)
+    assert off / total <= 1e-3, (off, total)
     # Not vacuous: the two-process weights did move from the start, by whole Adam steps.
     moved = [(ddp["D"][k] - v).abs().max().item() for k, v in start.D.state_dict().items()]
     assert max(moved) > 0.4 * single.arch.lr

@@ -25,6 +25,7 @@ TINY_TRAIN = dict(batch=4, channel_base=512, channel_max=64, net=dict(z_dim=32, 
                   ada_target=0.0, snapshot_kimg=0.008, cycle_kimg=0.008, retries=0, retry_delay_seconds=0,
                   device="cpu")
 TINY_PGGAN = dict(channel_base=256, channel_max=64, net=dict(z_dim=32), fade_kimg=0.008, stabilize_kimg=0.008)
+TINY_SG3 = dict(channel_base=256, channel_max=16, net=dict(z_dim=16, w_dim=16))
 
 
 def tiny_params(folder: Path, **train) -> Path:
@@ -111,6 +112,7 @@ def test_train_params_errors_name_the_key(tmp_path):
 @pytest.mark.parametrize("arch,resolution,extra,stages", [
     ("stylegan2", 32, {}, ["cycle 1/2", "cycle 2/2"]),
     ("pggan", 16, TINY_PGGAN, ["4x4", "8x8", "16x16"]),
+    ("stylegan3-r", 16, TINY_SG3, ["cycle 1/2", "cycle 2/2"]),
 ])
 def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, resolution, extra, stages):
     from flows.train import train_flow
@@ -122,7 +124,7 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
 
     with tags("request:abc123"):  # how `python -m flows.train --request-id` (the manager's launch) tags its run
         state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
-                           kimg=0.016 if arch == "stylegan2" else None, params=str(tiny_params(tmp_path, **extra)),
+                           kimg=None if arch == "pggan" else 0.016, params=str(tiny_params(tmp_path, **extra)),
                            return_state=True)
     assert state.is_completed(), state
     result = state.result()
@@ -130,7 +132,7 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
     assert "request:abc123" in run.tags
 
     # PGGAN: one stage per resolution, ending where the growth schedule has stabilized it (0.008, 0.024, 0.040).
-    ends = [0.008, 0.016] if arch == "stylegan2" else [0.008, 0.024, 0.040]
+    ends = [0.008, 0.024, 0.040] if arch == "pggan" else [0.008, 0.016]
     assert [s["stage"].split("(")[1].rstrip(")") for s in result["stages"]] == stages
     assert [s["kimg"] for s in result["stages"]] == ends
     assert [s["resumed_from"] is not None for s in result["stages"]] == [False] + [True] * (len(stages) - 1)

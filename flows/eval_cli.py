@@ -176,7 +176,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.snapshot:
         from tasks.evaluate import evaluate_snapshot
 
-        print(json.dumps(evaluate_snapshot(args.snapshot, args.data, weights, ep, device=args.device), indent=2))
+        print(json.dumps(evaluate_snapshot(args.snapshot, args.data, weights, ep, device=args.device,
+                                            dinov2_weights=dinov2), indent=2))
         return 0
 
     def progress(m: dict) -> None:

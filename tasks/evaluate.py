@@ -215,22 +215,26 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
 
 
-def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
-                      device: str = "cpu") -> dict:
-    """FID (and KID) of one network file against data: a checkpoint, a best.pt or an imported NVIDIA network
-    (`ganflow import`), e.g. a pretrained network's distance to a dataset before fine-tuning on it. Writes no
-    run files; the real statistics are cached as for evaluate_run."""
+def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+                      device: str = "cpu", dinov2_weights: str | Path | None = None) -> dict:
+    """The metrics of one network file against data (p.metrics: FID and/or FD-DINOv2, KID, precision/recall): a
+    checkpoint, a best.pt or an imported NVIDIA network (`ganflow import`), e.g. a pretrained network's distance to
+    a dataset before fine-tuning on it. Writes no run files; the real statistics are cached as for evaluate_run."""
     from models.generate import load_generator
-    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, read_weights, real_stats
+    from tasks.metrics import extract_each, feature_spaces, read_weights, real_stats_each, scores
 
     G, arch = load_generator(snapshot)
-    extractor, digest = load_extractor(read_weights(weights, p.inception_sha256 or None), device=device)
-    real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
-                              keep_features=p.kid, batch=p.batch, device=device)
-    feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
-    m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
-    return {**m, "snapshot": str(snapshot), "arch": arch["name"], "real_stats_cached": cached,
-            "weights_sha256": digest}
+    inception = read_weights(weights, p.inception_sha256 or None) if "fid" in p.metrics and weights is not None else None
+    spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
+                            p.dinov2_sha256 or None, device)
+    reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
+    fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+    m = scores(spaces, {k: v[0] for k, v in reals.items()}, fakes, p.kid, p.kid_subsets, p.kid_subset_size)
+    notes = [s.note for s in spaces if s.note]
+    return {**m, "snapshot": str(snapshot), "arch": arch["name"],
+            "real_stats_cached": all(c for _s, c in reals.values()),
+            **{("weights_sha256" if s.metric == "fid" else "dinov2_sha256"): s.sha256 for s in spaces},
+            **({"extractor": "; ".join(notes)} if notes else {})}
 
 
 def _previous_metrics(run_dir: Path, warn: Callable[[str], None]) -> dict:

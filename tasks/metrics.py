@@ -342,19 +342,19 @@ def _cache_file(cache_dir: Path, data_hash: str, weights_sha: str, n: int | None
     return cache_dir / f"real-stats-{key}.pt"
 
 
-def read_stats_cache(cache: Path) -> Stats | None:
-    """A real-statistics cache file, loaded with weights_only=True and checked (mean [2048], covariance
-    [2048, 2048], N, features [N, 2048] or none). One that does not load or fit (planted pickle, torn, another
-    schema) is None, with a warning naming it: the caller recomputes and rewrites it."""
+def read_stats_cache(cache: Path, dim: int | None = None) -> Stats | None:
+    """A real-statistics cache file, loaded with weights_only=True and checked (mean [D], covariance [D, D], N,
+    features [N, D] or none; D = `dim` when given, e.g. Inception's 2048). One that does not load or fit (planted
+    pickle, torn, another schema) is None, with a warning naming it: the caller recomputes and rewrites it."""
     try:
         d = torch.load(cache, map_location="cpu", weights_only=True)
         n = int(d["n"])
         mu, sigma, feats = d["mu"], d["sigma"], d.get("features")
-        dim = int(FEATURE)
+        dim = dim or (int(mu.shape[0]) if torch.is_tensor(mu) and mu.ndim == 1 else -1)
         if not (torch.is_tensor(mu) and torch.is_tensor(sigma) and tuple(mu.shape) == (dim,)
                 and tuple(sigma.shape) == (dim, dim) and n >= 2
                 and (feats is None or (torch.is_tensor(feats) and tuple(feats.shape) == (n, dim)))):
-            raise ValueError("its entries do not have the shapes of InceptionV3 statistics")
+            raise ValueError("its entries do not have the shapes of these features' statistics")
         if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
             raise ValueError("it holds non-finite numbers")
     except Exception as e:  # the safe unpickler's refusal, a torn zip, a missing key: all mean "recompute"
@@ -375,7 +375,7 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
     if cache_dir is not None:
         cache = _cache_file(Path(cache_dir), content_hash(path, n), weights_sha, n, feature)
         if cache.exists():
-            stats = read_stats_cache(cache)
+            stats = read_stats_cache(cache, int(feature) if feature.isdigit() else None)
             if stats is not None and (not keep_features or stats.features is not None):
                 return stats, True
     feats = extract_features(extractor, source_batches(path, batch, n), device)

@@ -436,7 +436,7 @@ def test_cli_data_serves_nearest_training_images_with_the_evaluate_settings(run,
                                                    "dinov2_weights": str(neighbours.settings.weights)}}))
     data = str(run.parent / "data")
     assert main(["serve", "--run-dir", str(run), "--data", data, "--params", str(params)]) == 0
-    body = TestClient(seen["app"]).get("/api/nearest", params={"seed": 2}).json()
+    body = TestClient(seen["app"], base_url="http://127.0.0.1:8000").get("/api/nearest", params={"seed": 2}).json()
     assert body["features"] == "dinov2-vits14" and len(body["neighbours"]) == 3
     assert body == neighbours_json(TestClient(create_app(Explorer(run_dir=run, training=neighbours))), 2)
 

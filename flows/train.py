@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
 from tasks import train_report
-from tasks.stages import (done_kimg, plan_stages, resolve_device, tag_current_run, train_config, train_params,
+from tasks.stages import (done_kimg, plan_stages, resolve_device, run_config, tag_current_run, train_params,
                           train_stage_task)
 
 
@@ -35,6 +35,7 @@ def train_flow(
     ada_target: float | None = None,
     device: str | None = None,
     resume_from: str | None = None,
+    freeze_d: int | None = None,
     request_id: str | None = None,
 ) -> dict:
     """Train a GAN on a curated dataset in stages; every stage resumes from the newest checkpoint.
@@ -52,17 +53,22 @@ def train_flow(
         snapshot_kimg: Checkpoint and sample grid every this many kimg. Empty: train.snapshot_kimg.
         ada_target: ADA target for E[sign(D(real))], 0 = off. Empty: train.ada_target (stylegan2), off (pggan).
         device: auto, cpu, cuda or cuda:N. Empty: train.device.
-        resume_from: A checkpoint of another run to start from (transfer learning); ignored once run_dir has
-            checkpoints.
+        resume_from: Transfer learning: a network file to start from (a ganflow .pt: checkpoint, best.pt or
+            `ganflow import` output; or an NVIDIA .pkl). Its architecture is the run's: leave arch and resolution
+            empty (given, they must agree with it). Keep it to continue the run. Empty: train.resume_from.
+        freeze_d: Freeze-D: keep the pretrained discriminator's first N layers fixed. Empty: train.freeze_d.
         request_id: The training manager's request id; the run is tagged request:<id> so the manager finds it.
     """
     logger = get_run_logger()
     if request_id:
         tag_current_run(f"request:{request_id}")
-    p = train_params(params, snapshot_kimg=snapshot_kimg)
-    arch, resolution = arch or p.arch, resolution or p.resolution
+    p = train_params(params, snapshot_kimg=snapshot_kimg, resume_from=resume_from, freeze_d=freeze_d)
     seed = p.seed if seed is None else seed
-    cfg = train_config(p, arch, resolution, seed, ada_target=ada_target)
+    cfg, notes = run_config(p, arch or p.arch, resolution or p.resolution, seed, ada_target=ada_target,
+                            given={"arch": arch, "resolution": resolution})
+    for note in notes:
+        logger.info(note)
+    arch, resolution = cfg.arch, cfg.resolution
     stages = plan_stages(arch, resolution, kimg, p)
     total = stages[-1].end_kimg
     dev = resolve_device(device or p.device)
@@ -78,7 +84,8 @@ def train_flow(
             continue
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
         results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
-                                                           resume_from=resume_from, progress_artifact=str(progress))})
+                                                           resume_from=p.resume_from or None,
+                                                           progress_artifact=str(progress))})
         results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
     return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
             "kimg": done_kimg(run_dir), "stages": results}
@@ -98,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg (default: params)")
     p.add_argument("--ada-target", type=float, metavar="T", help="ADA target, 0 = off (default: params)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: params)")
-    p.add_argument("--resume-from", metavar="CKPT", help="start from another run's snapshot (transfer learning)")
+    p.add_argument("--resume-from", metavar="FILE", help="transfer learning: start from this network file "
+                                                          "(.pt or NVIDIA .pkl), its architecture included")
+    p.add_argument("--freeze-d", type=int, metavar="N", help="Freeze-D: keep D's first N layers fixed")
     p.add_argument("--request-id", metavar="ID", help="the training manager's request id (tags the flow run)")
     return p
 
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,
                                 kimg=args.kimg, seed=args.seed, params=args.params, snapshot_kimg=args.snapshot_kimg,
                                 ada_target=args.ada_target, device=args.device, resume_from=args.resume_from,
-                                request_id=args.request_id)
+                                freeze_d=args.freeze_d, request_id=args.request_id)
     except (ParamsError, DatasetError, ValueError, FileNotFoundError) as e:
         print(f"python -m flows.train: error: {e}", file=sys.stderr)
         return 2

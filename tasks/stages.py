@@ -142,7 +142,11 @@ def run_config(p: TrainParams, arch: str, resolution: int, seed: int = 0, ada_ta
     cfg = train_config(p, arch, resolution, seed, ada_target)
     if not p.resume_from:
         return cfg, []
-    return transfer_config(cfg, p.resume_from, given)
+    transferred, notes = transfer_config(cfg, p.resume_from, given)
+    if transferred.arch != cfg.arch:  # the family's own defaults (train.ada_target is StyleGAN2-ADA's)
+        transferred = dataclasses.replace(transferred, ada_target=train_config(
+            p, transferred.arch, transferred.resolution, seed, ada_target).ada_target)
+    return transferred, notes
 
 
 def resolve_device(device: str) -> str:

@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_step.py --arch stylegan3-t stylegan3-r --resolutions 64 --batch 4 --steps 2 \
+		--out bench/results/train_step_stylegan3.json
 	$(BIN)/python bench/checkpoint_overhead.py
 	$(BIN)/python bench/fid.py
 	$(BIN)/python bench/dvc_noop.py

@@ -4,10 +4,12 @@
 2. full training steps (D step with lazy R1, G step, EMA) at 64² and 128², img/s;
 3. the FLOPs of those steps (torch.utils.flop_counter) and the fraction of the matmul peak they reach.
 
-Usage: python bench/train_step.py [--arch stylegan2 pggan] [--resolutions 64 128] [--device cpu|cuda]
-                                  [--out bench/results/train_step.json]
+Usage: python bench/train_step.py [--arch stylegan2 pggan stylegan3-t stylegan3-r] [--resolutions 64 128]
+                                  [--device cpu|cuda] [--out bench/results/train_step.json]
 On a GPU: --device cuda --resolutions 256 --batch 32 gives s/kimg to set beside stylegan2-ada-pytorch's
-published one-V100 figure at 256² (21.6-24.2 s/kimg).
+published one-V100 figure at 256² (21.6-24.2 s/kimg); --arch stylegan3-t stylegan3-r --device cuda
+--resolutions 256 --batch 32 beside stylegan3's one-A100 figures at 256² (T 49.8, R 56.7 s/kimg; its
+compiled CUDA ops, where ganflow runs the reference's plain-PyTorch filtered leaky ReLU).
 """
 from __future__ import annotations
 

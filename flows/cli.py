@@ -143,8 +143,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ goes here)")
     p.add_argument("--params", default="params.yaml", metavar="FILE",
                    help="settings file: every option not given comes from its `train` section (default: params.yaml)")
-    p.add_argument("--arch", choices=["stylegan2", "pggan"],
-                   help="network family: stylegan2 (with ADA) or pggan (progressive growing)")
+    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family: stylegan2 or stylegan3-t/-r (with ADA), or pggan (progressive growing)")
     p.add_argument("--resolution", type=int, metavar="N", help="training resolution (power of 2)")
     p.add_argument("--kimg", type=float, metavar="K", help="train until this many thousand images "
                                                             "(default: train.kimg, or the stage plan's length)")
@@ -166,6 +166,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, help="images per step (0: the preset's)")
     p.add_argument("--channel-base", type=int, help="feature-map budget (smaller = faster, for CPU runs)")
     p.add_argument("--channel-max", type=int, help="cap on feature maps per layer")
+    p.add_argument("--r1-gamma", "--gamma", dest="r1_gamma", type=float, metavar="G",
+                   help="R1 regularization weight (the reference's --gamma); default: train.r1_gamma, whose -1 means "
+                        "the family's (stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
     p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: the family's)")
     p.add_argument("--ada-target", type=float,
                    help="ADA target for E[sign(D(real))]; 0 = off; default: train.ada_target for stylegan2, off for pggan")
@@ -185,7 +188,7 @@ def _run_train(args: argparse.Namespace) -> int:
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
                                            "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
-                                           "device", "resume_from", "freeze_d")}
+                                           "device", "r1_gamma", "resume_from", "freeze_d")}
     p = train_params(args.params, **given)
     # Started from a network file, the run has the file's architecture; the options named here must agree.
     cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target, given=given)
@@ -236,6 +239,30 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert an NVIDIA network pickle (StyleGAN2-ADA, StyleGAN3) into a ganflow network file",
+                       description="Read a network pickle written by NVlabs/stylegan2-ada-pytorch or NVlabs/stylegan3 "
+                                   "(network-snapshot-*.pkl or a published pretrained file) without running anything "
+                                   "from it, and write G, D and G_ema as ganflow networks with the architecture the "
+                                   "pickle records. `generate`, `morph`, `serve` and `train --resume-from` take FILE.")
+    p.add_argument("network", metavar="NETWORK.pkl", help="the pickle (a .pkl, or gzipped)")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the ganflow network file")
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from models.network_pickle import import_network_pickle, save_imported
+
+    state = import_network_pickle(args.network)
+    out = save_imported(state, args.out)
+    arch, net = state["arch"], state["arch"]["net"]
+    n = state["source"]["num_params"]
+    print(f"{arch['name']} {net['resolution']}x{net['resolution']}, z_dim {net['z_dim']}, w_dim {net['w_dim']}: "
+          f"G {n['G']:,} parameters, D {n['D']:,} (from {state['source']['file']})")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
@@ -247,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)
     add_datasets_commands(sub)
     add_serve_commands(sub)
+    _add_import(sub)
     return parser
 
 

@@ -98,7 +98,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "the real statistics of DIR (cached), then write RUN/fid.csv (kimg, fid, kid), "
                                    "RUN/metrics.json (latest, best, flagged) and RUN/best.pt (G_ema of the lowest-FID "
                                    "snapshot not flagged as diverged).")
-    p.add_argument("--run-dir", required=True, metavar="R", help="run folder (checkpoints/ inside)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", metavar="R", help="run folder (checkpoints/ inside)")
+    src.add_argument("--snapshot", metavar="FILE", help="one network file instead (a checkpoint, best.pt or a "
+                                                        "`ganflow import`ed network): its FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (or a folder of real images)")
     p.add_argument("--inception-weights", metavar="W", help=_weights_help())
     p.add_argument("--n-fake", type=int, help="generated images per snapshot (default: params.yaml evaluate.n_fake)")
@@ -117,6 +120,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     ep = evaluate_params(args.params)
     ep = dataclasses.replace(ep, n_fake=args.n_fake or ep.n_fake, kid=ep.kid and not args.no_kid)
     weights = resolve_weights(args.inception_weights, ep.inception_weights)
+
+    if args.snapshot:
+        from tasks.evaluate import evaluate_snapshot
+
+        print(json.dumps(evaluate_snapshot(args.snapshot, args.data, weights, ep, device=args.device), indent=2))
+        return 0
 
     def progress(m: dict) -> None:
         kid = f", KID {m['kid_mean']:.5f}" if "kid_mean" in m else ""

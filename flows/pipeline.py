@@ -16,7 +16,7 @@ def pipeline(
     hashtag: str | None = None,
     out: str = "data/curated/demo",
     run_dir: str = "runs/demo",
-    arch: Literal["stylegan2", "pggan"] | None = None,
+    arch: Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"] | None = None,
     resolution: int | None = None,
     kimg: float | None = None,
     seed: int = 0,
@@ -39,8 +39,8 @@ def pipeline(
         hashtag: The hashtag without '#' when source is hashtag.
         out: Where the curated dataset goes (manifest.jsonl, shards/, dataset.json).
         run_dir: The training run folder (checkpoints/, samples/).
-        arch: Network family: stylegan2 (StyleGAN2-ADA, in cycles) or pggan (one stage per resolution). Empty:
-            train.arch, or resume_from's.
+        arch: Network family: stylegan2 or stylegan3-t/-r (with ADA, in cycles), or pggan (one stage per resolution).
+            Empty: train.arch, or resume_from's.
         resolution: Training resolution (a power of two, at most the curated resolution). Empty: train.resolution,
             or resume_from's.
         kimg: Total kimg to train. Empty: params.yaml's train section decides.

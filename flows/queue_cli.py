@@ -28,7 +28,8 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "starts it, watches it through the Prefect API and restarts it from its "
                                    "newest checkpoint if its process or machine is lost.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", choices=["stylegan2", "pggan"], help="network family (not needed with --resume-from)")
+    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family (not needed with --resume-from)")
     p.add_argument("--resolution", type=int, metavar="N",
                    help="training resolution, a power of 2 (not needed with --resume-from)")
     p.add_argument("--kimg", type=float, required=True, metavar="K",

@@ -27,7 +27,7 @@ def train_flow(
     data: str,
     run_dir: str,
     resolution: int | None = None,
-    arch: Literal["stylegan2", "pggan"] | None = None,
+    arch: Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"] | None = None,
     kimg: float | None = None,
     seed: int | None = None,
     params: str = "params.yaml",
@@ -44,8 +44,8 @@ def train_flow(
         data: Curated dataset folder (dataset.json + shards/), as `ganflow curate` writes it.
         run_dir: Run folder: checkpoints/ckpt-<kimg>.pt and samples/fakes-<kimg>.png go here.
         resolution: Training resolution in pixels (a power of two, at most the dataset's). Empty: train.resolution.
-        arch: Network family: stylegan2 (StyleGAN2-ADA, trained in cycles) or pggan (one stage per resolution).
-            Empty: train.arch.
+        arch: Network family: stylegan2 (StyleGAN2-ADA) or stylegan3-t / stylegan3-r (StyleGAN3 with ADA), trained
+            in cycles, or pggan (one stage per resolution). Empty: train.arch.
         kimg: Train until this many thousand images in total. Empty: train.kimg, or when that is 0 the family's
             length (stylegan2: train.cycles x train.cycle_kimg; pggan: the final resolution faded in and stabilized).
         seed: Seed for weights, data order and noise. Empty: train.seed.
@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
     p.add_argument("--run-dir", required=True, metavar="RUN", help="run folder (checkpoints/, samples/)")
     p.add_argument("--resolution", type=int, metavar="N", help="training resolution, a power of 2 (default: params)")
-    p.add_argument("--arch", choices=["stylegan2", "pggan"], help="network family (default: params)")
+    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family (default: params)")
     p.add_argument("--kimg", type=float, metavar="K", help="total kimg (default: from params.yaml)")
     p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default: params)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")

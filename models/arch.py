@@ -27,6 +27,8 @@ class Arch(Protocol):
     ada_target: float
     pl_weight: float
     style_mixing: float
+    stats_in_d_step: bool  # G's running statistics (w_avg...) move in D's pass over fakes, not in G's step
+
 
     def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True,
                  return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
@@ -46,6 +48,8 @@ def _pick(value, default, unset):
 
 
 class StyleGAN2Arch:
+    stats_in_d_step = False  # stylegan2-ada-pytorch moves w_avg in G's own training step
+
     def __init__(self, cfg):
         from models.stylegan2 import Discriminator, Generator, preset
 
@@ -98,6 +102,8 @@ class PGGANArch:
     """PGGAN: G and D grow from 4x4; the stage and fade-in alpha are a pure function of images seen
     (models.pggan.GrowthSchedule), so a resumed run is at exactly the same point of growth."""
 
+    stats_in_d_step = False  # no running statistics
+
     def __init__(self, cfg):
         from models.pggan import Discriminator, Generator, GrowthSchedule, paper_minibatch, preset
 
@@ -143,7 +149,92 @@ class PGGANArch:
                 "schedule": {"stabilize_kimg": self.schedule.stabilize_kimg, "fade_kimg": self.schedule.fade_kimg}}
 
 
-ARCHS = {"stylegan2": StyleGAN2Arch, "pggan": PGGANArch}
+class StyleGAN3Arch:
+    """StyleGAN3-T/R generator with StyleGAN2's residual discriminator, set up as the reference's train.py
+    sets --cfg stylegan3-t|r: channel_base 32768 / channel_max 512 for both nets (cfg.net's channel_base and
+    channel_max are its --cbase/--cmax; R's generator doubles them), mapping depth 2, lr 0.0025, EMA
+    batch * 10 / 32 kimg, magnitude EMA half-life 20 kimg, no path-length regularization or style mixing,
+    and for R the discriminator's input blurred (sigma 10, fading to 0 over batch * 200 / 32 kimg).
+
+    The reference makes --gamma and --batch mandatory. Defaults here: R1 gamma resolution^2 / 32768 (the
+    values of its recommended configs: 0.5 at 128, 2 at 256, 8 at 512, 32 at 1024) and the StyleGAN2 'auto'
+    minibatch (32 up to 128x128, halved per doubling above, as ganflow has no gradient accumulation).
+    As in the reference's loss, G's running statistics (w_avg, magnitude EMAs) move in D's pass over fakes.
+    R's blur runs in discriminate(), so it comes after ADA's augmentation (the reference blurs, then
+    augments) and R1's gradient is taken on the unblurred image (as the reference's).
+    """
+
+    stats_in_d_step = True
+
+    def __init__(self, cfg):
+        from models.stylegan2 import Discriminator, StyleGAN2Config
+        from models.stylegan2 import preset as sg2_preset
+        from models.stylegan3 import Generator, StyleGAN3Config, preset
+
+        if cfg.preset != "auto":
+            raise ValueError(f"{cfg.arch} has one preset, auto (the reference's --cfg {cfg.arch}), not {cfg.preset!r}")
+        self.batch = cfg.batch or sg2_preset(cfg.resolution, gpus=world_size())[1].minibatch
+        net = dict(cfg.net)
+        cbase, cmax = net.pop("channel_base", 32768), net.pop("channel_max", 512)
+        mbstd = net.pop("mbstd_group", 4)
+        # A network file (transfer learning) may record G widths off the --cfg rule: g_channel_base/g_channel_max.
+        g_widths = {k[2:]: net.pop(k) for k in ("g_channel_base", "g_channel_max") if k in net}
+        g_keys = {f.name for f in dataclasses.fields(StyleGAN3Config)}
+        d_keys = {f.name for f in dataclasses.fields(StyleGAN2Config)} - g_keys | {"conv_clamp", "num_fp16_res"}
+        unknown = sorted(set(net) - g_keys - d_keys)
+        if unknown:
+            raise ValueError(f"unknown {cfg.arch} network setting(s): {', '.join(unknown)}")
+        g_net = preset(cfg.resolution, kind=cfg.arch, batch=self.batch, channel_base=cbase, channel_max=cmax)
+        self.net = dataclasses.replace(g_net, **{k: v for k, v in net.items() if k in g_keys}, **g_widths)
+        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
+        self.d_net = StyleGAN2Config(resolution=cfg.resolution, channels=self.net.channels, channel_base=cbase,
+                                     channel_max=cmax, mbstd_group=min(mbstd, _process_batch(self.batch)),
+                                     **{k: v for k, v in net.items() if k in d_keys})
+        self.G, self.D = Generator(self.net), Discriminator(self.d_net)
+        self.lr = cfg.lr or 0.0025
+        self.loss = cfg.loss or "logistic"
+        self.lazy_r1 = self.loss == "logistic"
+        self.r1_gamma = _pick(cfg.r1_gamma, cfg.resolution ** 2 / 32768, -1.0)
+        self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32, -1.0)
+        self.z_dim = self.net.z_dim
+        self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
+        self.pl_weight = _pick(cfg.pl_weight, 0.0, -1.0)
+        self.style_mixing = _pick(cfg.style_mixing, 0.0, -1.0)
+        r = cfg.arch == "stylegan3-r"
+        self.blur_init_sigma = 10.0 if r else 0.0
+        self.blur_fade_kimg = self.batch * 200 / 32 if r else 0.0
+
+    def generate(self, G, z, nimg, update_stats=True, return_ws=False):
+        ws = G.mapping(z, update_w_avg=update_stats)
+        if self.style_mixing > 0:  # off unless asked for: the reference's StyleGAN3 configs do not mix
+            cutoff = int(torch.randint(1, ws.shape[1], ()))
+            if float(torch.rand(())) < self.style_mixing:
+                ws = torch.cat([ws[:, :cutoff], G.mapping(torch.randn_like(z))[:, cutoff:]], 1)
+        images = G.synthesis(ws, update_emas=update_stats)
+        return (images, ws) if return_ws else images
+
+    def blur_sigma(self, nimg: int) -> float:
+        """R's discriminator blur: a pure function of images seen, so a resumed run blurs the same."""
+        if self.blur_fade_kimg <= 0:
+            return 0.0
+        return max(1 - nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init_sigma
+
+    def discriminate(self, D, images, nimg):
+        from models.stylegan3 import blur
+
+        return D(blur(images, self.blur_sigma(nimg)))
+
+    def prepare_reals(self, reals, nimg):
+        return reals
+
+    def progress(self, nimg):
+        return {}
+
+    def describe(self) -> dict:
+        return {"name": self.net.kind, "net": self.net.to_dict(), "d_net": self.d_net.to_dict()}
+
+
+ARCHS = {"stylegan2": StyleGAN2Arch, "stylegan3-t": StyleGAN3Arch, "stylegan3-r": StyleGAN3Arch, "pggan": PGGANArch}
 
 
 def build_arch(cfg) -> Arch:

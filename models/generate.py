@@ -39,6 +39,10 @@ def build_generator(arch: dict) -> torch.nn.Module:
         from models.stylegan2 import Generator, StyleGAN2Config
 
         return Generator(StyleGAN2Config.from_dict(arch["net"]))
+    if arch["name"] in ("stylegan3-t", "stylegan3-r"):
+        from models.stylegan3 import Generator, StyleGAN3Config
+
+        return Generator(StyleGAN3Config.from_dict(arch["net"]))
     if arch["name"] == "pggan":
         from models.pggan import Generator, PGGANConfig
 
@@ -72,9 +76,9 @@ def _pggan_stage(arch: dict, resolution: int | None) -> tuple[int, float]:
 @torch.no_grad()
 def synthesize(G: torch.nn.Module, arch: dict, z: torch.Tensor, truncation_psi: float = 1.0,
                resolution: int | None = None) -> torch.Tensor:
-    """Images in [-1,1]. StyleGAN2 with constant noise (deterministic); PGGAN at the stage it has grown to,
-    or at `resolution` when that is an earlier stage. Resampled to `resolution` otherwise."""
-    if arch["name"] == "stylegan2":
+    """Images in [-1,1]. StyleGAN2 with constant noise (deterministic; StyleGAN3 has none); PGGAN at the stage
+    it has grown to, or at `resolution` when that is an earlier stage. Resampled to `resolution` otherwise."""
+    if arch["name"] != "pggan":
         images = G(z, truncation_psi=truncation_psi, noise_mode="const", update_w_avg=False)
     else:
         stage, alpha = _pggan_stage(arch, resolution)
@@ -117,7 +121,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def interpolation_frames(G, arch: dict, seeds: list[int], frames: int, truncation_psi: float = 1.0,
                          resolution: int | None = None, batch: int = 16) -> np.ndarray:
     """`frames` uint8 images travelling seeds[0] → seeds[1] → ... → seeds[0] (a loop), at even steps:
-    linear in W for StyleGAN2 (where the reference interpolates), slerp in Z for PGGAN. Frame 0 is seeds[0]'s
+    linear in W for StyleGAN2/3 (where the reference interpolates), slerp in Z for PGGAN. Frame 0 is seeds[0]'s
     image from images_from_seeds."""
     if len(seeds) < 2 or frames < len(seeds):
         raise ValueError(f"need at least 2 seeds and as many frames as seeds (got {len(seeds)} seeds, {frames} frames)")
@@ -129,7 +133,7 @@ def interpolation_frames(G, arch: dict, seeds: list[int], frames: int, truncatio
     out = []
     for i in range(0, frames, batch):
         s, e, tt = start[i:i + batch], end[i:i + batch], t[i:i + batch]
-        if arch["name"] == "stylegan2":
+        if arch["name"] != "pggan":
             w = G.mapping(z, truncation_psi, update_w_avg=False)  # [S, num_ws, w_dim]
             ws = torch.lerp(w[s], w[e], tt[:, None, None])
             images = resample(G.synthesis(ws, noise_mode="const"), resolution)

@@ -25,7 +25,7 @@ from models import distributed as dd
 from models import losses, ops
 from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
-from models.transfer import Networks, TransferError, freeze_discriminator
+from models.transfer import Networks, TransferError, arch_differences, freeze_discriminator
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 
 CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
@@ -33,7 +33,7 @@ CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step 
 
 @dataclass
 class TrainConfig:
-    arch: str = "stylegan2"          # network family: stylegan2 | pggan
+    arch: str = "stylegan2"          # network family: stylegan2 | stylegan3-t | stylegan3-r | pggan
     resolution: int = 64             # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
@@ -153,6 +153,9 @@ class Trainer:
         """Transfer learning: take a network file's G, D and G_ema; counters, optimizers and ADA start afresh.
         Returns notes on what the file lacked: a best.pt has no G (it starts as G_ema) and no D (random)."""
         notes = []
+        differences = arch_differences(self.describe_arch(), nets.arch)
+        if differences:
+            raise TransferError(f"the networks built for this run are not the file's: {', '.join(differences)}")
         if nets.D is None and self.frozen:
             raise TransferError("freeze_d keeps a pretrained discriminator's first layers, and this file has no "
                                 "discriminator (a best.pt holds G_ema only): use a checkpoint or an imported "
@@ -245,7 +248,7 @@ class Trainer:
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
         with self._autocast():
             with torch.no_grad():
-                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=False).float()
+                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
             real_in = self._aug(reals).detach().requires_grad_(do_r1)
             real_logits = self._D(real_in)
             fake_logits = self._D(self._aug(fakes))
@@ -268,7 +271,7 @@ class Trainer:
     def _g_step(self) -> dict:
         z = self._latents()
         with self._autocast():
-            fakes = self.arch.generate(self.G, z, self.nimg).float()
+            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
             loss = self.g_loss_fn(self._D(self._aug(fakes)))
             stats = {"loss_G": loss.item()}
             if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:

@@ -23,7 +23,7 @@ from models.checkpoint import load_checkpoint
 # (the minibatch-std group follows the batch; fp16/channels-last/fused modconv are speed switches; a
 # StyleGAN3's magnitude EMA decay is set from the batch by its training config).
 RUNTIME_KEYS = frozenset({"mbstd_group", "fused_modconv", "channels_last", "num_fp16_res", "magnitude_ema_beta"})
-PICKLE_SUFFIXES = (".pkl",)
+PICKLE_SUFFIXES = (".pkl", ".pkl.gz")
 TORCH_SUFFIXES = (".pt", ".pth")
 
 
@@ -45,7 +45,7 @@ def load_networks(path: str | Path, mmap: bool = False) -> Networks:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
         state = _import_pickle(path)
     elif path.suffix.lower() in TORCH_SUFFIXES:
         try:
@@ -74,15 +74,45 @@ def _import_pickle(path: Path) -> dict:
         raise TransferError(f"{path}: {e}") from None
 
 
+# A StyleGAN3 run's cfg.net (models.arch.StyleGAN3Arch): channel_base/channel_max are the reference's --cbase/
+# --cmax, the discriminator's widths (R's generator doubles them; g_channel_base/max say otherwise); the other
+# keys go to G, and these to D.
+_SG3_D_KEYS = ("mbstd_channels", "d_architecture", "resample_filter")
+
+
 def arch_settings(arch: dict) -> tuple[str, int, dict]:
-    """(family, resolution, net) that a TrainConfig needs to rebuild this architecture: the recorded net
-    without the run-time keys (those stay the new run's)."""
+    """(family, resolution, net) that a TrainConfig needs to rebuild this recorded architecture: the recorded
+    net without the run-time keys (those stay the new run's); for a StyleGAN3 with its discriminator's record
+    (d_net), in the form StyleGAN3Arch reads. Trainer.start_from checks that what was built is the record."""
     try:
         name, net = arch["name"], arch["net"]
         resolution = int(net["resolution"])
     except (KeyError, TypeError, ValueError):
         raise TransferError(f"the architecture record {arch!r} names no family and resolution") from None
-    return name, resolution, {k: v for k, v in net.items() if k not in RUNTIME_KEYS}
+    net = {k: v for k, v in net.items() if k not in RUNTIME_KEYS}
+    d_net = arch.get("d_net")
+    if name.startswith("stylegan3") and isinstance(d_net, dict):
+        g_widths = {f"g_{k}": net[k] for k in ("channel_base", "channel_max")
+                    if net[k] != d_net[k] * (2 if name == "stylegan3-r" else 1)}
+        net.update({k: d_net[k] for k in _SG3_D_KEYS if k in d_net}, **g_widths,
+                   channel_base=d_net["channel_base"], channel_max=d_net["channel_max"])
+    return name, resolution, net
+
+
+def arch_differences(built: dict, recorded: dict) -> list[str]:
+    """'part.key (file X, built Y)' for every architecture setting (not a run-time one) in which the networks a
+    run built differ from a file's record: weights that load by shape can still run differently."""
+    out = []
+    for part in ("net", "d_net"):
+        want, have = recorded.get(part), built.get(part)
+        if not isinstance(want, dict):
+            continue
+        have = have if isinstance(have, dict) else built.get("net", {})  # one config for G and D
+        out += [f"{part}.{k} (file {v}, built {have.get(k)})" for k, v in sorted(want.items())
+                if k not in RUNTIME_KEYS and have.get(k) != v]
+    if built.get("name") != recorded.get("name"):
+        out.insert(0, f"name (file {recorded.get('name')}, built {built.get('name')})")
+    return out
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -180,6 +180,25 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
 
 
+def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
+                      device: str = "cpu") -> dict:
+    """FID (and KID) of one network file against data: a checkpoint, a best.pt or an imported NVIDIA network
+    (`ganflow import`), e.g. a pretrained network's distance to a dataset before fine-tuning on it. Writes no
+    run files; the real statistics are cached as for evaluate_run."""
+    from models.generate import load_generator
+    from tasks.metrics import Stats, extract_features, load_extractor, metrics_from, real_stats, sha256_file
+
+    weights_sha = sha256_file(weights)
+    G, arch = load_generator(snapshot)
+    extractor, digest = load_extractor(weights, p.inception_sha256 or None, device, digest=weights_sha)
+    real, cached = real_stats(data, extractor, digest, p.cache_dir or None, n=p.n_real or None,
+                              keep_features=p.kid, batch=p.batch, device=device)
+    feats = extract_features(extractor, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+    m = metrics_from(real, Stats.of(feats, keep_features=p.kid), p.kid, p.kid_subsets, p.kid_subset_size)
+    return {**m, "snapshot": str(snapshot), "arch": arch["name"], "real_stats_cached": cached,
+            "weights_sha256": digest}
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path, p: EvaluateParams,
                  device: str = "cpu", progress: Callable[[dict], None] | None = None) -> dict:
     """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged snapshots, export the

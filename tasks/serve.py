@@ -220,7 +220,7 @@ class Explorer:
                 "native_resolution": int(arch["net"]["resolution"]),
                 "resolutions": offered_resolutions(arch, self.limits),
                 "default_resolution": default_resolution(arch, self.limits),
-                "truncation": arch["name"] == "stylegan2",
+                "truncation": arch["name"] != "pggan",
                 "stage": arch.get("stage"), "alpha": arch.get("alpha"),
                 "limits": asdict(self.limits)}
 

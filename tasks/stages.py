@@ -2,7 +2,7 @@
 
 A stage trains a run directory from wherever its newest checkpoint is up to the stage's end kimg, so
 every attempt of a stage task (a Prefect retry, a rescheduled run, a restart by the manager) resumes
-instead of starting over. StyleGAN2 trains in cycles of `train.cycle_kimg`; PGGAN in one stage per
+instead of starting over. StyleGAN2 and StyleGAN3 train in cycles of `train.cycle_kimg`; PGGAN in one stage per
 resolution, each ending where models.pggan.GrowthSchedule has faded that resolution in and stabilized it.
 
 Preemption: SIGTERM makes the trainer checkpoint after its current step and stop, then the stage exits.
@@ -42,7 +42,8 @@ from tasks.retry import retry_unless_setup_error
 from tasks.training import run_training
 from tasks.transfer import transfer_config
 
-ARCHS = ("stylegan2", "pggan")
+ARCHS = ("stylegan2", "stylegan3-t", "stylegan3-r", "pggan")
+CYCLED = ("stylegan2", "stylegan3-t", "stylegan3-r")  # trained in cycles of cycle_kimg, with ADA
 
 
 class Preempted(Exception):
@@ -53,8 +54,8 @@ class Preempted(Exception):
 
 @dataclass(frozen=True)
 class TrainParams:
-    cycle_kimg: float          # StyleGAN2: kimg per stage (cycle)
-    cycles: int                # StyleGAN2: cycles when no total kimg is given
+    cycle_kimg: float          # StyleGAN2/3: kimg per stage (cycle)
+    cycles: int                # StyleGAN2/3: cycles when no total kimg is given
     fade_kimg: float           # PGGAN: kimg per fade-in
     stabilize_kimg: float      # PGGAN: kimg per resolution once faded in
     snapshot_kimg: float       # checkpoint + sample grid every this many kimg
@@ -65,7 +66,8 @@ class TrainParams:
     channel_max: int           # 0 = the preset's
     net: dict = field(default_factory=dict)  # further architecture overrides
     preset: str = "auto"
-    ada_target: float = 0.6    # StyleGAN2 only; PGGAN trains without ADA unless overridden
+    ada_target: float = 0.6    # StyleGAN2/3 only; PGGAN trains without ADA unless overridden
+    r1_gamma: float = -1.0     # R1 weight; -1 = the family's default
     loss: str = ""             # "" = the family's
     device: str = "auto"
     arch: str = "stylegan2"    # family of runs that name none (`ganflow train`, dvc.yaml)
@@ -128,10 +130,11 @@ def train_config(p: TrainParams, arch: str, resolution: int, seed: int = 0,
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     net = {**{k: v for k, v in (("channel_base", p.channel_base), ("channel_max", p.channel_max)) if v}, **p.net}
     if ada_target is None:  # params' ada_target is StyleGAN2-ADA's; PGGAN keeps its own default (off)
-        ada_target = p.ada_target if arch == "stylegan2" else -1.0
+        ada_target = p.ada_target if arch in CYCLED else -1.0
     return TrainConfig(arch=arch, resolution=resolution, preset=p.preset, batch=p.batch, loss=p.loss,
-                       ada_target=ada_target, fade_kimg=p.fade_kimg, stabilize_kimg=p.stabilize_kimg,
-                       snapshot_kimg=p.snapshot_kimg, seed=seed, net=net, freeze_d=p.freeze_d)
+                       ada_target=ada_target, r1_gamma=p.r1_gamma, fade_kimg=p.fade_kimg,
+                       stabilize_kimg=p.stabilize_kimg, snapshot_kimg=p.snapshot_kimg, seed=seed, net=net,
+                       freeze_d=p.freeze_d)
 
 
 def run_config(p: TrainParams, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
@@ -211,7 +214,7 @@ def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainPa
         total_kimg = p.kimg
     if arch == "pggan":
         return pggan_stages(resolution, p.fade_kimg, p.stabilize_kimg, total_kimg)
-    if arch == "stylegan2":
+    if arch in CYCLED:
         return stylegan2_stages(total_kimg if total_kimg is not None else p.cycles * p.cycle_kimg, p.cycle_kimg)
     raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
 

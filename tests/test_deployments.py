@@ -85,7 +85,8 @@ def test_make_serve_registers_deployments_and_its_worker_completes_runs(tmp_path
             schema = train.parameter_openapi_schema
             assert schema["required"] == ["data", "run_dir"]  # the rest defaults to params.yaml's train section
             arch = schema["properties"]["arch"]  # optional (params.yaml's train.arch): an enum inside anyOf
-            assert [e for a in arch.get("anyOf", [arch]) for e in a.get("enum", [])] == ["stylegan2", "pggan"]
+            assert [e for a in arch.get("anyOf", [arch]) for e in a.get("enum", [])] == [
+                "stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
             assert "kimg" in schema["properties"]["kimg"]["description"]
             assert [s.schedule.interval.total_seconds() for s in deployments["manager"].schedules] == [300]
 

@@ -35,13 +35,21 @@ PGGAN_NET = dict(channel_base=256, channel_max=64, z_dim=32)
 PGGAN = dict(arch="pggan", resolution=16, net=PGGAN_NET, fade_kimg=0.008, stabilize_kimg=0.008)
 # StyleGAN2 with ADA whose p moves fast enough to augment within a few dozen steps.
 ADA = dict(ada_target=0.6, ada_kimg=0.1)
+# StyleGAN3 at 16x16 with 16 channels: a few CPU steps of its 16 layers. ADA (adjusted every step) and R's
+# blur are on, so the resume restores p and the blur's sigma (a function of images seen) as well as the
+# running statistics (w_avg, magnitude EMAs).
+SG3_NET = dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16)
+SG3T = dict(arch="stylegan3-t", resolution=16, net=SG3_NET, ada_target=0.01, ada_kimg=0.1, ada_interval=1)
+SG3R = dict(SG3T, arch="stylegan3-r")
 
 
-@pytest.mark.parametrize("kw", [{}, ADA, PGGAN], ids=["stylegan2", "stylegan2-ada", "pggan"])
+@pytest.mark.parametrize("kw", [{}, ADA, PGGAN, SG3T, SG3R],
+                         ids=["stylegan2", "stylegan2-ada", "pggan", "stylegan3-t-ada", "stylegan3-r-ada"])
 def test_resume_gives_bit_identical_g_ema(tiny_dataset, tmp_path, kw):
     cfg = _cfg(**kw)
     images = load_images(tiny_dataset, cfg.resolution)
-    target, stop = (0.048, 0.020) if kw.get("arch") == "pggan" else (0.064, 0.032)
+    target, stop = {"pggan": (0.048, 0.020), "stylegan3-t": (0.024, 0.012),
+                    "stylegan3-r": (0.024, 0.012)}.get(kw.get("arch"), (0.064, 0.032))
     straight = Trainer(cfg, images, tmp_path / "a")
     last = straight.train(target)
     first = Trainer(cfg, images, tmp_path / "b")
@@ -51,7 +59,7 @@ def test_resume_gives_bit_identical_g_ema(tiny_dataset, tmp_path, kw):
     resumed.train(target)
     assert _same_weights(straight.G_ema.state_dict(), resumed.G_ema.state_dict())
     assert _same_weights(straight.D.state_dict(), resumed.D.state_dict())
-    if kw is ADA:
+    if kw.get("ada_target"):
         assert last["augment_p"] > 0 and float(resumed.augment.p) == last["augment_p"]  # augmentation was on
     # Not a vacuous comparison: a different seed trains to different weights.
     other = Trainer(_cfg(**kw, seed=1), images, tmp_path / "c")
@@ -106,21 +114,28 @@ def test_transfer_starts_from_snapshot_networks(tiny_dataset, tmp_path):
     assert distance(moved) < 0.1 * distance(fresh)
 
 
-def _train_cmd(data: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--arch", "stylegan2",
-            "--resolution", "32", "--kimg", "0.048", "--snapshot-kimg", "0.008", "--batch", "4",
-            "--channel-base", "512", "--channel-max", "64", "--run-dir", str(run_dir)]  # ADA on (default)
+# arch: (--resolution, --channel-base, --channel-max, what the run says it trains)
+SIGKILL_RUNS = {"stylegan2": ("32", "512", "64", "stylegan2 32²: G 934,979 parameters, D 218,449"),
+                "stylegan3-t": ("16", "256", "16", "stylegan3-t 16²: G 683,271 parameters, D 16,449")}
 
 
-def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_path):
+def _train_cmd(data: Path, run_dir: Path, arch: str = "stylegan2") -> list[str]:
+    res, base, cmax, _ = SIGKILL_RUNS[arch]
+    return [sys.executable, "-m", "flows.cli", "train", "--data", str(data), "--arch", arch,
+            "--resolution", res, "--kimg", "0.048", "--snapshot-kimg", "0.008", "--batch", "4",
+            "--channel-base", base, "--channel-max", cmax, "--run-dir", str(run_dir)]  # ADA on (default)
+
+
+@pytest.mark.parametrize("arch", list(SIGKILL_RUNS))
+def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_path, arch):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every process: same float sums
-    ref = subprocess.run(_train_cmd(tiny_dataset, tmp_path / "ref"), env=env, cwd=ROOT, capture_output=True,
+    ref = subprocess.run(_train_cmd(tiny_dataset, tmp_path / "ref", arch), env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
-    assert "stylegan2 32²: G 934,979 parameters, D 218,449" in ref.stderr  # the run says what it trains
+    assert SIGKILL_RUNS[arch][3] in ref.stderr  # the run says what it trains
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_dataset, run), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_cmd(tiny_dataset, run, arch), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not any(k >= 0.016 for k, _ in list_checkpoints(run)) and time.time() < deadline:
@@ -130,13 +145,14 @@ def test_sigkill_then_same_command_resumes_bit_identically(tiny_dataset, tmp_pat
     killed_at = max(k for k, _ in list_checkpoints(run))
     assert killed_at < 0.048, "the run finished before it could be killed; use a longer run"
 
-    again = subprocess.run(_train_cmd(tiny_dataset, run), env=env, cwd=ROOT, capture_output=True, text=True,
+    again = subprocess.run(_train_cmd(tiny_dataset, run, arch), env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stdout
     ref_state = latest_checkpoint(tmp_path / "ref")[1]
     resumed_state = latest_checkpoint(run)[1]
     assert ref_state["kimg"] == resumed_state["kimg"] == 0.048
+    assert ref_state["arch"]["name"] == arch
     assert _same_weights(ref_state["G_ema"], resumed_state["G_ema"])
 
 

@@ -1,0 +1,266 @@
+"""Read NVIDIA's network pickles (stylegan2-ada-pytorch, stylegan3) without running anything from the file.
+
+Their training loops pickle a dict {G, D, G_ema, augment_pipe, training_set_kwargs}; each network is a
+`torch_utils.persistence` object whose pickle is `_reconstruct_persistent_obj(meta)`, meta holding the
+*source code* of the network's module (exec'd by NVIDIA's loader), the class name and the object's state
+(its __dict__: parameters, buffers, submodules, init kwargs). Here a restricted unpickler resolves only the
+globals that rebuild tensors, numpy values and plain containers; the persistence reconstructor is replaced
+by one that returns that state as a `Persistent` record (the source is never run, never even compiled);
+any other global (os.system, builtins.eval, a TensorFlow-era dnnlib.tflib class...) stops the load with a
+NetworkPickleError naming it.
+
+`import_network_pickle(path)` turns such a file into ganflow's networks: the architecture from the recorded
+init kwargs (models.nvidia_arch), the tensors loaded by name into ganflow's StyleGAN2 / StyleGAN3.
+"""
+from __future__ import annotations
+
+import codecs
+import collections
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "ganflow-network-1"
+
+
+class NetworkPickleError(ValueError):
+    """The file is not a network pickle ganflow can read (said in one line)."""
+
+
+@dataclass
+class Persistent:
+    """What a persistent object's pickle holds, as data: never an instance of the pickled class."""
+
+    class_name: str
+    init_args: tuple
+    init_kwargs: dict
+    parameters: dict[str, torch.Tensor | None]
+    buffers: dict[str, torch.Tensor | None]
+    non_persistent: set
+    modules: dict[str, "Persistent | None"]
+    attrs: dict[str, Any] = field(default_factory=dict)  # every other attribute (z_dim, conv_clamp, ...)
+
+    def child(self, name: str) -> "Persistent | None":
+        return self.modules.get(name)
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The tensors torch's Module.state_dict would give the original object, in the same order."""
+        out = {}
+        for k, v in self.parameters.items():
+            if v is not None:
+                out[prefix + k] = v.detach()
+        for k, v in self.buffers.items():
+            if v is not None and k not in self.non_persistent:
+                out[prefix + k] = v.detach()
+        for k, m in self.modules.items():
+            if m is not None:
+                out.update(m.state_dict(f"{prefix}{k}."))
+        return out
+
+    def num_params(self) -> int:
+        own = sum(p.numel() for p in self.parameters.values() if p is not None)
+        return own + sum(m.num_params() for m in self.modules.values() if m is not None)
+
+
+# --------------------------------------------------------------------------- the restricted unpickler
+
+
+def _reconstruct_persistent(meta) -> Persistent:
+    """Stands in for torch_utils.persistence._reconstruct_persistent_obj: keeps meta's state, drops its source."""
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
+        raise NetworkPickleError("a persistent object without the meta of torch_utils.persistence")
+    state = meta.get("state")
+    if not isinstance(state, dict):
+        raise NetworkPickleError(f"persistent {meta['class_name']} has no state dict")
+    known = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_init_args", "_init_kwargs"}
+    modules = dict(state.get("_modules") or {})
+    for name, m in modules.items():
+        if m is not None and not isinstance(m, Persistent):
+            raise NetworkPickleError(f"submodule {name!r} of {meta['class_name']} is a {type(m).__name__}, "
+                                     "not a persistent network")
+    return Persistent(
+        class_name=meta["class_name"], init_args=tuple(state.get("_init_args") or ()),
+        init_kwargs=dict(state.get("_init_kwargs") or {}), parameters=dict(state.get("_parameters") or {}),
+        buffers=dict(state.get("_buffers") or {}), non_persistent=set(state.get("_non_persistent_buffers_set") or ()),
+        modules=modules,
+        attrs={k: v for k, v in state.items() if k not in known and not k.startswith("_")},
+    )
+
+
+def _load_storage(b: bytes):
+    """torch.storage._load_from_bytes, with torch's safe unpickler (a storage is pickled as a legacy torch.save)."""
+    if not isinstance(b, (bytes, bytearray)):
+        raise NetworkPickleError("a tensor storage that is not bytes")
+    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+
+
+class _EasyDict(dict):
+    """dnnlib.util.EasyDict's pickle (NEWOBJ + SETITEMS [+ BUILD]) read into a plain dict."""
+
+    def __setstate__(self, state):
+        if state:
+            raise NetworkPickleError("an EasyDict with attribute state")
+
+
+def _np_dtype(*args):
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise NetworkPickleError("a numpy array of Python objects")
+    return dt
+
+
+def _np_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise NetworkPickleError("a numpy array subclass")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _np_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+        raise NetworkPickleError("a numpy scalar that is not plain data")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _codecs_encode(s, encoding="utf-8"):  # protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')
+    if not isinstance(s, str) or encoding not in ("latin1", "latin-1"):
+        raise NetworkPickleError("a _codecs.encode call that is not bytes")
+    return codecs.encode(s, encoding)
+
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): _codecs_encode,
+    ("dnnlib.util", "EasyDict"): _EasyDict,
+    ("dnnlib", "EasyDict"): _EasyDict,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy", "ndarray"): np.ndarray,
+}
+for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[(_core, "_reconstruct")] = _np_reconstruct
+    _ALLOWED[(_core, "scalar")] = _np_scalar
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        fn = _ALLOWED.get((module, name))
+        if fn is not None:
+            return fn
+        where = f"{module}.{name}"
+        if module.startswith("dnnlib.tflib"):
+            raise NetworkPickleError(f"a TensorFlow-era pickle ({where}): ganflow reads the PyTorch pickles of "
+                                     "stylegan2-ada-pytorch and stylegan3 (their legacy.py converts TensorFlow ones)")
+        raise NetworkPickleError(f"refusing to load {where}: only tensors, numbers and plain containers are "
+                                 "read from a network pickle")
+
+    def persistent_load(self, pid):
+        raise NetworkPickleError("a pickle with persistent ids (a torch.save file, not a network pickle?)")
+
+
+def _plain(x):
+    """EasyDicts and OrderedDicts as dicts, numpy scalars as Python numbers (recursively)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def read_network_pickle(path: str | Path) -> tuple[dict, str]:
+    """(the pickle's top-level dict with networks as Persistent records, sha256 of the file). A gzipped
+    pickle is read too. Anything else raises NetworkPickleError."""
+    path = Path(path)
+    if not path.is_file():
+        raise NetworkPickleError(f"{path}: no such file")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise NetworkPickleError(f"{path.name}: a damaged gzip file ({e})") from None
+    if raw[:4] == b"PK\x03\x04":
+        raise NetworkPickleError(f"{path.name}: a zip file (a torch.save checkpoint?), not a network pickle")
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(raw)).load()
+    except NetworkPickleError as e:
+        raise NetworkPickleError(f"{path.name}: {e}") from None
+    except Exception as e:  # any malformed stream: pickle, torch or numpy raise their own types
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise NetworkPickleError(f"{path.name}: truncated (the pickle ends early)") from None
+        raise NetworkPickleError(f"{path.name}: not a readable network pickle ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(obj, dict):
+        raise NetworkPickleError(f"{path.name}: holds a {type(obj).__name__}, not the dict of networks "
+                                 "(G, D, G_ema) NVIDIA's training writes")
+    missing = [k for k in ("G", "D", "G_ema") if not isinstance(obj.get(k), Persistent)]
+    if missing:
+        raise NetworkPickleError(f"{path.name}: no {', '.join(missing)} network in it (keys: "
+                                 f"{', '.join(map(str, obj)) or 'none'})")
+    return obj, digest
+
+
+# --------------------------------------------------------------------------- ganflow networks from the records
+
+
+def import_network_pickle(path: str | Path) -> dict:
+    """A ganflow network file's content from an NVIDIA pickle: G, D, G_ema state dicts of ganflow's networks
+    built from the recorded init kwargs, `arch`, `source` (file name, sha256, training_set_kwargs) and
+    `format`. Loads with torch.load(weights_only=True) once saved (save_imported)."""
+    from models import nvidia_arch
+
+    nets, digest = read_network_pickle(path)
+    name = Path(path).name
+    try:
+        arch, build_g, build_d = nvidia_arch.architecture(nets["G_ema"], nets["D"])
+        if nvidia_arch.architecture(nets["G"], nets["D"])[0] != arch:
+            raise NetworkPickleError("G and G_ema were built with different kwargs")
+        taps = {"G": arch["net"].get("resample_filter"), "D": arch.get("d_net", arch["net"])["resample_filter"]}
+        out = {"G": nvidia_arch.load_tensors(build_g(), nets["G"], "G", taps["G"]),
+               "D": nvidia_arch.load_tensors(build_d(), nets["D"], "D", taps["D"]),
+               "G_ema": nvidia_arch.load_tensors(build_g(), nets["G_ema"], "G_ema", taps["G"])}
+    except (NetworkPickleError, ValueError, TypeError) as e:
+        raise NetworkPickleError(f"{name}: {e}") from None
+    tsk = nets.get("training_set_kwargs")
+    out.update({
+        "arch": arch,
+        "source": {"file": name, "sha256": digest, "training_set_kwargs": _plain(tsk) if isinstance(tsk, dict) else None,
+                   "num_params": {k: nets[k].num_params() for k in ("G", "D")}},
+        "format": FORMAT,
+    })
+    return out
+
+
+def save_imported(state: dict, out: str | Path) -> Path:
+    """Write an imported network file atomically (temp file, fsync, rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out

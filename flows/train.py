@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for s in result["stages"]:
         resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
+        resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
         print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
     print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
     samples = [s["samples"] for s in result["stages"] if s["samples"]]

@@ -360,9 +360,10 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
         logger.info("%s: started from the networks of %s%s", stage.label, summary["transferred_from"],
                     "".join(f"; {n}" for n in info.get("transfer_notes", [])))
     if info and not summary["resumed_from"]:
-        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s", info["arch"],
+        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s", info["arch"],
                     info["resolution"], f"{info['G_params']:,}", f"{info['D_params']:,}", info["batch"],
-                    info["loss"], info["ada_target"], info["device"])
+                    info["loss"], info["ada_target"], info["device"],
+                    f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "")
     report({**summary, "kimg_per_s": summary["kimg_per_s"] or 0})
     train_report.publish_stage(run_dir, stage.label, summary, total_kimg)
     logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, summary["kimg"], summary["seconds"],

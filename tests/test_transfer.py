@@ -230,6 +230,51 @@ def test_freeze_d_needs_a_network_to_keep(params):
     assert train_params(params, freeze_d=3, resume_from="x.pt").freeze_d == 3
 
 
+# ---------------------------------------------------------------------------------------------- NVIDIA pickles
+
+PICKLES = ROOT / "tests" / "data" / "nvidia_pickles"  # tiny networks recorded from NVIDIA's code (16², odd widths)
+
+
+@pytest.fixture(scope="module")
+def dataset16(work) -> Path:
+    return write_curated(work / "data16", n=8, side=16)
+
+
+@pytest.mark.parametrize("name", ["stylegan2", "stylegan3-t", "stylegan3-r"])
+def test_nvidia_pickle_fine_tunes_with_its_recorded_architecture(work, dataset16, params, name, capsys):
+    """A .pkl straight from NVIDIA's code: the run is the pickle's family, widths and latent sizes (G and D of
+    the StyleGAN3 pickles even have widths off the --cfg rule), starts from its tensors, and Freeze-D works."""
+    from models.transfer import arch_differences
+
+    pkl = PICKLES / f"{name}.pkl.gz"
+    imported = load_networks(pkl)
+    run = work / f"from-{name}"
+    assert _train("--data", str(dataset16), "--run-dir", str(run), "--params", str(params), "--resume-from", str(pkl),
+                  "--freeze-d", "2", "--kimg", "0.004", "--batch", "4") == 0
+    assert f"architecture from {pkl}: {name} at 16²" in capsys.readouterr().err
+    state = latest_checkpoint(run)[1]
+    assert arch_differences(state["arch"], imported.arch) == []
+    assert state["config"]["arch"] == name and state["config"]["transfer_sha256"] == _sha256(pkl)
+    for key in ("b16.fromrgb.weight", "b16.conv0.weight"):  # frozen: the pickle's own tensors
+        assert torch.equal(state["D"][key], imported.D[key])
+    assert not torch.equal(state["D"]["b16.conv1.weight"], imported.D["b16.conv1.weight"])
+    moved = max((state["G"][k].float() - v.float()).abs().max().item() for k, v in imported.G.items())
+    assert 0 < moved < 0.05  # one Adam step from the pickle's G
+
+
+def test_imported_network_file_keeps_its_family(work, dataset16, capsys):
+    from flows.cli import main
+
+    out = work / "imported-t.pt"
+    assert main(["import", str(PICKLES / "stylegan3-t.pkl.gz"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert _train("--data", str(dataset16), "--run-dir", str(work / "imported-run"), "--resume-from", str(out),
+                  "--arch", "stylegan2", "--resolution", "16", "--kimg", "0.004") == 2
+    err = capsys.readouterr().err
+    assert f"{out} is a stylegan3-t network at 16²" in err and "arch (file stylegan3-t, given stylegan2)" in err
+    assert "resolution" not in err.split("contradict it:")[1]  # 16 agrees
+
+
 # ---------------------------------------------------------------------------------------------- Freeze-D
 
 # The reference's layer indices (DiscriminatorBlock.first_layer_idx + its trainable_gen) for a 32² resnet D:

@@ -18,6 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+import flows.cli  # noqa: F401  (imported at collection, not under a test's capsys: Prefect sets up its logging
+import tasks.stages  # noqa: F401  then, and a handler bound to a closed capture stream breaks later flows)
 from models.checkpoint import latest_checkpoint, list_checkpoints
 from models.data import load_images
 from models.trainer import TrainConfig, Trainer

@@ -183,8 +183,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="train until this many thousand images (default: train.kimg, or the stage plan's length)")
     p.add_argument("--snapshot-kimg", type=number(0, lo_open=True), metavar="S", help="checkpoint every S kimg")
     p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), help="seed for weights, data order and noise")
-    p.add_argument("--resume-from", metavar="CKPT", help="start a new run from this snapshot's networks "
-                                                          "(transfer learning); ignored when R has checkpoints")
+    p.add_argument("--resume-from", metavar="FILE",
+                   help="transfer learning: start a new run from this network file's G, D and G_ema (a ganflow "
+                        ".pt: checkpoint, best.pt or `ganflow import` output; or an NVIDIA .pkl). Its architecture "
+                        "is the run's: --arch, --resolution and widths are taken from it (given, they must agree). "
+                        "Give it again to continue the run (default: train.resume_from)")
+    p.add_argument("--freeze-d", type=integer(0, 64), metavar="N",
+                   help="Freeze-D: keep the pretrained discriminator's first N layers fixed, as the reference's "
+                        "--freezed (default: train.freeze_d)")
     p.add_argument("--restart-on-change", action="store_true",
                    help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
                         "and start afresh (default: refuse)")
@@ -211,23 +217,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tasks.stages import plan_stages, resolve_device, train_config, train_params
+    from tasks.stages import plan_stages, resolve_device, run_config, train_params
     from tasks.training import check_resolution, run_training
 
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
                                            "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
-                                           "device", "r1_gamma")}
+                                           "device", "r1_gamma", "resume_from", "freeze_d")}
     p = train_params(args.params, **given)
     check_device_available(p.device, "--device" if args.device else "train.device")
-    cfg = train_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target)
+    # Started from a network file, the run has the file's architecture; the options named here must agree.
+    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target, given=given)
     if args.xflip:
         cfg = replace(cfg, xflip=True)
     if args.kimg is None:
-        args.kimg = plan_stages(p.arch, p.resolution, None, p)[-1].end_kimg
+        args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
-    check_resolution(args.data, p.resolution)  # refused here, before any work (run_training checks it too)
+    check_resolution(args.data, cfg.resolution)  # refused here, before any work (run_training checks it too)
     bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
 
     def progress(stats: dict) -> None:
@@ -242,14 +249,18 @@ def _run_train(args: argparse.Namespace) -> int:
         bar.refresh()
 
     def summary(info: dict) -> None:
+        if lead and info["transferred_from"]:
+            for note in notes + info["transfer_notes"]:
+                tqdm.write(note, file=sys.stderr)
         if lead:
+            frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
             tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
                        f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
                        f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
                        f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
-                       f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}", file=sys.stderr)
+                       f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
 
-    result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=args.resume_from,
+    result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=p.resume_from or None,
                           device=resolve_device(p.device), progress_fn=progress, summary_fn=summary,
                           restart_on_change=args.restart_on_change)
     for bar in bars:

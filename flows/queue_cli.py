@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from flows.validate import existing_folder, integer, number, power_of_two, writable_folder
+from flows.validate import existing_file, existing_folder, integer, number, power_of_two, writable_folder
 
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
 
@@ -34,16 +34,22 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "newest checkpoint if its process or machine is lost.")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", required=True, choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
-                   help="network family")
-    p.add_argument("--resolution", type=power_of_two(4, 1024), required=True, metavar="N",
-                   help="training resolution (a power of 2 from 4 to 1024, at most the dataset's)")
+    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
+                   help="network family (not needed with --resume-from)")
+    p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
+                   help="training resolution, a power of 2 from 4 to 1024, at most the dataset's (not needed with "
+                        "--resume-from)")
     p.add_argument("--kimg", type=number(0, lo_open=True), required=True, metavar="K",
                    help="train until this many thousand images in total (restarts continue toward it)")
     p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
                    help="run folder (checkpoints/, attempt logs)")
     p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=0,
                    help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--resume-from", metavar="FILE", type=existing_file,
+                   help="transfer learning: start from this network file (.pt or NVIDIA .pkl), whose architecture "
+                        "the run takes (--arch and --resolution, given, must agree with it)")
+    p.add_argument("--freeze-d", type=integer(0, 64), metavar="N",
+                   help="Freeze-D: keep the pretrained D's first N layers fixed")
     _common(p)
     p.set_defaults(func=_run_submit, command="train submit")
 
@@ -91,14 +97,28 @@ def _run_submit(args: argparse.Namespace) -> int:
     if not (data / "dataset.json").is_file():
         raise FileNotFoundError(f"no curated dataset at {data} (expected {data / 'dataset.json'}; "
                                 "make one with `ganflow curate`)")
-    from tasks.training import check_resolution
+    if args.resume_from is None and (args.arch is None or args.resolution is None):
+        raise ValueError("--arch and --resolution are required, unless --resume-from names the network to start "
+                         "from (its architecture is the run's)")
+    if args.resume_from is not None:
+        # Refuse at once what the run would refuse: a missing file, or options that contradict it.
+        from tasks.transfer import file_architecture
 
-    check_resolution(data, args.resolution)  # refused now, not when the manager starts it hours later
+        file_architecture(args.resume_from, {"arch": args.arch, "resolution": args.resolution})
+    if args.resolution is not None:
+        from tasks.training import check_resolution
+
+        check_resolution(data, args.resolution)  # refused now, not when the manager starts it hours later
     queue = _open_queue(args)
     # Absolute paths: the manager (or a worker) may run from another folder.
-    req = queue.submit({"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()),
-                        "arch": args.arch, "resolution": args.resolution, "kimg": args.kimg, "seed": args.seed,
-                        "params": str(Path(args.params).resolve())})
+    params = {"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()), "arch": args.arch,
+              "resolution": args.resolution, "kimg": args.kimg, "seed": args.seed,
+              "params": str(Path(args.params).resolve())}
+    if args.resume_from is not None:
+        params["resume_from"] = str(Path(args.resume_from).resolve())
+    if args.freeze_d is not None:
+        params["freeze_d"] = args.freeze_d
+    req = queue.submit(params)
     print(req.id)
     print(f"queued in {queue.path}; `ganflow manager` starts it, `ganflow train status` follows it",
           file=sys.stderr)

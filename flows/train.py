@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
 from tasks import train_report
-from tasks.stages import done_kimg, plan_stages, resolve_device, train_config, train_params, train_stage_task
+from tasks.stages import done_kimg, plan_stages, resolve_device, run_config, train_params, train_stage_task
 from tasks.training import claim_run_dir
 
 
@@ -36,6 +36,7 @@ def train_flow(
     device: str | None = None,
     resume_from: str | None = None,
     restart_on_change: bool = False,
+    freeze_d: int | None = None,
 ) -> dict:
     """Train a GAN on a curated dataset in stages; every stage resumes from the newest checkpoint.
 
@@ -53,17 +54,22 @@ def train_flow(
         snapshot_kimg: Checkpoint and sample grid every this many kimg. Empty: train.snapshot_kimg.
         ada_target: ADA target for E[sign(D(real))], 0 = off. Empty: train.ada_target (stylegan2), off (pggan).
         device: auto, cpu, cuda or cuda:N. Empty: train.device.
-        resume_from: A checkpoint of another run to start from (transfer learning); ignored once run_dir has
-            checkpoints.
+        resume_from: Transfer learning: a network file to start from (a ganflow .pt: checkpoint, best.pt or
+            `ganflow import` output; or an NVIDIA .pkl). Its architecture is the run's: leave arch and resolution
+            empty (given, they must agree with it). Keep it to continue the run. Empty: train.resume_from.
+        freeze_d: Freeze-D: keep the pretrained discriminator's first N layers fixed. Empty: train.freeze_d.
         restart_on_change: When run_dir holds checkpoints of another run (other settings or data), move them to
             run_dir/superseded/N/ and start afresh, instead of failing. Nothing is deleted.
     """
     logger = get_run_logger()
     train_report.log_preemptions_as_such()  # a SIGTERM's "Crash detected!" ERROR reads as the preemption it is
-    p = train_params(params, snapshot_kimg=snapshot_kimg)
-    arch, resolution = arch or p.arch, resolution or p.resolution
+    p = train_params(params, snapshot_kimg=snapshot_kimg, resume_from=resume_from, freeze_d=freeze_d)
     seed = p.seed if seed is None else seed
-    cfg = train_config(p, arch, resolution, seed, ada_target=ada_target)
+    cfg, notes = run_config(p, arch or p.arch, resolution or p.resolution, seed, ada_target=ada_target,
+                            given={"arch": arch, "resolution": resolution})
+    for note in notes:
+        logger.info(note)
+    arch, resolution = cfg.arch, cfg.resolution
     stages = plan_stages(arch, resolution, kimg, p)
     total = stages[-1].end_kimg
     dev = resolve_device(device or p.device)
@@ -86,7 +92,8 @@ def train_flow(
             continue
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
         results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
-                                                           resume_from=resume_from, progress_artifact=str(progress))})
+                                                           resume_from=p.resume_from or None,
+                                                           progress_artifact=str(progress))})
         results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
     return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
             "kimg": done_kimg(run_dir), "stages": results}
@@ -107,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg (default: params)")
     p.add_argument("--ada-target", type=float, metavar="T", help="ADA target, 0 = off (default: params)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: params)")
-    p.add_argument("--resume-from", metavar="CKPT", help="start from another run's snapshot (transfer learning)")
+    p.add_argument("--resume-from", metavar="FILE", help="transfer learning: start from this network file "
+                                                          "(.pt or NVIDIA .pkl), its architecture included")
+    p.add_argument("--freeze-d", type=int, metavar="N", help="Freeze-D: keep D's first N layers fixed")
     p.add_argument("--request-id", metavar="ID", help="the training manager's request id (tags the flow run)")
     return p
 
@@ -135,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
             result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,
                                 kimg=args.kimg, seed=args.seed, params=args.params, snapshot_kimg=args.snapshot_kimg,
-                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from)
+                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from,
+                                freeze_d=args.freeze_d)
     except (ParamsError, DatasetError, ValueError, FileNotFoundError) as e:
         print(f"python -m flows.train: error: {e}", file=sys.stderr)
         return 2
     for s in result["stages"]:
         resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
+        resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
         print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
     print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
     samples = [s["samples"] for s in result["stages"] if s["samples"]]

@@ -177,13 +177,15 @@ class StyleGAN3Arch:
         net = dict(cfg.net)
         cbase, cmax = net.pop("channel_base", 32768), net.pop("channel_max", 512)
         mbstd = net.pop("mbstd_group", 4)
+        # A network file (transfer learning) may record G widths off the --cfg rule: g_channel_base/g_channel_max.
+        g_widths = {k[2:]: net.pop(k) for k in ("g_channel_base", "g_channel_max") if k in net}
         g_keys = {f.name for f in dataclasses.fields(StyleGAN3Config)}
         d_keys = {f.name for f in dataclasses.fields(StyleGAN2Config)} - g_keys | {"conv_clamp", "num_fp16_res"}
         unknown = sorted(set(net) - g_keys - d_keys)
         if unknown:
             raise ValueError(f"unknown {cfg.arch} network setting(s): {', '.join(unknown)}")
         g_net = preset(cfg.resolution, kind=cfg.arch, batch=self.batch, channel_base=cbase, channel_max=cmax)
-        self.net = dataclasses.replace(g_net, **{k: v for k, v in net.items() if k in g_keys})
+        self.net = dataclasses.replace(g_net, **{k: v for k, v in net.items() if k in g_keys}, **g_widths)
         # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
         self.d_net = StyleGAN2Config(resolution=cfg.resolution, channels=self.net.channels, channel_base=cbase,
                                      channel_max=cmax, mbstd_group=min(mbstd, _process_batch(self.batch)),

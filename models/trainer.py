@@ -25,6 +25,7 @@ from models import distributed as dd
 from models import losses, ops
 from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
+from models.transfer import Networks, TransferError, arch_differences, freeze_discriminator
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 
 CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
@@ -58,6 +59,9 @@ class TrainConfig:
     amp: str = "auto"                # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | off
     net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
     dataset: str = ""                # content hash of the training set: a run dir never continues on other data
+    freeze_d: int = 0                # Freeze-D: D's first N layers never train (the reference's --freezed)
+    transfer_from: str = ""          # transfer learning: the network file G/D/G_ema started from ("" = none)
+    transfer_sha256: str = ""        # its sha256: a run dir never continues from other starting networks
 
 
 class Trainer:
@@ -67,6 +71,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.arch: Arch = build_arch(cfg)
         self.G, self.D = self.arch.G.to(self.device), self.arch.D.to(self.device)
+        self.frozen = freeze_discriminator(self.D, cfg.freeze_d)  # before the optimizers: they skip these
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.images = images_u8
         self.sampler = ShuffledSampler(len(images_u8), cfg.seed)
@@ -144,6 +149,33 @@ class Trainer:
             if self.rank:
                 torch.manual_seed(self.cfg.seed + 1_000_003 * self.rank + self.step)
 
+    def start_from(self, nets: Networks) -> list[str]:
+        """Transfer learning: take a network file's G, D and G_ema; counters, optimizers and ADA start afresh.
+        Returns notes on what the file lacked: a best.pt has no G (it starts as G_ema) and no D (random)."""
+        notes = []
+        differences = arch_differences(self.describe_arch(), nets.arch)
+        if differences:
+            raise TransferError(f"the networks built for this run are not the file's: {', '.join(differences)}")
+        if nets.D is None and self.frozen:
+            raise TransferError("freeze_d keeps a pretrained discriminator's first layers, and this file has no "
+                                "discriminator (a best.pt holds G_ema only): use a checkpoint or an imported "
+                                "network, or freeze_d 0")
+        for name, net, state in (("G_ema", self.G_ema, nets.G_ema), ("G", self.G, nets.G if nets.G is not None
+                                                                       else nets.G_ema), ("D", self.D, nets.D)):
+            if state is None:
+                continue
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as e:  # strict: a missing, extra or misshapen tensor
+                detail = " ".join(str(e).split())
+                raise TransferError(f"the file's {name} does not fit the {self.cfg.arch} architecture built "
+                                    f"from its own record: {detail[:300]}") from None
+        if nets.G is None:
+            notes.append("no G in the file: G starts as its G_ema")
+        if nets.D is None:
+            notes.append("no discriminator in the file: D starts from random weights")
+        return notes
+
     def summary(self) -> dict:
         """What this run trains, for a log line: parameter counts and the settings the preset chose."""
         count = ops.count_parameters
@@ -151,7 +183,7 @@ class Trainer:
                 "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
-                "device": str(self.device)}
+                "device": str(self.device), "freeze_d": self.cfg.freeze_d}
 
     def describe_arch(self) -> dict:
         """The architecture and where its growth is (a PGGAN's stage and alpha): what generation needs."""
@@ -318,9 +350,10 @@ class Trainer:
 
 def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_interval: int) -> torch.optim.Adam:
     """Adam as the reference; with a regularizer every `lazy_interval` steps, lr and betas are scaled by
-    c = interval / (interval + 1) so the regularized net moves as if regularized every step."""
+    c = interval / (interval + 1) so the regularized net moves as if regularized every step. Frozen
+    parameters (Freeze-D) are left out."""
     c = lazy_interval / (lazy_interval + 1) if lazy_interval else 1.0
-    return torch.optim.Adam(net.parameters(), lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
+    return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
 
 
 def _plain(value):

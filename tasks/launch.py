@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLAGS = {"data": "--data", "run_dir": "--run-dir", "arch": "--arch", "resolution": "--resolution",
-               "kimg": "--kimg", "seed": "--seed", "params": "--params"}
+               "kimg": "--kimg", "seed": "--seed", "params": "--params", "resume_from": "--resume-from",
+               "freeze_d": "--freeze-d"}
 
 
 def train_command(params: dict[str, Any], request_id: str, python: str = sys.executable) -> list[str]:

@@ -204,7 +204,9 @@ class Queue:
     # ------------------------------------------------------------------ transitions
     def submit(self, params: dict[str, Any]) -> Request:
         """Add a queued request; `params` are the train flow's parameters (data, run_dir, arch, ...)."""
-        missing = [k for k in ("data", "run_dir", "arch", "resolution") if params.get(k) in (None, "")]
+        # A run started from a network file (transfer learning) takes its family and resolution from it.
+        needed = ("data", "run_dir") if params.get("resume_from") else ("data", "run_dir", "arch", "resolution")
+        missing = [k for k in needed if params.get(k) in (None, "")]
         if missing:
             raise QueueError(f"a training request needs {', '.join(missing)}")
         request_id = uuid.uuid4().hex[:8]

@@ -40,6 +40,7 @@ from tasks import train_report
 from tasks.params import ParamsError, load_params
 from tasks.retry import retry_unless_setup_error
 from tasks.training import run_training
+from tasks.transfer import transfer_config
 
 ARCHS = ("stylegan2", "stylegan3-t", "stylegan3-r", "pggan")
 CYCLED = ("stylegan2", "stylegan3-t", "stylegan3-r")  # trained in cycles of cycle_kimg, with ADA
@@ -73,6 +74,8 @@ class TrainParams:
     resolution: int = 256      # their resolution
     kimg: float = 0.0          # their total kimg; 0 = the stage plan's (cycles x cycle_kimg, or PGGAN's growth)
     seed: int = 0              # their seed
+    resume_from: str = ""      # a network file to start from (transfer learning); "" = train from scratch
+    freeze_d: int = 0          # Freeze-D: the discriminator's first N layers stay as in resume_from's network
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -92,6 +95,11 @@ class TrainParams:
             raise ParamsError(f"train.loss must be '', logistic, wgan or lsgan, not {self.loss!r}")
         if not isinstance(self.net, dict):
             raise ParamsError(f"train.net must be a mapping, not {self.net!r}")
+        if self.freeze_d < 0:
+            raise ParamsError(f"train.freeze_d must be >= 0, not {self.freeze_d}")
+        if self.freeze_d and not self.resume_from:
+            raise ParamsError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
+                              "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
 
 
 _CASTS = {"float": float, "int": int, "str": str, "dict": dict}
@@ -125,8 +133,23 @@ def train_config(p: TrainParams, arch: str, resolution: int, seed: int = 0,
         ada_target = p.ada_target if arch in CYCLED else -1.0
     return TrainConfig(arch=arch, resolution=resolution, preset=p.preset, batch=p.batch, loss=p.loss,
                        ada_target=ada_target, r1_gamma=p.r1_gamma, fade_kimg=p.fade_kimg,
-                       stabilize_kimg=p.stabilize_kimg,
-                       snapshot_kimg=p.snapshot_kimg, seed=seed, net=net)
+                       stabilize_kimg=p.stabilize_kimg, snapshot_kimg=p.snapshot_kimg, seed=seed, net=net,
+                       freeze_d=p.freeze_d)
+
+
+def run_config(p: TrainParams, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
+               given: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
+    """train_config, and for a run that starts from a network file (p.resume_from) the file's architecture:
+    tasks.transfer.transfer_config, which refuses the options in `given` (flag → value, as the user named
+    them) that contradict the file. Returns the config and notes for the log."""
+    cfg = train_config(p, arch, resolution, seed, ada_target)
+    if not p.resume_from:
+        return cfg, []
+    transferred, notes = transfer_config(cfg, p.resume_from, given)
+    if transferred.arch != cfg.arch:  # the family's own defaults (train.ada_target is StyleGAN2-ADA's)
+        transferred = dataclasses.replace(transferred, ada_target=train_config(
+            p, transferred.arch, transferred.resolution, seed, ada_target).ada_target)
+    return transferred, notes
 
 
 def resolve_device(device: str) -> str:
@@ -326,10 +349,14 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
     if summary["resumed_from"]:
         logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])
     info = summary.pop("summary") or {}
+    if summary["transferred_from"]:
+        logger.info("%s: started from the networks of %s%s", stage.label, summary["transferred_from"],
+                    "".join(f"; {n}" for n in info.get("transfer_notes", [])))
     if info and not summary["resumed_from"]:
-        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s", info["arch"],
+        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s", info["arch"],
                     info["resolution"], f"{info['G_params']:,}", f"{info['D_params']:,}", info["batch"],
-                    info["loss"], info["ada_target"], info["device"])
+                    info["loss"], info["ada_target"], info["device"],
+                    f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "")
     report({**summary, "kimg_per_s": summary["kimg_per_s"] or 0})
     train_report.publish_stage(run_dir, stage.label, summary, total_kimg)
     logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, summary["kimg"], summary["seconds"],

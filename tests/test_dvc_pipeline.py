@@ -61,7 +61,9 @@ def make_project(env: dict, dest: Path, **changes: dict) -> Path:
                             capture_output=True, check=True).stdout.decode().split("\0")
     for rel in filter(None, listed):
         src = ROOT / rel
-        if src.is_file() and rel != "dvc.lock" and not rel.startswith(("data/", "runs/")):  # no local results
+        # No local results; data/pretrained/ (its README: the train stage's dependency) is part of a clone.
+        if src.is_file() and rel != "dvc.lock" and (not rel.startswith(("data/", "runs/"))
+                                                    or rel.startswith("data/pretrained/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     params = yaml.safe_load((dest / "params.yaml").read_text())

@@ -190,3 +190,54 @@ def test_an_unreachable_scheduler_is_one_clear_error(prefect_api, folder, small_
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
             _curate(folder, tmp_path, small_params, dask_address="tcp://127.0.0.1:9")
+
+
+# ---------------------------------------------------------------------------------------------- dedup at scale
+
+def _indexed(cands, d, monkeypatch):
+    """near_duplicates through its band index (the kept-set scan made unusable while it runs)."""
+    import tasks.dedup as dedup
+
+    with monkeypatch.context() as m:
+        m.setattr(dedup, "near_duplicates_scan", lambda *a: pytest.fail("the band index fell back to the scan"))
+        return dedup.near_duplicates(cands, d)
+
+
+def test_dedup_finds_the_same_pairs_on_the_demos_planted_duplicates(tmp_path, monkeypatch):
+    from tasks.dedup import near_duplicates_scan
+    from tasks.params import curate_params
+    from tasks.per_image import screen_cheap_one
+    from tasks.sources.demo import write_demo
+    from tasks.verdicts import dedup_candidates
+
+    table = write_demo(tmp_path)
+    params = curate_params(ROOT / "params.yaml")
+    cheap = {name: screen_cheap_one(str(tmp_path / name), params) for name in sorted(table)}
+    cands = dedup_candidates({n: r for n, r in cheap.items() if "phash" in r["scores"]})
+    near = _indexed(cands, params.dup_max_distance, monkeypatch)
+    assert near == near_duplicates_scan(cands, params.dup_max_distance)
+    assert near["reposts/hubble-850px.jpg"][0] == "photos/hubble_deep_field.jpg"
+    for d in (0, 3, 8, 11):
+        assert _indexed(cands, d, monkeypatch) == near_duplicates_scan(cands, d)
+
+
+def test_dedup_matches_the_kept_set_scan_on_clustered_hashes(monkeypatch):
+    """Clusters of hashes a few bits apart (ties in distance and in quality included), against the scan."""
+    import random
+
+    from tasks.dedup import Candidate, near_duplicates, near_duplicates_scan
+
+    rng = random.Random(5)
+    cands = []
+    for i in range(1500):
+        base = rng.getrandbits(64)
+        for k in range(rng.choice([1, 1, 2, 4])):
+            h = base
+            for _ in range(rng.randint(0, 12)):
+                h ^= 1 << rng.randrange(64)
+            cands.append(Candidate(f"{i:05d}-{k}", f"{h:016x}", rng.choice([64, 128]), float(rng.randint(0, 3))))
+    for d in (0, 1, 4, 6, 7, 11):
+        near = _indexed(cands, d, monkeypatch)
+        assert near == near_duplicates_scan(cands, d)
+        assert len(near) > (200 if d >= 4 else 0)
+    assert near_duplicates(cands, 20) == near_duplicates_scan(cands, 20)  # a radius past the index: the scan

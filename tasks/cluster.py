@@ -124,13 +124,31 @@ def _addressed_runner(address: str):
 def dask_batches(address: str, folders: dict[str, str]) -> Iterator[Batches]:
     """Connect to the scheduler at `address`, check every worker sees `folders`, yield Batches on it."""
     runner = _addressed_runner(address)
-    with runner:
+    with _flow_api_for_workers(), runner:
         try:
             client = runner.client
         except (OSError, TimeoutError) as e:
             raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         threads = preflight(client, folders, address)
         yield Batches(runner, window=2 * threads)
+
+
+def _flow_api_for_workers():
+    """Send the workers' task runs to the flow's Prefect API. With no PREFECT_API_URL the flow reports to a
+    temporary server of its own process; prefect-dask hands the settings in force at submission to the
+    workers, so that server's URL goes along (else each worker would start a temporary server of its own,
+    and the batches would be missing from the flow's runs). Workers on other machines need a server they
+    can reach: PREFECT_API_URL (README)."""
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return nullcontext()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return temporary_settings({PREFECT_API_URL: server.api_url}) if server.running else nullcontext()
 
 
 def preflight(client, folders: dict[str, str], address: str) -> int:

@@ -126,7 +126,9 @@ def decode(path: str | Path, min_side: int | None = None) -> Decoded:
     except Exception as e:  # any decoder failure is this input's reason word, never a crashed batch
         with path.open("rb") as f:
             head = f.read(16)
-        detail = str(e) or type(e).__name__
+        # Pillow names the file as it was opened; the manifest names it only by its file name, so it is the
+        # same wherever the raw store lies (a relative path here, an absolute one on a Dask worker).
+        detail = (str(e) or type(e).__name__).replace(str(path), path.name)
         reason = _reason_for(e, head, size)
         if reason == "corrupt" and isinstance(e, UnidentifiedImageError):
             detail = f"starts like {_sniff(head)} but cannot be parsed"

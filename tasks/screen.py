@@ -21,7 +21,7 @@ from tasks.pool import imap, on_dask_worker
 CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma")
 CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
                 "text_min_chars", "text_max_area", "text_max_boxes")
-SCREEN_VERSION = "1"  # bump when the scoring code changes meaning
+SCREEN_VERSION = "2"  # bump when the scoring code changes meaning (2: error details name files, not paths)
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,

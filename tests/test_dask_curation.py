@@ -38,7 +38,8 @@ def _image(rng: np.random.Generator, side: int = 200) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """14 unique small photos-to-be, plus an exact copy, a near duplicate, a blurry, a grey and a broken file."""
+    """14 unique small photos-to-be, plus an exact copy, a near duplicate, a blurry, a grey, a broken and a
+    non-image file."""
     d = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(17)
     for k in range(14):
@@ -48,6 +49,7 @@ def folder(tmp_path_factory) -> Path:
     Image.open(d / "img02.jpg").resize((24, 24)).resize((200, 200), Image.BILINEAR).save(d / "soft.jpg")
     Image.open(d / "img03.jpg").convert("L").convert("RGB").save(d / "grey.jpg")
     (d / "broken.jpg").write_bytes((d / "img04.jpg").read_bytes()[:600])
+    (d / "notes.jpg").write_text("not an image")  # its reason's detail names the file: no path may leak in
     return d
 
 
@@ -83,7 +85,7 @@ def _files(out: Path) -> dict[str, bytes]:
 def local_run(prefect_api, folder, small_params, tmp_path_factory) -> dict[str, bytes]:
     work = tmp_path_factory.mktemp("local")
     result = _curate(folder, work, small_params)
-    assert result["count"] >= 10 and result["inputs"] == 19
+    assert result["count"] >= 10 and result["inputs"] == 20
     return _files(work / "out")
 
 
@@ -241,3 +243,41 @@ def test_dedup_matches_the_kept_set_scan_on_clustered_hashes(monkeypatch):
         assert near == near_duplicates_scan(cands, d)
         assert len(near) > (200 if d >= 4 else 0)
     assert near_duplicates(cands, 20) == near_duplicates_scan(cands, 20)  # a radius past the index: the scan
+
+
+# ---------------------------------------------------------------------------------------------- bounded window
+
+def test_batches_go_out_through_a_bounded_window(prefect_api):
+    """Batch k is submitted only once batch k - window has been merged: the flow never holds more futures."""
+    import itertools
+
+    from prefect import flow, task
+
+    from tasks.cluster import Batches
+
+    clock = itertools.count()  # a shared sequence number: happens-before without timing
+    started: dict[int, int] = {}
+    merged: dict[int, int] = {}
+
+    @task
+    def record(items: list, batch_no: int = 0) -> dict:
+        started[batch_no] = next(clock)
+        return {batch_no: items}
+
+    @flow
+    def windowed() -> dict:
+        out: dict = {}
+
+        def merge(result: dict) -> None:
+            (k, _), = result.items()
+            merged[k] = next(clock)
+            out.update(result)
+
+        Batches(None, window=3).run(record, ([k] for k in range(12)), "test", merge)
+        return out
+
+    out = windowed()
+    assert out == {k: [k] for k in range(12)}
+    assert list(merged) == list(range(12))  # merged in batch order
+    for k in range(3, 12):
+        assert started[k] > merged[k - 3]

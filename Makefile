@@ -51,6 +51,10 @@ test: $(STAMP) $(CHROMIUM)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# bench/curation_scale.py curates 2k, 10k and 50k generated images twice each (hours on 2 cores):
+# `make bench SCALE_ARGS="--sizes 2000,10000"` for less.
+SCALE_ARGS ?=
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
@@ -61,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fid.py
 	$(BIN)/python bench/dvc_noop.py
 	$(BIN)/python bench/serve_load.py
+	nice -n 19 $(BIN)/python bench/curation_scale.py $(SCALE_ARGS)
 
 # A local Prefect server (UI at http://127.0.0.1:4200), the ganflow-process pool, the deployments of
 # deployments/prefect.yaml and a worker for the pool; Ctrl-C or SIGTERM stops them all. See README, "Prefect".

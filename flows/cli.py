@@ -60,6 +60,10 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--session-file", metavar="FILE",
                    help="Instagram session file from `instaloader --login USER` (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run the batch tasks on the Dask cluster whose scheduler is ADDRESS (tcp://host:8786); the raw "
+                        "store and the cache must be at the same path on every worker (default: params.yaml's "
+                        "curate.dask_address; empty = this machine)")
     p.set_defaults(func=_run_curate)
 
 
@@ -97,7 +101,8 @@ def _run_curate(args: argparse.Namespace) -> int:
         result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,
                         raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
                         resolution=args.resolution, matte=args.matte, max_posts=args.max_posts,
-                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc)
+                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc,
+                        dask_address=args.dask)
     finally:
         progress.install(None)
     print()

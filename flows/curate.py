@@ -1,15 +1,19 @@
 """The curate flow: source → screen (decode, size, blur, gray) → dedup → screen (faces, text) → render → publish.
 
-Tasks are mapped over batches of images (never one task per image) and pass paths and hashes only.
+Tasks run over batches of images (never one task per image), through a bounded window of futures, and pass
+paths and hashes only. With a Dask scheduler address (curate.dask_address, --dask) the batch tasks run on that
+cluster; everything else (ingest, dedup, publish) stays in the flow's process.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 
 from tasks import pool, progress
+from tasks.cluster import Batches, dask_batches, local_batches
 from tasks.dedup import dedup_task
 from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.matte import make_matter
@@ -25,20 +29,15 @@ from tasks.versioning import version_dataset_task
 from tasks.verdicts import assemble, dedup_candidates, split_exact_copies
 
 
-def _batches(items: list, size: int) -> list[list]:
-    return [items[k:k + size] for k in range(0, len(items), size)]
+def _batches(items: list, size: int):
+    return (items[k:k + size] for k in range(0, len(items), size))
 
 
-def _mapped(task, items: list, size: int, stage: str, **kwargs) -> dict:
+def _mapped(batches: Batches, task, items: list, size: int, stage: str, **kwargs) -> dict:
     """Run `task` over batches of items and merge the per-batch dicts (in batch order)."""
     progress.begin(stage, len(items))
-    batches = _batches(items, size)
     merged: dict = {}
-    if batches:
-        futures = task.map(batches, batch_no=list(range(len(batches))),
-                           **{k: unmapped(v) for k, v in kwargs.items()})
-        for result in futures.result():
-            merged.update(result)
+    batches.run(task, _batches(items, size), stage, merged.update, **kwargs)
     progress.end(stage)
     return merged
 
@@ -59,6 +58,7 @@ def curate(
     ig_user: str | None = None,           # Instagram user of that session (else $GANFLOW_IG_USER)
     raw_dir: str | None = None,           # an already ingested raw store (`ganflow ingest`): ingest is skipped
     version: bool = False,                # version the dataset with DVC (add or commit, push, git commit)
+    dask_address: str | None = None,      # Dask scheduler for the batch tasks; overrides curate.dask_address
 ) -> dict:
     """Curate a folder, an archive, a hashtag or the demo into a clean square dataset.
 
@@ -82,12 +82,17 @@ def curate(
         version: Version the dataset with DVC when it is written: `dvc add` (or `dvc commit` when a dvc.yaml stage
             makes it), `dvc push` to the default remote, and a git commit of its .dvc file; one writer at a time.
             Its DVC hash is recorded as an artifact and listed by `ganflow datasets`. Never inside `dvc repro`.
+        dask_address: A Dask scheduler (tcp://host:8786) whose workers run the batch tasks (screening,
+            rendering); the raw store and the cache must be at the same path on every worker. Empty:
+            curate.dask_address; when that is empty too, this machine's cores.
     """
-    params = curate_params(params_path, resolution=resolution, matte=matte)
+    params = curate_params(params_path, resolution=resolution, matte=matte, dask_address=dask_address)
     # Never write into a folder ganflow did not write (the CLI checks these too, before Prefect starts).
     out = str(check_dataset_dir(out, "out"))
     cache_dir = str(check_store_root(cache_dir, "cache_dir"))
-    pool.warm(params.workers)  # worker processes start while ingest runs
+    on_dask = bool(params.dask_address)
+    if not on_dask:
+        pool.warm(params.workers)  # worker processes start while ingest runs
     if raw_dir is None:
         store = check_store_root(raw_root, "raw_root") / raw_name(source, input_path, hashtag)
         raw_dir = str(check_raw_dir(str(store), "raw_root"))
@@ -102,21 +107,31 @@ def curate(
     inputs = read_provenance(Path(raw_dir))
 
     unique, _ = split_exact_copies(inputs)
-    items = [(i.id, str(Path(raw_dir) / i.file)) for i in unique]
-    cheap = _mapped(screen_cheap_task, items, params.batch_size, "cheap", params=params, cache_dir=cache_dir)
-
-    near = dedup_task(dedup_candidates(cheap), params.dup_max_distance)
-    paths = dict(items)
-    survivors = [(i, p) for i, p in items if cheap[i]["reason"] is None and i not in near]
-    content = _mapped(screen_content_task, survivors, params.batch_size, "content",
-                      params=params, cache_dir=cache_dir)
-
+    store = Path(raw_dir)
+    if on_dask:  # workers on other machines see the same absolute paths, never this process's cwd
+        store, cache_dir = store.resolve(), str(Path(cache_dir).resolve())
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    items = [(i.id, str(store / i.file)) for i in unique]
     matter = make_matter(params.matte, params.rembg_model)
     logger = get_run_logger()
-    logger.info(matter.note)
-    jobs = [(i, paths[i], content[i]["face_box"]) for i, _ in survivors if content[i]["reason"] is None]
-    pngs = _mapped(render_task, jobs, params.batch_size, "render",
-                   params=params, cache_dir=cache_dir, matte_name=matter.name)
+    runner = (dask_batches(params.dask_address, {"raw store": str(store), "cache": cache_dir}) if on_dask
+              else local_batches(pool.resolve_workers(params.workers)))
+    with runner as batches:
+        cheap = _mapped(batches, screen_cheap_task, items, params.batch_size, "cheap",
+                        params=params, cache_dir=cache_dir)
+
+        near = dedup_task(dedup_candidates(cheap), params.dup_max_distance)
+        paths = dict(items)
+        survivors = [(i, p) for i, p in items if cheap[i]["reason"] is None and i not in near]
+        content = _mapped(batches, screen_content_task, survivors, params.batch_size, "content",
+                          params=params, cache_dir=cache_dir)
+
+        logger.info(matter.note)
+        jobs = [(i, paths[i], content[i]["face_box"]) for i, _ in survivors if content[i]["reason"] is None]
+        # Workers render with the matte this process chose (auto resolves here), the one in the cache key.
+        render_params = dataclasses.replace(params, matte=matter.name) if on_dask else params
+        pngs = _mapped(batches, render_task, jobs, params.batch_size, "render",
+                       params=render_params, cache_dir=cache_dir, matte_name=matter.name)
 
     records = assemble(inputs, cheap, near, content)
     kinds = ",".join(sorted({i.source for i in inputs}))  # demo, folder, zip, tar, instagram: from provenance

@@ -159,7 +159,9 @@ def _reduce(img: Image.Image, min_side: int) -> Image.Image:
 def _failure(path: Path, e: BaseException, size: int) -> DecodeError:
     with path.open("rb") as f:
         head = f.read(16)
-    detail = str(e) or type(e).__name__
+    # Pillow names the file as it was opened; the manifest names it only by its file name, so it is the
+    # same wherever the raw store lies (a relative path here, an absolute one on a Dask worker).
+    detail = (str(e) or type(e).__name__).replace(str(path), path.name)
     reason = _reason_for(e, head, size)
     if reason == "corrupt" and isinstance(e, UnidentifiedImageError):
         detail = f"starts like {_sniff(head)} but cannot be parsed"

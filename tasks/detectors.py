@@ -1,12 +1,14 @@
 """Content detectors backed by models that ship inside packages (no downloads):
 faces with OpenCV's Haar cascade (OpenCV 4.x ships it; 5.x does not), text with rapidocr's ONNX models.
 
-Each detector is built once per process and reused: loading is the slow part.
+Each detector is built once per thread and reused: loading is the slow part, and neither OpenCV's cascade nor
+rapidocr may be used by two threads at once (batches run in threads: Prefect's, or a Dask worker's).
 """
 from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -24,7 +26,20 @@ class DetectorMissing(RuntimeError):
     """A detector's model file is not where its package should have put it."""
 
 
-@functools.lru_cache(maxsize=1)
+def _per_thread(build):
+    """build() once per thread: the object is the thread's own."""
+    local = threading.local()
+
+    @functools.wraps(build)
+    def get():
+        if not hasattr(local, "value"):
+            local.value = build()
+        return local.value
+
+    return get
+
+
+@_per_thread
 def face_cascade() -> cv2.CascadeClassifier:
     path = os.path.join(cv2.data.haarcascades, FACE_CASCADE)
     cascade = cv2.CascadeClassifier(path)
@@ -33,7 +48,7 @@ def face_cascade() -> cv2.CascadeClassifier:
     return cascade
 
 
-@functools.lru_cache(maxsize=1)
+@_per_thread
 def text_reader():
     from rapidocr_onnxruntime import RapidOCR  # imported lazily: it loads three ONNX sessions
 

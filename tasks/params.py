@@ -43,8 +43,12 @@ class CurateParams:
     max_aspect: float              # long side / short side above this: rejected as `aspect` before any resize
     max_member_bytes: int          # an archive member or file larger than this is a `bomb` (never written out)
     max_compression_ratio: float   # a member inflating more than this per compressed byte is a `bomb`
+    dask_address: str = ""    # Dask scheduler (tcp://host:8786) the batch tasks run on; "" = this machine
 
     def __post_init__(self) -> None:
+        if any(ch.isspace() for ch in self.dask_address):
+            raise ParamsError(f"curate.dask_address must be a scheduler address like tcp://host:8786, "
+                              f"not {self.dask_address!r}")
         if self.face_mode not in ("reject", "crop"):
             raise ParamsError(f"curate.face_mode must be 'reject' or 'crop', not {self.face_mode!r}")
         if self.matte not in ("auto", "rembg", "grabcut", "none"):
@@ -114,13 +118,14 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
 def _build(cls, section: dict[str, Any], name: str, overrides: dict[str, Any]):
     values = {**section, **{k: v for k, v in overrides.items() if v is not None}}
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    missing = sorted(set(fields) - set(values))
+    defaults = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    missing = sorted(set(fields) - set(values) - defaults)
     unknown = sorted(set(values) - set(fields))
     if missing or unknown:
         raise ParamsError(f"params section {name!r}: missing {missing}, unknown {unknown}")
     casts = {"int": int, "float": float, "str": str}
     try:
-        return cls(**{k: casts[fields[k]](values[k]) for k in fields})
+        return cls(**{k: casts[fields[k]](values[k] if values[k] is not None else "") for k in fields if k in values})
     except (TypeError, ValueError) as e:
         raise ParamsError(f"params section {name!r}: {e}") from e
 

@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -50,9 +51,29 @@ def _atomic_write(path: Path, data: bytes) -> bool:
     return True
 
 
-def manifest_bytes(records: list[Record]) -> bytes:
-    rows = sorted(records, key=lambda r: (r.source_name, r.id))
-    return "".join(json.dumps(asdict(r), sort_keys=True, ensure_ascii=False) + "\n" for r in rows).encode()
+def manifest_lines(records: list[Record]) -> Iterator[bytes]:
+    """manifest.jsonl's lines, one record at a time (sorted by name, then id)."""
+    for r in sorted(records, key=lambda r: (r.source_name, r.id)):
+        yield (json.dumps(asdict(r), sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _atomic_write_lines(path: Path, lines: Iterable[bytes]) -> bool:
+    """Stream lines to a temp file, then replace `path` unless it already holds exactly these bytes (so an
+    unchanged manifest keeps its mtime and DVC's cache of it). Never holds the whole file in memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+        for line in lines:
+            digest.update(line)
+            f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists() and path.stat().st_size == os.path.getsize(tmp) and _sha256_file(path) == digest.hexdigest():
+        os.unlink(tmp)
+        return False
+    os.replace(tmp, path)
+    return True
 
 
 def read_manifest(out_dir: str | Path) -> list[Record]:
@@ -119,7 +140,7 @@ def write_dataset(out_dir: str | Path, records: list[Record], pngs: dict[str, Pa
     for old in sorted((out / SHARDS).glob("*.tar")) if (out / SHARDS).exists() else []:
         if _SHARD_NAME.fullmatch(old.name) and f"{SHARDS}/{old.name}" not in keep:
             old.unlink()
-    _atomic_write(out / MANIFEST, manifest_bytes(records))
+    _atomic_write_lines(out / MANIFEST, manifest_lines(records))
     dataset = {
         "generator": GENERATOR,  # how a later run knows this folder is ganflow's to rewrite
         "count": len(accepted),

@@ -10,7 +10,8 @@ from tasks import progress
 from tasks.cache import StageCache
 from tasks.params import CurateParams
 from tasks.per_image import render_one
-from tasks.pool import imap
+from tasks.cluster import batch_folders, require_folders
+from tasks.pool import imap, on_dask_worker
 
 RENDER_VERSION = "2"  # bump when rendering changes its output (2: decoded at >= resolution, not full size)
 FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
@@ -39,4 +40,6 @@ def render(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache
 @task(name="render", task_run_name="render-{batch_no}", cache_policy=NO_CACHE)
 def render_task(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache_dir: str,
                 matte_name: str, batch_no: int = 0) -> dict[str, str]:
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p, _ in jobs), cache_dir))
     return render(jobs, params, cache_dir, matte_name)

@@ -14,13 +14,14 @@ from tasks import progress
 from tasks.cache import StageCache
 from tasks.params import CurateParams
 from tasks.per_image import screen_cheap_one, screen_content_one
-from tasks.pool import imap
+from tasks.cluster import batch_folders, require_folders
+from tasks.pool import imap, on_dask_worker
 
 # The settings each stage's results depend on: the cache key changes exactly when they do.
 CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
 CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
                 "text_min_chars", "text_max_area", "text_max_boxes")
-SCREEN_VERSION = "2"  # bump when the scoring code changes meaning
+SCREEN_VERSION = "3"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths)
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
@@ -53,10 +54,14 @@ def screen_content(items: list[tuple[str, str]], params: CurateParams, cache_dir
 @task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)
 def screen_cheap_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
                       batch_no: int = 0) -> dict[str, dict]:
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p in items), cache_dir))
     return screen_cheap(items, params, cache_dir)
 
 
 @task(name="screen-content", task_run_name="screen-content-{batch_no}", cache_policy=NO_CACHE)
 def screen_content_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
                         batch_no: int = 0) -> dict[str, dict]:
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p in items), cache_dir))
     return screen_content(items, params, cache_dir)

@@ -1,0 +1,283 @@
+"""The curate flow on a real Dask cluster (distributed.LocalCluster, worker processes) under the real Prefect API.
+
+One 2-worker cluster serves the module. A worker is killed for real (SIGKILL of its own process during a
+batch), and a worker that cannot see the raw store is a real `dask worker` process in its own mount
+namespace, where an empty tmpfs hides the test's folder: what a worker on a machine without the mount sees.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.curate import curate
+from tasks.cluster import ClusterError
+from tests.conftest import ROOT
+
+distributed = pytest.importorskip("distributed")
+OUTPUTS = ("manifest.jsonl", "dataset.json")
+
+
+def _image(rng: np.random.Generator, side: int = 200) -> np.ndarray:
+    """Coloured rectangles on a coloured ground with grain: sharp, colourful, unique."""
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = rng.integers(40, 216, 3)
+    for _ in range(8):
+        x0, y0 = rng.integers(0, side - 40, 2)
+        w, h = rng.integers(20, 80, 2)
+        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3)
+    return np.clip(img.astype(np.int16) + rng.integers(-30, 31, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """14 unique small photos-to-be, plus an exact copy, a near duplicate, a blurry, a grey, a broken and a
+    non-image file."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(17)
+    for k in range(14):
+        Image.fromarray(_image(rng)).save(d / f"img{k:02d}.jpg", quality=92)
+    shutil.copy(d / "img00.jpg", d / "copy-of-img00.jpg")
+    Image.open(d / "img01.jpg").resize((190, 190), Image.LANCZOS).save(d / "img01-small.jpg", quality=75)
+    Image.open(d / "img02.jpg").resize((24, 24)).resize((200, 200), Image.BILINEAR).save(d / "soft.jpg")
+    Image.open(d / "img03.jpg").convert("L").convert("RGB").save(d / "grey.jpg")
+    (d / "broken.jpg").write_bytes((d / "img04.jpg").read_bytes()[:600])
+    (d / "notes.jpg").write_text("not an image")  # its reason's detail names the file: no path may leak in
+    return d
+
+
+@pytest.fixture(scope="module")
+def small_params(tmp_path_factory) -> Path:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["curate"].update(resolution=64, batch_size=4, workers=1, matte="none", shard_size=6, dask_address="")
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  worker_dashboard_address=None) as c, distributed.Client(c) as client:
+        yield c.scheduler_address, client
+
+
+def _curate(folder: Path, work: Path, params: Path, **kw) -> dict:
+    return curate(source="path", input_path=str(folder), out=str(work / "out"), raw_root=str(work / "raw"),
+                  cache_dir=str(work / "cache"), params_path=str(params), **kw)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    names = [*OUTPUTS, *sorted(str(p.relative_to(out)) for p in (out / "shards").glob("*.tar"))]
+    return {name: (out / name).read_bytes() for name in names}
+
+
+@pytest.fixture(scope="module")
+def local_run(prefect_api, folder, small_params, tmp_path_factory) -> dict[str, bytes]:
+    work = tmp_path_factory.mktemp("local")
+    result = _curate(folder, work, small_params)
+    assert result["count"] >= 10 and result["inputs"] == 20
+    return _files(work / "out")
+
+
+def test_dask_run_is_byte_identical_to_the_local_run(prefect_api, folder, small_params, cluster, local_run,
+                                                     tmp_path):
+    address, _ = cluster
+    result = _curate(folder, tmp_path, small_params, dask_address=address)
+    assert _files(tmp_path / "out") == local_run
+    assert len(result["shards"]) >= 2
+    reasons = result["reasons"]
+    assert reasons["duplicate"] == 2 and reasons["blurry"] == 1 and reasons["grayscale"] == 1
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Makes the cheap screen SIGKILL its own worker process at that worker's 3rd image, once in the cluster
+    (the marker file, created exclusively, says who died); every screened image is logged as 'pid path'."""
+
+    name = "ganflow-test-kill-once"
+
+    def __init__(self, marker: str, log: str):
+        self.marker, self.log = marker, log
+
+    def setup(self, worker) -> None:
+        import tasks.screen as screen
+
+        self.original = original = screen.screen_cheap_one
+        marker, log, seen = self.marker, self.log, []
+
+        def screen_then_maybe_die(path, params):
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {path}\n")
+            seen.append(path)
+            if len(seen) == 3:
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    pass
+                else:
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    os.kill(os.getpid(), signal.SIGKILL)  # real process death, mid-batch
+            return original(path, params)
+
+        screen.screen_cheap_one = screen_then_maybe_die
+
+    def teardown(self, worker) -> None:
+        import tasks.screen as screen
+
+        screen.screen_cheap_one = self.original
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(prefect_api, folder, small_params, cluster, local_run, tmp_path):
+    address, client = cluster
+    marker, log = tmp_path / "killed", tmp_path / "screened.log"
+    client.register_plugin(KillOnce(str(marker), str(log)))
+    try:
+        _curate(folder, tmp_path, small_params, dask_address=address)
+    finally:
+        client.unregister_worker_plugin(KillOnce.name)
+    assert marker.exists(), "no worker was killed"
+    assert _files(tmp_path / "out") == local_run
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    dead = marker.read_text()
+    by_dead = [path for pid, path in lines if pid == dead]
+    assert len(by_dead) == 3  # it died during its 3rd image, in its first batch (4 images)
+    # The images it finished were cached and never screened again; the one it died on was redone elsewhere.
+    counts = {path: sum(1 for _, p in lines if p == path) for path in by_dead}
+    assert [counts[p] for p in by_dead] == [1, 1, 2]
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_a_worker_that_cannot_see_the_raw_store_fails_before_any_work(prefect_api, folder, small_params, tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux's unshare to give a worker its own view of the filesystem")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"user+mount namespaces are not allowed here: {probe.stderr.decode().strip()}")
+    work = tmp_path / "shared"
+    work.mkdir()
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+        # This worker sees an empty tmpfs where the client sees `work`: a machine without the mount.
+        script = f'mount -t tmpfs none "{work}" && exec "{sys.executable}" -m distributed.cli.dask_worker ' \
+                 f'{c.scheduler_address} --nthreads 1 --no-nanny --no-dashboard'
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        worker = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                                  env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=90)
+            with pytest.raises(ClusterError) as err:
+                _curate(folder, work, small_params, dask_address=c.scheduler_address)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"cannot see the raw store {(work / 'raw').resolve()}" in message and "Dask worker tcp://" in message
+    assert not any((work / "cache").rglob("*.json")), "work was done before the check"
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(prefect_api, folder, small_params, tmp_path):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+            _curate(folder, tmp_path, small_params, dask_address="tcp://127.0.0.1:9")
+
+
+# ---------------------------------------------------------------------------------------------- dedup at scale
+
+def _indexed(cands, d, monkeypatch):
+    """near_duplicates through its band index (the kept-set scan made unusable while it runs)."""
+    import tasks.dedup as dedup
+
+    with monkeypatch.context() as m:
+        m.setattr(dedup, "near_duplicates_scan", lambda *a: pytest.fail("the band index fell back to the scan"))
+        return dedup.near_duplicates(cands, d)
+
+
+def test_dedup_finds_the_same_pairs_on_the_demos_planted_duplicates(tmp_path, monkeypatch):
+    from tasks.dedup import near_duplicates_scan
+    from tasks.params import curate_params
+    from tasks.per_image import screen_cheap_one
+    from tasks.sources.demo import write_demo
+    from tasks.verdicts import dedup_candidates
+
+    table = write_demo(tmp_path)
+    params = curate_params(ROOT / "params.yaml")
+    cheap = {name: screen_cheap_one(str(tmp_path / name), params) for name in sorted(table)}
+    cands = dedup_candidates({n: r for n, r in cheap.items() if "phash" in r["scores"]})
+    near = _indexed(cands, params.dup_max_distance, monkeypatch)
+    assert near == near_duplicates_scan(cands, params.dup_max_distance)
+    assert near["reposts/hubble-850px.jpg"][0] == "photos/hubble_deep_field.jpg"
+    for d in (0, 3, 8, 11):
+        assert _indexed(cands, d, monkeypatch) == near_duplicates_scan(cands, d)
+
+
+def test_dedup_matches_the_kept_set_scan_on_clustered_hashes(monkeypatch):
+    """Clusters of hashes a few bits apart (ties in distance and in quality included), against the scan."""
+    import random
+
+    from tasks.dedup import Candidate, near_duplicates, near_duplicates_scan
+
+    rng = random.Random(5)
+    cands = []
+    for i in range(1500):
+        base = rng.getrandbits(64)
+        for k in range(rng.choice([1, 1, 2, 4])):
+            h = base
+            for _ in range(rng.randint(0, 12)):
+                h ^= 1 << rng.randrange(64)
+            cands.append(Candidate(f"{i:05d}-{k}", f"{h:016x}", rng.choice([64, 128]), float(rng.randint(0, 3))))
+    for d in (0, 1, 4, 6, 7, 11):
+        near = _indexed(cands, d, monkeypatch)
+        assert near == near_duplicates_scan(cands, d)
+        assert len(near) > (200 if d >= 4 else 0)
+    assert near_duplicates(cands, 20) == near_duplicates_scan(cands, 20)  # a radius past the index: the scan
+
+
+# ---------------------------------------------------------------------------------------------- bounded window
+
+def test_batches_go_out_through_a_bounded_window(prefect_api):
+    """Batch k is submitted only once batch k - window has been merged: the flow never holds more futures."""
+    import itertools
+
+    from prefect import flow, task
+
+    from tasks.cluster import Batches
+
+    clock = itertools.count()  # a shared sequence number: happens-before without timing
+    started: dict[int, int] = {}
+    merged: dict[int, int] = {}
+
+    @task
+    def record(items: list, batch_no: int = 0) -> dict:
+        started[batch_no] = next(clock)
+        return {batch_no: items}
+
+    @flow
+    def windowed() -> dict:
+        out: dict = {}
+
+        def merge(result: dict) -> None:
+            (k, _), = result.items()
+            merged[k] = next(clock)
+            out.update(result)
+
+        Batches(None, window=3).run(record, ([k] for k in range(12)), "test", merge)
+        return out
+
+    out = windowed()
+    assert out == {k: [k] for k in range(12)}
+    assert list(merged) == list(range(12))  # merged in batch order
+    for k in range(3, 12):
+        assert started[k] > merged[k - 3]

@@ -223,7 +223,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tasks.stages import plan_stages, resolve_device, run_config, train_params
-    from tasks.training import check_resolution, run_training
+    from tasks.training import run_training
 
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
@@ -239,7 +239,6 @@ def _run_train(args: argparse.Namespace) -> int:
         args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
-    check_resolution(args.data, cfg.resolution)  # refused here, before any work (run_training checks it too)
     bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
 
     def progress(stats: dict) -> None:

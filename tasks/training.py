@@ -126,16 +126,13 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     architecture; counters and optimizers start afresh. cfg may already be prepared by
     tasks.transfer.transfer_config (which refuses contradicting options); otherwise it is prepared here."""
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
-    check_resolution(data_dir, cfg.resolution)  # before any work: a model above its data's size learns nothing
     device = init_from_env(device)
     resume_from = resume_from or cfg.transfer_from or None
     if resume_from and not (cfg.transfer_sha256 and cfg.transfer_from == str(resume_from)):
         cfg, _ = transfer_config(cfg, resume_from)
-    if resume_from:
-        check_dataset_resolution(data_dir, cfg.resolution, str(resume_from))
-    images = load_images(data_dir, cfg.resolution)
     if not cfg.dataset:
         cfg = replace(cfg, dataset=dataset_hash(data_dir))
+    # Another run's checkpoints first: "repeat --resume-from" or "use a new folder" says more than a size error.
     found = latest_checkpoint(run_dir)
     moved = None
     if found is not None and (changed := config_changes(found[1].get("config", {}), cfg)):
@@ -145,6 +142,12 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
             moved = str(set_aside_run(run_dir))
         dd.barrier()
         found = None
+    # Before any training: a model above its data's size learns nothing.
+    if resume_from:
+        check_dataset_resolution(data_dir, cfg.resolution, str(resume_from))
+    else:
+        check_resolution(data_dir, cfg.resolution)
+    images = load_images(data_dir, cfg.resolution)
     trainer = Trainer(cfg, images, run_dir, device=device)
     resumed = transferred = None
     notes: list[str] = []

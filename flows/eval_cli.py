@@ -134,6 +134,9 @@ def _run_morph(args: argparse.Namespace) -> int:
     if args.frames < len(args.seeds):
         raise ValueError(f"--frames {args.frames}: a morph through {len(args.seeds)} seeds needs at least "
                          f"{len(args.seeds)} frames")
+    from tasks.outdir import check_morph_file
+
+    check_morph_file(args.out, "--out")  # never overwrite someone else's file
     out = write_morph(args.snapshot, args.seeds, args.frames, args.out, fps=args.fps,
                       truncation_psi=args.trunc, resolution=args.resolution)
     print(f"{out['frames']} frames looping through seeds {out['seeds']} → {out['out']}")

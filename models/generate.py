@@ -158,8 +158,11 @@ def grid(images: np.ndarray, cols: int | None = None) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+GIF_COMMENT = b"ganflow morph"  # marks a GIF as ours: a rerun may replace it, never someone else's file
+
+
 def save_gif(frames: np.ndarray, fp, fps: float) -> None:
     """Frames (N x H x W x 3 uint8) as a GIF that loops forever, to a path or a binary file object."""
     pics = [Image.fromarray(f) for f in frames]
     pics[0].save(fp, "GIF", save_all=True, append_images=pics[1:], loop=0, duration=round(1000 / fps),
-                 optimize=False)
+                 optimize=False, comment=GIF_COMMENT)

@@ -104,6 +104,27 @@ def check_generated_dir(value: str, option: str = "--out") -> Path:
     return _check_folder(value, option, is_generated_dir, "a folder ganflow generate wrote (only seed<N>.png, grid.png)")
 
 
+def check_morph_file(value: str, option: str = "--out") -> Path:
+    """`ganflow morph`'s output: a new file, or a GIF ganflow wrote before (its comment says so); never another
+    file of that name (an MP4 carries no such mark: an existing one is refused)."""
+    from PIL import Image
+
+    from models.generate import GIF_COMMENT
+
+    path = _expand(value, option)
+    if not path.exists():
+        return path
+    if path.is_file() and not path.is_symlink():
+        try:
+            with Image.open(path) as im:
+                if im.format == "GIF" and im.info.get("comment") == GIF_COMMENT:
+                    return path
+        except (OSError, ValueError):
+            pass
+    raise PathError(f"{option} {value!r} exists and is not a morph ganflow wrote: choose a new file name "
+                    f"(ganflow never overwrites a file it did not write)")
+
+
 def check_raw_dir(value: str, option: str = "--raw-dir") -> Path:
     """A raw store's folder: missing, empty, or a raw store (provenance.jsonl, files/)."""
     return _check_folder(value, option, is_raw_store, "a ganflow raw store (no provenance.jsonl or files/)")

@@ -82,3 +82,29 @@ def test_morph_mp4_when_opencv_can_encode(snapshot, tmp_path):
     assert main(["morph", "--snapshot", snapshot, "--seeds", "1,5", "--frames", "6", "--out", str(out)]) == 0
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+
+
+def test_morph_replaces_its_own_gif_but_never_another_file(snapshot, tmp_path, capsys):
+    out = tmp_path / "morph.gif"
+    args = ["morph", "--snapshot", snapshot, "--seeds", "1,5", "--frames", "4", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # a rerun (make demo) replaces the GIF it wrote
+    capsys.readouterr()
+    for name, data in (("notes.gif", b"my own notes"), ("photo.gif", _gif_bytes()), ("clip.mp4", b"\x00" * 64)):
+        theirs = tmp_path / name
+        theirs.write_bytes(data)
+        assert main(args[:-1] + [str(theirs)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "exists and is not a morph ganflow wrote" in err[0], err
+        assert theirs.read_bytes() == data  # untouched
+
+
+def _gif_bytes() -> bytes:
+    """A GIF somebody else made (no ganflow comment)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, "GIF")
+    return buf.getvalue()

@@ -74,6 +74,9 @@ def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
     the loop after the pass in progress (never half-way through a launch). The training processes run in
     their own sessions and carry on."""
     settings = manager_params(kwargs.get("params", "params.yaml"))
+    # A queue file that does not open (corrupt, torn, another schema) is one line naming it, said before any
+    # flow run (inside one, Prefect would print its traceback first).
+    Queue(queue_path(kwargs.get("queue"), settings.queue)).list()
     require_api()  # fail before Prefect starts a temporary server for the flow
     every = interval or settings.interval_seconds
     stop = threading.Event()

@@ -235,13 +235,12 @@ def _queue_with_one_request(path: Path, data: Path) -> None:
                         "resolution": 64, "kimg": 1.0, "seed": 0})
 
 
-@pytest.mark.parametrize("damage", ["random-bytes", "torn", "wrong-schema", "folder", "bad-params"])
-def test_train_status_on_an_unreadable_queue_is_one_line_naming_it(damage, data64, tmp_path, capsys):
+def _damaged_queue(damage: str, data: Path, tmp_path: Path) -> Path:
     queue = tmp_path / "queue.sqlite"
     if damage == "random-bytes":
         queue.write_bytes(os.urandom(5000))
     elif damage == "torn":
-        _queue_with_one_request(queue, data64)
+        _queue_with_one_request(queue, data)
         raw = queue.read_bytes()
         queue.write_bytes(raw[: len(raw) // 2 + 100])
     elif damage == "wrong-schema":
@@ -253,13 +252,28 @@ def test_train_status_on_an_unreadable_queue_is_one_line_naming_it(damage, data6
     elif damage == "folder":
         queue.mkdir()
     else:
-        _queue_with_one_request(queue, data64)
+        _queue_with_one_request(queue, data)
         db = sqlite3.connect(queue)
         db.execute("UPDATE requests SET params = '{torn json'")
         db.commit()
         db.close()
+    return queue
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "torn", "wrong-schema", "folder", "bad-params"])
+def test_train_status_on_an_unreadable_queue_is_one_line_naming_it(damage, data64, tmp_path, capsys):
+    queue = _damaged_queue(damage, data64, tmp_path)
     line = refused(["train", "status", "--queue", str(queue)], capsys, str(queue))
     assert line.startswith("ganflow train status: error:")
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "wrong-schema", "folder", "bad-params"])
+def test_manager_on_an_unreadable_queue_is_one_line_naming_it_before_any_flow_run(damage, data64, tmp_path, capsys,
+                                                                                   monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the queue is checked before the API is asked for
+    queue = _damaged_queue(damage, data64, tmp_path)
+    line = refused(["manager", "--once", "--queue", str(queue)], capsys, str(queue))
+    assert line.startswith("ganflow manager: error:")
 
 
 def test_train_status_shows_rows_in_an_unknown_state(data64, tmp_path, capsys):

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tarfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from tasks.weights_file import read_bytes, state_from_bytes
 
 ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
@@ -93,31 +94,13 @@ class InceptionWeights:
 
 def read_weights(path: str | Path, sha256: str | None = None) -> InceptionWeights:
     """Read the weights file once into memory and hash those bytes; refuse it when `sha256` is given and differs."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise InceptionWeightsError(f"{path} is not a regular file")
-            data = f.read()
-    except OSError as e:
-        raise InceptionWeightsError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if sha256 and digest != sha256.lower():
-        raise InceptionWeightsError(f"{path}: sha256 {digest} is not the expected {sha256}; refusing to load it")
-    return InceptionWeights(path, digest, data)
+    data, digest = read_bytes(path, sha256, "InceptionV3 weights", InceptionWeightsError)
+    return InceptionWeights(Path(path), digest, data)
 
 
 def checked_state(weights: InceptionWeights) -> dict[str, torch.Tensor]:
-    """The state dict in the bytes read, loaded with weights_only=True (the safe unpickler refuses anything but
-    tensors and plain containers): a dict of tensors, or InceptionWeightsError."""
-    try:
-        state = torch.load(io.BytesIO(weights.data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InceptionWeightsError(f"{weights.path} is not a plain tensor state dict (torch.load(weights_only=True) "
-                                    f"refused it: {type(e).__name__}); refusing to unpickle it") from None
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise InceptionWeightsError(f"{weights.path} does not hold an InceptionV3 state dict (name → tensor)")
-    return state
+    """The state dict in the bytes read, loaded with weights_only=True: a dict of tensors, or InceptionWeightsError."""
+    return state_from_bytes(weights.data, weights.path, "InceptionV3", InceptionWeightsError)
 
 
 def check_weights(path: str | Path, sha256: str | None = None) -> str:

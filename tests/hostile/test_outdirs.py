@@ -165,8 +165,10 @@ def test_bad_curate_option_is_one_line_exit_2_in_a_real_process(scratch, tmp_pat
     (".", "is the current folder or one of its parents"),
     ("shards", "is not empty and not a folder ganflow generate wrote"),
 ])
-def test_generate_never_writes_over_a_folder_it_did_not_write(scratch, capsys, out, says):
-    rc = main(["generate", "--snapshot", "no-such.pt", "--seeds", "0", "--out", out])
+def test_generate_never_writes_over_a_folder_it_did_not_write(scratch, tmp_path, capsys, out, says):
+    snapshot = tmp_path / "snap.pt"  # never loaded: the output folder is refused first
+    snapshot.write_bytes(b"not read")
+    rc = main(["generate", "--snapshot", str(snapshot), "--seeds", "0", "--out", out])
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"ganflow generate: error: --out {out!r}")
     assert says in lines[0]

@@ -179,16 +179,17 @@ def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
     from flows.queue_cli import route_train_verbs
     from tests.conftest import write_curated
 
+    data = write_curated(tmp_path / "data")
     parser = build_parser()
-    plain = parser.parse_args(route_train_verbs(["train", "--data", "d", "--arch", "stylegan2", "--resolution",
+    d = str(data)  # --data must be an existing folder
+    plain = parser.parse_args(route_train_verbs(["train", "--data", d, "--arch", "stylegan2", "--resolution",
                                                  "32", "--kimg", "1", "--snapshot-kimg", "1", "--run-dir", "r"]))
-    assert plain.command == "train" and plain.data == "d"
-    sub = parser.parse_args(route_train_verbs(["train", "submit", "--data", "d", "--arch", "pggan",
+    assert plain.command == "train" and plain.data == d
+    sub = parser.parse_args(route_train_verbs(["train", "submit", "--data", d, "--arch", "pggan",
                                                "--resolution", "32", "--kimg", "1", "--run-dir", "r"]))
     assert sub.command == "train submit" and sub.arch == "pggan"
     assert parser.parse_args(route_train_verbs(["train", "status"])).command == "train status"
 
-    data = write_curated(tmp_path / "data")
     params = manager_params()
     env = {**os.environ, "GANFLOW_QUEUE": ""}
 

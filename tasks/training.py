@@ -81,7 +81,11 @@ def check_resolution(data_dir: str | Path, resolution: int) -> None:
 
 
 def dataset_hash(data_dir: str | Path) -> str:
-    return json.loads((Path(data_dir) / "dataset.json").read_text()).get("content_hash", "")
+    """The curated dataset's content hash; a folder without dataset.json is a DatasetError (not worth a retry)."""
+    meta = Path(data_dir) / "dataset.json"
+    if not meta.is_file():
+        raise DatasetError(f"{data_dir} has no dataset.json: run `ganflow curate --out {data_dir}` first")
+    return json.loads(meta.read_text()).get("content_hash", "")
 
 
 def claim_run_dir(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path,

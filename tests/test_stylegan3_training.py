@@ -154,7 +154,7 @@ def test_evaluation_probes_d_and_exports_a_loadable_best(run, tmp_path):
     assert arch == state["arch"] and images_from_seeds(G, arch, [0]).shape == (1, 16, 16, 3)
 
 
-def test_every_command_line_and_flow_takes_the_stylegan3_families():
+def test_every_command_line_and_flow_takes_the_stylegan3_families(tmp_path, monkeypatch):
     import inspect
     import typing
 
@@ -163,6 +163,8 @@ def test_every_command_line_and_flow_takes_the_stylegan3_families():
     from flows.queue_cli import route_train_verbs
     from flows.train import _parser, train_flow
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()  # --data must be an existing folder
     for arch in ("stylegan3-t", "stylegan3-r"):
         train = build_parser().parse_args(["train", "--data", "d", "--run-dir", "r", "--arch", arch, "--gamma", "2"])
         assert (train.arch, train.r1_gamma) == (arch, 2.0)

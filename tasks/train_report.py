@@ -18,7 +18,8 @@ THUMB_SIDE = 384  # embedded sample grids are downscaled to this (artifacts live
 
 
 def percent(kimg: float, total_kimg: float) -> float:
-    return max(0.0, min(100.0, 100.0 * kimg / total_kimg)) if total_kimg > 0 else 0.0
+    # Rounded: kimg is images/1000 and the target a sum of stage lengths, so the end can be 99.99999999999997.
+    return max(0.0, min(100.0, round(100.0 * kimg / total_kimg, 6))) if total_kimg > 0 else 0.0
 
 
 def progress_text(kimg: float, total_kimg: float, stage_label: str = "", stats: dict | None = None) -> str:

@@ -49,12 +49,13 @@ def checkpoint_path(run_dir: str | Path, kimg: float) -> Path:
     return Path(run_dir) / CKPT_DIR / checkpoint_name(kimg)
 
 
-def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> Path:
-    """Write run_dir/checkpoints/ckpt-<kimg>.pt: temp file, fsync, rename, fsync the folder."""
-    path = checkpoint_path(run_dir, kimg)
+def save_atomic(state: dict[str, Any], path: str | Path, tmp_prefix: str | None = None) -> Path:
+    """torch.save(state) to `path` so a reader sees the old file or the whole new one: temp file in the same
+    folder, fsync, rename, fsync the folder. A file object, not a path: the bytes do not depend on the name."""
+    path = Path(path)
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=tmp_prefix or f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -71,6 +72,11 @@ def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> 
     finally:
         os.close(dir_fd)
     return path
+
+
+def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> Path:
+    """Write run_dir/checkpoints/ckpt-<kimg>.pt atomically (save_atomic)."""
+    return save_atomic(state, checkpoint_path(run_dir, kimg), tmp_prefix=".ckpt-")
 
 
 class CheckpointError(ValueError):

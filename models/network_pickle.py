@@ -19,10 +19,8 @@ import collections
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,17 +276,6 @@ def import_network_pickle(path: str | Path) -> dict:
 
 def save_imported(state: dict, out: str | Path) -> Path:
     """Write an imported network file atomically (temp file, fsync, rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    from models.checkpoint import save_atomic
+
+    return save_atomic(state, out)

@@ -124,18 +124,13 @@ def choose_best(history: list[dict], flagged: dict[float, str], key: str = "fid"
 
 def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) -> Path:
     """out (RUN/best.pt): G_ema and arch only (+ kimg/FID), loadable with weights_only=True and by
-    models.generate.load_generator. Written to a temp file, then renamed."""
-    from models.checkpoint import load_checkpoint
+    models.generate.load_generator. Written atomically (models.checkpoint.save_atomic)."""
+    from models.checkpoint import load_checkpoint, save_atomic
 
     state = load_checkpoint(ckpt)
     best = {"G_ema": state["G_ema"], "arch": state["arch"], "kimg": float(state.get("kimg", 0.0)),
             "source": Path(ckpt).name, **(extra or {})}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "wb") as f:  # a file object: the bytes do not depend on the file's name
-        torch.save(best, f)
-    os.replace(tmp, out)
-    return out
+    return save_atomic(best, out)
 
 
 def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateParams,

@@ -259,8 +259,8 @@ def test_embedded_source_never_runs(tmp_path):
     _repickle(hostile, src)
     state = import_network_pickle(hostile)  # ...and importing does not run it
     assert not marker.exists()
-    ref = torch.load(save_imported(import_network_pickle(DATA / "stylegan2.pkl.gz"), tmp_path / "ref.pt"),
-                     weights_only=True)
+    ref_file = save_imported(import_network_pickle(DATA / "stylegan2.pkl.gz"), tmp_path / "ref.pt")
+    ref = torch.load(ref_file, weights_only=True)
     assert all(torch.equal(v, ref["G_ema"][k]) for k, v in state["G_ema"].items())
 
 

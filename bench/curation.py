@@ -6,7 +6,7 @@ textures, planted blurry/grey/duplicate cases) and measures, in images per secon
   cleanvision          Imagelab(data_path=dir).find_issues(): its default checks (all cores, and 1 job)
   pillow_full          Image.open(p).convert("RGB"), one process: the cost of just decoding every pixel
   pillow_draft         the same in JPEG draft mode at the cheap filters' thumbnail size
-  ganflow_cheap        tasks.screen.screen_cheap (decode, size, blur, grey, phash) with a fresh cache:
+  ganflow_cheap        tasks.curation.screen.screen_cheap (decode, size, blur, grey, phash) with a fresh cache:
                        all cores including the process pool's start-up (cold), with a started pool
                        (warm), and one worker inline (per core)
   curate_flow          flows.curate.curate end to end (ingest, cheap, dedup, faces/text, render,
@@ -245,7 +245,7 @@ def _cheap_params(workers: int):
 
 
 def _screen(paths: list[Path], workers: int, cache_root: Path) -> tuple[float, dict]:
-    from tasks.screen import screen_cheap
+    from tasks.curation.screen import screen_cheap
 
     items = [(f"{k:064x}", str(p)) for k, p in enumerate(paths)]  # ids need only be unique here
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=cache_root))  # fresh: nothing is cached
@@ -264,7 +264,7 @@ def _reasons(results: dict) -> dict[str, int]:
 
 def bench_ganflow_cheap(paths: list[Path], warmup_paths: list[Path], cache_root: Path, repeat: int) -> dict:
     """screen_cheap with a fresh cache: all cores cold (pool start-up included) and warm, and one worker."""
-    from tasks import pool
+    from tasks.curation import pool
 
     workers = pool.resolve_workers(_cheap_params(0).workers)
     cold = []
@@ -320,7 +320,7 @@ def _stage_times(flow_run_id) -> dict[str, float]:
 def bench_flow(paths: list[Path], work: Path) -> dict:
     """The curate flow end to end on a fresh raw store and cache; server start-up timed apart."""
     from flows.curate import curate
-    from tasks import pool
+    from tasks.curation import pool
 
     folder, n = work / "input", len(paths)
     folder.mkdir(parents=True)

@@ -255,7 +255,7 @@ def bench_dedup(n: int) -> dict:
     """The dedup stage alone on n random hashes (all unique: the worst case for the kept set)."""
     import random
 
-    from tasks.dedup import Candidate, near_duplicates
+    from tasks.curation.dedup import Candidate, near_duplicates
 
     rng = random.Random(3)
     cands = [Candidate(f"{i:08d}", f"{rng.getrandbits(64):016x}", 1, rng.random()) for i in range(n)]
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
                 client.run(_warm_imports)
             r["dask_cluster_start_s"] = round(time.perf_counter() - t, 2)
-        from tasks import pool
+        from tasks.curation import pool
 
         try:
             for n in sizes:
@@ -396,8 +396,8 @@ def _noop_flow() -> None:
 
 
 def _warm_imports() -> None:
-    import tasks.render  # noqa: F401
-    import tasks.screen  # noqa: F401
+    import tasks.curation.render  # noqa: F401
+    import tasks.curation.screen  # noqa: F401
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,6 @@
-"""FID cost, in one run on the same images: feature extraction img/s of ganflow (tasks.metrics) against
+"""FID cost, in one run on the same images: feature extraction img/s of ganflow (tasks.evaluation.metrics) against
 torch-fidelity's own extraction loop with the same extractor, and an evaluation with cached real statistics
-against one without; then the same for FD-DINOv2: ganflow's DINOv2 extractor (tasks.dinov2) against
+against one without; then the same for FD-DINOv2: ganflow's DINOv2 extractor (tasks.evaluation.dinov2) against
 torch-fidelity's FeatureExtractorDinoV2 loop holding the same network and weights (handed to it in place of its
 torch.hub download).
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.metrics import (extract_features, fid_folders, folder_batches, folder_files, load_extractor,
+from tasks.evaluation.metrics import (extract_features, fid_folders, folder_batches, folder_files, load_extractor,
                            write_random_inception_weights)
 
 
@@ -35,7 +35,7 @@ def dinov2_rows(real: Path, fake: Path, weights: Path | None, tmp: Path, batch: 
     from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
-    from tasks import dinov2
+    from tasks.evaluation import dinov2
 
     given = weights is not None
     weights = weights or dinov2.write_random_weights(tmp / "dinov2-random.pt")

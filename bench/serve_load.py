@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from models.generate import build_generator, images_from_seeds
-from tasks.serve import Explorer, to_png
+from tasks.serving.app import Explorer, to_png
 
 
 def demo_snapshot(folder: Path) -> Path:

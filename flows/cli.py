@@ -71,7 +71,7 @@ def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
     from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
     from tasks.params import MAX_RESOLUTION, curate_params
-    from tasks.sources.local import check_input
+    from tasks.ingestion.sources.local import check_input
 
     if args.resolution is not None and not 8 <= args.resolution <= MAX_RESOLUTION:
         raise ValueError(f"--resolution {args.resolution}: must be between 8 and {MAX_RESOLUTION}")
@@ -91,8 +91,8 @@ def _check_curate_args(args: argparse.Namespace) -> None:
 def _run_curate(args: argparse.Namespace) -> int:
     from flows.curate import curate
     from tasks import progress
-    from tasks.report import summary_text
-    from tasks.publish import read_manifest
+    from tasks.curation.report import summary_text
+    from tasks.curation.publish import read_manifest
 
     _check_curate_args(args)
     source = "hashtag" if args.hashtag else "path" if args.input else "demo"
@@ -138,11 +138,11 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 def _run_ingest(args: argparse.Namespace) -> int:
     from tasks import progress
-    from tasks.ingest import ingest_source
+    from tasks.ingestion.ingest import ingest_source
     from tasks.outdir import check_raw_dir
     from tasks.params import curate_params, ingest_params
-    from tasks.sources.local import MemberLimits, check_input
-    from tasks.sources.raw import read_provenance
+    from tasks.ingestion.sources.local import MemberLimits, check_input
+    from tasks.ingestion.sources.raw import read_provenance
 
     named = {}  # a source option given here replaces the params' source
     if args.demo or args.input or args.hashtag:
@@ -222,8 +222,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tasks.stages import plan_stages, resolve_device, run_config, train_params
-    from tasks.training import run_training
+    from tasks.training.stages import plan_stages, resolve_device, run_config, train_params
+    from tasks.training.run import run_training
 
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
     given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",

@@ -12,21 +12,22 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from tasks import pool, progress
-from tasks.cluster import Batches, dask_batches, local_batches
-from tasks.dedup import dedup_task
-from tasks.ingest import ingest_task, raw_name, scrape_hashtag_task
-from tasks.matte import make_matter
+from tasks.curation import pool
+from tasks import progress
+from tasks.curation.cluster import Batches, dask_batches, local_batches
+from tasks.curation.dedup import dedup_task
+from tasks.ingestion.ingest import ingest_task, raw_name, scrape_hashtag_task
+from tasks.curation.matte import make_matter
 from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
 from tasks.params import curate_params
-from tasks.publish import publish_task
-from tasks.render import render_task
-from tasks.report import report_task, summary_text
-from tasks.screen import screen_cheap_task, screen_content_task
-from tasks.sources.local import MemberLimits
-from tasks.sources.raw import PROVENANCE, read_provenance
-from tasks.versioning import version_dataset_task
-from tasks.verdicts import assemble, dedup_candidates, split_exact_copies
+from tasks.curation.publish import publish_task
+from tasks.curation.render import render_task
+from tasks.curation.report import report_task, summary_text
+from tasks.curation.screen import screen_cheap_task, screen_content_task
+from tasks.ingestion.sources.local import MemberLimits
+from tasks.ingestion.sources.raw import PROVENANCE, read_provenance
+from tasks.versioning.record import version_dataset_task
+from tasks.curation.verdicts import assemble, dedup_candidates, split_exact_copies
 
 
 def _batches(items: list, size: int):

@@ -29,7 +29,7 @@ def _reasons(row: dict) -> str:
 
 
 def versions_table(rows: list[dict]) -> str:
-    from tasks.dataset_versions import format_date
+    from tasks.versioning.history import format_date
 
     header = ("rev", "date", "dataset", "dvc hash", "accepted", "rejected by reason")
     cells = [(r["rev"][:8], format_date(r["date"]), r["dataset"], r["md5"].removesuffix(".dir")[:12],
@@ -40,7 +40,7 @@ def versions_table(rows: list[dict]) -> str:
 
 
 def _run_datasets(args: argparse.Namespace) -> int:
-    from tasks.dataset_versions import dataset_versions
+    from tasks.versioning.history import dataset_versions
 
     rows = dataset_versions(args.repo, args.dataset)
     if args.json:

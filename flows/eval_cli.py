@@ -32,7 +32,7 @@ def _params_with(args: argparse.Namespace, **changes):
     """params.yaml's evaluate section with the command line's --metrics (and other given options) applied."""
     import dataclasses
 
-    from tasks.evaluate import EvaluateParams, evaluate_params
+    from tasks.evaluation.evaluate import EvaluateParams, evaluate_params
 
     ep = evaluate_params(args.params)
     if args.metrics:
@@ -62,8 +62,8 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fid(args: argparse.Namespace) -> int:
-    from tasks.evaluate import resolve_weight_paths
-    from tasks.metrics import fid_folders
+    from tasks.evaluation.evaluate import resolve_weight_paths
+    from tasks.evaluation.metrics import fid_folders
 
     ep = _params_with(args)
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
@@ -99,7 +99,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from tasks.generation import write_seed_images
+    from tasks.serving.generation import write_seed_images
     from tasks.outdir import check_generated_dir
 
     check_generated_dir(args.out, "--out")  # never overwrite someone else's grid.png
@@ -127,7 +127,7 @@ def _add_morph(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_morph(args: argparse.Namespace) -> int:
-    from tasks.generation import write_morph
+    from tasks.serving.generation import write_morph
 
     if len(args.seeds) < 2:
         raise ValueError(f"--seeds {','.join(map(str, args.seeds))}: a morph needs at least 2 seeds, e.g. 1,5,9")
@@ -168,8 +168,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from tasks.evaluate import evaluate_params, evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
-    from tasks.fid_table import read_fid_csv
+    from tasks.evaluation.evaluate import evaluate_params, evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
+    from tasks.evaluation.fid_table import read_fid_csv
 
     ep = evaluate_params(args.params)
     ep = _params_with(args, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
@@ -177,7 +177,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
 
     if args.snapshot:
-        from tasks.evaluate import evaluate_snapshot
+        from tasks.evaluation.evaluate import evaluate_snapshot
 
         print(json.dumps(evaluate_snapshot(args.snapshot, args.data, weights, ep, device=args.device,
                                             dinov2_weights=dinov2), indent=2))

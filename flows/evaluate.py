@@ -12,7 +12,7 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from tasks.evaluate import evaluate_params, evaluate_task, weights_or_reason
+from tasks.evaluation.evaluate import evaluate_params, evaluate_task, weights_or_reason
 
 
 @flow(name="evaluate")

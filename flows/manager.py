@@ -16,10 +16,10 @@ import threading
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.manage import ManagerError, Outcome, check_task, require_api, start_task
-from tasks.manager_report import ARTIFACT_KEY, pass_markdown, pass_summary
-from tasks.queue import Queue, queue_path
-from tasks.supervise import manager_params
+from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
+from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
+from tasks.manager.queue import Queue, queue_path
+from tasks.manager.supervise import manager_params
 
 
 @flow(name="manager")

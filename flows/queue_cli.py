@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _open_queue(args: argparse.Namespace):
     from tasks.params import load_params
-    from tasks.queue import Queue, queue_path
+    from tasks.manager.queue import Queue, queue_path
 
     section = load_params(args.params).get("manager") or {}
     return Queue(queue_path(args.queue, section.get("queue")))
@@ -102,11 +102,11 @@ def _run_submit(args: argparse.Namespace) -> int:
                          "from (its architecture is the run's)")
     if args.resume_from is not None:
         # Refuse at once what the run would refuse: a missing file, or options that contradict it.
-        from tasks.transfer import file_architecture
+        from tasks.training.transfer import file_architecture
 
         file_architecture(args.resume_from, {"arch": args.arch, "resolution": args.resolution})
     if args.resolution is not None:
-        from tasks.training import check_resolution
+        from tasks.training.run import check_resolution
 
         check_resolution(data, args.resolution)  # refused now, not when the manager starts it hours later
     queue = _open_queue(args)
@@ -126,14 +126,14 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from tasks.supervise import manager_params
+    from tasks.manager.supervise import manager_params
 
     queue = _open_queue(args)
     try:
         max_attempts = manager_params(args.params).max_attempts
     except ValueError:
         max_attempts = None
-    from tasks.queue import STATES
+    from tasks.manager.queue import STATES
 
     requests = [queue.get(args.request)] if args.request else queue.list(states=None)
     if not requests:
@@ -170,7 +170,7 @@ def status_table(requests: list, max_attempts: int | None) -> str:
 def _lost(r) -> str:
     """Why a running request's attempt is gone, from what the queue knows (the pid of a process launched on
     this machine); "" when it may be alive. The manager's next pass restarts it (or fails it at the cap)."""
-    from tasks.launch import process_state
+    from tasks.manager.launch import process_state
 
     a = r.current
     if r.state != "running" or a is None or a.pid is None:

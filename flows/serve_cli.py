@@ -1,4 +1,4 @@
-"""`ganflow serve`: a local web page (and JSON/PNG API) to explore a snapshot; the app is tasks.serve."""
+"""`ganflow serve`: a local web page (and JSON/PNG API) to explore a snapshot; the app is tasks.serving.app."""
 from __future__ import annotations
 
 import argparse
@@ -41,12 +41,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _neighbours(args: argparse.Namespace):
-    """tasks.nearest.TrainingNeighbours over --data, with the extractor and settings `ganflow evaluate` uses."""
+    """tasks.evaluation.nearest.TrainingNeighbours over --data, with the extractor and settings `ganflow evaluate` uses."""
     from pathlib import Path
 
-    from tasks import dinov2, metrics
-    from tasks.evaluate import evaluate_params
-    from tasks.nearest import NeighbourSettings, TrainingNeighbours
+    from tasks.evaluation import dinov2
+    from tasks.evaluation import metrics
+    from tasks.evaluation.evaluate import evaluate_params
+    from tasks.evaluation.nearest import NeighbourSettings, TrainingNeighbours
 
     p = evaluate_params(args.params)
     if not Path(args.data).is_dir():
@@ -64,7 +65,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from tasks.serve import Explorer, InputError, Limits, allowed_hosts, create_app
+    from tasks.serving.app import Explorer, InputError, Limits, allowed_hosts, create_app
 
     limits = Limits()
     limits = dataclasses.replace(limits, max_queue=limits.max_queue if args.queue is None else args.queue,

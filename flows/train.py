@@ -4,7 +4,7 @@
 
 Every stage task resumes from the run dir's newest checkpoint, so a retry, a rescheduled run or a
 restart by the training manager continues where the last one stopped; stages already done are skipped.
-SIGTERM checkpoints at once and ends the run (see tasks/stages.py for how that meets Prefect).
+SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for how that meets Prefect).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
-from tasks import train_report
-from tasks.stages import done_kimg, plan_stages, resolve_device, run_config, train_params, train_stage_task
-from tasks.training import claim_run_dir
+from tasks.training import report as train_report
+from tasks.training.stages import done_kimg, plan_stages, resolve_device, run_config, train_params, train_stage_task
+from tasks.training.run import claim_run_dir
 
 
 @flow(name="train")

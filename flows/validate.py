@@ -101,7 +101,7 @@ def torch_device(text: str) -> str:
 
 def seeds(text: str) -> list[int]:
     """'0-63', '1,5,9' or a mix; at most MAX_SEEDS seeds, each 0..2**32-1 (a range is counted before it is made)."""
-    from tasks.generation import parse_seeds
+    from tasks.serving.generation import parse_seeds
 
     try:
         return parse_seeds(text, max_count=MAX_SEEDS, max_seed=MAX_SEED)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.audit import kth_neighbour_distance, memorization_threshold, memorized, nearest, precision_recall
+from tasks.evaluation.audit import kth_neighbour_distance, memorization_threshold, memorized, nearest, precision_recall
 
 
 def cloud(n: int, centre: float, seed: int, dim: int = 16) -> np.ndarray:

@@ -13,7 +13,7 @@ import skimage.data
 from PIL import Image
 
 from flows.curate import curate
-from tasks.publish import read_manifest
+from tasks.curation.publish import read_manifest
 from tests.conftest import ROOT
 
 
@@ -96,9 +96,9 @@ def test_rerun_does_no_work_and_is_byte_identical(prefect_api, photo_folder, tmp
     def no_work(*args, **kwargs):
         raise AssertionError("a rerun decoded an image again")
 
-    import tasks.per_image
+    import tasks.curation.per_image
 
-    monkeypatch.setattr(tasks.per_image, "decode", no_work)
+    monkeypatch.setattr(tasks.curation.per_image, "decode", no_work)
     _run(folder, tmp_path, params)
     after = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert after == files
@@ -150,7 +150,7 @@ def test_face_crop_mode_keeps_faces_and_drops_the_rest(prefect_api, tmp_path, pa
 
 def test_demo_end_to_end_shows_every_reason(prefect_api, tmp_path):
     """`make demo`'s job: the flow on the embedded demo data gives each planted file its outcome."""
-    from tasks.sources.demo import DEMO_REASONS, write_demo
+    from tasks.ingestion.sources.demo import DEMO_REASONS, write_demo
 
     expect = write_demo(tmp_path / "expected")
     result = curate(source="demo", out=str(tmp_path / "out"), raw_root=str(tmp_path / "raw"),
@@ -167,7 +167,7 @@ def test_scrape_setup_error_is_not_retried(prefect_api, tmp_path, params_file, m
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tasks.sources.instagram import InstagramSetupError
+    from tasks.ingestion.sources.instagram import InstagramSetupError
 
     monkeypatch.delenv("GANFLOW_IG_SESSIONFILE", raising=False)
     monkeypatch.delenv("GANFLOW_IG_USER", raising=False)

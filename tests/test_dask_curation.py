@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from flows.curate import curate
-from tasks.cluster import ClusterError
+from tasks.curation.cluster import ClusterError
 from tests.conftest import ROOT
 
 distributed = pytest.importorskip("distributed")
@@ -109,7 +109,7 @@ class KillOnce(distributed.WorkerPlugin):
         self.marker, self.log = marker, log
 
     def setup(self, worker) -> None:
-        import tasks.screen as screen
+        import tasks.curation.screen as screen
 
         self.original = original = screen.screen_cheap_one
         marker, log, seen = self.marker, self.log, []
@@ -132,7 +132,7 @@ class KillOnce(distributed.WorkerPlugin):
         screen.screen_cheap_one = screen_then_maybe_die
 
     def teardown(self, worker) -> None:
-        import tasks.screen as screen
+        import tasks.curation.screen as screen
 
         screen.screen_cheap_one = self.original
 
@@ -198,7 +198,7 @@ def test_an_unreachable_scheduler_is_one_clear_error(prefect_api, folder, small_
 
 def _indexed(cands, d, monkeypatch):
     """near_duplicates through its band index (the kept-set scan made unusable while it runs)."""
-    import tasks.dedup as dedup
+    import tasks.curation.dedup as dedup
 
     with monkeypatch.context() as m:
         m.setattr(dedup, "near_duplicates_scan", lambda *a: pytest.fail("the band index fell back to the scan"))
@@ -206,11 +206,11 @@ def _indexed(cands, d, monkeypatch):
 
 
 def test_dedup_finds_the_same_pairs_on_the_demos_planted_duplicates(tmp_path, monkeypatch):
-    from tasks.dedup import near_duplicates_scan
+    from tasks.curation.dedup import near_duplicates_scan
     from tasks.params import curate_params
-    from tasks.per_image import screen_cheap_one
-    from tasks.sources.demo import write_demo
-    from tasks.verdicts import dedup_candidates
+    from tasks.curation.per_image import screen_cheap_one
+    from tasks.ingestion.sources.demo import write_demo
+    from tasks.curation.verdicts import dedup_candidates
 
     table = write_demo(tmp_path)
     params = curate_params(ROOT / "params.yaml")
@@ -227,7 +227,7 @@ def test_dedup_matches_the_kept_set_scan_on_clustered_hashes(monkeypatch):
     """Clusters of hashes a few bits apart (ties in distance and in quality included), against the scan."""
     import random
 
-    from tasks.dedup import Candidate, near_duplicates, near_duplicates_scan
+    from tasks.curation.dedup import Candidate, near_duplicates, near_duplicates_scan
 
     rng = random.Random(5)
     cands = []
@@ -253,7 +253,7 @@ def test_batches_go_out_through_a_bounded_window(prefect_api):
 
     from prefect import flow, task
 
-    from tasks.cluster import Batches
+    from tasks.curation.cluster import Batches
 
     clock = itertools.count()  # a shared sequence number: happens-before without timing
     started: dict[int, int] = {}

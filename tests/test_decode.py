@@ -22,9 +22,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tasks.decode import DecodeError, decode, load_rgb
-from tasks.sources.local import MemberLimits, ingest_path
-from tasks.sources.raw import FILES, PROVENANCE, read_provenance
+from tasks.curation.decode import DecodeError, decode, load_rgb
+from tasks.ingestion.sources.local import MemberLimits, ingest_path
+from tasks.ingestion.sources.raw import FILES, PROVENANCE, read_provenance
 
 PILLOW_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's own default guard
 REASONS = {"empty", "not_image", "truncated", "corrupt", "bomb"}
@@ -137,7 +137,7 @@ def test_bad_files_also_fail_in_thumbnail_mode(corpus):
 
 
 def test_bomb_is_tiny_on_disk_and_pillow_guard_stays_on(corpus):
-    import tasks.decode  # noqa: F401  (importing must not loosen Pillow's guard)
+    import tasks.curation.decode  # noqa: F401  (importing must not loosen Pillow's guard)
 
     assert (corpus / "bomb.png").stat().st_size < 100_000
     assert 16384 * 12000 > 2 * Image.MAX_IMAGE_PIXELS

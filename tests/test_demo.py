@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.decode import DecodeError, decode
-from tasks.dedup import Candidate, hamming, near_duplicates
-from tasks.detectors import DETECT_SIDE, content_verdict
-from tasks.filters import cheap_scores, cheap_verdict
+from tasks.curation.decode import DecodeError, decode
+from tasks.curation.dedup import Candidate, hamming, near_duplicates
+from tasks.curation.detectors import DETECT_SIDE, content_verdict
+from tasks.curation.filters import cheap_scores, cheap_verdict
 from tasks.params import curate_params
-from tasks.sources.demo import ACCEPTED, BOMB_SIZE, DEMO_REASONS, write_demo
-from tasks.sources.local import MemberLimits, ingest_path
+from tasks.ingestion.sources.demo import ACCEPTED, BOMB_SIZE, DEMO_REASONS, write_demo
+from tasks.ingestion.sources.local import MemberLimits, ingest_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODE_REASONS = {"empty", "not_image", "truncated", "corrupt", "bomb"}

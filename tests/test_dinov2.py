@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from flows.cli import main
-from tasks.dinov2 import (DinoV2WeightsError, load_extractor, preprocess, random_state_dict, resolve_weights,
+from tasks.evaluation.dinov2 import (DinoV2WeightsError, load_extractor, preprocess, random_state_dict, resolve_weights,
                           variant_of)
-from tasks.metrics import Stats, extract_features, fid_from_stats, folder_batches, folder_files
+from tasks.evaluation.metrics import Stats, extract_features, fid_from_stats, folder_batches, folder_files
 
 DATA = Path(__file__).parent / "data" / "dinov2"
 RECORD = json.loads((DATA / "record.json").read_text())

@@ -216,9 +216,9 @@ def test_curate_stage_depends_on_the_code_it_runs():
     used = {str(Path(f).resolve().relative_to(ROOT)) for f in files.split()}
     # Progress bars, retries, the Prefect report, the worker pool, ingest (its own stage) and DVC versioning
     # (off in a stage) shape no output.
-    neutral = {"tasks/__init__.py", "tasks/progress.py", "tasks/retry.py", "tasks/report.py", "tasks/pool.py",
-               "tasks/ingest.py", "tasks/sources/__init__.py", "tasks/sources/local.py", "tasks/sources/raw.py",
-               "tasks/versioning.py", "tasks/dataset_versions.py"}
+    neutral = {"tasks/__init__.py", "tasks/progress.py", "tasks/retry.py", "tasks/curation/report.py", "tasks/curation/pool.py",
+               "tasks/ingestion/ingest.py", "tasks/ingestion/sources/__init__.py", "tasks/ingestion/sources/local.py", "tasks/ingestion/sources/raw.py",
+               "tasks/versioning/record.py", "tasks/versioning/history.py"}
     deps = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["curate"]["deps"])
     assert used - neutral - deps == set()
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from flows.cli import main
-from tasks.evaluate import EvaluateParams, choose_best, flag_diverged, flag_memorized, read_fid_csv
+from tasks.evaluation.evaluate import EvaluateParams, choose_best, flag_diverged, flag_memorized, read_fid_csv
 from tasks.params import ParamsError
 
 
@@ -133,7 +133,7 @@ def test_evaluate_flow_publishes_the_fid_table_and_skips_without_weights(run, tm
     from prefect.client.orchestration import get_client
 
     from flows.evaluate import evaluate_flow
-    from tasks.train_report import artifact_key
+    from tasks.training.report import artifact_key
 
     root, data, weights, params = run
     run_dir = tmp_path / "flowrun"
@@ -174,7 +174,7 @@ def test_discriminator_probe_is_deterministic_and_skips_wgan(run, tmp_path, one_
     from models.checkpoint import latest_checkpoint
     from models.data import load_images
     from models.trainer import TrainConfig, Trainer
-    from tasks.evaluate import discriminator_probe
+    from tasks.evaluation.evaluate import discriminator_probe
 
     root, data, _, _ = run
     ckpt = latest_checkpoint(root / "run")[0]
@@ -191,9 +191,9 @@ def test_a_generator_that_returns_training_images_is_flagged_as_memorizing(run, 
     that returns the training images verbatim, and by one that returns noise."""
     import shutil
 
-    import tasks.evaluate as ev
-    from tasks.dinov2 import write_random_weights
-    from tasks.metrics import source_batches
+    import tasks.evaluation.evaluate as ev
+    from tasks.evaluation.dinov2 import write_random_weights
+    from tasks.evaluation.metrics import source_batches
 
     root, data, _, _ = run
     dinov2 = write_random_weights(tmp_path / "dinov2-random.pt")

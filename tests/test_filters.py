@@ -16,9 +16,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import tasks.detectors as detectors
-from tasks.detectors import Box, content_verdict, detect_faces, text_scores
-from tasks.filters import cheap_scores, cheap_verdict, fit_short_side
+import tasks.curation.detectors as detectors
+from tasks.curation.detectors import Box, content_verdict, detect_faces, text_scores
+from tasks.curation.filters import cheap_scores, cheap_verdict, fit_short_side
 from tasks.params import curate_params
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"

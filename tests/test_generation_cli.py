@@ -9,7 +9,7 @@ from flows.cli import main
 from models.checkpoint import latest_checkpoint
 from models.data import load_images
 from models.trainer import TrainConfig, Trainer
-from tasks.generation import parse_seeds
+from tasks.serving.generation import parse_seeds
 
 SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tasks.sources import instagram as ig
-from tasks.sources.raw import read_provenance
+from tasks.ingestion.sources import instagram as ig
+from tasks.ingestion.sources.raw import read_provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "cats"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.queue import Queue, request_tag
+from tasks.manager.queue import Queue, request_tag
 from tests.conftest import PARAMS, ROOT
 
 
@@ -105,7 +105,7 @@ def test_completed_run_marks_request_done(tmp_path, api, manager_params):
 def test_crashed_run_restarts_then_attempt_cap_fails_it(tmp_path, api, manager_params):
     from prefect.states import Crashed
 
-    from tasks.launch import process_state
+    from tasks.manager.launch import process_state
 
     params = _tiny_train_params(lambda: manager_params(max_attempts=2))  # no stage retries
     q, rid, run_id = _running_request(tmp_path, api, Crashed(message="process killed"), params=str(params))
@@ -230,7 +230,7 @@ TINY_TRAIN = dict(cycle_kimg=0.024, snapshot_kimg=0.008, batch=4, channel_base=5
 
 def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_path, api, manager_params):
     from models.checkpoint import latest_checkpoint, list_checkpoints
-    from tasks.launch import process_state
+    from tasks.manager.launch import process_state
     from tests.conftest import write_curated
 
     data = write_curated(tmp_path / "data")
@@ -331,7 +331,7 @@ def _manager_artifact(api) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from tasks.manager_report import ARTIFACT_KEY
+    from tasks.manager.report import ARTIFACT_KEY
 
     [artifact] = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
                                     sort=ArtifactSort.CREATED_DESC, limit=1)
@@ -349,7 +349,7 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
     """A SIGSTOPped train process is a machine that stopped answering: no heartbeat, no progress, yet
     Running in the API and still present here. The manager must restart it, and kill the old one first."""
     from models.checkpoint import list_checkpoints
-    from tasks.launch import kill_local, process_state
+    from tasks.manager.launch import kill_local, process_state
     from tests.conftest import write_curated
 
     data = write_curated(tmp_path / "data")
@@ -392,9 +392,9 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
 
 
 def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
-    from tasks.manage import Outcome
-    from tasks.manager_report import pass_markdown, pass_summary
-    from tasks.supervise import ManagerParams
+    from tasks.manager.actions import Outcome
+    from tasks.manager.report import pass_markdown, pass_summary
+    from tasks.manager.supervise import ManagerParams
 
     settings = ManagerParams("q", 120, 600, 3, 0, "train/train")
     outcomes = [Outcome("a1", "failed", "flow run failed: x | y\nz", "attempt 3: flow run failed"),

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from tasks import matte
-from tasks.detectors import Box
-from tasks.matte import MatteModelMissing, crop_and_matte, make_matter
+from tasks.curation import matte
+from tasks.curation.detectors import Box
+from tasks.curation.matte import MatteModelMissing, crop_and_matte, make_matter
 
 RED, GREEN = (200, 30, 30), (40, 160, 60)
 

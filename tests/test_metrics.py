@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from flows.cli import main
-from tasks.metrics import InceptionWeightsError, check_weights, resolve_weights, write_random_inception_weights
+from tasks.evaluation.metrics import InceptionWeightsError, check_weights, resolve_weights, write_random_inception_weights
 
 N = 8  # images per folder: the extractor runs at 299² on CPU (~0.5 s an image on a busy 2-core machine)
 
 
 def random_inception_weights(path) -> str:
-    """The extractor's architecture with random weights (tasks.metrics builds it from torch-fidelity's class)."""
+    """The extractor's architecture with random weights (tasks.evaluation.metrics builds it from torch-fidelity's class)."""
     return str(write_random_inception_weights(path))
 
 

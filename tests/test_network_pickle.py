@@ -138,7 +138,7 @@ def test_morph_and_serve_take_an_imported_network(imported, tmp_path, name):
     """The other commands that read a network file accept an imported one as they accept best.pt."""
     from fastapi.testclient import TestClient
 
-    from tasks.serve import Explorer, create_app
+    from tasks.serving.app import Explorer, create_app
 
     path = str(imported[name])
     assert main(["morph", "--snapshot", path, "--seeds", "0,1", "--frames", "4", "--out", str(tmp_path / "m.gif")]) == 0

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from tasks.queue import Queue, QueueError, queue_path
-from tasks.supervise import Observation, decide, manager_params
+from tasks.manager.queue import Queue, QueueError, queue_path
+from tasks.manager.supervise import Observation, decide, manager_params
 from tests.conftest import PARAMS
 
 REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048, seed=0)
@@ -142,7 +142,7 @@ def test_local_process_liveness_and_kill():
     import sys
     import time
 
-    from tasks.launch import kill_local, process_state, train_command
+    from tasks.manager.launch import kill_local, process_state, train_command
 
     here = socket.gethostname()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--request-id", "abc123"],

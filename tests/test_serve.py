@@ -18,9 +18,9 @@ from models.checkpoint import list_checkpoints
 from models.data import load_images
 from models.generate import images_from_seeds, load_generator
 from models.trainer import TrainConfig, Trainer
-from tasks.evaluate import export_best, write_fid_csv
-from tasks.generation import write_seed_images
-from tasks.serve import Explorer, Limits, create_app, offered_resolutions
+from tasks.evaluation.evaluate import export_best, write_fid_csv
+from tasks.serving.generation import write_seed_images
+from tasks.serving.app import Explorer, Limits, create_app, offered_resolutions
 
 SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
 
@@ -64,8 +64,8 @@ def pggan_ckpt(tmp_path_factory, one_torch_thread) -> Path:
 def training_neighbours(run: Path, cache: Path):
     """The nearest-training-image finder over the run's dataset, in a random-initialized DINOv2 ViT-S/14's features
     (as `ganflow serve --data` with evaluate.metrics [fd_dinov2] and dinov2_weights: random)."""
-    from tasks.dinov2 import write_random_weights
-    from tasks.nearest import NeighbourSettings, TrainingNeighbours
+    from tasks.evaluation.dinov2 import write_random_weights
+    from tasks.evaluation.nearest import NeighbourSettings, TrainingNeighbours
 
     weights = write_random_weights(cache / "dinov2-random.pt")
     return TrainingNeighbours(NeighbourSettings(run.parent / "data", "fd_dinov2", weights, cache_dir=str(cache)))
@@ -178,7 +178,7 @@ def test_fid_table_from_fid_csv_with_best_and_diverged(client, run):
 def test_nearest_training_images_with_their_distances(client, run, neighbours):
     """The 3 nearest training images of a seed's image, nearest first; each distance is the distance between the
     features of the served PNGs themselves (the generated one and the training ones)."""
-    from tasks.metrics import source_batches, source_ids
+    from tasks.evaluation.metrics import source_batches, source_ids
 
     body = client.get("/api/nearest", params={"seed": 3}).json()
     assert body["snapshot"] == "best.pt" and body["features"] == "dinov2-vits14" and body["threshold"] > 0
@@ -193,7 +193,7 @@ def test_nearest_training_images_with_their_distances(client, run, neighbours):
     train = [png(client.get("/api/training-image.png", params={"id": n["id"]})) for n in ranks]
     dataset = next(iter(source_batches(run.parent / "data", batch=100))).permute(0, 2, 3, 1).numpy()
     assert all(np.array_equal(t, dataset[ids.index(n["id"])]) for t, n in zip(train, ranks))  # the stored pixels
-    from tasks.dinov2 import load_extractor
+    from tasks.evaluation.dinov2 import load_extractor
 
     extractor = load_extractor(neighbours.settings.weights)[0]
     feats = extractor(torch.from_numpy(np.stack([generated, *train])).permute(0, 3, 1, 2))[0].numpy()
@@ -286,7 +286,7 @@ BAD = [
 
 @pytest.mark.parametrize("path,params,says", BAD, ids=[f"{p}-{'-'.join(map(str, q))}" for p, q, _ in BAD])
 def test_bad_input_is_422_with_a_message_and_generates_nothing(client, monkeypatch, path, params, says):
-    from tasks import serve
+    from tasks.serving import app as serve
 
     calls = []
     for fn in ("images_from_seeds", "images_from_z", "interpolation_frames"):

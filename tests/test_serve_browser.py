@@ -49,7 +49,7 @@ def server(tmp_path_factory, one_torch_thread):
     """The app on 127.0.0.1 at a free port, in a thread of this process (uvicorn, as `ganflow serve` runs it)."""
     import uvicorn
 
-    from tasks.serve import Explorer, create_app
+    from tasks.serving.app import Explorer, create_app
 
     run = make_run(tmp_path_factory.mktemp("browser"))
     explorer = Explorer(run_dir=run, training=training_neighbours(run, tmp_path_factory.mktemp("browser-nearest")))

@@ -95,7 +95,7 @@ def test_r_blurs_reals_and_fakes_before_d_until_the_fade_ends(tiny_dataset, tmp_
 
 def test_stages_and_params_for_stylegan3(tmp_path):
     """The DVC train stage and the flows read train.arch / train.r1_gamma from params.yaml."""
-    from tasks.stages import plan_stages, train_config, train_params
+    from tasks.training.stages import plan_stages, train_config, train_params
 
     params = yaml.safe_load(open("params.yaml"))
     params["train"].update(arch="stylegan3-r", r1_gamma=0.5, cycles=2, cycle_kimg=100)
@@ -128,7 +128,7 @@ def test_checkpoint_records_the_architecture_and_generation_rebuilds_it(run):
 
 
 def test_serve_draws_a_stylegan3_snapshot_with_truncation(run):
-    from tasks.serve import Explorer, create_app
+    from tasks.serving.app import Explorer, create_app
 
     root, _ = run
     client = TestClient(create_app(Explorer(run_dir=root / "run")), raise_server_exceptions=False)
@@ -143,7 +143,7 @@ def test_evaluation_probes_d_and_exports_a_loadable_best(run, tmp_path):
     """What `ganflow evaluate` does per architecture (its FID part only needs images from the generator,
     tested above): the divergence monitor's D/G losses rebuild the run's arch from the checkpoint's
     config (R's blur included), and best.pt loads for generation."""
-    from tasks.evaluate import discriminator_probe, export_best
+    from tasks.evaluation.evaluate import discriminator_probe, export_best
 
     root, data = run
     ckpt, state = latest_checkpoint(root / "run")

@@ -80,7 +80,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_stage_plans_follow_params_and_growth_schedule():
     from models.pggan import GrowthSchedule
-    from tasks.stages import pggan_stages, plan_stages, stylegan2_stages, train_params
+    from tasks.training.stages import pggan_stages, plan_stages, stylegan2_stages, train_params
 
     p = train_params(PARAMS)
     assert [s.end_kimg for s in plan_stages("stylegan2", 256, None, p)] == [5000, 10000, 15000, 20000, 25000]
@@ -99,7 +99,7 @@ def test_stage_plans_follow_params_and_growth_schedule():
 
 def test_train_params_errors_name_the_key(tmp_path):
     from tasks.params import ParamsError
-    from tasks.stages import train_params
+    from tasks.training.stages import train_params
 
     with pytest.raises(ParamsError, match="train.snapshot_kimg must be positive"):
         train_params(tiny_params(tmp_path, snapshot_kimg=0))
@@ -156,7 +156,7 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     from prefect import flow
 
     from models.checkpoint import latest_checkpoint, list_checkpoints
-    from tasks.stages import Stage, run_stage, train_config, train_params, train_stage_task
+    from tasks.training.stages import Stage, run_stage, train_config, train_params, train_stage_task
 
     data = write_curated(tmp_path / "data")
     p = train_params(tiny_params(tmp_path))
@@ -194,7 +194,7 @@ def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api
     from prefect import flow
 
     from models.data import DatasetError
-    from tasks.stages import Stage, train_config, train_params, train_stage_task
+    from tasks.training.stages import Stage, train_config, train_params, train_stage_task
 
     p = train_params(tiny_params(tmp_path))
     cfg = train_config(p, "stylegan2", 32)
@@ -215,7 +215,7 @@ def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api
 def test_sigterm_outside_prefect_checkpoints_raises_preempted_and_restores_the_handler(tmp_path):
     """run_stage called plainly (no flow, so no Prefect SIGTERM bridge): its own handler sets the flag."""
     from models.checkpoint import list_checkpoints
-    from tasks.stages import Preempted, run_stage, train_config, train_params
+    from tasks.training.stages import Preempted, run_stage, train_config, train_params
 
     data = write_curated(tmp_path / "data")
     cfg = train_config(train_params(tiny_params(tmp_path)), "stylegan2", 32)
@@ -342,7 +342,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert any(level == 20 and m.endswith(f"resumed from {ckpt}") for level, m in lines), lines
     assert any(level == 20 and m.startswith("FID evaluation skipped") for level, m in lines)
     assert "training from" not in again.stdout + again.stderr
-    from tasks.train_report import PREEMPTED_LOG
+    from tasks.training.report import PREEMPTED_LOG
 
     assert not [m for level, m in lines if level >= 40], lines  # no ERROR: no "Crash detected!" for a preemption
     assert any(level == 30 and m == PREEMPTED_LOG for level, m in lines), lines

@@ -107,7 +107,7 @@ def test_other_losses_train_without_nan(tiny_dataset, tmp_path, loss):
 
 
 def test_transfer_starts_from_snapshot_networks(tiny_dataset, tmp_path):
-    from tasks.training import run_training
+    from tasks.training.run import run_training
 
     run_training(_cfg(), tiny_dataset, tmp_path / "src", 0.016)
     snap = list_checkpoints(tmp_path / "src")[-1][1]

@@ -9,7 +9,7 @@ import pytest
 
 from models.checkpoint import list_checkpoints, load_checkpoint
 from models.trainer import TrainConfig
-from tasks.training import config_changes, run_training
+from tasks.training.run import config_changes, run_training
 from tests.conftest import write_curated
 
 CFG = TrainConfig(arch="stylegan2", resolution=16, batch=4, snapshot_kimg=0.004, seed=0,

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import yaml
 
 import flows.cli  # noqa: F401  (imported at collection, not under a test's capsys: Prefect sets up its logging
-import tasks.stages  # noqa: F401  then, and a handler bound to a closed capture stream breaks later flows)
+import tasks.training.stages  # noqa: F401  then, and a handler bound to a closed capture stream breaks later flows)
 from models.checkpoint import latest_checkpoint, list_checkpoints
 from models.data import load_images
 from models.trainer import TrainConfig, Trainer
@@ -55,7 +55,7 @@ def dataset(work) -> Path:
 @pytest.fixture(scope="module")
 def source(work, dataset) -> Path:
     """A snapshot of another run (2 steps): the network file the tests start from."""
-    from tasks.training import run_training
+    from tasks.training.run import run_training
 
     run_training(TrainConfig(**SOURCE), dataset, work / "source", 0.008)
     return list_checkpoints(work / "source")[-1][1]
@@ -64,7 +64,7 @@ def source(work, dataset) -> Path:
 @pytest.fixture(scope="module")
 def best(work, source) -> Path:
     """The same snapshot as `ganflow evaluate` exports it: G_ema and arch only."""
-    from tasks.evaluate import export_best
+    from tasks.evaluation.evaluate import export_best
 
     return export_best(source, work / "best.pt")
 
@@ -177,8 +177,8 @@ def test_options_that_contradict_the_file_are_refused_in_one_line(work, dataset,
 
 
 def test_best_pt_starts_g_from_g_ema_and_a_fresh_discriminator(work, dataset, best, source):
-    from tasks.training import run_training
-    from tasks.transfer import transfer_config
+    from tasks.training.run import run_training
+    from tasks.training.transfer import transfer_config
 
     cfg, _ = transfer_config(TrainConfig(**{**SOURCE, "seed": 7}), best)
     trainer = Trainer(cfg, load_images(dataset, 32), work / "unused")
@@ -200,7 +200,7 @@ def test_best_pt_starts_g_from_g_ema_and_a_fresh_discriminator(work, dataset, be
 
 def test_a_dataset_smaller_than_the_network_is_refused(work, source):
     from models.data import DatasetError
-    from tasks.training import run_training
+    from tasks.training.run import run_training
 
     small = write_curated(work / "small", n=4, side=16)
     with pytest.raises(DatasetError, match=r"holds 16² images and .* is a 32² network: curate at 32"):
@@ -225,7 +225,7 @@ def test_bad_network_files_get_one_line_errors(work):
 
 def test_freeze_d_needs_a_network_to_keep(params):
     from tasks.params import ParamsError
-    from tasks.stages import train_params
+    from tasks.training.stages import train_params
 
     with pytest.raises(ParamsError, match="train.freeze_d 3 keeps a pretrained discriminator's first layers"):
         train_params(params, freeze_d=3)
@@ -290,7 +290,7 @@ def _split(D_state: dict, frozen: list[str]) -> tuple[dict, dict]:
 
 
 def test_freeze_d_keeps_the_first_layers_bit_identical_with_ada(work, dataset, source):
-    from tasks.transfer import transfer_config
+    from tasks.training.transfer import transfer_config
 
     cfg, _ = transfer_config(TrainConfig(**{**SOURCE, "freeze_d": 5, "ada_target": 0.6}), source)
     cfg = TrainConfig(**{**cfg.__dict__, "ada_kimg": 0.1, "snapshot_kimg": 1.0})  # p moves within a few steps
@@ -343,7 +343,7 @@ def _ddp_worker(rank: int, world: int, store: str, cfg: dict, data: str, source:
 
 def test_freeze_d_under_ddp_with_ada(work, dataset, source):
     """Two gloo processes: the frozen layers are the file's after the steps, on every replica's average."""
-    from tasks.transfer import transfer_config
+    from tasks.training.transfer import transfer_config
 
     cfg, _ = transfer_config(TrainConfig(**{**SOURCE, "freeze_d": 5, "ada_target": 0.6, "batch": 8}), source)
     cfg = {**cfg.__dict__, "snapshot_kimg": 1.0}
@@ -374,8 +374,8 @@ def test_submit_refuses_what_the_run_would_refuse(work, dataset, source, params,
 def test_train_flow_and_submit_carry_resume_from_and_freeze_d(work, dataset, source, params, prefect_api):
     from flows.cli import main
     from flows.train import train_flow
-    from tasks.launch import train_command
-    from tasks.queue import Queue
+    from tasks.manager.launch import train_command
+    from tasks.manager.queue import Queue
 
     result = train_flow(data=str(dataset), run_dir=str(work / "flow"), kimg=0.008, params=str(params),
                         resume_from=str(source), freeze_d=2)
@@ -410,7 +410,7 @@ def test_train_flow_and_submit_carry_resume_from_and_freeze_d(work, dataset, sou
 
 def test_dvc_train_stage_depends_on_the_pretrained_folder_and_the_settings():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    assert "data/pretrained" in stage["deps"] and "tasks/transfer.py" in stage["deps"]
+    assert "data/pretrained" in stage["deps"] and "tasks/training/transfer.py" in stage["deps"]
     assert {"train.resume_from", "train.freeze_d"} <= set(stage["params"])
     # The folder exists in every clone (git keeps its README), or `dvc repro` would miss a dependency.
     tracked = subprocess.run(["git", "ls-files", "data/pretrained"], cwd=ROOT, capture_output=True, text=True)
@@ -424,7 +424,7 @@ def test_dvc_train_stage_trains_from_the_pretrained_file_and_again_when_it_is_re
     """dvc.yaml's train stage for real (alone, on a curated dataset put in place): train.resume_from names a file
     in data/pretrained/; replacing its bytes under the same name makes DVC run the stage again, which sets the
     old run aside and starts from the new network."""
-    from tasks.training import run_training
+    from tasks.training.run import run_training
     from tests.test_dvc_pipeline import TINY, make_project, ran, sh
 
     project = make_project(env, tmp_path / "clone", train={**TINY["train"], "resume_from": "data/pretrained/net.pt",

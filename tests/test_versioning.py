@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.publish import Record, write_dataset
-from tasks.versioning import VersioningError, dvc_writer, version_dataset
+from tasks.curation.publish import Record, write_dataset
+from tasks.versioning.record import VersioningError, dvc_writer, version_dataset
 from tests.conftest import ROOT
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -158,7 +158,7 @@ def test_a_stage_out_is_committed_with_dvc_commit_not_added(project, capsys, out
 
 _VERSION_ONE = """
 import json, sys
-from tasks.versioning import version_dataset
+from tasks.versioning.record import version_dataset
 print("ready", flush=True)
 print(json.dumps(version_dataset(sys.argv[1], repo_root=sys.argv[2])))
 """
@@ -261,7 +261,7 @@ def test_task_records_the_dataset_hash_in_a_flow_artifact(prefect_api, project):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.versioning import version_dataset_task
+    from tasks.versioning.record import version_dataset_task
 
     make_dataset(project / "data/curated/Cats 2", 3, {"blurry": 1})
 
@@ -281,7 +281,7 @@ def test_task_records_the_dataset_hash_in_a_flow_artifact(prefect_api, project):
 def test_curate_flow_with_version_records_the_dataset_in_dvc_and_git(project, prefect_api, tmp_path):
     """What the curate deployment (version: true) does for a dataset built from the UI."""
     from flows.curate import curate
-    from tasks.dataset_versions import dataset_versions
+    from tasks.versioning.history import dataset_versions
 
     photos = tmp_path / "photos"
     photos.mkdir()

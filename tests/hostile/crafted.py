@@ -19,8 +19,8 @@ def tiny_run(root: Path) -> tuple[Path, Path]:
     from models.checkpoint import list_checkpoints
     from models.data import load_images
     from models.trainer import TrainConfig, Trainer
-    from tasks.evaluate import export_best
-    from tasks.fid_table import write_fid_csv
+    from tasks.evaluation.evaluate import export_best
+    from tasks.evaluation.fid_table import write_fid_csv
     from tests.conftest import write_curated
 
     data = write_curated(root / "data")

@@ -7,8 +7,8 @@ import pytest
 
 from flows.curate import curate
 from tasks.outdir import PathError
-from tasks.publish import read_manifest
-from tasks.sources.raw import FILES
+from tasks.curation.publish import read_manifest
+from tasks.ingestion.sources.raw import FILES
 from tests.hostile import build
 
 

@@ -32,7 +32,7 @@ def trained(tmp_path_factory, one_torch_thread) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory) -> Path:
-    from tasks.metrics import write_random_inception_weights
+    from tasks.evaluation.metrics import write_random_inception_weights
 
     return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "inception.pth")
 
@@ -74,7 +74,7 @@ class _OpenAudit:
 def test_inception_weights_swapped_after_the_check_never_run_code(inception, tmp_path, monkeypatch):
     """The attack of issue 15: the weights path holds a valid state dict when it is checked and a payload pickle
     right after. The extractor must come from the checked bytes; the path must never be read again."""
-    from tasks.metrics import load_extractor
+    from tasks.evaluation.metrics import load_extractor
 
     weights = tmp_path / "weights.pth"
     shutil.copyfile(inception, weights)
@@ -122,7 +122,7 @@ def test_weights_that_weights_only_refuses_are_never_unpickled(tmp_path, capsys)
 
 
 def test_a_planted_instagram_session_file_is_refused_unrun(tmp_path):
-    from tasks.sources.instagram import InstagramSetupError, open_session
+    from tasks.ingestion.sources.instagram import InstagramSetupError, open_session
 
     marker = tmp_path / "pwned"
     session = tmp_path / "session-tester"
@@ -265,14 +265,14 @@ def test_serve_with_no_snapshot_that_loads_is_one_line(bad_files, tmp_path, caps
 # ------------------------------------------------------------------ poisoned real-statistics caches
 @pytest.fixture(scope="module")
 def extractor(inception):
-    from tasks.metrics import load_extractor
+    from tasks.evaluation.metrics import load_extractor
 
     return load_extractor(inception)
 
 
 @pytest.mark.parametrize("poison", ["planted", "torn", "schema", "folder"])
 def test_a_poisoned_real_stats_cache_is_recomputed_with_a_warning(poison, trained, extractor, tmp_path):
-    from tasks.metrics import _cache_file, content_hash, real_stats
+    from tasks.evaluation.metrics import _cache_file, content_hash, real_stats
 
     data, _run = trained
     extractor, digest = extractor

@@ -229,7 +229,7 @@ def test_train_submit_refuses_bad_arguments(extra, says, data64, tmp_path, capsy
 
 # ------------------------------------------------------------------ the queue: unreadable files, unknown rows
 def _queue_with_one_request(path: Path, data: Path) -> None:
-    from tasks.queue import Queue
+    from tasks.manager.queue import Queue
 
     Queue(path).submit({"data": str(data), "run_dir": str(path.parent / "run"), "arch": "stylegan2",
                         "resolution": 64, "kimg": 1.0, "seed": 0})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.serve import Explorer, Limits, allowed_hosts, create_app, host_of, read_regular
+from tasks.serving.app import Explorer, Limits, allowed_hosts, create_app, host_of, read_regular
 from tests.hostile.crafted import fifo, planted_checkpoint, tiny_run
 
 LOCAL = "http://127.0.0.1:8000"

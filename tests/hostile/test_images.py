@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.decode import decode, probe
-from tasks.filters import FIT_MAX_ASPECT, fit_short_side
+from tasks.curation.decode import decode, probe
+from tasks.curation.filters import FIT_MAX_ASPECT, fit_short_side
 from tasks.params import curate_params
-from tasks.per_image import screen_cheap_one
+from tasks.curation.per_image import screen_cheap_one
 from tests.conftest import PARAMS, ROOT
 from tests.hostile import build
 
@@ -41,12 +41,12 @@ def test_the_958_byte_strip_is_tiny_on_disk(strips):
 @pytest.mark.parametrize("name, reason", [("300000x1.png", "too_small"), ("100000x10.png", "too_small"),
                                           ("20000x500.png", "aspect")])
 def test_hostile_shapes_rejected_from_the_header(strips, params, name, reason, monkeypatch):
-    import tasks.per_image
+    import tasks.curation.per_image
 
     def no_pixels(*a, **k):
         raise AssertionError("pixels decoded for an image the header already rejects")
 
-    monkeypatch.setattr(tasks.per_image, "decode", no_pixels)
+    monkeypatch.setattr(tasks.curation.per_image, "decode", no_pixels)
     result = screen_cheap_one(str(strips / name), params)
     assert result["reason"] == reason
     w, h = map(int, name[:-4].split("x"))
@@ -89,7 +89,7 @@ def test_float_tiff_with_nan_and_inf_decodes(tmp_path):
 _MEASURE = """
 import json, sys
 from tasks.params import curate_params
-from tasks.per_image import screen_cheap_one, render_one
+from tasks.curation.per_image import screen_cheap_one, render_one
 
 def status(key):  # kB, from the kernel's own accounting of this process
     for line in open("/proc/self/status"):

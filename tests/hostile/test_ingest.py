@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import raw_name
-from tasks.sources.local import MemberLimits, SourceError, _folder_entries, _store, check_input, ingest_path
-from tasks.sources.raw import FILES, PROVENANCE, read_provenance
+from tasks.ingestion.ingest import raw_name
+from tasks.ingestion.sources.local import MemberLimits, SourceError, _folder_entries, _store, check_input, ingest_path
+from tasks.ingestion.sources.raw import FILES, PROVENANCE, read_provenance
 from tests.hostile import build
 
 LIMITS = MemberLimits(max_bytes=256 << 20, max_ratio=200.0)  # params.yaml's caps

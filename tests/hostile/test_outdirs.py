@@ -14,7 +14,7 @@ import pytest
 
 from flows.cli import main
 from tasks.outdir import PathError, check_dataset_dir, is_curated_dataset
-from tasks.publish import write_dataset
+from tasks.curation.publish import write_dataset
 from tests.conftest import PARAMS, ROOT
 
 
@@ -127,7 +127,7 @@ def test_rewriting_a_dataset_removes_only_its_own_stale_shards(tmp_path):
     (out / "shards").mkdir(parents=True)
     (out / "shards" / "shard-000007.tar").write_bytes(b"stale")
     (out / "shards" / "notes.tar").write_bytes(b"mine")
-    from tasks.publish import Record
+    from tasks.curation.publish import Record
 
     rec = Record(id="a" * 64, source="folder", source_name="a.png", status="accepted", reason=None)
     meta = write_dataset(out, [rec], {rec.id: png}, 8, 10)

@@ -51,7 +51,7 @@ def write_images(folder: Path, n: int, side: int, seed: int) -> list[Path]:
 def main(repo: str) -> None:
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-    from tasks.dinov2 import random_state_dict
+    from tasks.evaluation.dinov2 import random_state_dict
 
     state = random_state_dict(VARIANT, SEED)
     with warnings.catch_warnings():

@@ -1,0 +1,115 @@
+"""Content detectors backed by models that ship inside packages (no downloads):
+faces with OpenCV's Haar cascade (OpenCV 4.x ships it; 5.x does not), text with rapidocr's ONNX models.
+
+Each detector is built once per thread and reused: loading is the slow part, and neither OpenCV's cascade nor
+rapidocr may be used by two threads at once (batches run in threads: Prefect's, or a Dask worker's).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tasks.curation.filters import fit_short_side
+from tasks.params import CurateParams
+
+# Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.
+DETECT_SIDE = 640
+FACE_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class DetectorMissing(RuntimeError):
+    """A detector's model file is not where its package should have put it."""
+
+
+def _per_thread(build):
+    """build() once per thread: the object is the thread's own."""
+    local = threading.local()
+
+    @functools.wraps(build)
+    def get():
+        if not hasattr(local, "value"):
+            local.value = build()
+        return local.value
+
+    return get
+
+
+@_per_thread
+def face_cascade() -> cv2.CascadeClassifier:
+    path = os.path.join(cv2.data.haarcascades, FACE_CASCADE)
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise DetectorMissing(f"OpenCV Haar cascade not found at {path}: install opencv-python<5 (5.x ships none)")
+    return cascade
+
+
+@_per_thread
+def text_reader():
+    from rapidocr_onnxruntime import RapidOCR  # imported lazily: it loads three ONNX sessions
+
+    return RapidOCR()
+
+
+def _downscale(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """At most DETECT_SIDE on the long side; returns the image and the factor back to full size."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= DETECT_SIDE:
+        return rgb, 1.0
+    k = DETECT_SIDE / max(h, w)
+    return cv2.resize(rgb, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA), 1.0 / k
+
+
+@dataclass(frozen=True)
+class Box:
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def detect_faces(rgb: np.ndarray, params: CurateParams) -> list[Box]:
+    """Frontal faces, largest first, in full-size pixel coordinates."""
+    small, back = _downscale(rgb)
+    gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    min_px = max(20, int(params.face_min_fraction * min(gray.shape)))
+    found = face_cascade().detectMultiScale(
+        gray, scaleFactor=1.1, minNeighbors=params.face_min_neighbors, minSize=(min_px, min_px))
+    boxes = [Box(*(int(round(v * back)) for v in f)) for f in (found if len(found) else [])]
+    return sorted(boxes, key=lambda b: (-b.w * b.h, b.x, b.y))
+
+
+def text_scores(rgb: np.ndarray, params: CurateParams) -> dict:
+    """Confident text boxes (recognition confidence >= threshold) and the area fraction they cover."""
+    small, _ = _downscale(rgb)
+    # rapidocr takes an ndarray as BGR (OpenCV order); only paths and PIL images are converted for it.
+    result, _ = text_reader()(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    mask = np.zeros(small.shape[:2], np.uint8)
+    boxes = 0
+    for quad, text, conf in result or []:
+        if float(conf) < params.text_min_confidence:
+            continue  # recognition confidence drops the detector's false boxes
+        if sum(ch.isalnum() for ch in str(text)) < params.text_min_chars:
+            continue  # a lone ring or cross read as "O" or "X" is a shape, not a caption
+        boxes += 1
+        cv2.fillPoly(mask, [np.asarray(quad, np.int32)], 1)
+    return {"text_boxes": boxes, "text_area": round(float(mask.mean()), 5)}
+
+
+def content_verdict(rgb: np.ndarray, params: CurateParams) -> tuple[str | None, dict, Box | None]:
+    """(reason or None, scores, face box to crop to in face_mode=crop)."""
+    faces = detect_faces(rgb, params)
+    scores: dict = {"faces": len(faces)}
+    face = faces[0] if faces else None
+    if params.face_mode == "reject" and faces:
+        return "face", scores, None
+    if params.face_mode == "crop" and not faces:
+        return "no_face", scores, None
+    scores.update(text_scores(rgb, params))
+    if scores["text_area"] > params.text_max_area or scores["text_boxes"] > params.text_max_boxes:
+        return "text", scores, face
+    return None, scores, face

@@ -1,0 +1,78 @@
+"""One process pool per run for CPU-bound per-image work, shared by all batch tasks.
+
+Batch tasks run in Prefect's thread pool; the image work itself runs here, in `spawn`ed processes
+(forking a process that runs Prefect's threads and event loop is unsafe), so all cores are used
+without oversubscribing them. On a Dask worker (`ganflow curate --dask`) the worker's own processes and
+threads are the cores: the work runs inline there, never in a pool nested inside a worker.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import sys
+import threading
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_pools: dict[int, ProcessPoolExecutor] = {}
+_lock = threading.Lock()
+
+
+def resolve_workers(workers: int) -> int:
+    return workers if workers > 0 else (os.cpu_count() or 1)
+
+
+def on_dask_worker() -> bool:
+    """True inside a task that a Dask worker runs (distributed is only imported where Dask is used)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def _preload() -> None:
+    import tasks.curation.per_image  # noqa: F401  (workers pay their imports once, at start)
+
+
+def _pool(workers: int) -> Executor:
+    with _lock:
+        if workers not in _pools:
+            ctx = multiprocessing.get_context("spawn")
+            _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_preload)
+        return _pools[workers]
+
+
+def warm(workers: int) -> None:
+    """Start the worker processes now (they spawn all at once), so their start-up overlaps other work."""
+    workers = resolve_workers(workers)
+    if workers > 1:
+        _pool(workers).submit(int)
+
+
+def shutdown() -> None:
+    with _lock:
+        for pool in _pools.values():
+            pool.shutdown(cancel_futures=True)
+        _pools.clear()
+
+
+atexit.register(shutdown)
+
+
+def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool."""
+    items = list(items)
+    workers = 1 if on_dask_worker() else resolve_workers(workers)
+    if workers == 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    yield from _pool(workers).map(fn, items, chunksize=max(1, len(items) // (4 * workers)))

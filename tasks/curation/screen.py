@@ -1,0 +1,67 @@
+"""Screening: decode plus cheap checks (size, blur, grayscale, hash), then content checks (faces, text).
+
+Pure functions over (id, path) batches, cached per image so a rerun does no work twice, plus thin
+Prefect tasks that the curate flow maps over batches.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import progress
+from tasks.curation.cache import StageCache
+from tasks.params import CurateParams
+from tasks.curation.per_image import screen_cheap_one, screen_content_one
+from tasks.curation.cluster import batch_folders, require_folders
+from tasks.curation.pool import imap, on_dask_worker
+
+# The settings each stage's results depend on: the cache key changes exactly when they do.
+CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
+CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
+                "text_min_chars", "text_max_area", "text_max_boxes")
+SCREEN_VERSION = "3"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths)
+
+
+def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
+                keys: tuple[str, ...]) -> dict[str, dict]:
+    cache = StageCache(cache_dir, kind, SCREEN_VERSION + "-" + params.digest(*keys))
+    results: dict[str, dict] = {}
+    todo = []
+    for image_id, path in items:
+        hit = cache.get_json(image_id)
+        if hit is None:
+            todo.append((image_id, path))
+        else:
+            results[image_id] = hit
+    progress.advance(kind, len(items) - len(todo))
+    for (image_id, _), result in zip(todo, imap(partial(fn, params=params), [p for _, p in todo], params.workers)):
+        cache.put_json(image_id, result)
+        results[image_id] = result
+        progress.advance(kind)
+    return results
+
+
+def screen_cheap(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
+    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir, CHEAP_KEYS)
+
+
+def screen_content(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
+    return _run_cached("content", screen_content_one, items, params, cache_dir, CONTENT_KEYS)
+
+
+@task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)
+def screen_cheap_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
+                      batch_no: int = 0) -> dict[str, dict]:
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p in items), cache_dir))
+    return screen_cheap(items, params, cache_dir)
+
+
+@task(name="screen-content", task_run_name="screen-content-{batch_no}", cache_policy=NO_CACHE)
+def screen_content_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
+                        batch_no: int = 0) -> dict[str, dict]:
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p in items), cache_dir))
+    return screen_content(items, params, cache_dir)

@@ -1,0 +1,474 @@
+"""Evaluation of a run's snapshots: FID/KID (and FD-DINOv2, precision/recall, memorization) per snapshot, a
+divergence monitor, the best snapshot.
+
+Pure functions (testable without Prefect) and the @task the evaluate flow maps over a run. Files in RUN/:
+fid.csv (kimg, fid, kid, ...: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
+metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch of the best snapshot).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.evaluation.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
+from tasks.params import ParamsError
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    inception_weights: str = ""   # path of torch-fidelity's InceptionV3 weights ("" = $GANFLOW_INCEPTION_WEIGHTS)
+    inception_sha256: str = ""    # expected sha256 of that file ("" = not checked beyond weights_only)
+    n_fake: int = 10000           # generated images per snapshot evaluation (papers: 50000)
+    n_real: int = 0               # real images for the statistics; 0 = all
+    batch: int = 64               # images per extractor batch
+    kid: bool = True              # also KID
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    cache_dir: str = "data/cache/fid"
+    diverge_fid_rises: int = 3    # flag a snapshot after FID rose this many snapshots in a row
+    diverge_d_loss: float = 0.05  # flag when D loss falls below this while G loss climbs
+    metrics: tuple = ("fid",)     # fid (Inception) and/or fd_dinov2 (DINOv2 ViT): the Fréchet distances per snapshot
+    dinov2_weights: str = ""      # Meta's dinov2_vit{s,b,l}14_pretrain.pth ("" = $GANFLOW_DINOV2_WEIGHTS; "random")
+    dinov2_sha256: str = ""       # expected sha256 of that file ("" = not checked beyond weights_only)
+    memorized_quantile: float = 0.05  # τ = this quantile of the training images' nearest-neighbour distances
+    max_memorized: float = 0.25   # a snapshot with more generated images closer than τ is never "best" (1 = off)
+
+    def __post_init__(self) -> None:
+        from tasks.evaluation.metrics import METRICS
+
+        if int(self.n_fake) < 2 or int(self.batch) < 1 or int(self.n_real) < 0:
+            raise ParamsError(f"evaluate: n_fake must be >= 2, batch >= 1 and n_real >= 0 (got n_fake={self.n_fake}, "
+                              f"batch={self.batch}, n_real={self.n_real})")
+        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics or ())
+        if not metrics or set(metrics) - set(METRICS):
+            raise ParamsError(f"evaluate.metrics must list one or both of {list(METRICS)} (got {list(metrics)})")
+        object.__setattr__(self, "metrics", metrics)
+        if not 0 < float(self.memorized_quantile) < 1 or not 0 <= float(self.max_memorized) <= 1:
+            raise ParamsError(f"evaluate: memorized_quantile must be in (0, 1) and max_memorized in [0, 1] (got "
+                              f"{self.memorized_quantile}, {self.max_memorized})")
+
+    @property
+    def rank_by(self) -> str:
+        """The column the best snapshot and the divergence monitor go by: fid, else fd_dinov2."""
+        return "fid" if "fid" in self.metrics else "fd_dinov2"
+
+
+def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
+    """The `evaluate` section; missing keys (or a missing section/file) take the defaults above."""
+    path = Path(path)
+    section = (yaml.safe_load(path.read_text()) or {}).get("evaluate") if path.exists() else None
+    section = section or {}
+    known = {f.name for f in fields(EvaluateParams)}
+    unknown = set(section) - known
+    if unknown:
+        raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
+    values = {k: ("" if v is None else v) for k, v in section.items()}
+    return EvaluateParams(**values)
+
+
+# ------------------------------------------------------------------ divergence monitor and best snapshot
+LABELS = {"fid": "FID", "fd_dinov2": "FD-DINOv2"}
+def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0.05,
+                  key: str = "fid") -> dict[float, str]:
+    """Snapshots not to trust, {kimg: reason}. A run diverges from the first snapshot of `fid_rises` FID rises
+    in a row, or from a snapshot where D's loss has collapsed below `d_loss_min` while G's loss climbed since the
+    previous snapshot (when the history has loss_D/loss_G). Every snapshot from there on is flagged: a diverged
+    run that dips again later is noise or mode collapse, not recovery."""
+    rows = sorted(history, key=lambda r: r["kimg"])
+    start, reason = None, ""
+    rises = 0
+    for i in range(1, len(rows)):
+        prev, cur = rows[i - 1], rows[i]
+        rises = rises + 1 if cur.get(key) is not None and prev.get(key) is not None and cur[key] > prev[key] else 0
+        if fid_rises and rises >= fid_rises:
+            start, reason = i - rises + 1, f"{LABELS[key]} rose {rises} snapshots in a row"
+            break
+        d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
+        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:
+            start, reason = i, f"D loss {d:.3g} < {d_loss_min:g} while G loss climbed {g_prev:.3g} → {g:.3g}"
+            break
+    if start is None:
+        return {}
+    return {r["kimg"]: reason for r in rows[start:]}
+
+
+def flag_memorized(history: list[dict], max_memorized: float) -> dict[float, str]:
+    """Snapshots whose memorized fraction is above `max_memorized`, {kimg: reason}."""
+    return {r["kimg"]: f"{r['memorized']:.0%} of generated images are closer to a training image than the "
+                       f"memorization threshold (max_memorized {max_memorized:g})"
+            for r in history if r.get("memorized") is not None and r["memorized"] > max_memorized}
+
+
+def choose_best(history: list[dict], flagged: dict[float, str], key: str = "fid") -> tuple[dict | None, str]:
+    """The lowest-`key` snapshot not flagged (diverged or memorizing); when every one is flagged, the lowest
+    overall, said so."""
+    label = LABELS[key]
+    scored = [r for r in history if r.get(key) is not None]
+    if not scored:
+        return None, f"no snapshot has an {label}"
+    trusted = [r for r in scored if r["kimg"] not in flagged]
+    if trusted:
+        return min(trusted, key=lambda r: r[key]), f"lowest {label} among snapshots not flagged"
+    return min(scored, key=lambda r: r[key]), f"every snapshot is flagged: lowest {label} overall"
+
+
+def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) -> Path:
+    """out (RUN/best.pt): G_ema and arch only (+ kimg/FID), loadable with weights_only=True and by
+    models.generate.load_generator. Written atomically (models.checkpoint.save_atomic)."""
+    from models.checkpoint import load_checkpoint, save_atomic
+
+    state = load_checkpoint(ckpt)
+    best = {"G_ema": state["G_ema"], "arch": state["arch"], "kimg": float(state.get("kimg", 0.0)),
+            "source": Path(ckpt).name, **(extra or {})}
+    return save_atomic(best, out)
+
+
+def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateParams,
+                   dinov2_sha256: str | None = None) -> dict:
+    """What fid.csv's rows depend on: the run (its settings and dataset, from its first checkpoint), the
+    extractors and N. A different key (the run was restarted on new data, other weights) voids the rows."""
+    import hashlib
+
+    from models.checkpoint import load_checkpoint
+    from tasks.training.run import RESUMABLE_CHANGES
+
+    # mmap: only the config is read here, not the networks and optimizer states (hundreds of MB at 512²)
+    config = {k: v for k, v in load_checkpoint(first_ckpt, mmap=True).get("config", {}).items()
+              if k not in RESUMABLE_CHANGES}
+    run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    key = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
+    if dinov2_sha256:  # absent for Inception-only runs: their rows from before DINOv2 stay valid
+        key.update(dinov2_sha256=dinov2_sha256, metrics=list(p.metrics))
+    return key
+
+
+# ------------------------------------------------------------------ per-snapshot metrics
+def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
+                      truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
+    """n generated images (seeds seed0 ... seed0+n-1, no truncation by default) as uint8 NCHW batches."""
+    from models.generate import images_from_seeds
+
+    for i in range(0, n, batch):
+        seeds = list(range(seed0 + i, seed0 + min(i + batch, n)))
+        images = images_from_seeds(G, arch, seeds, truncation_psi=truncation_psi, batch=batch)
+        yield torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _first_reals(data: str | Path, n: int, resolution: int) -> torch.Tensor:
+    """n real images (repeated when the dataset has fewer) at the training resolution (Lanczos, as training)."""
+    from PIL import Image
+
+    from tasks.evaluation.metrics import source_batches
+
+    imgs = next(iter(source_batches(data, batch=n, limit=n))).permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.LANCZOS))
+           if im.shape[0] != resolution else im for im in imgs]
+    out = (out * (n // len(out) + 1))[:n]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> dict:
+    """D's and G's logistic losses at a snapshot, on one batch of reals and of fakes from the snapshot's G
+    (what the divergence monitor watches: loss_D → 0 while loss_G climbs). Empty for WGAN/LSGAN runs, whose
+    losses do not read that way."""
+    import torch.nn.functional as F
+
+    from models.arch import build_arch
+    from models.checkpoint import load_checkpoint
+    from models.data import to_float
+    from models.trainer import TrainConfig
+
+    state = load_checkpoint(ckpt)
+    cfg_dict = dict(state["config"])
+    cfg_dict["betas"] = tuple(cfg_dict.get("betas", (0.0, 0.99)))
+    cfg = TrainConfig(**cfg_dict)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        arch = build_arch(cfg)
+        if arch.loss != "logistic":
+            return {}
+        arch.G.load_state_dict(state["G"])
+        arch.D.load_state_dict(state["D"])
+        G, D = arch.G.eval(), arch.D.eval()
+        nimg = int(state["nimg"])
+        n = arch.batch
+        reals = arch.prepare_reals(to_float(_first_reals(data, n, cfg.resolution)), nimg)
+        fakes = arch.generate(G, torch.randn(n, arch.z_dim), nimg, update_stats=False)
+        real_logits, fake_logits = arch.discriminate(D, reals, nimg), arch.discriminate(D, fakes, nimg)
+    loss_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+    return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
+
+
+def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+                      device: str = "cpu", dinov2_weights: str | Path | None = None) -> dict:
+    """The metrics of one network file against data (p.metrics: FID and/or FD-DINOv2, KID, precision/recall): a
+    checkpoint, a best.pt or an imported NVIDIA network (`ganflow import`), e.g. a pretrained network's distance to
+    a dataset before fine-tuning on it. Writes no run files; the real statistics are cached as for evaluate_run."""
+    from models.generate import load_generator
+    from tasks.evaluation.metrics import extract_each, feature_spaces, read_weights, real_stats_each, scores
+
+    G, arch = load_generator(snapshot)
+    inception = read_weights(weights, p.inception_sha256 or None) if "fid" in p.metrics and weights is not None else None
+    spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
+                            p.dinov2_sha256 or None, device)
+    reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
+    fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+    m = scores(spaces, {k: v[0] for k, v in reals.items()}, fakes, p.kid, p.kid_subsets, p.kid_subset_size)
+    notes = [s.note for s in spaces if s.note]
+    return {**m, "snapshot": str(snapshot), "arch": arch["name"],
+            "real_stats_cached": all(c for _s, c in reals.values()),
+            **{("weights_sha256" if s.metric == "fid" else "dinov2_sha256"): s.sha256 for s in spaces},
+            **({"extractor": "; ".join(notes)} if notes else {})}
+
+
+def _previous_metrics(run_dir: Path, warn: Callable[[str], None]) -> dict:
+    path = run_dir / METRICS_JSON
+    if not path.exists():
+        return {}
+    try:
+        out = json.loads(path.read_text())
+        if isinstance(out, dict):
+            return out
+    except (OSError, ValueError):
+        pass
+    warn(f"{path} is unreadable: every snapshot is evaluated again")
+    return {}
+
+
+def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
+    try:
+        rows = read_fid_csv(run_dir)
+    except (OSError, ValueError, KeyError) as e:
+        warn(f"{run_dir / FID_CSV} is unreadable ({type(e).__name__}): every snapshot is evaluated again")
+        return []
+    return [r for r in rows if r["kimg"] is not None]
+
+
+def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateParams,
+               skipped: dict[float, str], dinov2_sha: str | None = None) -> dict:
+    """The evaluation key from the oldest checkpoint that loads (unreadable ones recorded in `skipped`)."""
+    from models.checkpoint import CheckpointError
+
+    for kimg, path in snapshots:
+        try:
+            return evaluation_key(path, weights_sha, p, dinov2_sha)
+        except CheckpointError as e:
+            skipped[kimg] = str(e)
+    raise CheckpointError(f"no checkpoint of {Path(snapshots[0][1]).parent} loads: {'; '.join(skipped.values())}")
+
+
+LATEST_KEYS = ("kid_std", "n_real", "n_fake", "warning", "weights_sha256", "dinov2_sha256", "audit_features")
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+                 device: str = "cpu", progress: Callable[[dict], None] | None = None,
+                 dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None) -> dict:
+    """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged and memorizing snapshots,
+    export the best one as best.pt and write metrics.json. `weights`: Inception's file (None without "fid" in
+    p.metrics), `dinov2_weights`: DINOv2's (with "fd_dinov2"). Returns what metrics.json holds plus `evaluated` (kimgs)
+    and `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
+    from models.checkpoint import CheckpointError, list_checkpoints
+    from models.generate import load_generator
+    from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold, memorized
+    from tasks.evaluation.metrics import (audit_space, extract_each, feature_spaces, read_weights, real_stats_each, scores,
+                               sha256_file)
+
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    run_dir = Path(run_dir)
+    snapshots = list_checkpoints(run_dir)
+    if not snapshots:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ckpt-*.pt to evaluate")
+    previous = _previous_metrics(run_dir, warn)
+    # Read once: the Inception bytes hashed for the key are the bytes its extractor is built from.
+    inception = read_weights(weights, p.inception_sha256 or None) if "fid" in p.metrics and weights is not None else None
+    weights_sha = inception.sha256 if inception is not None else None
+    dinov2_sha = sha256_file(dinov2_weights) if "fd_dinov2" in p.metrics and dinov2_weights is not None else None
+    skipped: dict[float, str] = {}
+    key = _first_key(snapshots, weights_sha, p, skipped, dinov2_sha)
+    rows = _previous_rows(run_dir, warn) if previous.get("evaluated_with") == key else []  # else: everything again
+    done = {r["kimg"] for r in rows}
+    todo = [(k, path) for k, path in snapshots if k not in done and k not in skipped]
+    evaluated, latest_detail, notes = [], None, []
+    memorization = previous.get("memorization") if rows else None
+    if todo:
+        spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
+                                p.dinov2_sha256 or None, device)
+        del inception  # ~100 MB: the extractor holds the weights now
+        notes = [s.note for s in spaces if s.note]
+        reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
+        cached = all(c for _s, c in reals.values())
+        reals = {k: v[0] for k, v in reals.items()}
+        audit = audit_space(spaces)
+        train = reals[audit.metric].features  # the training images' features (cached with the real statistics)
+        radii = kth_neighbour_distance(train, K) if len(train) > K else None
+        tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
+        memorization = {"threshold": tau, "quantile": p.memorized_quantile, "features": audit.name,
+                        "n_train": len(train), "max_memorized": p.max_memorized}
+        for kimg, path in todo:
+            try:
+                G, arch = load_generator(path)
+                probe = discriminator_probe(path, data)
+            except (CheckpointError, KeyError, TypeError) as e:  # torn, planted or not a training checkpoint
+                skipped[kimg] = f"{e}" if isinstance(e, CheckpointError) else \
+                    f"{path} is not a training checkpoint ({type(e).__name__}: {e})"
+                continue
+            fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
+                m = scores(spaces, reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, radii)
+            m["memorized"] = (memorized(fakes[audit.metric], train, tau, p.memorized_quantile).fraction
+                              if tau is not None else None)
+            row = {"kimg": kimg, "fid": m.get("fid"), "kid": m.get("kid_mean"), **probe,
+                   **{k: m.get(k) for k in ("fd_dinov2", "precision", "recall", "memorized")}}
+            rows.append(row)
+            write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
+            evaluated.append(kimg)
+            latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": weights_sha,
+                             "dinov2_sha256": dinov2_sha}
+            if progress:
+                progress(dict(latest_detail))
+    for kimg, why in sorted(skipped.items()):
+        warn(f"skipped the snapshot at {kimg:g} kimg: {why}")
+    if not rows:
+        raise CheckpointError(f"no snapshot of {run_dir} could be evaluated: {'; '.join(skipped.values())}")
+    rows.sort(key=lambda r: r["kimg"])
+    diverged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss, p.rank_by)
+    memorizing = flag_memorized(rows, p.max_memorized)
+    best, why = choose_best(rows, {**memorizing, **diverged}, p.rank_by)
+    if best is not None:
+        ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
+        if ckpt is not None:
+            try:
+                export_best(ckpt, run_dir / BEST, {p.rank_by: best[p.rank_by]})
+            except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
+                warn(f"best.pt not exported: {e}")
+    latest = rows[-1]
+    fresh = latest_detail is not None and latest_detail["kimg"] == latest["kimg"]
+    summary = {
+        "kimg": latest["kimg"],
+        **{k: latest.get(k) for k in ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")
+           if latest.get(k) is not None or k in ("fid", "kid")},
+        **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else
+           {k: previous[k] for k in LATEST_KEYS if k in previous}),
+        "best": ({"kimg": best["kimg"], p.rank_by: best[p.rank_by], "why": why, "file": BEST,
+                  **({"fid": best["fid"]} if p.rank_by != "fid" and best.get("fid") is not None else {})}
+                 if best else None),
+        "flagged": {f"{k:g}": r for k, r in diverged.items()},
+        "memorizing": {f"{k:g}": r for k, r in memorizing.items()},
+        "memorization": memorization,
+        "snapshots": len(rows),
+        "evaluated_with": key,
+        **({"extractor": "; ".join(notes)} if notes else
+           {"extractor": previous["extractor"]} if not todo and "extractor" in previous else {}),
+    }
+    tmp = run_dir / f".{METRICS_JSON}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / METRICS_JSON)
+    return {**summary, "evaluated": evaluated, "skipped": {f"{k:g}": why for k, why in sorted(skipped.items())}}
+
+
+# ------------------------------------------------------------------ what the UI shows
+TABLE_COLUMNS = (("FID", "fid", "{:.4f}"), ("KID", "kid", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
+                 ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                 ("memorized", "memorized", "{:.1%}"))
+
+
+def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
+    """The FID-over-kimg table for a Prefect table artifact (a column only when some row has a value for it)."""
+    shown = [c for c in TABLE_COLUMNS if c[1] in ("fid", "kid") or any(r.get(c[1]) is not None for r in rows)]
+    return [{"kimg": f"{r['kimg']:g}",
+             **{title: fmt.format(r[k]) if r.get(k) is not None else "–" for title, k, fmt in shown},
+             "note": row_note(r["kimg"], best_kimg, flagged, memorizing)}
+            for r in sorted(rows, key=lambda r: r["kimg"])]
+
+
+def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
+                        dinov2_cli: str | None = None) -> tuple[Path | None, Path | None]:
+    """(Inception weights, DINOv2 weights) that p.metrics need, None for one not needed; raises
+    InceptionWeightsError / DinoV2WeightsError saying which file to put where."""
+    from tasks.evaluation import dinov2
+    from tasks.evaluation import metrics
+
+    return (metrics.resolve_weights(inception_cli, p.inception_weights) if "fid" in p.metrics else None,
+            dinov2.resolve_weights(dinov2_cli, p.dinov2_weights) if "fd_dinov2" in p.metrics else None)
+
+
+def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
+                      dinov2_cli: str | None = None) -> tuple[Path | None, Path | None, str]:
+    """resolve_weight_paths, or (None, None, why) for callers that skip evaluation rather than fail."""
+    from tasks.evaluation.dinov2 import DinoV2WeightsError
+    from tasks.evaluation.metrics import InceptionWeightsError
+
+    try:
+        return (*resolve_weight_paths(p, inception_cli, dinov2_cli), "")
+    except (InceptionWeightsError, DinoV2WeightsError) as e:
+        return None, None, str(e)
+
+
+def progress_line(m: dict) -> str:
+    """One snapshot's scores, for the CLI and the flow's log."""
+    parts = [f"{m['kimg']:g} kimg:"]
+    for label, key, fmt in (("FID", "fid", "{:.4f}"), ("KID", "kid_mean", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
+                            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+                            ("memorized", "memorized", "{:.1%}")):
+        if m.get(key) is not None:
+            parts.append(f"{label} {fmt.format(m[key])}")
+    return " ".join(parts) + f" (N real {m['n_real']}, fake {m['n_fake']})"
+
+
+# ------------------------------------------------------------------ Prefect
+
+@task(name="evaluate-snapshots", cache_policy=NO_CACHE)  # results live in RUN/fid.csv
+def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParams, device: str = "cpu",
+                  dinov2_weights: str | None = None) -> dict:
+    """FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of run_dir not evaluated yet;
+    best.pt and metrics.json; artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from tasks.training.report import artifact_key, thumbnail_data_uri
+
+    logger = get_run_logger()
+
+    def progress(m: dict) -> None:
+        logger.info("%s", progress_line(m))
+
+    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning,
+                       dinov2_weights=dinov2_weights)
+    if out.get("warning"):
+        logger.warning(out["warning"])
+    rows = read_fid_csv(run_dir)
+    flagged = {float(k): v for k, v in out["flagged"].items()}
+    memorizing = {float(k): v for k, v in out["memorizing"].items()}
+    best = out.get("best") or {}
+    key = artifact_key(run_dir).replace("train-", "fid-", 1)
+    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg"), memorizing),
+                          description=f"FID over kimg for {run_dir} (best: {best.get('kimg', '–')} kimg)")
+    samples = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
+    lines = [f"### Evaluation of {run_dir}", "",
+             f"Best snapshot: {best.get('kimg', '–')} kimg, {LABELS[p.rank_by]} {best.get(p.rank_by, float('nan')):.4f} "
+             f"({best.get('why', '')}) → `{Path(run_dir) / BEST}`" if best else "No best snapshot."]
+    if flagged:
+        lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]
+    if memorizing:
+        lines += ["", "Flagged as memorizing: " + "; ".join(f"{k:g} kimg ({v})" for k, v in sorted(memorizing.items()))]
+    mem = out.get("memorization") or {}
+    if mem.get("threshold") is not None:
+        lines += ["", f"Memorization threshold τ = {mem['threshold']:.4g} ({mem['quantile']:g} quantile of the "
+                      f"training images' nearest-neighbour distances in {mem['features']} features)"]
+    if out.get("warning"):
+        lines += ["", f"Note: {out['warning']}"]
+    if samples:
+        lines += ["", f"![newest samples]({thumbnail_data_uri(samples[-1])})"]
+    create_markdown_artifact(key=key + "-summary", markdown="\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,49 @@
+"""RUN/fid.csv, the FID-over-kimg table `ganflow evaluate` writes (and DVC plots), and the note each row gets.
+
+No Prefect and no torch here: the web page (tasks/serving/app.py) and the CLI read it too.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"  # the files `ganflow evaluate` writes in RUN/
+# losses: the discriminator probe's (logistic loss only); fd_dinov2 with evaluate.metrics [.., fd_dinov2];
+# precision/recall (k=3) and memorized (the fraction of generated images closer to a training image than the
+# memorization threshold) in DINOv2 features when those are computed, else Inception's
+CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision", "recall", "memorized")
+
+
+def read_fid_csv(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / FID_CSV
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return parse_fid_csv(f.read())
+
+
+def parse_fid_csv(text: str) -> list[dict]:
+    """fid.csv's rows as {field: float | None}; an empty cell is None, a cell that is not a number a ValueError."""
+    return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(io.StringIO(text))]
+
+
+def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
+    path = Path(run_dir) / FID_CSV
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: r["kimg"]):
+            # repr: full precision, so a number read back equals the one computed
+            w.writerow({k: "" if r.get(k) is None else repr(float(r[k])) for k in CSV_FIELDS})
+    os.replace(tmp, path)
+    return path
+
+
+def row_note(kimg: float, best_kimg: float | None, flagged, memorizing=()) -> str:
+    """What a table shows beside a snapshot: best, diverged (flagged: kimgs the divergence monitor marked),
+    memorizing (over evaluate.max_memorized), or ''."""
+    return ("best" if kimg == best_kimg else "diverged" if kimg in flagged else
+            "memorizing" if kimg in memorizing else "")

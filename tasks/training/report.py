@@ -1,0 +1,180 @@
+"""What a training run shows in the Prefect UI: a progress artifact (kimg done / target) and, after each
+stage, a markdown artifact with the stage's losses, ADA p, speed and its newest sample grid.
+
+The text is built by pure functions; the artifact calls are thin. The progress artifact's description is
+also what the training manager shows as a run's progress (tasks.manager.runs reads it back).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+from pathlib import Path
+from uuid import UUID
+
+PREFECT_SIGTERM_CRASH = "termination signal"  # in the message of the state Prefect gives a SIGTERMed task run
+THUMB_SIDE = 384  # embedded sample grids are downscaled to this (artifacts live in the server's database)
+
+
+def percent(kimg: float, total_kimg: float) -> float:
+    # Rounded: kimg is images/1000 and the target a sum of stage lengths, so the end can be 99.99999999999997.
+    return max(0.0, min(100.0, round(100.0 * kimg / total_kimg, 6))) if total_kimg > 0 else 0.0
+
+
+def progress_text(kimg: float, total_kimg: float, stage_label: str = "", stats: dict | None = None) -> str:
+    """e.g. 'kimg 12.3 / 25000 · stage 1/5 (cycle 1/5) · 1.52 kimg/s · ADA p 0.041'"""
+    parts = [f"kimg {kimg:g} / {total_kimg:g}"]
+    if stage_label:
+        parts.append(stage_label)
+    stats = stats or {}
+    if stats.get("kimg_per_s"):
+        parts.append(f"{stats['kimg_per_s']:.3g} kimg/s")
+    if stats.get("augment_p"):
+        parts.append(f"ADA p {stats['augment_p']:.3f}")
+    if "stage_resolution" in stats:
+        parts.append(f"growing at {stats['stage_resolution']}² alpha {stats['alpha']:.2f}")
+    return " · ".join(parts)
+
+
+def artifact_key(run_dir: str | Path) -> str:
+    """A stable key per run folder (lowercase letters, digits, dashes), so the UI lists a run's stage
+    reports as versions of one artifact across attempts."""
+    slug = re.sub(r"[^a-z0-9]+", "-", Path(run_dir).resolve().name.lower()).strip("-") or "run"
+    return f"train-{slug}"[:60]
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def thumbnail_data_uri(png: str | Path, side: int = THUMB_SIDE) -> str:
+    from PIL import Image
+
+    with Image.open(png) as im:
+        im = im.convert("RGB")
+        im.thumbnail((side, side))
+        buf = io.BytesIO()
+        im.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def stage_markdown(stage_label: str, summary: dict, total_kimg: float, embed: bool = True) -> str:
+    """The stage report: a table of where training is and the newest sample grid."""
+    rows = [("kimg", f"{summary['kimg']:g} / {total_kimg:g} (stage ends at {summary['end_kimg']:g})"),
+            ("loss D", _fmt(summary.get("loss_D"))), ("loss G", _fmt(summary.get("loss_G"))),
+            ("ADA p", _fmt(summary.get("augment_p"), ".3f")), ("kimg/s", _fmt(summary.get("kimg_per_s"), ".3g")),
+            ("stage time", f"{summary['seconds']:.1f} s"),
+            ("resumed from", f"`{summary['resumed_from']}`" if summary.get("resumed_from") else "– (new run)"),
+            ("flow run attempt", f"{summary.get('attempt', 1)}" + (" (resumed after a preemption)"
+                                                                    if summary.get("attempt", 1) > 1 else "")),
+            ("checkpoint", f"`{summary['checkpoint']}`" if summary.get("checkpoint") else "–"),
+            ("sample grid", f"`{summary['samples']}`" if summary.get("samples") else "–")]
+    lines = [f"### Training {stage_label}", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+    if embed and summary.get("samples") and Path(summary["samples"]).is_file():
+        lines += ["", f"![samples at {summary['kimg']:g} kimg]({thumbnail_data_uri(summary['samples'])})"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- Prefect
+
+def create_progress(kimg: float, total_kimg: float, text: str = "") -> UUID:
+    from prefect.artifacts import create_progress_artifact
+
+    return create_progress_artifact(progress=percent(kimg, total_kimg),
+                                    description=text or progress_text(kimg, total_kimg))
+
+
+def _this_flow_run():
+    """(flow run id, run count) of the running flow, or (None, 0) outside one."""
+    from prefect.runtime import flow_run
+
+    return (UUID(str(flow_run.id)), int(flow_run.run_count or 1)) if flow_run.id else (None, 0)
+
+
+def progress_for_run(kimg: float, total_kimg: float) -> UUID:
+    """The flow run's one progress artifact: a rescheduled run (a preemption) runs the flow again under the
+    same flow run id, and keeps moving the artifact its first attempt created instead of adding another."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    run_id, _ = _this_flow_run()
+    if run_id is not None:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])),
+                limit=1)
+        if found:
+            update_progress(found[0].id, kimg, total_kimg, progress_text(kimg, total_kimg))
+            return found[0].id
+    return create_progress(kimg, total_kimg)
+
+
+class _PreemptionCrashLog(logging.Filter):
+    """Prefect logs a SIGTERMed task or flow as ERRORs, "Crash detected! Execution was aborted by a termination
+    signal." and "Finished in state Crashed(...)". For a training run that is a preemption, handled: the stage has
+    checkpointed and the run resumes (rescheduled, or restarted by the manager). Say that, as WARNINGs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR and PREFECT_SIGTERM_CRASH in text:  # also "Finished in state Crashed(..)"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if text.startswith("Crash detected!"):
+                record.msg, record.args = PREEMPTED_LOG, ()
+        return True
+
+
+PREEMPTED_LOG = ("Preempted (SIGTERM): the stage wrote a checkpoint and stopped; the run resumes from it when "
+                 "rescheduled (a deployment run) or restarted by the training manager")
+_FILTER = _PreemptionCrashLog()
+
+
+def log_preemptions_as_such() -> None:
+    """Install the filter on Prefect's flow- and task-run loggers in this process (idempotent)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def note_resumed_attempt(run_dir: str | Path) -> str:
+    """On a flow run's later attempt (rescheduled after a SIGTERM): set the stage task runs its earlier attempt
+    left Crashed to Cancelled, named Preempted, saying which attempt resumed from which checkpoint; returns
+    that sentence for the log ("" on a first attempt)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    from models.checkpoint import list_checkpoints
+
+    run_id, attempt = _this_flow_run()
+    if run_id is None or attempt <= 1:
+        return ""
+    found = list_checkpoints(run_dir)
+    ckpt = f"{found[-1][1]} ({found[-1][0]:g} kimg)" if found else "the start (no checkpoint yet)"
+    note = f"attempt {attempt} of this flow run resumes from {ckpt}"
+    stopped = []
+    with get_client(sync_client=True) as client:
+        for tr in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))):
+            # Only a SIGTERM's crash is a preemption; a stage lost otherwise stays Crashed.
+            if tr.state is not None and tr.state.type == StateType.CRASHED and PREFECT_SIGTERM_CRASH in (
+                    tr.state.message or ""):
+                message = f"stopped by SIGTERM (checkpointed) in an earlier attempt of the flow run; {note}"
+                client.set_task_run_state(tr.id, State(type=StateType.CANCELLED, name="Preempted",
+                                                       message=message), force=True)
+                stopped.append(tr.name)
+    return note + (f"; preempted before: {', '.join(stopped)}" if stopped else "")
+
+
+def update_progress(artifact_id: UUID | str, kimg: float, total_kimg: float, text: str) -> None:
+    from prefect.artifacts import update_progress_artifact
+
+    update_progress_artifact(UUID(str(artifact_id)), progress=percent(kimg, total_kimg), description=text)
+
+
+def publish_stage(run_dir: str | Path, stage_label: str, summary: dict, total_kimg: float) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(stage_markdown(stage_label, summary, total_kimg), key=artifact_key(run_dir),
+                             description=f"{stage_label}: {summary['kimg']:g} / {total_kimg:g} kimg")

@@ -1,0 +1,364 @@
+"""Training in stages: the stage plan (pure), one stage's run with preemption handling, and the @task.
+
+A stage trains a run directory from wherever its newest checkpoint is up to the stage's end kimg, so
+every attempt of a stage task (a Prefect retry, a rescheduled run, a restart by the manager) resumes
+instead of starting over. StyleGAN2 and StyleGAN3 train in cycles of `train.cycle_kimg`; PGGAN in one stage per
+resolution, each ending where models.pggan.GrowthSchedule has faded that resolution in and stabilized it.
+
+Preemption: SIGTERM makes the trainer checkpoint after its current step and stop, then the stage exits.
+The trainer runs in a worker thread while the calling (main) thread waits, so that the signal lands in
+the waiting thread and never in the middle of a training step:
+- under Prefect (its flow engine installs a SIGTERM bridge that raises TerminationSignal), the stage
+  keeps Prefect's handler, catches TerminationSignal, lets the trainer checkpoint, and re-raises it.
+  Prefect then does what the signal means: Crashed for a lone process (the manager restarts it), or
+  nothing when a `prefect flow-run execute` supervisor with PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=
+  reschedule sent it (that supervisor has already set the run AwaitingRetry). Replacing Prefect's handler
+  would break that: the supervisor's intent is only acknowledged while Prefect's bridge is installed;
+  unacknowledged, it SIGKILLs the process at once, before any checkpoint.
+- without Prefect's bridge (a plain call from the main thread), the stage installs its own SIGTERM
+  handler that sets the abort flag, restores the previous handler afterwards, and raises Preempted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
+from prefect.utilities.engine import is_prefect_sigterm_handler_installed
+
+from models.checkpoint import list_checkpoints
+from models.trainer import TrainConfig
+from tasks.training import report as train_report
+from tasks.params import ParamsError, load_params
+from tasks.retry import retry_unless_setup_error
+from tasks.training.run import run_training
+from tasks.training.transfer import transfer_config
+
+ARCHS = ("stylegan2", "stylegan3-t", "stylegan3-r", "pggan")
+CYCLED = ("stylegan2", "stylegan3-t", "stylegan3-r")  # trained in cycles of cycle_kimg, with ADA
+
+
+class Preempted(Exception):
+    """SIGTERM stopped a stage outside Prefect; its checkpoint is written, rerunning resumes from it."""
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+@dataclass(frozen=True)
+class TrainParams:
+    cycle_kimg: float          # StyleGAN2/3: kimg per stage (cycle)
+    cycles: int                # StyleGAN2/3: cycles when no total kimg is given
+    fade_kimg: float           # PGGAN: kimg per fade-in
+    stabilize_kimg: float      # PGGAN: kimg per resolution once faded in
+    snapshot_kimg: float       # checkpoint + sample grid every this many kimg
+    retries: int               # stage task retries
+    retry_delay_seconds: float # wait before a retry
+    batch: int                 # 0 = the preset's
+    channel_base: int          # 0 = the preset's
+    channel_max: int           # 0 = the preset's
+    net: dict = field(default_factory=dict)  # further architecture overrides
+    preset: str = "auto"
+    ada_target: float = 0.6    # StyleGAN2/3 only; PGGAN trains without ADA unless overridden
+    r1_gamma: float = -1.0     # R1 weight; -1 = the family's default
+    loss: str = ""             # "" = the family's
+    device: str = "auto"
+    arch: str = "stylegan2"    # family of runs that name none (`ganflow train`, dvc.yaml)
+    resolution: int = 256      # their resolution
+    kimg: float = 0.0          # their total kimg; 0 = the stage plan's (cycles x cycle_kimg, or PGGAN's growth)
+    seed: int = 0              # their seed
+    resume_from: str = ""      # a network file to start from (transfer learning); "" = train from scratch
+    freeze_d: int = 0          # Freeze-D: the discriminator's first N layers stay as in resume_from's network
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ParamsError(f"train.arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise ParamsError(f"train.resolution must be a power of two >= 4, not {self.resolution}")
+        if self.kimg < 0:
+            raise ParamsError(f"train.kimg must be >= 0 (0 = the stage plan's), not {self.kimg}")
+        for name in ("cycle_kimg", "snapshot_kimg"):
+            if getattr(self, name) <= 0:
+                raise ParamsError(f"train.{name} must be positive, not {getattr(self, name)}")
+        if self.fade_kimg < 0 or self.stabilize_kimg <= 0:
+            raise ParamsError("train.fade_kimg must be >= 0 and train.stabilize_kimg > 0")
+        if self.cycles < 1 or self.retries < 0 or self.retry_delay_seconds < 0:
+            raise ParamsError("train.cycles must be >= 1, train.retries and train.retry_delay_seconds >= 0")
+        if self.loss not in ("", "logistic", "wgan", "lsgan"):
+            raise ParamsError(f"train.loss must be '', logistic, wgan or lsgan, not {self.loss!r}")
+        if not isinstance(self.net, dict):
+            raise ParamsError(f"train.net must be a mapping, not {self.net!r}")
+        if self.freeze_d < 0:
+            raise ParamsError(f"train.freeze_d must be >= 0, not {self.freeze_d}")
+        if self.freeze_d and not self.resume_from:
+            raise ParamsError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
+                              "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
+
+
+_CASTS = {"float": float, "int": int, "str": str, "dict": dict}
+
+
+def train_params(path: str | Path = "params.yaml", **overrides: Any) -> TrainParams:
+    """The `train` section of params.yaml, with overrides (None means: keep the file's value)."""
+    data = load_params(path)
+    if "train" not in data:
+        raise ParamsError(f"{path} has no 'train' section")
+    values = {**data["train"], **{k: v for k, v in overrides.items() if v is not None}}
+    fields = {f.name: f for f in dataclasses.fields(TrainParams)}
+    unknown = sorted(set(values) - set(fields))
+    missing = sorted(k for k, f in fields.items() if k not in values
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing or unknown:
+        raise ParamsError(f"params section 'train': missing {missing}, unknown {unknown}")
+    try:
+        return TrainParams(**{k: _CASTS[fields[k].type](v if v is not None else "") for k, v in values.items()})
+    except (TypeError, ValueError) as e:
+        raise ParamsError(f"params section 'train': {e}") from e
+
+
+def train_config(p: TrainParams, arch: str, resolution: int, seed: int = 0,
+                 ada_target: float | None = None) -> TrainConfig:
+    """The trainer's config for one run: the params' settings for this family and resolution."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    net = {**{k: v for k, v in (("channel_base", p.channel_base), ("channel_max", p.channel_max)) if v}, **p.net}
+    if ada_target is None:  # params' ada_target is StyleGAN2-ADA's; PGGAN keeps its own default (off)
+        ada_target = p.ada_target if arch in CYCLED else -1.0
+    return TrainConfig(arch=arch, resolution=resolution, preset=p.preset, batch=p.batch, loss=p.loss,
+                       ada_target=ada_target, r1_gamma=p.r1_gamma, fade_kimg=p.fade_kimg,
+                       stabilize_kimg=p.stabilize_kimg, snapshot_kimg=p.snapshot_kimg, seed=seed, net=net,
+                       freeze_d=p.freeze_d)
+
+
+def run_config(p: TrainParams, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
+               given: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
+    """train_config, and for a run that starts from a network file (p.resume_from) the file's architecture:
+    tasks.training.transfer.transfer_config, which refuses the options in `given` (flag → value, as the user named
+    them) that contradict the file. Returns the config and notes for the log."""
+    cfg = train_config(p, arch, resolution, seed, ada_target)
+    if not p.resume_from:
+        return cfg, []
+    transferred, notes = transfer_config(cfg, p.resume_from, given)
+    if transferred.arch != cfg.arch:  # the family's own defaults (train.ada_target is StyleGAN2-ADA's)
+        transferred = dataclasses.replace(transferred, ada_target=train_config(
+            p, transferred.arch, transferred.resolution, seed, ada_target).ada_target)
+    return transferred, notes
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Stage:
+    index: int           # 0-based
+    count: int           # stages in the plan
+    name: str            # "cycle 2/5" | "16x16"
+    end_kimg: float      # the stage trains the run up to this many kimg (a total, not a length)
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.index + 1}/{self.count} ({self.name})"
+
+
+def stylegan2_stages(total_kimg: float, cycle_kimg: float) -> list[Stage]:
+    """Cycles of cycle_kimg up to total_kimg; the last one is shorter when total is not a multiple."""
+    if total_kimg <= 0 or cycle_kimg <= 0:
+        raise ValueError(f"kimg ({total_kimg}) and cycle_kimg ({cycle_kimg}) must be positive")
+    ends, k = [], 0.0
+    while k < total_kimg - 1e-9:
+        k = min(round(k + cycle_kimg, 6), total_kimg)
+        ends.append(k)
+    return [Stage(i, len(ends), f"cycle {i + 1}/{len(ends)}", e) for i, e in enumerate(ends)]
+
+
+def pggan_stages(resolution: int, fade_kimg: float, stabilize_kimg: float,
+                 total_kimg: float | None = None) -> list[Stage]:
+    """One stage per resolution, 4x4 first, ending at GrowthSchedule.stage_end_kimg (faded in, then
+    stabilized). With no total, the run ends when the final resolution is stabilized; a longer total
+    extends the last stage at full resolution; a shorter one stops the plan where it falls."""
+    from models.pggan import GrowthSchedule, resolution_stage, stage_resolution
+
+    schedule = GrowthSchedule(resolution_stage(resolution), stabilize_kimg=stabilize_kimg, fade_kimg=fade_kimg)
+    ends = [schedule.stage_end_kimg(s) for s in range(schedule.max_stage + 1)]
+    total = ends[-1] if total_kimg is None else total_kimg
+    if total <= 0:
+        raise ValueError(f"kimg must be positive, not {total}")
+    plan: list[tuple[int, float]] = []
+    for s, end in enumerate(ends):
+        plan.append((s, min(end, total)))
+        if end >= total:
+            break
+    if total > ends[-1]:
+        plan[-1] = (plan[-1][0], total)
+    return [Stage(i, len(plan), f"{stage_resolution(s)}x{stage_resolution(s)}", float(end))
+            for i, (s, end) in enumerate(plan)]
+
+
+def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainParams) -> list[Stage]:
+    """The stages up to total_kimg; None: train.kimg, or when that is 0 the family's default length."""
+    if total_kimg is None and p.kimg > 0:
+        total_kimg = p.kimg
+    if arch == "pggan":
+        return pggan_stages(resolution, p.fade_kimg, p.stabilize_kimg, total_kimg)
+    if arch in CYCLED:
+        return stylegan2_stages(total_kimg if total_kimg is not None else p.cycles * p.cycle_kimg, p.cycle_kimg)
+    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+
+
+def done_kimg(run_dir: str | Path) -> float:
+    """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business)."""
+    found = list_checkpoints(run_dir)
+    return found[-1][0] if found else 0.0
+
+
+def newest_samples(run_dir: str | Path) -> Path | None:
+    found = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------------------------- one stage
+
+@contextmanager
+def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
+    """While training, SIGTERM sets `flag`, unless Prefect's SIGTERM bridge is installed (see the module
+    docstring: it must stay, and its TerminationSignal is caught by the waiting thread instead)."""
+    if threading.current_thread() is not threading.main_thread() or is_prefect_sigterm_handler_installed():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg: float, *,
+              device: str = "cpu", resume_from: str | None = None,
+              progress_fn: Callable[[dict], None] | None = None,
+              report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
+    """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns the stage summary.
+
+    progress_fn(stats) runs in the training thread after every step (an exception from it fails the
+    stage, after any checkpoint of that step). report_fn(stats) runs in the calling thread at most every
+    report_every_s seconds with the newest stats: that is where Prefect artifacts are updated.
+    """
+    abort, done = threading.Event(), threading.Event()
+    newest: list[dict] = []   # the trainer thread appends; the waiting thread reads the last one
+    box: dict[str, Any] = {}
+    t0 = time.perf_counter()
+
+    def progress(stats: dict) -> None:
+        newest.append(stats)
+        del newest[:-1]
+        if progress_fn is not None:
+            progress_fn(stats)
+
+    def work() -> None:
+        try:
+            box["result"] = run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
+                                         progress_fn=progress, abort_fn=abort.is_set,
+                                         summary_fn=lambda info: box.setdefault("summary", info))
+        except BaseException as e:  # handed to the waiting thread, which raises it
+            box["error"] = e
+        finally:
+            done.set()
+
+    # Wait on an Event, never Thread.join: in Python 3.11 a signal handler raising inside join() makes the
+    # Thread object believe its (still running) thread has stopped.
+    worker = threading.Thread(target=work, name="ganflow-train-stage", daemon=True)
+    interrupt: BaseException | None = None
+    reported_at = 0.0
+    with _sigterm_sets(abort):
+        try:
+            worker.start()
+            while not done.wait(timeout=0.25):
+                if report_fn is not None and newest and time.monotonic() - reported_at >= report_every_s:
+                    reported_at = time.monotonic()
+                    report_fn(dict(newest[-1]))
+        except (TerminationSignal, KeyboardInterrupt) as e:  # Prefect's SIGTERM bridge, or Ctrl-C
+            interrupt = e
+        finally:
+            # Whatever ended the wait (a signal, even one inside report_fn's API call, or report_fn's own
+            # error), the trainer checkpoints after its current step and stops before this thread leaves.
+            while worker.ident is not None and not done.is_set():
+                abort.set()
+                try:
+                    done.wait(timeout=0.25)
+                except (TerminationSignal, KeyboardInterrupt) as e:  # a second signal: keep waiting
+                    interrupt = interrupt or e
+    if interrupt is not None:
+        raise interrupt
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    stats = result.stats
+    if stats.get("aborted"):
+        raise Preempted(f"SIGTERM: stopped at {stats['kimg']:g} kimg after writing {stats['checkpoint']}")
+    kimg = stats.get("kimg", done_kimg(run_dir))  # no stats: the stage was already done
+    samples = newest_samples(run_dir)
+    return {"end_kimg": end_kimg, "kimg": kimg, "resumed_from": result.resumed_from,
+            "transferred_from": result.transferred_from, "checkpoint": stats.get("checkpoint"),
+            "loss_D": stats.get("loss_D"), "loss_G": stats.get("loss_G"), "augment_p": stats.get("augment_p"),
+            "kimg_per_s": stats.get("kimg_per_s"), "samples": str(samples) if samples else None,
+            "seconds": time.perf_counter() - t0, "summary": box.get("summary")}
+
+
+# ---------------------------------------------------------------------------------------------- Prefect
+
+# A ValueError (no dataset, a bad config, a checkpoint from another version) is not retried: it would fail
+# the same way after every retry_delay_seconds.
+@task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE,  # the result is on disk
+      retry_condition_fn=retry_unless_setup_error)
+def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
+                     device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
+                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
+    """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
+    progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
+    from prefect.runtime import flow_run, task_run
+
+    logger = get_run_logger()
+    logger.info("%s: training from %g to %g kimg (task attempt %s, flow run attempt %s)", stage.label,
+                done_kimg(run_dir), stage.end_kimg, task_run.run_count or 1, flow_run.run_count or 1)
+
+    def report(stats: dict) -> None:
+        if not progress_artifact:
+            return
+        try:
+            train_report.update_progress(progress_artifact, stats["kimg"], total_kimg,
+                                         train_report.progress_text(stats["kimg"], total_kimg, stage.label, stats))
+        except Exception as e:  # an API hiccup must not stop training; the next report tries again
+            logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
+
+    summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
+                        progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+    summary["attempt"] = int(flow_run.run_count or 1)
+    if summary["resumed_from"]:
+        logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])
+    info = summary.pop("summary") or {}
+    if summary["transferred_from"]:
+        logger.info("%s: started from the networks of %s%s", stage.label, summary["transferred_from"],
+                    "".join(f"; {n}" for n in info.get("transfer_notes", [])))
+    if info and not summary["resumed_from"]:
+        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s", info["arch"],
+                    info["resolution"], f"{info['G_params']:,}", f"{info['D_params']:,}", info["batch"],
+                    info["loss"], info["ada_target"], info["device"],
+                    f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "")
+    report({**summary, "kimg_per_s": summary["kimg_per_s"] or 0})
+    train_report.publish_stage(run_dir, stage.label, summary, total_kimg)
+    logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, summary["kimg"], summary["seconds"],
+                summary["checkpoint"])
+    return summary

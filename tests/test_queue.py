@@ -170,7 +170,7 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
 
     (tmp_path / "d").mkdir()
     req = {**REQ, "data": str(tmp_path / "d"), "run_dir": str(tmp_path / "r"), "params": "/p.yaml",
-           "resume_from": "/nets/ffhq.pkl", "freeze_d": 4, "restart_on_change": True, "ada_target": None}
+           "resume_from": "-odd/ffhq.pkl", "freeze_d": 4, "restart_on_change": True, "ada_target": None}
     cmd = train_command(req, "abc123", python="py")
     assert cmd[:5] == ["py", "-m", "flows.cli", "train", "--flow"] and cmd[-2:] == ["--request-id", "abc123"]
     args = build_parser().parse_args(cmd[3:])

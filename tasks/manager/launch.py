@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def train_command(params: dict[str, Any], request_id: str, python: str = sys.executable) -> list[str]:
     """The command a user would type, `ganflow train --flow` with the request's settings (the train flow's
-    parameters, which the CLI's options are named after: run_dir → --run-dir; True → the bare flag)."""
+    parameters, which the CLI's options are named after: run_dir → --run-dir=...; True → the bare flag).
+    OPTION=VALUE, so that a value starting with '-' (a negative number, an odd path) stays a value."""
     cmd = [python, "-m", "flows.cli", "train", "--flow"]
     for key, value in params.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             cmd.append(flag)
         elif value is not None and value is not False:
-            cmd += [flag, str(value)]
+            cmd.append(f"{flag}={value}")
     return cmd + ["--request-id", request_id]
 
 

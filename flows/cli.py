@@ -13,6 +13,7 @@ from flows.datasets_cli import add_datasets_commands
 from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 from flows.serve_cli import add_serve_commands
+from flows.train_cli import add_flow_options, run_train_flow
 from flows.validate import OneLineParser, device, integer, number, power_of_two, writable_folder
 
 
@@ -216,10 +217,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="pggan: kimg per resolution once faded in (the paper's: 800)")
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     p.add_argument("--device", type=device, help="auto | cpu | cuda | cuda:N | mps")
+    add_flow_options(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if args.flow or args.request_id:
+        return run_train_flow(args)
     from dataclasses import replace
 
     from tasks.training.stages import plan_stages, resolve_device, run_config, train_params

@@ -1,14 +1,9 @@
 """The evaluate flow: FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of a run not evaluated
-yet, the best snapshot exported.
-
-    python -m flows.evaluate --run-dir runs/photos --data data/curated/photos [--inception-weights W] [--dinov2-weights W]
+yet, the best snapshot exported. The train flow runs it after each stage; `ganflow evaluate` is the command.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 
 from prefect import flow, get_run_logger
 
@@ -46,25 +41,6 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
         raise FileNotFoundError(reason)
     return evaluate_task(run_dir, data, weights and str(weights), p, device=device,
                          dinov2_weights=dinov2 and str(dinov2))
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description=evaluate_flow.__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--inception-weights")
-    ap.add_argument("--dinov2-weights")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--n-fake", type=int)
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args(argv)
-    print(json.dumps(evaluate_flow(a.run_dir, a.data, a.inception_weights, a.params, a.n_fake, a.device,
-                                   dinov2_weights=a.dinov2_weights), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> dict:

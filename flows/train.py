@@ -1,6 +1,6 @@
 """The train flow: plan the stages, then train them one by one, each a retried task that resumes.
 
-    python -m flows.train --data data/curated/photos --run-dir runs/photos --resolution 256 [--kimg 25000]
+    ganflow train --flow --data data/curated/photos --run-dir runs/photos --resolution 256 [--kimg 25000]
 
 Every stage task resumes from the run dir's newest checkpoint, so a retry, a rescheduled run or a
 restart by the training manager continues where the last one stopped; stages already done are skipped.
@@ -8,10 +8,6 @@ SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for h
 """
 from __future__ import annotations
 
-import argparse
-import os
-import signal
-import sys
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -97,68 +93,3 @@ def train_flow(
         results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
     return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
             "kimg": done_kimg(run_dir), "stages": results}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows.train", description=(
-        "Run the train flow: train in stages (StyleGAN2 cycles, PGGAN resolutions), every stage resuming "
-        "from RUN's newest checkpoint. Defaults come from params.yaml, section `train`."))
-    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--run-dir", required=True, metavar="RUN", help="run folder (checkpoints/, samples/)")
-    p.add_argument("--resolution", type=int, metavar="N", help="training resolution, a power of 2 (default: params)")
-    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
-                   help="network family (default: params)")
-    p.add_argument("--kimg", type=float, metavar="K", help="total kimg (default: from params.yaml)")
-    p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default: params)")
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
-    p.add_argument("--snapshot-kimg", type=float, metavar="S", help="checkpoint every S kimg (default: params)")
-    p.add_argument("--ada-target", type=float, metavar="T", help="ADA target, 0 = off (default: params)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: params)")
-    p.add_argument("--resume-from", metavar="FILE", help="transfer learning: start from this network file "
-                                                          "(.pt or NVIDIA .pkl), its architecture included")
-    p.add_argument("--freeze-d", type=int, metavar="N", help="Freeze-D: keep D's first N layers fixed")
-    p.add_argument("--request-id", metavar="ID", help="the training manager's request id (tags the flow run)")
-    return p
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Without a Prefect server configured, a flow starts a temporary one; Prefect gives it 20 s, which a busy
-    # laptop (or a `dvc repro` next to other work) can exceed.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    from prefect import tags
-
-    from models.data import DatasetError
-    from tasks.params import ParamsError
-
-    run_tags = [f"request:{args.request_id}"] if args.request_id else []
-    # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
-    # it found: exit through SystemExit then, so cleanup runs (a temporary Prefect server is stopped, not leaked).
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
-            result = train_flow(data=args.data, run_dir=args.run_dir, resolution=args.resolution, arch=args.arch,
-                                kimg=args.kimg, seed=args.seed, params=args.params, snapshot_kimg=args.snapshot_kimg,
-                                ada_target=args.ada_target, device=args.device, resume_from=args.resume_from,
-                                freeze_d=args.freeze_d)
-    except (ParamsError, DatasetError, ValueError, FileNotFoundError) as e:
-        print(f"python -m flows.train: error: {e}", file=sys.stderr)
-        return 2
-    for s in result["stages"]:
-        resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
-        resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
-        print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
-    print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
-    samples = [s["samples"] for s in result["stages"] if s["samples"]]
-    if samples:
-        print(f"latest sample grid: {samples[-1]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

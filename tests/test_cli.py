@@ -109,3 +109,17 @@ def test_ingest_reads_its_source_from_params_and_says_what_is_missing(tmp_path):
     assert not (tmp_path / "raw2").exists()
     given = ingest("--raw-dir", str(tmp_path / "raw3"), "--params", str(bad), "--input", str(photos))
     assert given.returncode == 0, given.stderr  # the option replaces the params' (incomplete) source
+
+
+def test_train_flow_refuses_an_option_the_flow_has_no_parameter_for(tmp_path, capsys):
+    """`ganflow train --flow` hands its options to the train flow; one the flow cannot take is a one-line error
+    before anything runs, never silently dropped."""
+    from flows.cli import main
+
+    (tmp_path / "d").mkdir()
+    code = main(["train", "--flow", "--data", str(tmp_path / "d"), "--run-dir", str(tmp_path / "r"),
+                 "--batch", "8", "--xflip"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("ganflow train: error: --batch, --xflip: the train flow takes no such option"), err
+    assert not (tmp_path / "r").exists()

@@ -1,7 +1,7 @@
 """The training manager against the real Prefect API (the test harness's server) and real processes.
 
 Runs that a lost machine leaves behind are made through the API as such a machine would leave them
-(Running, then silence); train processes are real `python -m flows.train` processes.
+(Running, then silence); train processes are real `ganflow train --flow` processes.
 """
 from __future__ import annotations
 
@@ -100,6 +100,29 @@ def test_completed_run_marks_request_done(tmp_path, api, manager_params):
     assert _pass(manager_params()) == [f"{rid}  done      after 1 attempt(s)"]
     req = q.get(rid)
     assert (req.state, req.kimg_done, req.reason) == ("done", 0.048, None)
+
+
+def test_progress_numbers_come_from_the_run_s_progress_event_whatever_its_text_says(tmp_path, api, manager_params):
+    """The manager keeps kimg done and kimg/s as numbers the train flow sends (tasks.training.report.emit_progress),
+    not what it can read back from the progress artifact's prose: reworded prose changes nothing."""
+    from uuid import UUID
+
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.states import Running
+
+    from tasks.manager.runs import view_run
+    from tasks.training.report import emit_progress
+
+    q, rid, run_id = _running_request(tmp_path, api, Running())
+    text = "24 of 48 images · half a kimg each second"
+    api.create_artifact(ArtifactCreate(type="progress", data=50.0, description=text, flow_run_id=UUID(run_id)))
+    emit_progress(0.024, 0.048, 0.5, flow_run_id=run_id)
+    deadline = time.time() + 60  # events are stored asynchronously
+    while view_run(api, api.read_flow_run(UUID(run_id))).kimg is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert _pass(manager_params()) == [f"{rid}  running   attempt 1: running, {text}"]  # the text, shown as it is
+    req = q.get(rid)
+    assert (req.state, req.kimg_done, req.kimg_target, req.kimg_per_s) == ("running", 0.024, 0.048, 0.5)
 
 
 def test_crashed_run_restarts_then_attempt_cap_fails_it(tmp_path, api, manager_params):
@@ -242,7 +265,7 @@ def test_sigkilled_training_is_restarted_by_manager_and_ends_bit_identical(tmp_p
                               env=env, capture_output=True, text=True, timeout=600)
 
     # The reference, trained alongside: the same request, by the train flow, never interrupted.
-    ref = subprocess.Popen([sys.executable, "-m", "flows.train", "--data", str(data), "--run-dir",
+    ref = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--flow", "--data", str(data), "--run-dir",
                             str(tmp_path / "ref"), "--arch", "stylegan2", "--resolution", "32", "--kimg", "0.048",
                             "--seed", "0", "--params", str(params)], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "ref.log").open("w"))

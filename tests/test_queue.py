@@ -156,10 +156,27 @@ def test_local_process_liveness_and_kill():
         time.sleep(0.05)
     assert process_state(proc.pid, here, "abc123") == "dead" and proc.poll() is not None
     assert not kill_local(proc.pid, here, "abc123")
-    cmd = train_command({**REQ, "params": "/p.yaml"}, "abc123", python="py")
-    assert cmd == ["py", "-m", "flows.train", "--data", "/d", "--run-dir", "/r", "--arch", "stylegan2",
-                   "--resolution", "32", "--kimg", "0.048", "--seed", "0", "--params", "/p.yaml",
-                   "--request-id", "abc123"]
+
+
+def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tmp_path):
+    """A local attempt is the command a user types, `ganflow train --flow`; the one CLI accepts every setting
+    a request carries and hands each, unchanged, to the train flow's parameter of the same name."""
+    import inspect
+
+    from flows.cli import build_parser
+    from flows.train import train_flow
+    from flows.train_cli import flow_parameters
+    from tasks.manager.launch import train_command
+
+    (tmp_path / "d").mkdir()
+    req = {**REQ, "data": str(tmp_path / "d"), "run_dir": str(tmp_path / "r"), "params": "/p.yaml",
+           "resume_from": "-odd/ffhq.pkl", "freeze_d": 4, "restart_on_change": True, "ada_target": None}
+    cmd = train_command(req, "abc123", python="py")
+    assert cmd[:5] == ["py", "-m", "flows.cli", "train", "--flow"] and cmd[-2:] == ["--request-id", "abc123"]
+    args = build_parser().parse_args(cmd[3:])
+    assert args.command == "train" and args.request_id == "abc123"
+    assert flow_parameters(args, set(inspect.signature(train_flow.fn).parameters)) == {
+        k: v for k, v in req.items() if v is not None}
 
 
 def test_status_shows_checkpoint_progress_and_eta(tmp_path):

@@ -161,7 +161,7 @@ def test_every_command_line_and_flow_takes_the_stylegan3_families(tmp_path, monk
     from flows.cli import build_parser
     from flows.pipeline import pipeline
     from flows.queue_cli import route_train_verbs
-    from flows.train import _parser, train_flow
+    from flows.train import train_flow
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()  # --data must be an existing folder
@@ -171,7 +171,7 @@ def test_every_command_line_and_flow_takes_the_stylegan3_families(tmp_path, monk
         submit = build_parser().parse_args(route_train_verbs(
             ["train", "submit", "--data", "d", "--arch", arch, "--resolution", "64", "--kimg", "1", "--run-dir", "r"]))
         assert submit.arch == arch
-        assert _parser().parse_args(["--data", "d", "--run-dir", "r", "--arch", arch]).arch == arch
+        assert build_parser().parse_args(["train", "--flow", "--data", "d", "--run-dir", "r", "--arch", arch]).arch == arch
         for fl in (train_flow, pipeline):
             annotation = inspect.signature(fl.fn).parameters["arch"].annotation
             assert arch in str(annotation) or arch in typing.get_args(annotation)

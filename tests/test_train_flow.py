@@ -64,6 +64,16 @@ def _artifacts(api, flow_run_id):
     return api.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
+def _manager_view(api, flow_run_id, until):
+    """The manager's view of a run, once `until(view)` holds (events are stored asynchronously) or after 60 s."""
+    from tasks.manager.runs import view_run
+
+    deadline = time.time() + 60
+    while not until(view := view_run(api, api.read_flow_run(flow_run_id))) and time.time() < deadline:
+        time.sleep(0.2)
+    return view
+
+
 def _logs(api, flow_run_id) -> list[tuple[int, str]]:
     """(level, message) of the flow run's log lines in the API, what its Logs tab shows."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -122,7 +132,7 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
     run_dir = tmp_path / "run"
     from prefect import tags
 
-    with tags("request:abc123"):  # how `python -m flows.train --request-id` (the manager's launch) tags its run
+    with tags("request:abc123"):  # how `ganflow train --request-id` (the manager's launch) tags its run
         state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
                            kimg=None if arch == "pggan" else 0.016, params=str(tiny_params(tmp_path, **extra)),
                            return_state=True)
@@ -147,6 +157,9 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
     assert progress[0].description.startswith(f"kimg {ends[-1]:g} / {ends[-1]:g}")
     reports = [a for a in artifacts if a.type == "markdown"]
     assert len(reports) == len(stages)
+    # What the training manager keeps of it: the numbers the flow sent with its progress, not its text.
+    view = _manager_view(api, run.id, until=lambda v: v.kimg == ends[-1])
+    assert (view.kimg, view.total_kimg) == (ends[-1], ends[-1]) and view.kimg_per_s > 0
     assert all("data:image/png;base64," in a.data and "| loss D |" in a.data for a in reports)
 
 
@@ -250,7 +263,7 @@ def _wait_for_stage(api, flow_run_filter, proc: subprocess.Popen, timeout: float
 
 
 def test_sigterm_checkpoints_at_once_and_the_rerun_resumes(tmp_path, api):
-    """A lone `python -m flows.train` (how the manager launches one): SIGTERM → checkpoint after the
+    """A lone `ganflow train --flow` (how the manager launches one): SIGTERM → checkpoint after the
     current step, flow run Crashed (what the manager restarts), and the same command resumes from it."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -260,8 +273,8 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_resumes(tmp_path, api):
     # Snapshots and stage ends far away: any checkpoint during the test comes from the SIGTERM.
     params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "flows.train", "--data", str(data), "--run-dir", str(run_dir), "--resolution", "32",
-           "--kimg", "1.0", "--params", str(params), "--request-id", "sigterm1"]
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--flow", "--data", str(data), "--run-dir", str(run_dir),
+           "--resolution", "32", "--kimg", "1.0", "--params", str(params), "--request-id", "sigterm1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tagged = FlowRunFilter(tags=FlowRunFilterTags(all_=["request:sigterm1"]))
     _wait_for_stage(api, tagged, proc)

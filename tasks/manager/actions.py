@@ -179,12 +179,12 @@ def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerParams,
 
 
 def _record_progress(queue: Queue, req: Request, view) -> None:
-    """kimg done, kimg/s and total from the run's progress artifact; the newest checkpoint from the run dir
+    """kimg done, kimg/s and total from the run's progress event; the newest checkpoint from the run dir
     when it is visible from here (its kimg too, for runs that have not reported progress yet)."""
     found = newest_checkpoint(req.params["run_dir"])
     kimg = total = rate = None
     if view is not None:
-        kimg, total, rate = view.kimg()
+        kimg, total, rate = view.kimg, view.total_kimg, view.kimg_per_s
         if kimg is None and view.progress is not None and req.kimg_target:
             kimg = view.progress / 100 * req.kimg_target
     if kimg is None and found is not None:

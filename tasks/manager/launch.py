@@ -1,7 +1,8 @@
 """Starting a training attempt as a detached process on this machine, and checking on it later.
 
-The process runs `python -m flows.train ... --request-id ID` in its own session (so it outlives the
-manager and a Ctrl-C in the manager's terminal), with its output in RUN/attempt-N.log. The train flow
+The process runs `ganflow train --flow ... --request-id ID` (as `python -m flows.cli`, so no PATH lookup)
+in its own session (so it outlives the manager and a Ctrl-C in the manager's terminal), with its output in
+RUN/attempt-N.log. Every setting the request carries becomes the option of the same name. The train flow
 tags its Prefect flow run `request:ID`; that tag, not the process, is how the manager follows it. The
 pid only answers one extra question when the manager runs on the same machine: is that process gone?
 A SIGKILLed process cannot report Crashed, so the API would show it Running until its heartbeats go stale.
@@ -16,17 +17,20 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FLAGS = {"data": "--data", "run_dir": "--run-dir", "arch": "--arch", "resolution": "--resolution",
-               "kimg": "--kimg", "seed": "--seed", "params": "--params", "resume_from": "--resume-from",
-               "freeze_d": "--freeze-d"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_command(params: dict[str, Any], request_id: str, python: str = sys.executable) -> list[str]:
-    cmd = [python, "-m", "flows.train"]
-    for key, flag in TRAIN_FLAGS.items():
-        if params.get(key) is not None:
-            cmd += [flag, str(params[key])]
+    """The command a user would type, `ganflow train --flow` with the request's settings (the train flow's
+    parameters, which the CLI's options are named after: run_dir → --run-dir=...; True → the bare flag).
+    OPTION=VALUE, so that a value starting with '-' (a negative number, an odd path) stays a value."""
+    cmd = [python, "-m", "flows.cli", "train", "--flow"]
+    for key, value in params.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            cmd.append(flag)
+        elif value is not None and value is not False:
+            cmd.append(f"{flag}={value}")
     return cmd + ["--request-id", request_id]
 
 

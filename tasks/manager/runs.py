@@ -6,11 +6,11 @@ A run's last sign of life is the newest of: its Running state's timestamp, its n
 `prefect.flow-run.heartbeat` event (the flow engine emits one every PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 seconds, 180 by default, from a thread beside the flow) and its newest artifact update (the train flow's
 progress artifact moves with every few training steps). A SIGKILLed process or a vanished machine stops
-all three, while the run stays Running in the API forever.
+all three, while the run stays Running in the API forever. The run's progress in numbers (kimg done, target,
+kimg/s) is the payload of its newest `ganflow.train.progress` event, sent with each artifact update.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,14 +22,14 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             FlowRunFilterId, FlowRunFilterTags)
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 
+from tasks.training.report import PROGRESS_EVENT
+
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-_NUM = r"([0-9][0-9.e+-]*)"
-_KIMG = re.compile(rf"kimg {_NUM} / {_NUM}")
-_RATE = re.compile(rf"{_NUM} kimg/s")
 
 
 @dataclass
@@ -39,17 +39,10 @@ class RunView:
     message: str
     last_alive: datetime | None
     progress: float | None      # percent, from the run's progress artifact
-    progress_text: str          # that artifact's description (the train flow writes kimg done / target there)
-
-    def kimg(self) -> tuple[float | None, float | None, float | None]:
-        """(kimg done, total kimg, kimg/s) as the train flow writes them in its progress artifact's
-        description ('kimg 12.3 / 25000 · stage 1/5 · 1.52 kimg/s · ...'); None where absent."""
-        done = total = rate = None
-        if m := _KIMG.search(self.progress_text):
-            done, total = float(m.group(1)), float(m.group(2))
-        if m := _RATE.search(self.progress_text):
-            rate = float(m.group(1))
-        return done, total, rate
+    progress_text: str          # that artifact's description, shown to people as it is
+    kimg: float | None = None   # kimg done, target and kimg/s, from the run's newest progress event
+    total_kimg: float | None = None
+    kimg_per_s: float | None = None
 
 
 def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: set[str]) -> FlowRun | None:
@@ -71,6 +64,9 @@ def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
     if state is not None and state.is_running():
         times.append(state.timestamp)
     times.append(_last_heartbeat(client, run))
+    numbers = _last_event(client, run, PROGRESS_EVENT)
+    payload = numbers.payload if numbers is not None else {}
+    times.append(numbers.occurred if numbers is not None else None)
     progress = progress_text = None
     for artifact in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])),
@@ -81,16 +77,23 @@ def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
     alive = [t for t in times if t is not None]
     return RunView(id=str(run.id), state=state.type.name if state else "PENDING",
                    message=(state.message or "") if state else "", last_alive=max(alive) if alive else None,
-                   progress=progress, progress_text=progress_text or "")
+                   progress=progress, progress_text=progress_text or "", kimg=_float(payload.get("kimg")),
+                   total_kimg=_float(payload.get("total_kimg")), kimg_per_s=_float(payload.get("kimg_per_s")))
 
 
 def _last_heartbeat(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
+    event = _last_event(client, run, HEARTBEAT_EVENT)
+    return event.occurred if event is not None else None
+
+
+def _last_event(client: SyncPrefectClient, run: FlowRun, name: str) -> Event | None:
+    """The newest event `name` about the flow run since it started."""
     since = run.start_time or run.created
     page = client.read_events(EventFilter(
-        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        event=EventNameFilter(name=[name]),
         resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
         **({"occurred": EventOccurredFilter(since=since)} if since else {})), limit=1)  # newest first
-    return page.events[0].occurred if page.events else None
+    return page.events[0] if page.events else None
 
 
 def _float(value: Any) -> float | None:
@@ -121,8 +124,7 @@ def crash_task_runs(client: SyncPrefectClient, run_id: str, message: str) -> int
 
 
 def mark_progress_stopped(client: SyncPrefectClient, run_id: str, reason: str) -> None:
-    """Say on the run's progress artifact that it stopped there (it would read as still moving); the kimg
-    text stays as it was, so RunView.kimg() still reads it."""
+    """Say on the run's progress artifact that it stopped there (it would read as still moving)."""
     for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]), type=ArtifactFilterType(any_=["progress"]))):
         text = artifact.description or ""

@@ -22,7 +22,7 @@ class ManagerParams:
     stale_after_seconds: float    # Running with no heartbeat/progress for this long = the machine is gone
     max_attempts: int             # attempts per request (first run + restarts) before it is marked failed
     max_running: int              # requests training at once (0 = no limit)
-    deployment: str               # "" = launch local `python -m flows.train` processes; else a deployment name
+    deployment: str               # "" = launch local `ganflow train --flow` processes; else a deployment name
 
     def __post_init__(self) -> None:
         if self.interval_seconds <= 0 or self.stale_after_seconds <= 0:

@@ -2,7 +2,8 @@
 stage, a markdown artifact with the stage's losses, ADA p, speed and its newest sample grid.
 
 The text is built by pure functions; the artifact calls are thin. The progress artifact's description is
-also what the training manager shows as a run's progress (tasks.manager.runs reads it back).
+what the training manager shows as a run's progress; the numbers it keeps (kimg done, target, kimg/s) come
+from a `ganflow.train.progress` event sent with every update, never from that text.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from uuid import UUID
 
 PREFECT_SIGTERM_CRASH = "termination signal"  # in the message of the state Prefect gives a SIGTERMed task run
 THUMB_SIDE = 384  # embedded sample grids are downscaled to this (artifacts live in the server's database)
+PROGRESS_EVENT = "ganflow.train.progress"  # payload: progress_payload(); resource: the flow run
 
 
 def percent(kimg: float, total_kimg: float) -> float:
@@ -35,6 +37,12 @@ def progress_text(kimg: float, total_kimg: float, stage_label: str = "", stats: 
     if "stage_resolution" in stats:
         parts.append(f"growing at {stats['stage_resolution']}² alpha {stats['alpha']:.2f}")
     return " · ".join(parts)
+
+
+def progress_payload(kimg: float, total_kimg: float, kimg_per_s: float | None = None) -> dict[str, float | None]:
+    """The numbers of a progress update, as the manager reads them back (tasks.manager.runs.view_run)."""
+    return {"kimg": float(kimg), "total_kimg": float(total_kimg),
+            "kimg_per_s": float(kimg_per_s) if kimg_per_s else None}
 
 
 def artifact_key(run_dir: str | Path) -> str:
@@ -99,6 +107,7 @@ def progress_for_run(kimg: float, total_kimg: float) -> UUID:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
     run_id, _ = _this_flow_run()
+    emit_progress(kimg, total_kimg)  # the target, known to the manager before the first step
     if run_id is not None:
         with get_client(sync_client=True) as client:
             found = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -171,6 +180,18 @@ def update_progress(artifact_id: UUID | str, kimg: float, total_kimg: float, tex
     from prefect.artifacts import update_progress_artifact
 
     update_progress_artifact(UUID(str(artifact_id)), progress=percent(kimg, total_kimg), description=text)
+
+
+def emit_progress(kimg: float, total_kimg: float, kimg_per_s: float | None = None,
+                  flow_run_id: UUID | str | None = None) -> None:
+    """Send the progress numbers as an event about the flow run (this one by default): typed JSON that the
+    manager reads through the API, wherever the run trains. An artifact holds only a percent and prose."""
+    from prefect.events import emit_event
+
+    run_id = flow_run_id or _this_flow_run()[0]
+    if run_id is not None:
+        emit_event(PROGRESS_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                   payload=progress_payload(kimg, total_kimg, kimg_per_s))
 
 
 def publish_stage(run_dir: str | Path, stage_label: str, summary: dict, total_kimg: float) -> None:

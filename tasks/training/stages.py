@@ -340,6 +340,7 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
         try:
             train_report.update_progress(progress_artifact, stats["kimg"], total_kimg,
                                          train_report.progress_text(stats["kimg"], total_kimg, stage.label, stats))
+            train_report.emit_progress(stats["kimg"], total_kimg, stats.get("kimg_per_s"))
         except Exception as e:  # an API hiccup must not stop training; the next report tries again
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 

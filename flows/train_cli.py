@@ -1,0 +1,61 @@
+"""`ganflow train --flow`: the train flow (stages, retries, progress in the Prefect UI) run in this process.
+
+Plain `ganflow train` trains in one go; with --flow the same command runs flows/train.py's flow, which is how
+the training manager launches its attempts (`--request-id ID` tags the flow run `request:ID`, which the manager
+follows through the API). The options go to the flow's parameters of the same name.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import signal
+
+# The train parser's own bookkeeping, never a flow parameter.
+_NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
+
+
+def add_flow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flow", action="store_true",
+                   help="run as the Prefect `train` flow: in stages (StyleGAN cycles of train.cycle_kimg, PGGAN "
+                        "resolutions), each a retried task resuming from the newest checkpoint, with a progress "
+                        "artifact and stage reports in the UI (how `ganflow manager` runs its requests)")
+    p.add_argument("--request-id", metavar="ID",
+                   help="tag the flow run `request:ID` (the training manager's launches; implies --flow)")
+
+
+def flow_parameters(args: argparse.Namespace, accepted: set[str]) -> dict:
+    """The given options as train flow parameters; an option the flow has no parameter for is an error."""
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None and v is not False}
+    refused = sorted(set(given) - accepted)
+    if refused:
+        names = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise ValueError(f"{names}: the train flow takes no such option (it reads the rest from params.yaml's "
+                         "`train` section); leave it out, or train without --flow")
+    return given
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_train_flow(args: argparse.Namespace) -> int:
+    from prefect import tags
+
+    from flows.train import train_flow
+
+    parameters = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))
+    # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
+    # it found: exit through SystemExit then, so cleanup runs (a temporary Prefect server is stopped, not leaked).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    run_tags = [f"request:{args.request_id}"] if args.request_id else []
+    with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
+        result = train_flow(**parameters)
+    for s in result["stages"]:
+        resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
+        resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
+        print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
+    print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
+    samples = [s["samples"] for s in result["stages"] if s["samples"]]
+    if samples:
+        print(f"latest sample grid: {samples[-1]}")
+    return 0

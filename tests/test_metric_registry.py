@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from tasks.evaluation import registry
-from tasks.evaluation.evaluate import EvaluateParams, evaluate_run, fid_table_rows, progress_line
+from tasks.evaluation.evaluate import (
+    EvaluateParams,
+    evaluate_run,
+    fid_table_rows,
+    progress_line,
+)
 from tasks.evaluation.fid_table import parse_fid_csv, read_fid_csv
 from tests.test_evaluate import run  # noqa: F401  (the tiny two-snapshot run, trained once for this module)
 

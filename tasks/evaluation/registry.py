@@ -170,7 +170,8 @@ def fd_dinov2(s: Snapshot, space) -> dict:
                                         Column("recall", label="recall", fmt="{:.3f}")), order=50)
 def precision_recall(s: Snapshot, space) -> dict:
     """Precision and recall (k=3); None below k+1 images on either side."""
-    from tasks.evaluation.audit import K, precision_recall as pr
+    from tasks.evaluation.audit import K
+    from tasks.evaluation.audit import precision_recall as pr
 
     real, fake = s.reals[space.metric].features, s.fakes[space.metric]
     if len(real) > K and len(fake) > K:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from tasks.curation.filters import fit_short_side
+from tasks.curation.registry import first_reason, register, registered
 from tasks.params import CurateParams
 
 # Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.
@@ -100,16 +101,38 @@ def text_scores(rgb: np.ndarray, params: CurateParams) -> dict:
     return {"text_boxes": boxes, "text_area": round(float(mask.mean()), 5)}
 
 
-def content_verdict(rgb: np.ndarray, params: CurateParams) -> tuple[str | None, dict, Box | None]:
-    """(reason or None, scores, face box to crop to in face_mode=crop)."""
-    faces = detect_faces(rgb, params)
-    scores: dict = {"faces": len(faces)}
-    face = faces[0] if faces else None
+@dataclass
+class ContentImage:
+    """What the content filters see (the pixels) and leave behind (scores, the face box to crop to)."""
+    rgb: np.ndarray
+    scores: dict = field(default_factory=dict)
+    face: Box | None = None
+
+
+@register("face", "no_face", stage="content", keys=("face_mode", "face_min_fraction", "face_min_neighbors"),
+          order=10)
+def face(image: ContentImage, params: CurateParams) -> str | None:
+    faces = detect_faces(image.rgb, params)
+    image.scores["faces"] = len(faces)
     if params.face_mode == "reject" and faces:
-        return "face", scores, None
+        return "face"
     if params.face_mode == "crop" and not faces:
-        return "no_face", scores, None
-    scores.update(text_scores(rgb, params))
-    if scores["text_area"] > params.text_max_area or scores["text_boxes"] > params.text_max_boxes:
-        return "text", scores, face
-    return None, scores, face
+        return "no_face"
+    image.face = faces[0] if faces else None
+    return None
+
+
+@register("text", stage="content",
+          keys=("text_min_confidence", "text_min_chars", "text_max_area", "text_max_boxes"), order=20)
+def text(image: ContentImage, params: CurateParams) -> str | None:
+    found = text_scores(image.rgb, params)
+    image.scores.update(found)
+    return "text" if found["text_area"] > params.text_max_area or found["text_boxes"] > params.text_max_boxes else None
+
+
+def content_verdict(rgb: np.ndarray, params: CurateParams) -> tuple[str | None, dict, Box | None]:
+    """(reason or None, scores, face box to crop to in face_mode=crop): the registered content filters in order,
+    up to the first that fails (a rejected image is not measured further)."""
+    image = ContentImage(rgb)
+    reason = first_reason(registered("content"), image, params)
+    return reason, image.scores, image.face

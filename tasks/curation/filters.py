@@ -10,6 +10,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from tasks.curation.registry import first_reason, register, registered
 from tasks.params import CurateParams
 
 
@@ -75,22 +76,32 @@ def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateParams)
     }
 
 
+@register("too_small", stage="cheap", keys=("resolution", "min_side_fraction"), order=10, header=True)
+def too_small(scores: dict, params: CurateParams) -> str | None:
+    return "too_small" if min(scores["width"], scores["height"]) < params.min_side else None
+
+
+@register("aspect", stage="cheap", keys=("max_aspect",), order=20, header=True)
+def aspect(scores: dict, params: CurateParams) -> str | None:
+    w, h = scores["width"], scores["height"]
+    return "aspect" if max(w, h) > params.max_aspect * min(w, h) else None
+
+
+@register("blurry", stage="cheap", keys=("blur_size", "blur_min_var"), order=30)
+def blurry(scores: dict, params: CurateParams) -> str | None:
+    return "blurry" if scores["blur_var"] < params.blur_min_var else None
+
+
+@register("grayscale", stage="cheap", keys=("blur_size", "gray_max_chroma"), order=40)
+def grayscale(scores: dict, params: CurateParams) -> str | None:
+    return "grayscale" if scores["gray_chroma"] < params.gray_max_chroma else None
+
+
 def size_verdict(width: int, height: int, params: CurateParams) -> str | None:
-    """too_small or aspect from the header's size alone, before any pixel is decoded or resized."""
-    if min(width, height) < params.min_side:
-        return "too_small"
-    if max(width, height) > params.max_aspect * min(width, height):
-        return "aspect"
-    return None
+    """The header checks' verdict (too_small, aspect) from the size alone, before any pixel is decoded or resized."""
+    return first_reason(registered("cheap", header=True), {"width": width, "height": height}, params)
 
 
 def cheap_verdict(scores: dict, params: CurateParams) -> str | None:
-    """The first failing cheap check's reason, or None when the image passes them all."""
-    size = size_verdict(scores["width"], scores["height"], params)
-    if size:
-        return size
-    if scores["blur_var"] < params.blur_min_var:
-        return "blurry"
-    if scores["gray_chroma"] < params.gray_max_chroma:
-        return "grayscale"
-    return None
+    """The first failing cheap check's reason (registry order), or None when the image passes them all."""
+    return first_reason(registered("cheap"), scores, params)

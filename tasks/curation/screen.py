@@ -12,21 +12,24 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
 from tasks.curation.cache import StageCache
+from tasks.curation.registry import stage_keys
 from tasks.params import CurateParams
 from tasks.curation.per_image import screen_cheap_one, screen_content_one
 from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
-# The settings each stage's results depend on: the cache key changes exactly when they do.
-CHEAP_KEYS = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
-CONTENT_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence",
-                "text_min_chars", "text_max_area", "text_max_boxes")
 SCREEN_VERSION = "3"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths)
 
 
-def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
-                keys: tuple[str, ...]) -> dict[str, dict]:
-    cache = StageCache(cache_dir, kind, SCREEN_VERSION + "-" + params.digest(*keys))
+def cache_key(kind: str, params: CurateParams) -> str:
+    """What a stage's cached results are filed under: they are reused exactly while the settings its registered
+    filters read (tasks.curation.registry.stage_keys) and the scoring code's version stay the same."""
+    return SCREEN_VERSION + "-" + params.digest(*stage_keys(kind))
+
+
+def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams,
+                cache_dir: str) -> dict[str, dict]:
+    cache = StageCache(cache_dir, kind, cache_key(kind, params))
     results: dict[str, dict] = {}
     todo = []
     for image_id, path in items:
@@ -44,11 +47,11 @@ def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParam
 
 
 def screen_cheap(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
-    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir, CHEAP_KEYS)
+    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir)
 
 
 def screen_content(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
-    return _run_cached("content", screen_content_one, items, params, cache_dir, CONTENT_KEYS)
+    return _run_cached("content", screen_content_one, items, params, cache_dir)
 
 
 @task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)

@@ -280,7 +280,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
     and `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
     from models.checkpoint import CheckpointError, list_checkpoints
     from models.generate import load_generator
-    from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold, memorized
+    from tasks.evaluation import registry
+    from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold
     from tasks.evaluation.metrics import (audit_space, extract_each, feature_spaces, read_weights, real_stats_each, scores,
                                sha256_file)
 
@@ -326,11 +327,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
             fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
-                m = scores(spaces, reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, radii)
-            m["memorized"] = (memorized(fakes[audit.metric], train, tau, p.memorized_quantile).fraction
-                              if tau is not None else None)
-            row = {"kimg": kimg, "fid": m.get("fid"), "kid": m.get("kid_mean"), **probe,
-                   **{k: m.get(k) for k in ("fd_dinov2", "precision", "recall", "memorized")}}
+                m = scores(spaces, reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, radii,
+                           registry.Memorization(tau, p.memorized_quantile), probe)
+            row = {"kimg": kimg, **registry.row(m)}
             rows.append(row)
             write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
             evaluated.append(kimg)
@@ -357,8 +356,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
     fresh = latest_detail is not None and latest_detail["kimg"] == latest["kimg"]
     summary = {
         "kimg": latest["kimg"],
-        **{k: latest.get(k) for k in ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")
-           if latest.get(k) is not None or k in ("fid", "kid")},
+        **{c.name: latest.get(c.name) for c in registry.columns()
+           if c.summary and (latest.get(c.name) is not None or c.always)},
         **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else
            {k: previous[k] for k in LATEST_KEYS if k in previous}),
         "best": ({"kimg": best["kimg"], p.rank_by: best[p.rank_by], "why": why, "file": BEST,
@@ -379,16 +378,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
 
 
 # ------------------------------------------------------------------ what the UI shows
-TABLE_COLUMNS = (("FID", "fid", "{:.4f}"), ("KID", "kid", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
-                 ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-                 ("memorized", "memorized", "{:.1%}"))
-
-
 def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
-    """The FID-over-kimg table for a Prefect table artifact (a column only when some row has a value for it)."""
-    shown = [c for c in TABLE_COLUMNS if c[1] in ("fid", "kid") or any(r.get(c[1]) is not None for r in rows)]
+    """The FID-over-kimg table for a Prefect table artifact: the registered metrics' labelled columns (each only
+    when some row has a value for it, or always shown)."""
+    from tasks.evaluation import registry
+
+    shown = [c for c in registry.columns()
+             if c.label and (c.always or any(r.get(c.name) is not None for r in rows))]
     return [{"kimg": f"{r['kimg']:g}",
-             **{title: fmt.format(r[k]) if r.get(k) is not None else "–" for title, k, fmt in shown},
+             **{c.label: c.fmt.format(r[c.name]) if r.get(c.name) is not None else "–" for c in shown},
              "note": row_note(r["kimg"], best_kimg, flagged, memorizing)}
             for r in sorted(rows, key=lambda r: r["kimg"])]
 
@@ -418,12 +416,12 @@ def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
 
 def progress_line(m: dict) -> str:
     """One snapshot's scores, for the CLI and the flow's log."""
+    from tasks.evaluation import registry
+
     parts = [f"{m['kimg']:g} kimg:"]
-    for label, key, fmt in (("FID", "fid", "{:.4f}"), ("KID", "kid_mean", "{:.5f}"), ("FD-DINOv2", "fd_dinov2", "{:.3f}"),
-                            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
-                            ("memorized", "memorized", "{:.1%}")):
-        if m.get(key) is not None:
-            parts.append(f"{label} {fmt.format(m[key])}")
+    for c in registry.columns():
+        if c.label and m.get(c.source) is not None:
+            parts.append(f"{c.label} {c.fmt.format(m[c.source])}")
     return " ".join(parts) + f" (N real {m['n_real']}, fake {m['n_fake']})"
 
 

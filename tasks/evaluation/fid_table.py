@@ -9,11 +9,10 @@ import io
 import os
 from pathlib import Path
 
+from tasks.evaluation.registry import csv_fields
+
 FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"  # the files `ganflow evaluate` writes in RUN/
-# losses: the discriminator probe's (logistic loss only); fd_dinov2 with evaluate.metrics [.., fd_dinov2];
-# precision/recall (k=3) and memorized (the fraction of generated images closer to a training image than the
-# memorization threshold) in DINOv2 features when those are computed, else Inception's
-CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision", "recall", "memorized")
+# fid.csv's columns after kimg are the registered metrics' (tasks.evaluation.registry), in registry order.
 
 
 def read_fid_csv(run_dir: str | Path) -> list[dict]:
@@ -26,18 +25,20 @@ def read_fid_csv(run_dir: str | Path) -> list[dict]:
 
 def parse_fid_csv(text: str) -> list[dict]:
     """fid.csv's rows as {field: float | None}; an empty cell is None, a cell that is not a number a ValueError."""
-    return [{k: float(r[k]) if r.get(k) else None for k in CSV_FIELDS} for r in csv.DictReader(io.StringIO(text))]
+    fields = csv_fields()
+    return [{k: float(r[k]) if r.get(k) else None for k in fields} for r in csv.DictReader(io.StringIO(text))]
 
 
 def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
     path = Path(run_dir) / FID_CSV
     tmp = path.with_name(f".{path.name}.tmp")
+    fields = csv_fields()
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in sorted(rows, key=lambda r: r["kimg"]):
             # repr: full precision, so a number read back equals the one computed
-            w.writerow({k: "" if r.get(k) is None else repr(float(r[k])) for k in CSV_FIELDS})
+            w.writerow({k: "" if r.get(k) is None else repr(float(r[k])) for k in fields})
     os.replace(tmp, path)
     return path
 

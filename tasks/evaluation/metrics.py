@@ -448,24 +448,17 @@ def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | N
 
 
 def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str, np.ndarray], with_kid: bool,
-           kid_subsets: int = 100, kid_subset_size: int = 1000, real_radii: np.ndarray | None = None) -> dict:
-    """fid and/or fd_dinov2, KID (in the first space), precision/recall (in the audit space; None below K+1 images),
+           kid_subsets: int = 100, kid_subset_size: int = 1000, real_radii: np.ndarray | None = None,
+           memorization=None, probe: dict | None = None) -> dict:
+    """The registered metrics (tasks.evaluation.registry: fid and/or fd_dinov2, KID in the first space,
+    precision/recall in the audit space, the memorized fraction when `memorization` asks, the probe's losses),
     the image counts and the small-N note."""
-    from tasks.evaluation.audit import K, precision_recall
+    from tasks.evaluation import registry
 
     first, audit = spaces[0], audit_space(spaces)
-    out: dict = {}
-    for s in spaces:
-        out[s.metric] = fid_from_stats(reals[s.metric], Stats.of(fakes[s.metric]))
+    out = registry.compute(registry.Snapshot(spaces, reals, fakes, with_kid, kid_subsets, kid_subset_size,
+                                             real_radii, memorization, probe))
     out["n_real"], out["n_fake"] = reals[first.metric].n, len(fakes[first.metric])
-    if with_kid:
-        out["kid_mean"], out["kid_std"] = kid(reals[first.metric].features, fakes[first.metric], kid_subsets,
-                                              kid_subset_size)
-    real_f, fake_f = reals[audit.metric].features, fakes[audit.metric]
-    if len(real_f) > K and len(fake_f) > K:
-        out["precision"], out["recall"] = precision_recall(fake_f, real_f, K, real_radii)
-    else:
-        out["precision"] = out["recall"] = None
     out["audit_features"] = audit.name
     note = small_n_warning(min(out["n_real"], out["n_fake"]))
     if note:

@@ -1,0 +1,163 @@
+"""The filter registry: filters run in their registered order, and a stage's cache key covers every curate
+setting its filters read, so a new filter (or a new threshold) can never be answered by a stale cached verdict."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import yaml
+from PIL import Image
+
+from tasks.curation import registry, screen
+from tasks.curation.detectors import ContentImage, content_verdict
+from tasks.curation.filters import cheap_scores, cheap_verdict, size_verdict
+from tasks.params import curate_params
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+class ReadsRecorded:
+    """Stands in for the settings and records every setting read, through properties too (min_side reads
+    resolution and min_side_fraction)."""
+
+    def __init__(self, params):
+        self._params = params
+        self.read: set[str] = set()
+
+    def __getattr__(self, name):
+        prop = getattr(type(self._params), name, None)
+        if isinstance(prop, property):
+            return prop.fget(self)
+        self.read.add(name)
+        return getattr(self._params, name)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return dataclasses.replace(curate_params(PARAMS_FILE), workers=1)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {"astronaut": skimage.data.astronaut(), "page": np.stack([skimage.data.page()] * 3, -1),
+            "rocket": skimage.data.rocket()}
+
+
+@pytest.fixture()
+def extra_filter():
+    """A header check registered for one test that reads a setting no built-in cheap filter reads (ordered after
+    blurry, a thumbnail check)."""
+
+    @registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=35, header=True)
+    def huge(scores: dict, params) -> str | None:
+        return "huge" if scores["width"] * scores["height"] * 3 > params.max_member_bytes else None
+
+    yield huge
+    registry.unregister("huge")
+
+
+def test_builtin_filters_in_order(params):
+    assert [(f.name, f.reasons) for f in registry.registered("cheap")] == [
+        ("too_small", ("too_small",)), ("aspect", ("aspect",)), ("blurry", ("blurry",)), ("grayscale", ("grayscale",))]
+    assert [(f.name, f.reasons) for f in registry.registered("content")] == [("face", ("face", "no_face")),
+                                                                           ("text", ("text",))]
+    # a 100x100 grey blurry image fails all cheap checks but too_small's reason wins (the first registered)
+    assert cheap_verdict({"width": 100, "height": 100, "blur_var": 0.0, "gray_chroma": 0.0}, params) == "too_small"
+
+
+def test_each_setting_a_filter_reads_is_declared_and_in_the_cache_key(params, photos):
+    """Run every registered filter on real photos with settings that record what is read."""
+    cached = {stage: set(registry.stage_keys(stage)) for stage in registry.STAGES}
+    rocket = photos["rocket"]
+    scores = cheap_scores(rocket, rocket.shape[1], rocket.shape[0], params)
+    for f in registry.registered("cheap"):
+        seen = ReadsRecorded(params)
+        f.check(scores, seen)
+        assert seen.read, f.name
+        assert seen.read <= set(f.keys), (f.name, seen.read - set(f.keys))
+        assert set(f.keys) <= cached["cheap"], f.name
+    for f in registry.registered("content"):
+        for name in ("astronaut", "page"):  # a face; a page of text (so the text rule reads its thresholds)
+            seen = ReadsRecorded(params)
+            f.check(ContentImage(photos[name]), seen)
+            assert seen.read, f.name
+            assert seen.read <= set(f.keys), (f.name, name, seen.read - set(f.keys))
+        assert set(f.keys) <= cached["content"], f.name
+
+
+def test_filter_keys_are_curate_settings():
+    curate = yaml.safe_load(PARAMS_FILE.read_text())["curate"]
+    for stage in registry.STAGES:
+        assert set(registry.stage_keys(stage)) <= set(curate), stage
+
+
+def test_cache_key_derives_from_the_registered_filters(params):
+    """The digest of exactly the registered filters' keys (plus the thumbnail size) and the code version:
+    for the built-in filters, the key of the caches written before the registry existed."""
+    before = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
+    assert screen.cache_key("cheap", params) == screen.SCREEN_VERSION + "-" + params.digest(*before)
+    content = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence", "text_min_chars",
+               "text_max_area", "text_max_boxes")
+    assert screen.cache_key("content", params) == screen.SCREEN_VERSION + "-" + params.digest(*content)
+
+
+def test_registering_a_filter_that_reads_a_new_key_changes_the_cache_key(params):
+    key = screen.cache_key("cheap", params)
+    unrelated = dataclasses.replace(params, max_member_bytes=params.max_member_bytes + 1)
+    assert screen.cache_key("cheap", unrelated) == key  # no cheap filter reads it yet
+
+    @registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=25, header=True)
+    def huge(scores, p):
+        return None
+
+    try:
+        assert "max_member_bytes" in registry.stage_keys("cheap")
+        assert screen.cache_key("cheap", params) != key
+        assert screen.cache_key("cheap", unrelated) != screen.cache_key("cheap", params)  # now it matters
+    finally:
+        registry.unregister("huge")
+    assert screen.cache_key("cheap", params) == key
+
+
+def test_a_new_filter_is_not_answered_from_the_cache(params, extra_filter, tmp_path):
+    """Real files screened into a cache, then a filter is added and its threshold moved: each time the verdicts
+    are the new ones, never the cached ones."""
+    paths = []
+    for name in ("rocket", "astronaut"):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(skimage.data, name)()).save(path)
+        paths.append((name, str(path)))
+    cache = str(tmp_path / "cache")
+    registry.unregister("huge")
+    assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
+    registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=35, header=True)(extra_filter)
+    small = dataclasses.replace(params, max_member_bytes=1000)
+    assert {r["reason"] for r in screen.screen_cheap(paths, small, cache).values()} == {"huge"}
+    assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
+    assert len(list((tmp_path / "cache" / "cheap").iterdir())) == 3  # three settings, three cache folders
+
+
+def test_header_checks_run_before_decoding_whatever_their_order(params, extra_filter):
+    """Screening judges the header before decoding: a header check ordered after a thumbnail check still runs
+    before it, in size_verdict and in cheap_verdict alike, so both give the same reason."""
+    assert [f.name for f in registry.registered("cheap")] == ["too_small", "aspect", "huge", "blurry", "grayscale"]
+    small = dataclasses.replace(params, max_member_bytes=1000)
+    assert size_verdict(600, 600, small) == "huge"
+    assert cheap_verdict({"width": 600, "height": 600, "blur_var": 0.0, "gray_chroma": 0.0}, small) == "huge"
+    assert size_verdict(100, 100, small) == "too_small"  # order 10 beats order 35
+
+
+def test_content_filters_stop_at_the_first_failure(params, photos):
+    reason, scores, box = content_verdict(photos["astronaut"], params)
+    assert (reason, box) == ("face", None)
+    assert list(scores) == ["faces"]  # the text filter, registered after, did not run
+
+
+def test_bad_registrations_are_refused():
+    with pytest.raises(registry.FilterError, match="stage"):
+        registry.register("x", stage="decode", keys=(), order=1)
+    with pytest.raises(registry.FilterError, match="already given by filter 'blurry'"):
+        registry.register("blurry", stage="cheap", keys=(), order=99)(lambda s, p: None)

@@ -9,7 +9,7 @@ import io
 import os
 from pathlib import Path
 
-FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"  # the files `ganflow evaluate` writes in RUN/
+from models.run_dir import BEST, FID_CSV, METRICS_JSON, RunDir  # noqa: F401 - the files `ganflow evaluate` writes in RUN/
 # losses: the discriminator probe's (logistic loss only); fd_dinov2 with evaluate.metrics [.., fd_dinov2];
 # precision/recall (k=3) and memorized (the fraction of generated images closer to a training image than the
 # memorization threshold) in DINOv2 features when those are computed, else Inception's
@@ -17,7 +17,7 @@ CSV_FIELDS = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision"
 
 
 def read_fid_csv(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / FID_CSV
+    path = RunDir(run_dir).fid_csv
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -30,7 +30,7 @@ def parse_fid_csv(text: str) -> list[dict]:
 
 
 def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
-    path = Path(run_dir) / FID_CSV
+    path = RunDir(run_dir).fid_csv
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -6,6 +6,7 @@
     RUN/metrics.json                 the latest scores, the best snapshot and flags (DVC metrics)
     RUN/best.pt                      G_ema + arch of the best snapshot
     RUN/superseded/<n>/              checkpoints/ and samples/ of an earlier run, set aside (restart_on_change)
+    RUN/attempt-<n>.log              output of the training manager's n-th detached attempt
 
 Users, dvc.yaml's outs and the README rely on these names: they never change. <kimg> is written with three
 decimals, zero-padded to ten characters, so names sort in training order.
@@ -98,6 +99,9 @@ class RunDir:
         return self.path / METRICS_JSON
 
     # ------------------------------------------------------------------ restarts
+    def attempt_log(self, attempt: int) -> Path:
+        return self.path / f"attempt-{attempt}.log"
+
     @property
     def superseded(self) -> Path:
         return self.path / SUPERSEDED

@@ -22,6 +22,7 @@ def test_every_file_and_folder_has_its_documented_name(tmp_path):
     assert (run.best, run.fid_csv, run.metrics) == (tmp_path / "best.pt", tmp_path / "fid.csv",
                                                     tmp_path / "metrics.json")
     assert run.superseded == tmp_path / "superseded"
+    assert run.attempt_log(2) == tmp_path / "attempt-2.log"
     assert run.set_aside_on_restart == (tmp_path / "checkpoints", tmp_path / "samples")
     with pytest.raises(AttributeError):
         run.path = Path("elsewhere")  # frozen: a layout is a value

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from models.run_dir import RunDir
 from models.trainer import TrainConfig, Trainer
 import yaml
 
@@ -77,7 +78,7 @@ def measure(name: str, steps_per_snapshot: int, snapshots: int, default_snapshot
     snap_total = sum(times)
     train_s_per_kimg = (total - snap_total) / (snapshots * interval_kimg)
     one = statistics.median(times)
-    ckpt = sorted((tmp / name / "checkpoints").glob("ckpt-*.pt"))[-1]
+    ckpt = RunDir(tmp / name).checkpoint_files()[-1][1]
     at_default = one / (one + default_snapshot_kimg * train_s_per_kimg)
     return {"config": name, "resolution": res, "batch": batch, "net": spec.get("net", {}), "device": device,
             "G_params": sum(p.numel() for p in trainer.G.parameters()),

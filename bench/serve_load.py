@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from models.generate import build_generator, images_from_seeds
+from models.run_dir import RunDir
 from tasks.serving.app import Explorer, to_png
 
 
@@ -47,8 +48,9 @@ def demo_snapshot(folder: Path) -> Path:
     torch.manual_seed(0)
     G = build_generator(arch)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"G_ema": G.state_dict(), "arch": arch, "kimg": 0.0}, folder / "best.pt")
-    return folder / "best.pt"
+    best = RunDir(folder).best
+    torch.save({"G_ema": G.state_dict(), "arch": arch, "kimg": 0.0}, best)
+    return best
 
 
 def free_port() -> int:
@@ -129,7 +131,7 @@ def main() -> int:
         run = Path(tmp) / "run"
         if a.snapshot:  # a copy: the server refuses a link that leads out of its run folder
             run.mkdir()
-            shutil.copyfile(a.snapshot, run / "best.pt")
+            shutil.copyfile(a.snapshot, RunDir(run).best)
         else:
             demo_snapshot(run)
         port = free_port()

@@ -226,6 +226,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return run_train_flow(args)
     from dataclasses import replace
 
+    from models.run_dir import RunDir
     from tasks.training.stages import plan_stages, resolve_device, run_config, train_params
     from tasks.training.run import run_training
 
@@ -281,10 +282,11 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"resumed from {result.resumed_from}")
     if result.transferred_from:
         print(f"started from the networks of {result.transferred_from}")
-    print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {Path(args.run_dir) / 'checkpoints'}")
-    samples = sorted((Path(args.run_dir) / "samples").glob("fakes-*.png"))
+    run = RunDir(args.run_dir)
+    print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {run.checkpoints}")
+    samples = run.newest_sample_grid()
     if samples:
-        print(f"latest sample grid: {samples[-1]}")
+        print(f"latest sample grid: {samples}")
     return 0
 
 

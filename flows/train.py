@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
+from tasks.training.results import TrainedStage, TrainRun
 from tasks.training.stages import done_kimg, plan_stages, resolve_device, run_config, train_params, train_stage_task
 from tasks.training.run import claim_run_dir
 
@@ -81,15 +82,16 @@ def train_flow(
     logger.info("%s %s² to %g kimg in %d stage(s) on %s%s", arch, resolution, total, len(stages), dev,
                 f", resuming at {start:g} kimg" if start else "")
 
-    results = []
+    results: list[TrainedStage] = []
     for stage in stages:
         if stage.end_kimg <= start:
             logger.info("%s: done before this run (%g kimg), skipped", stage.label, stage.end_kimg)
             continue
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
-        results.append({"stage": stage.label, **stage_task(cfg, data, run_dir, stage, total, device=dev,
-                                                           resume_from=p.resume_from or None,
-                                                           progress_artifact=str(progress))})
-        results[-1]["evaluate"] = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
-    return {"run_dir": run_dir, "arch": arch, "resolution": resolution, "total_kimg": total,
-            "kimg": done_kimg(run_dir), "stages": results}
+        trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=p.resume_from or None,
+                             progress_artifact=str(progress))
+        evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
+        results.append(TrainedStage(stage.label, trained, evaluated))
+    # A plain dict at the flow's edge (the run's result, the pipeline flow's and the CLI's input): TrainRun's keys.
+    return TrainRun(run_dir, arch, resolution, total, done_kimg(run_dir), tuple(results)).to_dict()
+

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import stat
 import tempfile
 import warnings
@@ -17,12 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CKPT_DIR = "checkpoints"
-_NAME = re.compile(r"^ckpt-(\d+(?:\.\d+)?)\.pt$")
-
-
-def checkpoint_name(kimg: float) -> str:
-    return f"ckpt-{kimg:010.3f}.pt"
+from models.run_dir import CHECKPOINTS as CKPT_DIR  # noqa: F401 - the name callers import from here
+from models.run_dir import RunDir, checkpoint_name  # noqa: F401 - idem
 
 
 def rng_state() -> dict[str, Any]:
@@ -46,7 +41,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_path(run_dir: str | Path, kimg: float) -> Path:
-    return Path(run_dir) / CKPT_DIR / checkpoint_name(kimg)
+    return RunDir(run_dir).checkpoint(kimg)
 
 
 def save_atomic(state: dict[str, Any], path: str | Path, tmp_prefix: str | None = None) -> Path:
@@ -129,13 +124,7 @@ def _why(e: Exception) -> str:
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[float, Path]]:
     """(kimg, path) of every checkpoint file, oldest first."""
-    folder = Path(run_dir) / CKPT_DIR
-    found = []
-    for p in folder.glob("ckpt-*.pt") if folder.exists() else []:
-        m = _NAME.match(p.name)
-        if m:
-            found.append((float(m.group(1)), p))
-    return sorted(found)
+    return RunDir(run_dir).checkpoint_files()
 
 
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:

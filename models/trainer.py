@@ -27,6 +27,7 @@ from models.arch import Arch, build_arch
 from models.augment import AdaController, AugmentPipe
 from models.transfer import Networks, TransferError, arch_differences, freeze_discriminator
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
+from models.run_dir import RunDir
 
 CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
 
@@ -212,7 +213,7 @@ class Trainer:
         rng = torch.get_rng_state()  # sampling must not move the training RNG (exact resume)
         images = images_from_seeds(self.G_ema, self.describe_arch(), list(seeds))
         torch.set_rng_state(rng)
-        path = self.run_dir / "samples" / f"fakes-{self.nimg / 1000:010.3f}.png"
+        path = RunDir(self.run_dir).sample_grid(self.nimg / 1000)
         path.parent.mkdir(parents=True, exist_ok=True)
         grid(images).save(path)
         return path

@@ -107,6 +107,33 @@ def test_stage_plans_follow_params_and_growth_schedule():
         pggan_stages(48, 800, 800)
 
 
+def test_stage_report_is_a_table_of_the_stage_result():
+    from dataclasses import replace
+
+    from tasks.training.report import stage_markdown
+    from tasks.training.results import StageResult, TrainedStage
+
+    result = StageResult.from_stats(0.016, 0.016, {"checkpoint": "run/checkpoints/ckpt-000000.016.pt", "loss_D": 1.25,
+                                                   "loss_G": 0.5, "augment_p": 0.0125, "kimg_per_s": 0.0456},
+                                    resumed_from="run/checkpoints/ckpt-000000.008.pt", transferred_from=None,
+                                    samples="run/samples/fakes-000000.016.png", seconds=3.21, run_info={"arch": "x"})
+    assert stage_markdown("stage 2/2 (cycle 2/2)", replace(result, attempt=2), 0.016, embed=False) == (
+        "### Training stage 2/2 (cycle 2/2)\n\n| | |\n|---|---|\n"
+        "| kimg | 0.016 / 0.016 (stage ends at 0.016) |\n| loss D | 1.25 |\n| loss G | 0.5 |\n| ADA p | 0.013 |\n"
+        "| kimg/s | 0.0456 |\n| stage time | 3.2 s |\n| resumed from | `run/checkpoints/ckpt-000000.008.pt` |\n"
+        "| flow run attempt | 2 (resumed after a preemption) |\n| checkpoint | `run/checkpoints/ckpt-000000.016.pt` |\n"
+        "| sample grid | `run/samples/fakes-000000.016.png` |\n")
+    nothing_left = StageResult.from_stats(0.008, 0.008, {}, resumed_from=None, transferred_from=None, samples=None,
+                                          seconds=0.1)
+    assert "| loss D | – |" in stage_markdown("s", nothing_left, 0.016) and "| checkpoint | – |" in stage_markdown(
+        "s", nothing_left, 0.016)
+    row = TrainedStage("stage 1/2 (cycle 1/2)", nothing_left, {"skipped": "no weights"}).to_dict()
+    assert row == {"stage": "stage 1/2 (cycle 1/2)", "end_kimg": 0.008, "kimg": 0.008, "resumed_from": None,
+                   "transferred_from": None, "checkpoint": None, "loss_D": None, "loss_G": None, "augment_p": None,
+                   "kimg_per_s": None, "samples": None, "seconds": 0.1, "attempt": 1, "evaluate": {"skipped": "no weights"}}
+    assert "run_info" not in result.to_dict()  # the trainer's description is logged, not returned
+
+
 def test_train_params_errors_name_the_key(tmp_path):
     from tasks.params import ParamsError
     from tasks.training.stages import train_params
@@ -143,6 +170,11 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
 
     # PGGAN: one stage per resolution, ending where the growth schedule has stabilized it (0.008, 0.024, 0.040).
     ends = [0.008, 0.024, 0.040] if arch == "pggan" else [0.008, 0.016]
+    # The flow's result is plain data (TrainRun.to_dict): the keys, in the order it has always returned them.
+    assert list(result) == ["run_dir", "arch", "resolution", "total_kimg", "kimg", "stages"]
+    assert all(list(s) == ["stage", "end_kimg", "kimg", "resumed_from", "transferred_from", "checkpoint", "loss_D",
+                           "loss_G", "augment_p", "kimg_per_s", "samples", "seconds", "attempt", "evaluate"]
+               for s in result["stages"])
     assert [s["stage"].split("(")[1].rstrip(")") for s in result["stages"]] == stages
     assert [s["kimg"] for s in result["stages"]] == ends
     assert [s["resumed_from"] is not None for s in result["stages"]] == [False] + [True] * (len(stages) - 1)
@@ -183,7 +215,7 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
             raise RuntimeError("injected failure after the first checkpoint")
 
     @flow(name="train-retry-test")
-    def one_stage(run_dir: str) -> dict:
+    def one_stage(run_dir: str):
         task = train_stage_task.with_options(retries=1, retry_delay_seconds=0)
         return task(cfg, str(data), run_dir, stage, stage.end_kimg, progress_fn=fail_once)
 
@@ -192,12 +224,12 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     summary = state.result()
     assert failed_at == [0.008]
     assert [k for k, _ in list_checkpoints(tmp_path / "run")] == [0.008, 0.016]
-    assert summary["resumed_from"] == str(tmp_path / "run" / "checkpoints" / "ckpt-000000.008.pt")
+    assert summary.resumed_from == str(tmp_path / "run" / "checkpoints" / "ckpt-000000.008.pt")
     (task_run,) = _task_runs(api, state.state_details.flow_run_id)
     assert task_run.run_count == 2 and task_run.state.is_completed()
 
     reference = run_stage(cfg, data, tmp_path / "ref", 0.016)  # the pure function, no Prefect, no failure
-    assert reference["resumed_from"] is None
+    assert reference.resumed_from is None
     assert _same(latest_checkpoint(tmp_path / "ref")[1]["G_ema"], latest_checkpoint(tmp_path / "run")[1]["G_ema"])
 
 

@@ -20,7 +20,8 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluation.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
+from models.run_dir import BEST, RunDir
+from tasks.evaluation.fid_table import read_fid_csv, row_note, write_fid_csv
 from tasks.params import ParamsError
 
 
@@ -233,7 +234,7 @@ def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Pat
 
 
 def _previous_metrics(run_dir: Path, warn: Callable[[str], None]) -> dict:
-    path = run_dir / METRICS_JSON
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return {}
     try:
@@ -250,7 +251,7 @@ def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
     try:
         rows = read_fid_csv(run_dir)
     except (OSError, ValueError, KeyError) as e:
-        warn(f"{run_dir / FID_CSV} is unreadable ({type(e).__name__}): every snapshot is evaluated again")
+        warn(f"{RunDir(run_dir).fid_csv} is unreadable ({type(e).__name__}): every snapshot is evaluated again")
         return []
     return [r for r in rows if r["kimg"] is not None]
 
@@ -349,7 +350,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
         ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
         if ckpt is not None:
             try:
-                export_best(ckpt, run_dir / BEST, {p.rank_by: best[p.rank_by]})
+                export_best(ckpt, RunDir(run_dir).best, {p.rank_by: best[p.rank_by]})
             except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
                 warn(f"best.pt not exported: {e}")
     latest = rows[-1]
@@ -371,9 +372,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
         **({"extractor": "; ".join(notes)} if notes else
            {"extractor": previous["extractor"]} if not todo and "extractor" in previous else {}),
     }
-    tmp = run_dir / f".{METRICS_JSON}.tmp"
+    metrics_json = RunDir(run_dir).metrics
+    tmp = metrics_json.with_name(f".{metrics_json.name}.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / METRICS_JSON)
+    os.replace(tmp, metrics_json)
     return {**summary, "evaluated": evaluated, "skipped": {f"{k:g}": why for k, why in sorted(skipped.items())}}
 
 
@@ -452,10 +454,10 @@ def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParam
     key = artifact_key(run_dir).replace("train-", "fid-", 1)
     create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg"), memorizing),
                           description=f"FID over kimg for {run_dir} (best: {best.get('kimg', '–')} kimg)")
-    samples = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
+    samples = RunDir(run_dir).sample_grids()
     lines = [f"### Evaluation of {run_dir}", "",
              f"Best snapshot: {best.get('kimg', '–')} kimg, {LABELS[p.rank_by]} {best.get(p.rank_by, float('nan')):.4f} "
-             f"({best.get('why', '')}) → `{Path(run_dir) / BEST}`" if best else "No best snapshot."]
+             f"({best.get('why', '')}) → `{RunDir(run_dir).best}`" if best else "No best snapshot."]
     if flagged:
         lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]
     if memorizing:

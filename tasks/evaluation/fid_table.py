@@ -9,14 +9,14 @@ import io
 import os
 from pathlib import Path
 
+from models.run_dir import BEST, FID_CSV, METRICS_JSON, RunDir  # noqa: F401 - the files `ganflow evaluate` writes in RUN/
 from tasks.evaluation.registry import csv_fields
 
-FID_CSV, METRICS_JSON, BEST = "fid.csv", "metrics.json", "best.pt"  # the files `ganflow evaluate` writes in RUN/
 # fid.csv's columns after kimg are the registered metrics' (tasks.evaluation.registry), in registry order.
 
 
 def read_fid_csv(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / FID_CSV
+    path = RunDir(run_dir).fid_csv
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -30,7 +30,7 @@ def parse_fid_csv(text: str) -> list[dict]:
 
 
 def write_fid_csv(run_dir: str | Path, rows: list[dict]) -> Path:
-    path = Path(run_dir) / FID_CSV
+    path = RunDir(run_dir).fid_csv
     tmp = path.with_name(f".{path.name}.tmp")
     fields = csv_fields()
     with open(tmp, "w", newline="") as f:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from models.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,7 +39,7 @@ def train_command(params: dict[str, Any], request_id: str, python: str = sys.exe
 def launch_local(params: dict[str, Any], request_id: str, attempt: int,
                  env: dict[str, str] | None = None) -> tuple[int, Path]:
     """Start attempt `attempt` detached; returns (pid, log path)."""
-    log = Path(params["run_dir"]) / f"attempt-{attempt}.log"
+    log = RunDir(params["run_dir"]).attempt_log(attempt)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(train_command(params, request_id), cwd=ROOT, env={**os.environ, **(env or {})},

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.checkpoint import CKPT_DIR, CheckpointError, list_checkpoints
+from models.checkpoint import CheckpointError, list_checkpoints
 from models.generate import (grid, images_from_seeds, images_from_z, interpolation_frames, load_generator,
                              neighbour_latents, save_gif)
-from tasks.evaluation.fid_table import BEST, FID_CSV, METRICS_JSON, parse_fid_csv, row_note
+from models.run_dir import BEST, CHECKPOINT_GLOB, CHECKPOINTS, FID_CSV, RunDir, checkpoint_name
+from tasks.evaluation.fid_table import parse_fid_csv, row_note
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -216,16 +217,19 @@ class Explorer:
         self._broken: dict[tuple[Path, float], str] = {}  # snapshots that did not load (until their file changes)
         if run_dir is not None:
             self.root, self.fixed = Path(run_dir).resolve(), None
+            self.run = RunDir(self.root)
             if not self.root.is_dir():
                 raise FileNotFoundError(f"run folder {run_dir} does not exist")
             if not self.list_snapshots():
-                raise FileNotFoundError(f"{run_dir} has no {BEST} nor {CKPT_DIR}/ckpt-*.pt: train (and evaluate) first")
+                raise FileNotFoundError(f"{run_dir} has no {BEST} nor {CHECKPOINTS}/{CHECKPOINT_GLOB}: "
+                                        "train (and evaluate) first")
         else:
             self.fixed = Path(snapshot).resolve()
             if not self.fixed.is_file():
                 raise FileNotFoundError(f"snapshot {snapshot} does not exist")
             # RUN/best.pt or RUN/checkpoints/ckpt-*.pt: its run's fid.csv is the table to show
-            self.root = self.fixed.parent.parent if self.fixed.parent.name == CKPT_DIR else self.fixed.parent
+            self.run = RunDir.of_snapshot(self.fixed)
+            self.root = self.run.path
 
     # ------------------------------------------------------------------ which snapshots
     def list_snapshots(self) -> list[dict]:
@@ -236,20 +240,20 @@ class Explorer:
         if self.fixed is not None:
             return [{"name": self.fixed.name, "kimg": None, "path": self.fixed}]
         found = []
-        best = self.root / BEST
+        best = self.run.best
         if _is_regular(best):
             found.append({"name": BEST, "kimg": self._best_kimg(), "path": best})
         try:
-            real_folder = stat.S_ISDIR(os.lstat(self.root / CKPT_DIR).st_mode)
+            real_folder = stat.S_ISDIR(os.lstat(self.run.checkpoints).st_mode)
         except OSError:
             real_folder = False
         if real_folder:
-            found += [{"name": f"{CKPT_DIR}/{p.name}", "kimg": kimg, "path": p}
+            found += [{"name": f"{CHECKPOINTS}/{p.name}", "kimg": kimg, "path": p}
                       for kimg, p in list_checkpoints(self.root) if _is_regular(p)]
         return found
 
-    def _read_json(self, name: str) -> dict:
-        data = read_regular(self.root / name, self.limits.max_table_bytes)
+    def _read_json(self, path: Path) -> dict:
+        data = read_regular(path, self.limits.max_table_bytes)
         try:
             out = json.loads(data) if data is not None else {}
         except ValueError:
@@ -258,7 +262,7 @@ class Explorer:
 
     def _best_kimg(self) -> float | None:
         try:
-            return float(self._read_json(METRICS_JSON)["best"]["kimg"])
+            return float(self._read_json(self.run.metrics)["best"]["kimg"])
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -406,16 +410,14 @@ class Explorer:
 
     def fid_table(self) -> dict:
         """RUN/fid.csv (as `ganflow evaluate` writes it) with each row's snapshot name and note (best, diverged)."""
-        from models.checkpoint import checkpoint_name
-
         # Read only as a regular file inside the run folder (a link out of it is not followed), and never quoted:
         # a note says what is wrong with the file, not what it holds.
-        data = read_regular(self.root / FID_CSV, self.limits.max_table_bytes)
+        data = read_regular(self.run.fid_csv, self.limits.max_table_bytes)
         if data is None:
             return {"rows": [], "best_kimg": None,
                     "note": f"no readable {FID_CSV} in the run folder (a regular file, not a link): "
                             f"`ganflow evaluate --run-dir RUN --data DIR` writes it"}
-        metrics = self._read_json(METRICS_JSON)
+        metrics = self._read_json(self.run.metrics)
         try:
             best = _finite(float(k)) if (k := (metrics.get("best") or {}).get("kimg")) is not None else None
             flagged = {float(k) for k in metrics.get("flagged") or {}}
@@ -433,7 +435,7 @@ class Explorer:
             if r["kimg"] is None or not math.isfinite(r["kimg"]):
                 left_out += 1  # a row without a kimg names no snapshot
                 continue
-            snap = f"{CKPT_DIR}/{checkpoint_name(r['kimg'])}"
+            snap = f"{CHECKPOINTS}/{checkpoint_name(r['kimg'])}"
             rows.append({"kimg": r["kimg"], **{k: _finite(r[k]) for k in SCORES},
                          "snapshot": snap if snap in names else None,
                          "note": row_note(r["kimg"], best, flagged, memorizing)})

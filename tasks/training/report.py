@@ -12,7 +12,11 @@ import io
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from tasks.training.results import StageResult
 
 PREFECT_SIGTERM_CRASH = "termination signal"  # in the message of the state Prefect gives a SIGTERMed task run
 THUMB_SIDE = 384  # embedded sample grids are downscaled to this (artifacts live in the server's database)
@@ -67,20 +71,19 @@ def thumbnail_data_uri(png: str | Path, side: int = THUMB_SIDE) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def stage_markdown(stage_label: str, summary: dict, total_kimg: float, embed: bool = True) -> str:
+def stage_markdown(stage_label: str, s: StageResult, total_kimg: float, embed: bool = True) -> str:
     """The stage report: a table of where training is and the newest sample grid."""
-    rows = [("kimg", f"{summary['kimg']:g} / {total_kimg:g} (stage ends at {summary['end_kimg']:g})"),
-            ("loss D", _fmt(summary.get("loss_D"))), ("loss G", _fmt(summary.get("loss_G"))),
-            ("ADA p", _fmt(summary.get("augment_p"), ".3f")), ("kimg/s", _fmt(summary.get("kimg_per_s"), ".3g")),
-            ("stage time", f"{summary['seconds']:.1f} s"),
-            ("resumed from", f"`{summary['resumed_from']}`" if summary.get("resumed_from") else "– (new run)"),
-            ("flow run attempt", f"{summary.get('attempt', 1)}" + (" (resumed after a preemption)"
-                                                                    if summary.get("attempt", 1) > 1 else "")),
-            ("checkpoint", f"`{summary['checkpoint']}`" if summary.get("checkpoint") else "–"),
-            ("sample grid", f"`{summary['samples']}`" if summary.get("samples") else "–")]
+    rows = [("kimg", f"{s.kimg:g} / {total_kimg:g} (stage ends at {s.end_kimg:g})"),
+            ("loss D", _fmt(s.loss_D)), ("loss G", _fmt(s.loss_G)),
+            ("ADA p", _fmt(s.augment_p, ".3f")), ("kimg/s", _fmt(s.kimg_per_s, ".3g")),
+            ("stage time", f"{s.seconds:.1f} s"),
+            ("resumed from", f"`{s.resumed_from}`" if s.resumed_from else "– (new run)"),
+            ("flow run attempt", f"{s.attempt}" + (" (resumed after a preemption)" if s.attempt > 1 else "")),
+            ("checkpoint", f"`{s.checkpoint}`" if s.checkpoint else "–"),
+            ("sample grid", f"`{s.samples}`" if s.samples else "–")]
     lines = [f"### Training {stage_label}", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
-    if embed and summary.get("samples") and Path(summary["samples"]).is_file():
-        lines += ["", f"![samples at {summary['kimg']:g} kimg]({thumbnail_data_uri(summary['samples'])})"]
+    if embed and s.samples and Path(s.samples).is_file():
+        lines += ["", f"![samples at {s.kimg:g} kimg]({thumbnail_data_uri(s.samples)})"]
     return "\n".join(lines) + "\n"
 
 
@@ -194,8 +197,8 @@ def emit_progress(kimg: float, total_kimg: float, kimg_per_s: float | None = Non
                    payload=progress_payload(kimg, total_kimg, kimg_per_s))
 
 
-def publish_stage(run_dir: str | Path, stage_label: str, summary: dict, total_kimg: float) -> None:
+def publish_stage(run_dir: str | Path, stage_label: str, result: StageResult, total_kimg: float) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(stage_markdown(stage_label, summary, total_kimg), key=artifact_key(run_dir),
-                             description=f"{stage_label}: {summary['kimg']:g} / {total_kimg:g} kimg")
+    create_markdown_artifact(stage_markdown(stage_label, result, total_kimg), key=artifact_key(run_dir),
+                             description=f"{stage_label}: {result.kimg:g} / {total_kimg:g} kimg")

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from models import distributed as dd
-from models.checkpoint import CKPT_DIR, latest_checkpoint
+from models.checkpoint import latest_checkpoint
 from models.data import DatasetError, load_images
 from models.distributed import init_from_env
+from models.run_dir import RunDir
 from models.trainer import TrainConfig, Trainer
 from models.transfer import TransferError, file_sha256, load_networks
 from tasks.training.transfer import transfer_config
@@ -24,7 +25,6 @@ from tasks.training.transfer import transfer_config
 # Settings a resumed run may change: they decide when to checkpoint, not what is trained; and where the
 # starting network file lies (its sha256, compared, says whether it is the same network).
 RESUMABLE_CHANGES = frozenset({"snapshot_kimg", "transfer_from"})
-SUPERSEDED = "superseded"
 
 
 @dataclass
@@ -52,21 +52,18 @@ def _changed_run_message(run_dir: str | Path, changed: list[str], saved: dict, c
         hint = f" ({cfg.transfer_from} is not the network file this run started from)"
     return (f"{run_dir} holds checkpoints of another run ({', '.join(changed)} differ from this one's){hint}: use a "
             f"new run directory, or restart on purpose (`ganflow train --restart-on-change`, or restart_on_change "
-            f"in the train deployment's form, moves them to {Path(run_dir) / SUPERSEDED}/)")
+            f"in the train deployment's form, moves them to {RunDir(run_dir).superseded}/)")
 
 
 def set_aside_run(run_dir: str | Path) -> Path:
     """Move RUN/checkpoints and RUN/samples to RUN/superseded/<n>/ (nothing is deleted); returns that folder."""
-    run_dir = Path(run_dir)
-    n = 1
-    while (run_dir / SUPERSEDED / str(n)).exists():
-        n += 1
-    dest = run_dir / SUPERSEDED / str(n)
-    dest.mkdir(parents=True)
-    for name in (CKPT_DIR, "samples"):
-        if (run_dir / name).exists():
-            shutil.move(str(run_dir / name), str(dest / name))
-    return dest
+    run = RunDir(run_dir)
+    dest = run.next_superseded()
+    dest.path.mkdir(parents=True)
+    for src, to in zip(run.set_aside_on_restart, dest.set_aside_on_restart):
+        if src.exists():
+            shutil.move(str(src), str(to))
+    return dest.path
 
 
 def check_resolution(data_dir: str | Path, resolution: int) -> None:

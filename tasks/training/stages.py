@@ -35,10 +35,12 @@ from prefect.exceptions import TerminationSignal
 from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
 from models.checkpoint import list_checkpoints
+from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
 from tasks.params import ParamsError, load_params
 from tasks.retry import retry_unless_setup_error
+from tasks.training.results import StageResult
 from tasks.training.run import run_training
 from tasks.training.transfer import transfer_config
 
@@ -226,8 +228,7 @@ def done_kimg(run_dir: str | Path) -> float:
 
 
 def newest_samples(run_dir: str | Path) -> Path | None:
-    found = sorted((Path(run_dir) / "samples").glob("fakes-*.png"))
-    return found[-1] if found else None
+    return RunDir(run_dir).newest_sample_grid()
 
 
 # ---------------------------------------------------------------------------------------------- one stage
@@ -249,8 +250,8 @@ def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
 def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg: float, *,
               device: str = "cpu", resume_from: str | None = None,
               progress_fn: Callable[[dict], None] | None = None,
-              report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
-    """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns the stage summary.
+              report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> StageResult:
+    """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns what the stage did.
 
     progress_fn(stats) runs in the training thread after every step (an exception from it fails the
     stage, after any checkpoint of that step). report_fn(stats) runs in the calling thread at most every
@@ -310,11 +311,10 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
         raise Preempted(f"SIGTERM: stopped at {stats['kimg']:g} kimg after writing {stats['checkpoint']}")
     kimg = stats.get("kimg", done_kimg(run_dir))  # no stats: the stage was already done
     samples = newest_samples(run_dir)
-    return {"end_kimg": end_kimg, "kimg": kimg, "resumed_from": result.resumed_from,
-            "transferred_from": result.transferred_from, "checkpoint": stats.get("checkpoint"),
-            "loss_D": stats.get("loss_D"), "loss_G": stats.get("loss_G"), "augment_p": stats.get("augment_p"),
-            "kimg_per_s": stats.get("kimg_per_s"), "samples": str(samples) if samples else None,
-            "seconds": time.perf_counter() - t0, "summary": box.get("summary")}
+    return StageResult.from_stats(end_kimg, kimg, stats, resumed_from=result.resumed_from,
+                                  transferred_from=result.transferred_from,
+                                  samples=str(samples) if samples else None, seconds=time.perf_counter() - t0,
+                                  run_info=box.get("summary"))
 
 
 # ---------------------------------------------------------------------------------------------- Prefect
@@ -325,7 +325,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
       retry_condition_fn=retry_unless_setup_error)
 def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
                      device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
-                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> dict:
+                     progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> StageResult:
     """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
     progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
     from prefect.runtime import flow_run, task_run
@@ -344,22 +344,22 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
         except Exception as e:  # an API hiccup must not stop training; the next report tries again
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
-    summary = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
-                        progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
-    summary["attempt"] = int(flow_run.run_count or 1)
-    if summary["resumed_from"]:
-        logger.info("%s: resumed from %s", stage.label, summary["resumed_from"])
-    info = summary.pop("summary") or {}
-    if summary["transferred_from"]:
-        logger.info("%s: started from the networks of %s%s", stage.label, summary["transferred_from"],
+    result = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
+                       progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+    result = dataclasses.replace(result, attempt=int(flow_run.run_count or 1))
+    if result.resumed_from:
+        logger.info("%s: resumed from %s", stage.label, result.resumed_from)
+    info = result.run_info or {}
+    if result.transferred_from:
+        logger.info("%s: started from the networks of %s%s", stage.label, result.transferred_from,
                     "".join(f"; {n}" for n in info.get("transfer_notes", [])))
-    if info and not summary["resumed_from"]:
+    if info and not result.resumed_from:
         logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s", info["arch"],
                     info["resolution"], f"{info['G_params']:,}", f"{info['D_params']:,}", info["batch"],
                     info["loss"], info["ada_target"], info["device"],
                     f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "")
-    report({**summary, "kimg_per_s": summary["kimg_per_s"] or 0})
-    train_report.publish_stage(run_dir, stage.label, summary, total_kimg)
-    logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, summary["kimg"], summary["seconds"],
-                summary["checkpoint"])
-    return summary
+    report({**result.to_dict(), "kimg_per_s": result.kimg_per_s or 0})
+    train_report.publish_stage(run_dir, stage.label, result, total_kimg)
+    logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, result.kimg, result.seconds,
+                result.checkpoint)
+    return result

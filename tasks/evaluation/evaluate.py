@@ -4,6 +4,7 @@ divergence monitor, the best snapshot.
 Pure functions (testable without Prefect) and the @task the evaluate flow maps over a run. Files in RUN/:
 fid.csv (kimg, fid, kid, ...: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
 metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch of the best snapshot).
+evaluate_run returns an EvaluationSummary: metrics_json() is metrics.json, to_dict() what `ganflow evaluate` prints.
 """
 from __future__ import annotations
 
@@ -346,6 +347,8 @@ class RealReference:
 
 
 def real_reference(data: str | Path, spaces: list, p: EvaluateParams, device: str = "cpu") -> RealReference:
+    """The reference in `spaces` (metrics.feature_spaces) for the dataset `data`: its statistics (cached in
+    p.cache_dir), and the training features, radii and τ of the memorization audit."""
     from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold
     from tasks.evaluation.metrics import audit_space, real_stats_each
 

@@ -189,18 +189,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(f"ganflow evaluate: warning: {message}", file=sys.stderr)
 
-    out = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn,
-                       dinov2_weights=dinov2)
-    flagged, best = {float(k) for k in out["flagged"]}, (out.get("best") or {}).get("kimg")
-    table = fid_table_rows(read_fid_csv(args.run_dir), flagged, best, {float(k) for k in out["memorizing"]})
+    summary = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn,
+                           dinov2_weights=dinov2)
+    best = summary.best.kimg if summary.best else None
+    table = fid_table_rows(read_fid_csv(args.run_dir), summary.flagged, best, summary.memorizing)
     if table:
         print(" ".join(f"{c:>10}" for c in table[0]), file=sys.stderr)
         for r in table:
             print(" ".join(f"{v:>10}" for v in r.values()).rstrip(), file=sys.stderr)
-    for note in (out.get("warning"), out.get("extractor")):
+    for note in (summary.warning, summary.extractor):
         if note:
             print(f"ganflow evaluate: note: {note}", file=sys.stderr)
-    print(json.dumps(out, indent=2))
+    print(json.dumps(summary.to_dict(), indent=2))
     return 0
 
 

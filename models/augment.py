@@ -265,19 +265,34 @@ class AugmentPipe(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment `images` [N, C, H, W]; draws from `generator` (on the images' device) or torch's global
-        RNG. With p = 0 it returns `images` itself and draws nothing."""
+        RNG. With p = 0 it returns `images` itself and draws nothing.
+
+        The groups run in the reference's order, each drawing its numbers in a fixed order (so a seed gives
+        the same augmentation every time): blits and general geometry fold into one matrix and one resampling,
+        then color, the image-space filter, the corruptions."""
         if images.ndim != 4:
             raise ValueError(f"expected NCHW images, got shape {tuple(images.shape)}")
         if float(self.p) <= 0:
             return images
-        s = self.settings
         batch, chans, height, width = images.shape
-        device = images.device
-        rand, randn = self._draws(batch, device, generator)
+        rand, randn = self._draws(batch, images.device, generator)
+        G_inv, blitted, quarter_turn = self._blit_matrix(batch, height, width, images.device, rand)
+        G_inv, warped = self._geometric_matrix(G_inv, quarter_turn, height, width, rand, randn)
+        images = self._execute_geometry(images, G_inv, blitted & ~warped, warped)
+        C = self._color_matrix(batch, chans, images.device, rand, randn)
+        if C is not None:
+            images = self._execute_color(images, C)
+        if self.settings.imgfilter > 0:
+            images = self._execute_imgfilter(images, rand, randn)
+        return self._corrupt(images, rand, randn)
+
+    # ---------------------------------------------------------------- one method per group
+    def _blit_matrix(self, batch: int, height: int, width: int, device, rand) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixel blitting (x-flip, 90° rotations, integer translation): (G_inv [batch, 3, 3], which images were
+        blitted, which quarter turns must be resampled). G_inv maps output pixel coords (centred) to input coords."""
+        s = self.settings
         zeros = torch.zeros(batch, device=device)
         ones = torch.ones(batch, device=device)
-
-        # ---- pixel blitting: G_inv maps output pixel coords (centred) to input coords.
         G_inv = torch.eye(3, device=device).expand(batch, 3, 3)
         blitted = torch.zeros(batch, dtype=torch.bool, device=device)
         quarter_turn = torch.zeros(batch, dtype=torch.bool, device=device)  # needs resampling, see below
@@ -302,9 +317,17 @@ class AugmentPipe(nn.Module):
             tx, ty = torch.round(t[:, 0] * width), torch.round(t[:, 1] * height)
             G_inv = G_inv @ translate2d(-tx, -ty)
             blitted |= (tx != 0) | (ty != 0)
+        return G_inv, blitted, quarter_turn
 
-        # ---- general geometric transforms.
-        warped = quarter_turn.clone()
+    def _geometric_matrix(self, G_inv: Tensor, resampled: Tensor, height: int, width: int, rand,
+                          randn) -> tuple[Tensor, Tensor]:
+        """General geometric transforms (scale, rotation, anisotropy, fractional translation) composed onto the
+        blits' G_inv: (G_inv, which images must be resampled: `resampled` and those that drew one)."""
+        s = self.settings
+        batch = G_inv.shape[0]
+        zeros = torch.zeros(batch, device=G_inv.device)
+        ones = torch.ones(batch, device=G_inv.device)
+        warped = resampled.clone()
         if s.scale > 0:
             v = torch.exp2(randn(batch) * s.scale_std)
             on = self._happens(s.scale, rand, batch)
@@ -333,10 +356,13 @@ class AugmentPipe(nn.Module):
             t = torch.where(on[:, None], t, torch.zeros_like(t))
             G_inv = G_inv @ translate2d(-t[:, 0] * width, -t[:, 1] * height)
             warped |= on
+        return G_inv, warped
 
-        images = self._execute_geometry(images, G_inv, blitted & ~warped, warped)
-
-        # ---- color transforms: C maps homogeneous RGB in to out.
+    def _color_matrix(self, batch: int, chans: int, device, rand, randn) -> Tensor | None:
+        """Color transforms: C [batch, 4, 4] maps homogeneous RGB in to out; None when none is on."""
+        s = self.settings
+        zeros = torch.zeros(batch, device=device)
+        ones = torch.ones(batch, device=device)
         C = torch.eye(4, device=device).expand(batch, 4, 4)
         colored = False
         luma = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)
@@ -368,14 +394,13 @@ class AugmentPipe(nn.Module):
             # vvT + (I - vvT)·v, written so that v = 1 gives exactly I.
             C = (eye4 + (eye4 - vvT) * (v - 1)[:, None, None]) @ C
             colored = True
-        if colored:
-            images = self._execute_color(images, C)
+        return C if colored else None
 
-        # ---- image-space filtering.
-        if s.imgfilter > 0:
-            images = self._execute_imgfilter(images, rand, randn)
-
-        # ---- image-space corruptions.
+    def _corrupt(self, images: Tensor, rand, randn) -> Tensor:
+        """Image-space corruptions: additive RGB noise, then cutout (a rectangle set to 0)."""
+        s = self.settings
+        batch, chans, height, width = images.shape
+        device = images.device
         if s.noise > 0:
             sigma = randn(batch, 1, 1, 1).abs() * s.noise_std
             sigma = torch.where(self._happens(s.noise, rand, batch, (batch, 1, 1, 1)), sigma, torch.zeros_like(sigma))

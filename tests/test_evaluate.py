@@ -215,14 +215,35 @@ def test_a_generator_that_returns_training_images_is_flagged_as_memorizing(run, 
     out, rows = results["copier"]
     assert [r["memorized"] for r in rows] == [1.0, 1.0]
     assert [(r["precision"], r["recall"]) for r in rows] == [(1.0, 1.0), (1.0, 1.0)]  # identical sets
-    assert sorted(out["memorizing"]) == ["0.004", "0.008"] and "every snapshot is flagged" in out["best"]["why"]
-    assert out["memorization"]["features"] == "dinov2-vits14" and out["memorization"]["n_train"] == 10
+    assert sorted(out.memorizing) == [0.004, 0.008] and "every snapshot is flagged" in out.best.why
+    assert out.memorization["features"] == "dinov2-vits14" and out.memorization["n_train"] == 10
     assert all(r["fid"] is None and r["fd_dinov2"] is not None for r in rows)
-    assert out["best"]["fd_dinov2"] == min(r["fd_dinov2"] for r in rows) and out["fid"] is None
-    assert abs(out["fd_dinov2"]) < 1e-3  # the training set against itself
+    assert out.best.rank_by == "fd_dinov2" and out.best.score == min(r["fd_dinov2"] for r in rows)
+    assert out.scores["fid"] is None and abs(out.scores["fd_dinov2"]) < 1e-3  # the training set against itself
 
     out, rows = results["noise"]
-    assert [r["memorized"] for r in rows] == [0.0, 0.0] and out["memorizing"] == {}
+    assert [r["memorized"] for r in rows] == [0.0, 0.0] and out.memorizing == {}
     assert all(r["precision"] == 0.0 for r in rows)
     assert len(list((tmp_path / "cache").glob("real-stats-*.pt"))) == 1  # training features: once per dataset
-    assert out["fd_dinov2"] > results["copier"][0]["fd_dinov2"]
+    assert out.scores["fd_dinov2"] > results["copier"][0].scores["fd_dinov2"]
+
+
+def test_the_summary_prints_as_metrics_json_held_it():
+    """EvaluationSummary.to_dict: the keys in the order `ganflow evaluate` has always printed them; fid and kid even
+    when None, other scores and details only when there; flagged kimgs as short strings."""
+    from tasks.evaluation.evaluate import BestSnapshot, EvaluationSummary
+
+    summary = EvaluationSummary(
+        kimg=1000.5, scores={"fid": None, "kid": None, "fd_dinov2": 310.0, "precision": 0.5, "recall": None,
+                             "memorized": 0.125},
+        best=BestSnapshot(500.25, "fd_dinov2", 300.0, "lowest FD-DINOv2 among snapshots not flagged", fid=12.5),
+        flagged={1000.5: "FID rose 3 snapshots in a row"}, memorizing={}, memorization=None, snapshots=2,
+        evaluated_with={"run": "abc"}, n_fake=6, dinov2_sha256="d1", evaluated=[1000.5], skipped={1200.0: "torn"})
+    assert json.dumps(summary.to_dict()) == json.dumps({
+        "kimg": 1000.5, "fid": None, "kid": None, "fd_dinov2": 310.0, "precision": 0.5, "memorized": 0.125,
+        "n_fake": 6, "dinov2_sha256": "d1",
+        "best": {"kimg": 500.25, "fd_dinov2": 300.0, "why": "lowest FD-DINOv2 among snapshots not flagged",
+                 "file": "best.pt", "fid": 12.5},
+        "flagged": {"1000.5": "FID rose 3 snapshots in a row"}, "memorizing": {}, "memorization": None,
+        "snapshots": 2, "evaluated_with": {"run": "abc"}, "evaluated": [1000.5], "skipped": {"1200": "torn"}})
+    assert set(summary.to_dict()) - set(summary.metrics_json()) == {"evaluated", "skipped"}

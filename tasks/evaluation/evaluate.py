@@ -4,6 +4,7 @@ divergence monitor, the best snapshot.
 Pure functions (testable without Prefect) and the @task the evaluate flow maps over a run. Files in RUN/:
 fid.csv (kimg, fid, kid, ...: one row per evaluated snapshot, for DVC plots), metrics.json (the latest snapshot's
 metrics, the best snapshot and flags, for DVC metrics) and best.pt (G_ema + arch of the best snapshot).
+evaluate_run returns an EvaluationSummary: metrics_json() is metrics.json, to_dict() what `ganflow evaluate` prints.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from models.run_dir import BEST, RunDir
+from tasks.evaluation import registry
 from tasks.evaluation.fid_table import read_fid_csv, row_note, write_fid_csv
 from tasks.params import ParamsError
 
@@ -269,22 +271,191 @@ def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: 
     raise CheckpointError(f"no checkpoint of {Path(snapshots[0][1]).parent} loads: {'; '.join(skipped.values())}")
 
 
+# ------------------------------------------------------------------ the summary of an evaluation
 LATEST_KEYS = ("kid_std", "n_real", "n_fake", "warning", "weights_sha256", "dinov2_sha256", "audit_features")
+
+
+@dataclass(frozen=True)
+class BestSnapshot:
+    """The snapshot exported as RUN/best.pt."""
+    kimg: float
+    rank_by: str                 # the column it was chosen by: fid, else fd_dinov2 (EvaluateParams.rank_by)
+    score: float                 # its value in that column
+    why: str                     # why this one (choose_best)
+    fid: float | None = None     # its FID too, when ranked by another column
+
+    def to_dict(self) -> dict:
+        return {"kimg": self.kimg, self.rank_by: self.score, "why": self.why, "file": BEST,
+                **({"fid": self.fid} if self.rank_by != "fid" and self.fid is not None else {})}
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What evaluate_run found: the latest snapshot's scores, the best snapshot, the flags (metrics.json holds all
+    of that, metrics_json()), and what this evaluation did (evaluated, skipped). to_dict() is what `ganflow evaluate`
+    prints and the evaluate flow returns. None means absent: metrics.json leaves such a key out."""
+    kimg: float                                   # the latest evaluated snapshot
+    scores: dict[str, float | None]               # its fid.csv scores, by column (the registry's summary columns)
+    best: BestSnapshot | None
+    flagged: dict[float, str]                     # diverged snapshots: {kimg: why}
+    memorizing: dict[float, str]                  # snapshots over evaluate.max_memorized: {kimg: why}
+    memorization: dict | None                     # the audit: threshold τ, quantile, features, n_train, max_memorized
+    snapshots: int                                # rows in fid.csv
+    evaluated_with: dict                          # what the rows depend on (evaluation_key)
+    extractor: str | None = None                  # the extractors' notes
+    # The latest snapshot's details (LATEST_KEYS), as its evaluation reported them.
+    kid_std: float | None = None
+    n_real: int | None = None
+    n_fake: int | None = None
+    warning: str | None = None                    # the small-N note
+    weights_sha256: str | None = None
+    dinov2_sha256: str | None = None
+    audit_features: str | None = None             # the feature space of precision/recall and the audit
+    evaluated: list[float] = field(default_factory=list)     # kimgs evaluated by this call
+    skipped: dict[float, str] = field(default_factory=dict)  # snapshots that do not load: {kimg: why}
+
+    def metrics_json(self) -> dict:
+        """RUN/metrics.json (DVC metrics): the always-shown scores (fid, kid), the others and the details when there
+        are any."""
+        always = {c.name for c in registry.columns() if c.always}
+        return {"kimg": self.kimg,
+                **{k: v for k, v in self.scores.items() if v is not None or k in always},
+                **{k: getattr(self, k) for k in LATEST_KEYS if getattr(self, k) is not None},
+                "best": self.best.to_dict() if self.best else None,
+                "flagged": {f"{k:g}": why for k, why in self.flagged.items()},
+                "memorizing": {f"{k:g}": why for k, why in self.memorizing.items()},
+                "memorization": self.memorization,
+                "snapshots": self.snapshots,
+                "evaluated_with": self.evaluated_with,
+                **({"extractor": self.extractor} if self.extractor is not None else {})}
+
+    def to_dict(self) -> dict:
+        return {**self.metrics_json(), "evaluated": list(self.evaluated),
+                "skipped": {f"{k:g}": why for k, why in sorted(self.skipped.items())}}
+
+
+# ------------------------------------------------------------------ evaluating a run
+@dataclass(frozen=True)
+class RealReference:
+    """What every snapshot of one evaluation is measured against, built once: the extractors, the real statistics
+    and the memorization audit's training features."""
+    spaces: list                   # metrics.FeatureSpace, one per metric
+    reals: dict                    # {metric: the real images' metrics.Stats}
+    cached: bool                   # every real statistic came from the cache
+    audit_metric: str              # the space precision/recall and the audit are measured in
+    train: np.ndarray              # the training images' features there
+    radii: np.ndarray | None       # their distances to their K-th neighbour (None below K+1 images)
+    tau: float | None              # the memorization threshold (None below 2 images)
+    memorization: dict             # the audit's settings, as metrics.json records them
+
+
+def real_reference(data: str | Path, spaces: list, p: EvaluateParams, device: str = "cpu") -> RealReference:
+    """The reference in `spaces` (metrics.feature_spaces) for the dataset `data`: its statistics (cached in
+    p.cache_dir), and the training features, radii and τ of the memorization audit."""
+    from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold
+    from tasks.evaluation.metrics import audit_space, real_stats_each
+
+    reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
+    audit = audit_space(spaces)
+    train = reals[audit.metric][0].features  # the training images' features (cached with the real statistics)
+    tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
+    return RealReference(spaces=spaces, reals={k: v[0] for k, v in reals.items()},
+                         cached=all(c for _s, c in reals.values()), audit_metric=audit.metric, train=train,
+                         radii=kth_neighbour_distance(train, K) if len(train) > K else None, tau=tau,
+                         memorization={"threshold": tau, "quantile": p.memorized_quantile, "features": audit.name,
+                                       "n_train": len(train), "max_memorized": p.max_memorized})
+
+
+def snapshot_metrics(G, arch: dict, ref: RealReference, p: EvaluateParams, device: str = "cpu",
+                     probe: dict | None = None) -> dict:
+    """One generator's metrics against the reference: the registered metrics (tasks.evaluation.registry: FID and/or
+    FD-DINOv2, KID, precision/recall, `memorized`, the fraction of its images closer than τ to a training image,
+    and the discriminator probe's losses), counts and the small-N note."""
+    from tasks.evaluation.metrics import extract_each, scores
+
+    fakes = extract_each(ref.spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
+        return scores(ref.spaces, ref.reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, ref.radii,
+                      registry.Memorization(ref.tau, p.memorized_quantile), probe)
+
+
+def fid_row(kimg: float, m: dict) -> dict:
+    """A snapshot's fid.csv row from its metrics: the registered metrics' columns."""
+    return {"kimg": kimg, **registry.row(m)}
+
+
+def _evaluate_snapshots(run_dir: Path, todo: list[tuple[float, Path]], data: str | Path, ref: RealReference,
+                        p: EvaluateParams, device: str, rows: list[dict], skipped: dict[float, str], hashes: dict,
+                        progress: Callable[[dict], None] | None) -> tuple[list[float], dict | None]:
+    """Each snapshot of `todo` gets a row in `rows`, and fid.csv is rewritten after each (an interrupted evaluation
+    keeps what it did); one that does not load goes to `skipped`. Returns the kimgs evaluated and the last one's
+    metrics (what `progress` got)."""
+    from models.checkpoint import CheckpointError
+    from models.generate import load_generator
+
+    evaluated, detail = [], None
+    for kimg, path in todo:
+        try:
+            G, arch = load_generator(path)
+            probe = discriminator_probe(path, data)
+        except (CheckpointError, KeyError, TypeError) as e:  # torn, planted or not a training checkpoint
+            skipped[kimg] = f"{e}" if isinstance(e, CheckpointError) else \
+                f"{path} is not a training checkpoint ({type(e).__name__}: {e})"
+            continue
+        m = snapshot_metrics(G, arch, ref, p, device, probe)
+        rows.append(fid_row(kimg, m))
+        write_fid_csv(run_dir, rows)
+        evaluated.append(kimg)
+        detail = {**m, "kimg": kimg, "real_stats_cached": ref.cached, **hashes}
+        if progress:
+            progress(dict(detail))
+    return evaluated, detail
+
+
+def rank_snapshots(rows: list[dict], p: EvaluateParams) -> tuple[dict[float, str], dict[float, str],
+                                                                  BestSnapshot | None]:
+    """(diverged, memorizing, best): the divergence monitor's and the audit's flags, and the best snapshot not
+    flagged."""
+    diverged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss, p.rank_by)
+    memorizing = flag_memorized(rows, p.max_memorized)
+    best, why = choose_best(rows, {**memorizing, **diverged}, p.rank_by)
+    if best is None:
+        return diverged, memorizing, None
+    fid = best.get("fid") if p.rank_by != "fid" else None
+    return diverged, memorizing, BestSnapshot(best["kimg"], p.rank_by, best[p.rank_by], why, fid)
+
+
+def _export_best(run_dir: Path, snapshots: list[tuple[float, Path]], best: BestSnapshot,
+                 warn: Callable[[str], None]) -> None:
+    from models.checkpoint import CheckpointError
+
+    ckpt = dict(snapshots).get(best.kimg)  # None when that checkpoint was deleted since
+    if ckpt is not None:
+        try:
+            export_best(ckpt, RunDir(run_dir).best, {best.rank_by: best.score})
+        except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
+            warn(f"best.pt not exported: {e}")
+
+
+def write_metrics_json(run_dir: Path, summary: EvaluationSummary) -> Path:
+    path = RunDir(run_dir).metrics
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary.metrics_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
                  device: str = "cpu", progress: Callable[[dict], None] | None = None,
-                 dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None) -> dict:
+                 dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None
+                 ) -> EvaluationSummary:
     """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged and memorizing snapshots,
     export the best one as best.pt and write metrics.json. `weights`: Inception's file (None without "fid" in
-    p.metrics), `dinov2_weights`: DINOv2's (with "fd_dinov2"). Returns what metrics.json holds plus `evaluated` (kimgs)
-    and `skipped` ({kimg: why}: snapshots that do not load, each also passed to `warn`; default warnings.warn)."""
+    p.metrics), `dinov2_weights`: DINOv2's (with "fd_dinov2"). Snapshots that do not load are skipped, each passed
+    to `warn` (default warnings.warn)."""
     from models.checkpoint import CheckpointError, list_checkpoints
-    from models.generate import load_generator
-    from tasks.evaluation import registry
-    from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold
-    from tasks.evaluation.metrics import (audit_space, extract_each, feature_spaces, read_weights, real_stats_each, scores,
-                               sha256_file)
+    from tasks.evaluation.metrics import feature_spaces, read_weights, sha256_file
 
     warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
     run_dir = Path(run_dir)
@@ -294,97 +465,58 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
     previous = _previous_metrics(run_dir, warn)
     # Read once: the Inception bytes hashed for the key are the bytes its extractor is built from.
     inception = read_weights(weights, p.inception_sha256 or None) if "fid" in p.metrics and weights is not None else None
-    weights_sha = inception.sha256 if inception is not None else None
-    dinov2_sha = sha256_file(dinov2_weights) if "fd_dinov2" in p.metrics and dinov2_weights is not None else None
+    hashes = {"weights_sha256": inception.sha256 if inception is not None else None,
+              "dinov2_sha256": sha256_file(dinov2_weights) if "fd_dinov2" in p.metrics and dinov2_weights is not None
+              else None}
     skipped: dict[float, str] = {}
-    key = _first_key(snapshots, weights_sha, p, skipped, dinov2_sha)
+    key = _first_key(snapshots, hashes["weights_sha256"], p, skipped, hashes["dinov2_sha256"])
     rows = _previous_rows(run_dir, warn) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
     todo = [(k, path) for k, path in snapshots if k not in done and k not in skipped]
-    evaluated, latest_detail, notes = [], None, []
-    memorization = previous.get("memorization") if rows else None
+    evaluated, latest, ref = [], None, None
     if todo:
         spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
                                 p.dinov2_sha256 or None, device)
         del inception  # ~100 MB: the extractor holds the weights now
-        notes = [s.note for s in spaces if s.note]
-        reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
-        cached = all(c for _s, c in reals.values())
-        reals = {k: v[0] for k, v in reals.items()}
-        audit = audit_space(spaces)
-        train = reals[audit.metric].features  # the training images' features (cached with the real statistics)
-        radii = kth_neighbour_distance(train, K) if len(train) > K else None
-        tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
-        memorization = {"threshold": tau, "quantile": p.memorized_quantile, "features": audit.name,
-                        "n_train": len(train), "max_memorized": p.max_memorized}
-        for kimg, path in todo:
-            try:
-                G, arch = load_generator(path)
-                probe = discriminator_probe(path, data)
-            except (CheckpointError, KeyError, TypeError) as e:  # torn, planted or not a training checkpoint
-                skipped[kimg] = f"{e}" if isinstance(e, CheckpointError) else \
-                    f"{path} is not a training checkpoint ({type(e).__name__}: {e})"
-                continue
-            fakes = extract_each(spaces, generated_batches(G.to(device), arch, p.n_fake, p.batch), device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the small-N note is recorded in metrics.json
-                m = scores(spaces, reals, fakes, p.kid, p.kid_subsets, p.kid_subset_size, radii,
-                           registry.Memorization(tau, p.memorized_quantile), probe)
-            row = {"kimg": kimg, **registry.row(m)}
-            rows.append(row)
-            write_fid_csv(run_dir, rows)  # after every snapshot: an interrupted evaluation keeps what it did
-            evaluated.append(kimg)
-            latest_detail = {**m, "kimg": kimg, "real_stats_cached": cached, "weights_sha256": weights_sha,
-                             "dinov2_sha256": dinov2_sha}
-            if progress:
-                progress(dict(latest_detail))
+        ref = real_reference(data, spaces, p, device)
+        evaluated, latest = _evaluate_snapshots(run_dir, todo, data, ref, p, device, rows, skipped, hashes, progress)
     for kimg, why in sorted(skipped.items()):
         warn(f"skipped the snapshot at {kimg:g} kimg: {why}")
     if not rows:
         raise CheckpointError(f"no snapshot of {run_dir} could be evaluated: {'; '.join(skipped.values())}")
     rows.sort(key=lambda r: r["kimg"])
-    diverged = flag_diverged(rows, p.diverge_fid_rises, p.diverge_d_loss, p.rank_by)
-    memorizing = flag_memorized(rows, p.max_memorized)
-    best, why = choose_best(rows, {**memorizing, **diverged}, p.rank_by)
+    diverged, memorizing, best = rank_snapshots(rows, p)
     if best is not None:
-        ckpt = dict(snapshots).get(best["kimg"])  # None when that checkpoint was deleted since
-        if ckpt is not None:
-            try:
-                export_best(ckpt, RunDir(run_dir).best, {p.rank_by: best[p.rank_by]})
-            except CheckpointError as e:  # unreadable since it was evaluated: the old best.pt stays
-                warn(f"best.pt not exported: {e}")
-    latest = rows[-1]
-    fresh = latest_detail is not None and latest_detail["kimg"] == latest["kimg"]
-    summary = {
-        "kimg": latest["kimg"],
-        **{c.name: latest.get(c.name) for c in registry.columns()
-           if c.summary and (latest.get(c.name) is not None or c.always)},
-        **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else
-           {k: previous[k] for k in LATEST_KEYS if k in previous}),
-        "best": ({"kimg": best["kimg"], p.rank_by: best[p.rank_by], "why": why, "file": BEST,
-                  **({"fid": best["fid"]} if p.rank_by != "fid" and best.get("fid") is not None else {})}
-                 if best else None),
-        "flagged": {f"{k:g}": r for k, r in diverged.items()},
-        "memorizing": {f"{k:g}": r for k, r in memorizing.items()},
-        "memorization": memorization,
-        "snapshots": len(rows),
-        "evaluated_with": key,
-        **({"extractor": "; ".join(notes)} if notes else
-           {"extractor": previous["extractor"]} if not todo and "extractor" in previous else {}),
-    }
-    metrics_json = RunDir(run_dir).metrics
-    tmp = metrics_json.with_name(f".{metrics_json.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, metrics_json)
-    return {**summary, "evaluated": evaluated, "skipped": {f"{k:g}": why for k, why in sorted(skipped.items())}}
+        _export_best(run_dir, snapshots, best, warn)
+    summary = _summary(rows, previous, latest, ref, diverged, memorizing, best, key, evaluated, skipped)
+    write_metrics_json(run_dir, summary)
+    return summary
+
+
+def _summary(rows: list[dict], previous: dict, latest: dict | None, ref: RealReference | None,
+             diverged: dict[float, str], memorizing: dict[float, str], best: BestSnapshot | None, key: dict,
+             evaluated: list[float], skipped: dict[float, str]) -> EvaluationSummary:
+    """The summary of a run's rows (sorted). The latest row's details come from its evaluation (`latest`) when it was
+    evaluated now, else from the previous metrics.json; so do the audit and the extractors' notes when nothing was
+    evaluated now (`ref` None)."""
+    last = rows[-1]
+    fresh = latest is not None and latest["kimg"] == last["kimg"]
+    details = ({k: latest[k] for k in LATEST_KEYS if latest.get(k) is not None} if fresh else
+               {k: previous[k] for k in LATEST_KEYS if k in previous})
+    if ref is not None:
+        memorization, extractor = ref.memorization, "; ".join(s.note for s in ref.spaces if s.note) or None
+    else:
+        memorization, extractor = previous.get("memorization"), previous.get("extractor")
+    scores = {c.name: last.get(c.name) for c in registry.columns() if c.summary}
+    return EvaluationSummary(kimg=last["kimg"], scores=scores, best=best, flagged=diverged, memorizing=memorizing, memorization=memorization,
+                             snapshots=len(rows), evaluated_with=key, extractor=extractor, evaluated=evaluated,
+                             skipped=skipped, **details)
 
 
 # ------------------------------------------------------------------ what the UI shows
 def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
     """The FID-over-kimg table for a Prefect table artifact: the registered metrics' labelled columns (each only
     when some row has a value for it, or always shown)."""
-    from tasks.evaluation import registry
-
     shown = [c for c in registry.columns()
              if c.label and (c.always or any(r.get(c.name) is not None for r in rows))]
     return [{"kimg": f"{r['kimg']:g}",
@@ -418,8 +550,6 @@ def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
 
 def progress_line(m: dict) -> str:
     """One snapshot's scores, for the CLI and the flow's log."""
-    from tasks.evaluation import registry
-
     parts = [f"{m['kimg']:g} kimg:"]
     for c in registry.columns():
         if c.label and m.get(c.source) is not None:
@@ -443,32 +573,30 @@ def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParam
     def progress(m: dict) -> None:
         logger.info("%s", progress_line(m))
 
-    out = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning,
-                       dinov2_weights=dinov2_weights)
-    if out.get("warning"):
-        logger.warning(out["warning"])
+    summary = evaluate_run(run_dir, data, weights, p, device=device, progress=progress, warn=logger.warning,
+                           dinov2_weights=dinov2_weights)
+    if summary.warning:
+        logger.warning(summary.warning)
     rows = read_fid_csv(run_dir)
-    flagged = {float(k): v for k, v in out["flagged"].items()}
-    memorizing = {float(k): v for k, v in out["memorizing"].items()}
-    best = out.get("best") or {}
+    flagged, memorizing, best = summary.flagged, summary.memorizing, summary.best
     key = artifact_key(run_dir).replace("train-", "fid-", 1)
-    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.get("kimg"), memorizing),
-                          description=f"FID over kimg for {run_dir} (best: {best.get('kimg', '–')} kimg)")
+    create_table_artifact(key=key, table=fid_table_rows(rows, flagged, best.kimg if best else None, memorizing),
+                          description=f"FID over kimg for {run_dir} (best: {best.kimg if best else '–'} kimg)")
     samples = RunDir(run_dir).sample_grids()
     lines = [f"### Evaluation of {run_dir}", "",
-             f"Best snapshot: {best.get('kimg', '–')} kimg, {LABELS[p.rank_by]} {best.get(p.rank_by, float('nan')):.4f} "
-             f"({best.get('why', '')}) → `{RunDir(run_dir).best}`" if best else "No best snapshot."]
+             f"Best snapshot: {best.kimg} kimg, {LABELS[best.rank_by]} {best.score:.4f} ({best.why}) → "
+             f"`{RunDir(run_dir).best}`" if best else "No best snapshot."]
     if flagged:
         lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]
     if memorizing:
         lines += ["", "Flagged as memorizing: " + "; ".join(f"{k:g} kimg ({v})" for k, v in sorted(memorizing.items()))]
-    mem = out.get("memorization") or {}
+    mem = summary.memorization or {}
     if mem.get("threshold") is not None:
         lines += ["", f"Memorization threshold τ = {mem['threshold']:.4g} ({mem['quantile']:g} quantile of the "
                       f"training images' nearest-neighbour distances in {mem['features']} features)"]
-    if out.get("warning"):
-        lines += ["", f"Note: {out['warning']}"]
+    if summary.warning:
+        lines += ["", f"Note: {summary.warning}"]
     if samples:
         lines += ["", f"![newest samples]({thumbnail_data_uri(samples[-1])})"]
     create_markdown_artifact(key=key + "-summary", markdown="\n".join(lines) + "\n")
-    return out
+    return summary.to_dict()  # a Prefect result: plain JSON data

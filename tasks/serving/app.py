@@ -4,7 +4,8 @@ Two layers. Explorer is plain Python (testable without HTTP): which snapshots ma
 run folder, found by listing it), which resolutions a snapshot offers (a PGGAN's grown stages, resampled sizes for
 StyleGAN2), the checks on every input, and the images (seeds, neighbour grids, morphs) through models.generate; with
 a dataset (tasks.evaluation.nearest), the training images nearest a generated one, as the memorization audit measures them.
-create_app() puts FastAPI over it: every bad input is a 422 with a sentence saying what to change, and the caps in
+create_app() puts FastAPI over it (module-level routes, error handlers and Host check; the JSON bodies are in
+tasks.serving.schemas): every bad input is a 422 with a sentence saying what to change, and the caps in
 Limits bound the work any one request can ask for. No Prefect here: serving is a view on a run, not a pipeline step.
 
 Hostile files and requests: only regular files inside the run folder are read (links, FIFOs and folders named like
@@ -28,6 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from models.checkpoint import CheckpointError, list_checkpoints
@@ -35,6 +40,7 @@ from models.generate import (grid, images_from_seeds, images_from_z, interpolati
                              neighbour_latents, save_gif)
 from models.run_dir import BEST, CHECKPOINT_GLOB, CHECKPOINTS, FID_CSV, RunDir, checkpoint_name
 from tasks.evaluation.fid_table import parse_fid_csv, row_note
+from tasks.serving.schemas import FidTable, Info, Nearest, Problem, Snapshots
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -451,198 +457,184 @@ def _finite(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
-def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = None):
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
+class GIFResponse(Response):
+    media_type = "image/gif"
+
+
+WHY_422 = "a parameter out of range or not offered by this snapshot"
+BAD = {422: {"model": Problem, "description": WHY_422}}
+# Image routes: a model would be documented under the route's image type; the 422 body is JSON.
+BAD_IMAGE = {422: {"description": WHY_422, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
+
+
+async def input_error(_req: Request, e: InputError) -> JSONResponse:
+    return JSONResponse({"detail": str(e)}, status_code=422)
+
+
+async def busy(_req: Request, e: Busy) -> JSONResponse:
+    return JSONResponse({"detail": str(e)}, status_code=e.status, headers={"Retry-After": str(e.retry_after)})
+
+
+async def validation_error(_req: Request, e: RequestValidationError) -> JSONResponse:
+    # One readable sentence for people (the page shows it), FastAPI's list for scripts.
+    errors = jsonable_encoder(e.errors())
+    parts = [f"{err['loc'][-1]}: {err['msg']}"
+             + ("" if err["type"] == "missing" else f" (got {err.get('input')!r})") for err in errors]
+    return JSONResponse({"detail": "; ".join(parts), "errors": errors}, status_code=422)
+
+
+async def internal_error(_req: Request, e: Exception) -> JSONResponse:
+    # A bug: the server's log has the traceback; the response says nothing about files, paths or contents.
+    return JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"},
+                        status_code=500)
+
+
+ERROR_HANDLERS = {InputError: input_error, Busy: busy, RequestValidationError: validation_error,
+                  Exception: internal_error}
+
+
+async def check_host(request: Request, call_next):
+    """Middleware: a Host outside app.state.allowed_hosts is answered 400 (a DNS-rebinding page), an Origin outside
+    them 403 (another site's script); None allows any."""
+    allowed = request.app.state.allowed_hosts
+    if allowed is not None:
+        host = host_of(request.headers.get("host", ""))
+        if host not in allowed:
+            return JSONResponse({"detail": f"Host {host[:100]!r} is not served here: this server answers to "
+                                           f"{sorted(allowed)} (ganflow serve --allow-host NAME adds one)"},
+                                status_code=400)
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and host_of(origin.split("://", 1)[-1]) not in allowed:
+            return JSONResponse({"detail": "cross-origin requests are not served"}, status_code=403)
+    return await call_next(request)
+
+
+async def served(request: Request) -> Explorer:
+    """Dependency: the Explorer the request's app was created over."""
+    return request.app.state.explorer
+
+
+def attachment(kind: str, name: str) -> dict:
+    return {"Content-Disposition": f'inline; filename="{name}.{kind}"'}  # a good name for "save as"
+
+
+# Query parameters several routes take. Functions, not shared Query objects: FastAPI writes each parameter's name
+# into its Query.
+def snapshot_query():
+    return Query(None, max_length=200,
+                 description="snapshot name from /api/snapshots; default: best.pt, else the newest checkpoint")
+
+
+def seed_query(limits: Limits):
+    return Query(..., ge=0, le=limits.max_seed, description="latent seed")
+
+
+def truncation_query(limits: Limits):
+    return Query(1.0, ge=limits.min_truncation, le=limits.max_truncation, allow_inf_nan=False,
+                 description="truncation psi (StyleGAN2): 1 = none, 0 = the average image")
+
+
+def resolution_query():
+    return Query(None, ge=1, le=1 << 16,
+                 description="output side: one of /api/info's `resolutions` (default: its `default_resolution`)")
+
+
+# What a run holds: the page, its snapshots, its FID table, its training images. Parameters bounded by constants.
+run_routes = APIRouter()
+
+
+@run_routes.get("/", include_in_schema=False, response_class=HTMLResponse)
+def page() -> str:
+    return PAGE.read_text()
+
+
+@run_routes.get("/api/snapshots", response_model=Snapshots, responses=BAD, summary="The snapshots that can be chosen")
+def snapshots(explorer: Explorer = Depends(served)):
+    return {"default": explorer.default_snapshot(),
+            "snapshots": [{"name": s["name"], "kimg": s["kimg"]} for s in explorer.list_snapshots()]}
+
+
+@run_routes.get("/api/info", response_model=Info, responses=BAD,
+                summary="A snapshot's architecture, offered resolutions and the limits")
+def info(snapshot: str | None = snapshot_query(), explorer: Explorer = Depends(served)):
+    return explorer.info(snapshot)
+
+
+@run_routes.get("/api/training-image.png", response_class=PNGResponse, responses=BAD_IMAGE,
+                summary="A training image, by an id from /api/nearest")
+def training_image(id: str = Query(..., max_length=500, description="an id from /api/nearest"),  # noqa: A002
+                   explorer: Explorer = Depends(served)):
+    return PNGResponse(to_png(explorer.training_image(id)), headers=attachment("png", Path(id).stem))
+
+
+@run_routes.get("/api/fid", response_model=FidTable,
+                summary="The run's FID table (RUN/fid.csv from `ganflow evaluate`)")
+def fid(explorer: Explorer = Depends(served)):
+    return explorer.fid_table()
+
+
+def generation_routes(limits: Limits) -> APIRouter:
+    """What the generator draws (images, neighbour grids, morphs, and the training images nearest one): heavy
+    requests, whose parameters are bounded by `limits` (an app's own, so they are built per app)."""
+    router = APIRouter()
+
+    @router.get("/api/image.png", response_class=PNGResponse, responses=BAD_IMAGE, summary="One seed's image")
+    def image(seed: int = seed_query(limits), truncation: float = truncation_query(limits),
+              resolution: int | None = resolution_query(), snapshot: str | None = snapshot_query(),
+              explorer: Explorer = Depends(served)):
+        img = explorer.image(snapshot, seed, truncation, resolution)
+        return PNGResponse(to_png(img), headers=attachment("png", f"seed{seed:04d}-{img.shape[0]}px"))
+
+    @router.get("/api/neighbours.png", response_class=PNGResponse, responses=BAD_IMAGE,
+                summary="A grid: the seed's image first, then latents around it")
+    def neighbours(seed: int = seed_query(limits),
+                   count: int = Query(9, ge=1, le=limits.max_grid, description="images in the grid"),
+                   spread: float = Query(0.3, ge=0.0, le=limits.max_spread, allow_inf_nan=False,
+                                         description="distance from the seed's latent (0 = the same image)"),
+                   truncation: float = truncation_query(limits), resolution: int | None = resolution_query(),
+                   snapshot: str | None = snapshot_query(), explorer: Explorer = Depends(served)):
+        png = to_png(explorer.neighbours(snapshot, seed, count, spread, truncation, resolution))
+        return PNGResponse(png, headers=attachment("png", f"seed{seed:04d}-neighbours"))
+
+    @router.get("/api/morph.gif", response_class=GIFResponse, responses=BAD_IMAGE,
+                summary="A looping morph seed_a → seed_b → seed_a, as an animated GIF")
+    def morph(seed_a: int = seed_query(limits), seed_b: int = seed_query(limits),
+              frames: int = Query(24, ge=2, le=limits.max_frames, description="frames in the whole loop"),
+              fps: float = Query(12.0, ge=limits.min_fps, le=limits.max_fps, allow_inf_nan=False,
+                                 description="frames per second"),
+              truncation: float = truncation_query(limits), resolution: int | None = resolution_query(),
+              snapshot: str | None = snapshot_query(), explorer: Explorer = Depends(served)):
+        video = explorer.morph(snapshot, [seed_a, seed_b], frames, truncation, resolution)
+        return GIFResponse(to_gif(video, fps), headers=attachment("gif", f"morph-{seed_a}-{seed_b}"))
+
+    @router.get("/api/nearest", response_model=Nearest, responses=BAD,
+                summary="The training images nearest a seed's image, with distances (needs `ganflow serve --data`)")
+    def nearest(seed: int = seed_query(limits), truncation: float = truncation_query(limits),
+                count: int = Query(3, ge=1, le=limits.max_nearest, description="training images"),
+                snapshot: str | None = snapshot_query(), explorer: Explorer = Depends(served)):
+        return explorer.nearest_training(snapshot, seed, truncation, count)
+
+    return router
+
+
+def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = None) -> FastAPI:
     """The FastAPI app: GET / (the page) and GET /api/... (JSON, PNG, GIF), documented at /docs.
 
     `hosts`: the names a request's Host (and Origin, when sent) may carry, from allowed_hosts(); anything else is
     answered 400 (a DNS-rebinding page) or 403 (another site's script). None checks nothing: for an app mounted
     behind a server that checks Host itself. `ganflow serve` always passes them."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel
-
-    L = explorer.limits
-
-    class Problem(BaseModel):
-        detail: str                              # what was wrong and what to send instead
-        errors: list[dict] | None = None         # FastAPI's per-parameter errors, when the parameters did not parse
-
-    class Snapshot(BaseModel):
-        name: str
-        kimg: float | None
-
-    class Snapshots(BaseModel):
-        default: str
-        snapshots: list[Snapshot]
-
-    class Info(BaseModel):
-        snapshot: str
-        kimg: float | None
-        arch: str
-        native_resolution: int
-        resolutions: list[int]
-        default_resolution: int
-        truncation: bool                         # whether truncation applies (StyleGAN2) or must stay 1 (PGGAN)
-        stage: int | None
-        alpha: float | None
-        limits: dict
-
-    class FidRow(BaseModel):
-        kimg: float
-        fid: float | None
-        kid: float | None
-        fd_dinov2: float | None                  # with evaluate.metrics fd_dinov2
-        precision: float | None                  # k=3, in DINOv2 features when computed, else Inception's
-        recall: float | None
-        memorized: float | None                  # fraction of generated images closer than τ to a training image
-        snapshot: str | None                     # its checkpoint's name, while that file exists
-        note: str
-
-    class FidTable(BaseModel):
-        rows: list[FidRow]
-        best_kimg: float | None
-        note: str
-
-    class Neighbour(BaseModel):
-        rank: int
-        id: str                                  # for /api/training-image.png
-        distance: float
-
-    class Nearest(BaseModel):
-        snapshot: str
-        seed: int
-        features: str                            # the feature space: dinov2-vitl14, 2048 (Inception), ...
-        threshold: float | None                  # τ of the memorization audit
-        quantile: float
-        memorized: bool                          # the nearest distance is below τ
-        neighbours: list[Neighbour]
-
-    class PNG(Response):
-        media_type = "image/png"
-
-    class GIF(Response):
-        media_type = "image/gif"
-
-    why = "a parameter out of range or not offered by this snapshot"
-    bad = {422: {"model": Problem, "description": why}}
-    # Image routes: a model would be documented under the route's image type; the 422 body is JSON.
-    bad_image = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
     app = FastAPI(title="ganflow serve", version="1",
                   description="Images, neighbour grids and morphs from a trained ganflow snapshot, and its run's "
                               "FID table. Every image endpoint takes `snapshot` (a name from /api/snapshots).")
-
-    @app.exception_handler(InputError)
-    async def _input_error(_req: Request, e: InputError):
-        return JSONResponse({"detail": str(e)}, status_code=422)
-
-    @app.exception_handler(Busy)
-    async def _busy(_req: Request, e: Busy):
-        return JSONResponse({"detail": str(e)}, status_code=e.status, headers={"Retry-After": str(e.retry_after)})
-
-    @app.exception_handler(Exception)
-    async def _bug(_req: Request, e: Exception):
-        # A bug: the server's log has the traceback; the response says nothing about files, paths or contents.
-        return JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"},
-                            status_code=500)
-
-    app.state.explorer = explorer  # for whoever embeds the app (and tests): its snapshots, limits and gate
-    allowed = None if hosts is None or "*" in hosts else frozenset(hosts)
-
-    @app.middleware("http")
-    async def _check_host(request: Request, call_next):
-        if allowed is not None:
-            host = host_of(request.headers.get("host", ""))
-            if host not in allowed:
-                return JSONResponse({"detail": f"Host {host[:100]!r} is not served here: this server answers to "
-                                               f"{sorted(allowed)} (ganflow serve --allow-host NAME adds one)"},
-                                    status_code=400)
-            origin = request.headers.get("origin")
-            if origin and origin != "null" and host_of(origin.split("://", 1)[-1]) not in allowed:
-                return JSONResponse({"detail": "cross-origin requests are not served"}, status_code=403)
-        return await call_next(request)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_req: Request, e: RequestValidationError):
-        # One readable sentence for people (the page shows it), FastAPI's list for scripts.
-        errors = jsonable_encoder(e.errors())
-        parts = [f"{err['loc'][-1]}: {err['msg']}"
-                 + ("" if err["type"] == "missing" else f" (got {err.get('input')!r})") for err in errors]
-        return JSONResponse({"detail": "; ".join(parts), "errors": errors}, status_code=422)
-
-    # Functions, not shared Query objects: FastAPI writes each parameter's name into its Query.
-    def Snap():
-        return Query(None, max_length=200,
-                     description="snapshot name from /api/snapshots; default: best.pt, else the newest checkpoint")
-
-    def Seed():
-        return Query(..., ge=0, le=L.max_seed, description="latent seed")
-
-    def Trunc():
-        return Query(1.0, ge=L.min_truncation, le=L.max_truncation, allow_inf_nan=False,
-                     description="truncation psi (StyleGAN2): 1 = none, 0 = the average image")
-
-    def Res():
-        return Query(None, ge=1, le=1 << 16,
-                     description="output side: one of /api/info's `resolutions` (default: its `default_resolution`)")
-
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text()
-
-    @app.get("/api/snapshots", response_model=Snapshots, responses=bad, summary="The snapshots that can be chosen")
-    def snapshots():
-        return {"default": explorer.default_snapshot(),
-                "snapshots": [{"name": s["name"], "kimg": s["kimg"]} for s in explorer.list_snapshots()]}
-
-    @app.get("/api/info", response_model=Info, responses=bad,
-             summary="A snapshot's architecture, offered resolutions and the limits")
-    def info(snapshot: str | None = Snap()):
-        return explorer.info(snapshot)
-
-    def attachment(kind: str, name: str) -> dict:
-        return {"Content-Disposition": f'inline; filename="{name}.{kind}"'}  # a good name for "save as"
-
-    @app.get("/api/image.png", response_class=PNG, responses=bad_image, summary="One seed's image")
-    def image(seed: int = Seed(), truncation: float = Trunc(), resolution: int | None = Res(),
-              snapshot: str | None = Snap()):
-        img = explorer.image(snapshot, seed, truncation, resolution)
-        return PNG(to_png(img), headers=attachment("png", f"seed{seed:04d}-{img.shape[0]}px"))
-
-    @app.get("/api/neighbours.png", response_class=PNG, responses=bad_image,
-             summary="A grid: the seed's image first, then latents around it")
-    def neighbours(seed: int = Seed(), count: int = Query(9, ge=1, le=L.max_grid, description="images in the grid"),
-                   spread: float = Query(0.3, ge=0.0, le=L.max_spread, allow_inf_nan=False,
-                                         description="distance from the seed's latent (0 = the same image)"),
-                   truncation: float = Trunc(), resolution: int | None = Res(), snapshot: str | None = Snap()):
-        png = to_png(explorer.neighbours(snapshot, seed, count, spread, truncation, resolution))
-        return PNG(png, headers=attachment("png", f"seed{seed:04d}-neighbours"))
-
-    @app.get("/api/morph.gif", response_class=GIF, responses=bad_image,
-             summary="A looping morph seed_a → seed_b → seed_a, as an animated GIF")
-    def morph(seed_a: int = Seed(), seed_b: int = Seed(),
-              frames: int = Query(24, ge=2, le=L.max_frames, description="frames in the whole loop"),
-              fps: float = Query(12.0, ge=L.min_fps, le=L.max_fps, allow_inf_nan=False,
-                               description="frames per second"),
-              truncation: float = Trunc(), resolution: int | None = Res(), snapshot: str | None = Snap()):
-        video = explorer.morph(snapshot, [seed_a, seed_b], frames, truncation, resolution)
-        return GIF(to_gif(video, fps), headers=attachment("gif", f"morph-{seed_a}-{seed_b}"))
-
-    @app.get("/api/nearest", response_model=Nearest, responses=bad,
-             summary="The training images nearest a seed's image, with distances (needs `ganflow serve --data`)")
-    def nearest(seed: int = Seed(), truncation: float = Trunc(),
-                count: int = Query(3, ge=1, le=L.max_nearest, description="training images"),
-                snapshot: str | None = Snap()):
-        return explorer.nearest_training(snapshot, seed, truncation, count)
-
-    @app.get("/api/training-image.png", response_class=PNG, responses=bad_image,
-             summary="A training image, by an id from /api/nearest")
-    def training_image(id: str = Query(..., max_length=500, description="an id from /api/nearest")):  # noqa: A002
-        return PNG(to_png(explorer.training_image(id)), headers=attachment("png", Path(id).stem))
-
-    @app.get("/api/fid", response_model=FidTable, summary="The run's FID table (RUN/fid.csv from `ganflow evaluate`)")
-    def fid():
-        return explorer.fid_table()
-
+    app.state.explorer = explorer  # for the routes (served), and whoever embeds the app: snapshots, limits, gate
+    app.state.allowed_hosts = None if hosts is None or "*" in hosts else frozenset(hosts)
+    for error, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(error, handler)
+    app.middleware("http")(check_host)
+    app.include_router(run_routes)
+    app.include_router(generation_routes(explorer.limits))
     return app

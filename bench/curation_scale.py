@@ -297,6 +297,9 @@ def summarize(r: dict) -> dict:
         a, b = r["runs"][small][mode], r["runs"][large][mode]
         s[mode] = {"flow_rate_largest_vs_smallest": round(b["img_per_s"] / a["img_per_s"], 2),
                    "cheap_rate_largest_vs_smallest": round(b["cheap_img_per_s"] / a["cheap_img_per_s"], 2),
+                   # img per CPU second: the same ratio without the shared machine's changing load
+                   "cpu_rate_largest_vs_smallest": round(b["img_per_cpu_s"] / a["img_per_cpu_s"], 2)
+                   if a.get("img_per_cpu_s") and b.get("img_per_cpu_s") else None,
                    "peak_rss_largest_vs_smallest": round(b["peak_rss_tree_mb"] / a["peak_rss_tree_mb"], 2)}
     if {"local", "dask"} <= set(r["modes"]):
         s["dask_vs_local"] = {n: round(r["runs"][n]["dask"]["img_per_s"] / r["runs"][n]["local"]["img_per_s"], 2)

@@ -147,24 +147,47 @@ def generated(cache: Path, n: int, cores: int) -> Path:
 # ---------------------------------------------------------------------------------------------------
 
 class PeakRSS:
-    """Peak resident memory of this process alone and of its whole tree (children, grandchildren)."""
+    """Peak resident memory of this process alone and of its whole tree (children, grandchildren), and the
+    CPU seconds the tree spent meanwhile: under a shared machine's load, wall time says little about the
+    code, CPU time per image does (the per-core rate)."""
 
     def __init__(self, every: float = 0.2):
         self.every, self.me = every, psutil.Process()
         self.tree = self.own = 0
+        self._start: dict[int, float] = {}  # CPU seconds each process had already spent at __enter__
+        self._cpu: dict[int, float] = {}    # CPU seconds each process spent since
         self._stop = threading.Event()
 
+    def _procs(self) -> list:
+        return [self.me, *self.me.children(recursive=True)]
+
+    @staticmethod
+    def _cpu_of(proc) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
     def _sample(self) -> None:
-        own = self.me.memory_info().rss
-        total = own
-        for child in self.me.children(recursive=True):
+        own = total = 0
+        for proc in self._procs():
             try:
-                total += child.memory_info().rss
+                rss, cpu = proc.memory_info().rss, self._cpu_of(proc)
             except psutil.Error:
-                pass
+                continue
+            own = rss if proc.pid == self.me.pid else own
+            total += rss
+            self._cpu[proc.pid] = max(self._cpu.get(proc.pid, 0.0), cpu - self._start.get(proc.pid, 0.0))
         self.own, self.tree = max(self.own, own), max(self.tree, total)
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
     def __enter__(self):
+        for proc in self._procs():
+            try:
+                self._start[proc.pid] = self._cpu_of(proc)
+            except psutil.Error:
+                pass
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -224,6 +247,8 @@ def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str |
         "cheap_images": clock.spans["cheap"][2], "cheap_s": cheap_s,
         "cheap_img_per_s": round(clock.spans["cheap"][2] / cheap_s, 2) if cheap_s else None,
         "stage_s": stages, "other_s": round(seconds - sum(stages.values()), 2),
+        "cpu_s": round(rss.cpu_s, 2), "img_per_cpu_s": round(n / rss.cpu_s, 2),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
         "peak_rss_tree_mb": round(rss.tree / 2**20, 1), "peak_rss_flow_process_mb": round(rss.own / 2**20, 1),
         "accepted": result["count"], "reasons": result["reasons"], "content_hash": result["content_hash"],
     }
@@ -272,6 +297,9 @@ def summarize(r: dict) -> dict:
         a, b = r["runs"][small][mode], r["runs"][large][mode]
         s[mode] = {"flow_rate_largest_vs_smallest": round(b["img_per_s"] / a["img_per_s"], 2),
                    "cheap_rate_largest_vs_smallest": round(b["cheap_img_per_s"] / a["cheap_img_per_s"], 2),
+                   # img per CPU second: the same ratio without the shared machine's changing load
+                   "cpu_rate_largest_vs_smallest": round(b["img_per_cpu_s"] / a["img_per_cpu_s"], 2)
+                   if a.get("img_per_cpu_s") and b.get("img_per_cpu_s") else None,
                    "peak_rss_largest_vs_smallest": round(b["peak_rss_tree_mb"] / a["peak_rss_tree_mb"], 2)}
     if {"local", "dask"} <= set(r["modes"]):
         s["dask_vs_local"] = {n: round(r["runs"][n]["dask"]["img_per_s"] / r["runs"][n]["local"]["img_per_s"], 2)
@@ -284,16 +312,21 @@ def summarize(r: dict) -> dict:
 
 def project(run: dict, cores: int, machines=(4, 32), cores_per_machine: int = 16) -> dict:
     """10^6 images on M machines of C cores: the batch stages scale with M x C at the measured per-core rate;
-    ingest and the flow's own work (dedup, publish) stay on one machine, at the measured per-image cost."""
+    ingest and the flow's own work (dedup, publish) stay on one machine, at the measured per-image cost.
+
+    Two per-core rates: from CPU seconds (the whole process tree's, all of it charged to the batch stages:
+    what a core that is not shared gives) and from wall seconds x cores (what this shared machine gave)."""
     n = run["images"]
     parallel = sum(run["stage_s"].get(k, 0.0) for k in ("cheap", "content", "render"))
     serial = run["seconds"] - parallel
-    per_core = n / (parallel * cores)  # images per second per core in the batch stages
-    out = {"assumed_cores_per_machine": cores_per_machine, "per_core_img_per_s": round(per_core, 2),
-           "serial_s_per_1k_images": round(1000 * serial / n, 2)}
-    for m in machines:
-        hours = (1e6 / (per_core * m * cores_per_machine) + 1e6 * serial / n) / 3600
-        out[f"{m}_machines_hours"] = round(hours, 2)
+    rates = {"cpu": n / run["cpu_s"], "wall": n / (parallel * cores)} if run.get("cpu_s") else \
+        {"wall": n / (parallel * cores)}
+    out = {"assumed_cores_per_machine": cores_per_machine, "serial_s_per_1k_images": round(1000 * serial / n, 2)}
+    for kind, per_core in rates.items():
+        out[f"per_core_img_per_s_{kind}"] = round(per_core, 2)
+        for m in machines:
+            hours = (1e6 / (per_core * m * cores_per_machine) + 1e6 * serial / n) / 3600
+            out[f"{m}_machines_hours_{kind}"] = round(hours, 2)
     return out
 
 

@@ -40,7 +40,11 @@ def on_dask_worker() -> bool:
 
 
 def _preload() -> None:
+    import cv2
+
     import tasks.curation.per_image  # noqa: F401  (workers pay their imports once, at start)
+
+    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would only oversubscribe
 
 
 def _pool(workers: int) -> Executor:

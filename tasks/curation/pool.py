@@ -39,12 +39,16 @@ def on_dask_worker() -> bool:
     return True
 
 
-def _preload() -> None:
+def _one_opencv_thread() -> None:
     import cv2
 
+    cv2.setNumThreads(1)  # one process (or Dask worker thread) per core already: more would only oversubscribe
+
+
+def _preload() -> None:
     import tasks.curation.per_image  # noqa: F401  (workers pay their imports once, at start)
 
-    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would only oversubscribe
+    _one_opencv_thread()
 
 
 def _pool(workers: int) -> Executor:
@@ -75,7 +79,10 @@ atexit.register(shutdown)
 def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """Ordered results of fn over items: inline for one worker or one item, else in the shared pool."""
     items = list(items)
-    workers = 1 if on_dask_worker() else resolve_workers(workers)
+    if on_dask_worker():
+        _one_opencv_thread()  # the worker's threads are the cores, as the pool's processes are
+        workers = 1
+    workers = resolve_workers(workers)
     if workers == 1 or len(items) <= 1:
         yield from map(fn, items)
         return

@@ -126,7 +126,7 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None, fd: Tensor | None, b: Tensor, u
                    padding: list[int], gain: float, slope: float, clamp: float | None) -> Tensor:
     """Bias, upsample with fu, leaky ReLU x gain (+ clamp), downsample with fd: `_filtered_lrelu_ref`."""
     x = x + b.reshape(1, -1, 1, 1).to(x.dtype)
-    x = _upfirdn_1d(x, fu, up, 1, tuple(padding), gain=up ** 2)
+    x = _upfirdn_1d(x, fu, up, 1, tuple(padding), gain=up ** 2)  # type: ignore[arg-type]  # 4 ints
     x = ops.bias_act(x, None, act="lrelu", alpha=slope, gain=gain, clamp=clamp)
     return _upfirdn_1d(x, fd, 1, down, (0, 0, 0, 0), gain=1.0)
 

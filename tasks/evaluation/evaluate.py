@@ -73,7 +73,7 @@ def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
     if unknown:
         raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
     values = {k: ("" if v is None else v) for k, v in section.items()}
-    return EvaluateParams(**values)
+    return EvaluateParams(**values)  # type: ignore[arg-type]  # EvaluateParams checks the values
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
@@ -94,7 +94,7 @@ def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0
             start, reason = i - rises + 1, f"{LABELS[key]} rose {rises} snapshots in a row"
             break
         d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
-        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:
+        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:  # type: ignore[operator]  # none is None here
             start, reason = i, f"D loss {d:.3g} < {d_loss_min:g} while G loss climbed {g_prev:.3g} → {g:.3g}"
             break
     if start is None:
@@ -146,7 +146,7 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: Evalua
     config = {k: v for k, v in load_checkpoint(first_ckpt, mmap=True).get("config", {}).items()
               if k not in RESUMABLE_CHANGES}
     run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    key = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
+    key: dict[str, object] = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
     if dinov2_sha256:  # absent for Inception-only runs: their rows from before DINOv2 stay valid
         key.update(dinov2_sha256=dinov2_sha256, metrics=list(p.metrics))
     return key
@@ -171,7 +171,7 @@ def _first_reals(data: str | Path, n: int, resolution: int) -> torch.Tensor:
     from tasks.evaluation.metrics import source_batches
 
     imgs = next(iter(source_batches(data, batch=n, limit=n))).permute(0, 2, 3, 1).numpy()
-    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.LANCZOS))
+    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.Resampling.LANCZOS))
            if im.shape[0] != resolution else im for im in imgs]
     out = (out * (n // len(out) + 1))[:n]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
@@ -310,7 +310,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
         cached = all(c for _s, c in reals.values())
         reals = {k: v[0] for k, v in reals.items()}
         audit = audit_space(spaces)
-        train = reals[audit.metric].features  # the training images' features (cached with the real statistics)
+        # mypy: the training images' features (cached with the real statistics)
+        train: np.ndarray = reals[audit.metric].features  # type: ignore[assignment]
         radii = kth_neighbour_distance(train, K) if len(train) > K else None
         tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
         memorization = {"threshold": tau, "quantile": p.memorized_quantile, "features": audit.name,
@@ -359,7 +360,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
         "kimg": latest["kimg"],
         **{k: latest.get(k) for k in ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")
            if latest.get(k) is not None or k in ("fid", "kid")},
-        **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else
+        # mypy: fresh implies it
+        **({k: latest_detail[k] for k in LATEST_KEYS if latest_detail.get(k) is not None} if fresh else  # type: ignore[index,union-attr]
            {k: previous[k] for k in LATEST_KEYS if k in previous}),
         "best": ({"kimg": best["kimg"], p.rank_by: best[p.rank_by], "why": why, "file": BEST,
                   **({"fid": best["fid"]} if p.rank_by != "fid" and best.get("fid") is not None else {})}
@@ -384,7 +386,7 @@ TABLE_COLUMNS = (("FID", "fid", "{:.4f}"), ("KID", "kid", "{:.5f}"), ("FD-DINOv2
                  ("memorized", "memorized", "{:.1%}"))
 
 
-def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
+def fid_table_rows(rows: list[dict], flagged: dict | set, best_kimg: float | None, memorizing=()) -> list[dict]:
     """The FID-over-kimg table for a Prefect table artifact (a column only when some row has a value for it)."""
     shown = [c for c in TABLE_COLUMNS if c[1] in ("fid", "kid") or any(r.get(c[1]) is not None for r in rows)]
     return [{"kimg": f"{r['kimg']:g}",

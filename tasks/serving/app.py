@@ -157,7 +157,7 @@ def allowed_hosts(bind: str, extra: list[str] | tuple[str, ...] = ()) -> frozens
         hostname = socket.gethostname()
         names |= {hostname.lower(), socket.getfqdn().lower()}
         try:
-            names |= {info[4][0].lower() for info in socket.getaddrinfo(hostname, None)}
+            names |= {str(info[4][0]).lower() for info in socket.getaddrinfo(hostname, None)}
         except OSError:
             pass
     return frozenset(names | {host_of(h) if h != "*" else "*" for h in extra})
@@ -221,7 +221,7 @@ class Explorer:
             if not self.list_snapshots():
                 raise FileNotFoundError(f"{run_dir} has no {BEST} nor {CKPT_DIR}/ckpt-*.pt: train (and evaluate) first")
         else:
-            self.fixed = Path(snapshot).resolve()
+            self.fixed = Path(snapshot).resolve()  # type: ignore[arg-type]  # given when run_dir is not
             if not self.fixed.is_file():
                 raise FileNotFoundError(f"snapshot {snapshot} does not exist")
             # RUN/best.pt or RUN/checkpoints/ckpt-*.pt: its run's fid.csv is the table to show
@@ -518,15 +518,15 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
         neighbours: list[Neighbour]
 
     class PNG(Response):
-        media_type = "image/png"
+        media_type = "image/png"  # type: ignore[assignment]  # Starlette's way to set it
 
     class GIF(Response):
-        media_type = "image/gif"
+        media_type = "image/gif"  # type: ignore[assignment]  # Starlette's way to set it
 
     why = "a parameter out of range or not offered by this snapshot"
-    bad = {422: {"model": Problem, "description": why}}
+    bad: dict[int | str, dict[str, object]] = {422: {"model": Problem, "description": why}}
     # Image routes: a model would be documented under the route's image type; the 422 body is JSON.
-    bad_image = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
+    bad_image: dict[int | str, dict[str, object]] = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
     app = FastAPI(title="ganflow serve", version="1",
                   description="Images, neighbour grids and morphs from a trained ganflow snapshot, and its run's "
                               "FID table. Every image endpoint takes `snapshot` (a name from /api/snapshots).")

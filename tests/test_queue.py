@@ -164,7 +164,6 @@ def test_local_process_liveness_and_kill():
 
 def test_status_shows_checkpoint_progress_and_eta(tmp_path):
     import os
-    import time
 
     from flows.queue_cli import status_table
 

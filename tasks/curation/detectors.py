@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tasks.curation.filters import fit_short_side
 from tasks.params import CurateParams
 
 # Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.

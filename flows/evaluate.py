@@ -49,7 +49,7 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    # mypy: it has one
+    # mypy: the flow has a docstring
     ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description=evaluate_flow.__doc__.splitlines()[0])  # type: ignore[union-attr]
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--data", required=True)

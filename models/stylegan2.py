@@ -210,7 +210,7 @@ class EqualLinear(nn.Module):
 class EqualConv2d(nn.Module):
     """Convolution with equalized learning rate, optional 2x up/downsampling, bias, activation, clamp."""
 
-    resample_filter: Tensor  # buffers (register_buffer): typed for mypy
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1,
@@ -234,7 +234,7 @@ class EqualConv2d(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> w: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
 
-    w_avg: Tensor  # buffers (register_buffer): typed for mypy
+    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_mul: float = 0.01,
                  w_avg_beta: float = 0.995):
@@ -273,7 +273,7 @@ class ModulatedConv2d(nn.Module):
     """Convolution whose input channels are scaled per sample by a style (an affine map of w), with
     optional demodulation (output normalized to unit expected variance) and 2x upsampling."""
 
-    resample_filter: Tensor  # buffers (register_buffer): typed for mypy
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 3,
                  demodulate: bool = True, up: int = 1, resample_filter: tuple[int, ...] = (1, 3, 3, 1)):
@@ -352,7 +352,7 @@ class SynthesisBlock(nn.Module):
     """One resolution of the skip generator: (learned constant | 2x-upsampling conv), conv, ToRGB added to
     the upsampled image from the previous block."""
 
-    resample_filter: Tensor  # buffers (register_buffer): typed for mypy
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None,

@@ -222,7 +222,7 @@ class FullyConnectedLayer(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> ws: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
 
-    w_avg: Tensor  # buffers (register_buffer): typed for mypy
+    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, lr_multiplier: float = 0.01,
                  w_avg_beta: float = 0.998):

@@ -526,7 +526,8 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
     why = "a parameter out of range or not offered by this snapshot"
     bad: dict[int | str, dict[str, object]] = {422: {"model": Problem, "description": why}}
     # Image routes: a model would be documented under the route's image type; the 422 body is JSON.
-    bad_image: dict[int | str, dict[str, object]] = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
+    bad_image: dict[int | str, dict[str, object]]
+    bad_image = {422: {"description": why, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
     app = FastAPI(title="ganflow serve", version="1",
                   description="Images, neighbour grids and morphs from a trained ganflow snapshot, and its run's "
                               "FID table. Every image endpoint takes `snapshot` (a name from /api/snapshots).")

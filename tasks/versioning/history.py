@@ -8,10 +8,10 @@ revision). No Prefect import here, so `ganflow datasets` starts fast.
 from __future__ import annotations
 
 import json
-from typing import Any
 import subprocess
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 

@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL ?= WARNING
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-slow bench install clean serve
+.PHONY: demo test lint test-slow bench install clean serve
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,12 @@ $(CHROMIUM):
 	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  --no-install-recommends chromium >/dev/null; } || echo "could not install chromium: the browser test will be skipped"
 
-test: $(STAMP) $(CHROMIUM)
+# Lint and type-check first (seconds): ruff's bug-finding rules and mypy, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: $(STAMP) lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

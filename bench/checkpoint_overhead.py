@@ -33,7 +33,7 @@ import yaml
 
 TARGET = 0.02
 # demo: what `make demo` trains on CPU; auto<N>: the reference's full-width network at N² (a real run's size).
-CONFIGS = {
+CONFIGS: dict[str, dict] = {
     "demo": dict(resolution=64, batch=8, net=dict(channel_base=4096, channel_max=128)),
     "auto64": dict(resolution=64, batch=8),
     "auto256": dict(resolution=256, batch=32),   # GPU
@@ -69,7 +69,7 @@ def measure(name: str, steps_per_snapshot: int, snapshots: int, default_snapshot
         times.append(time.perf_counter() - t)
         return path
 
-    trainer.snapshot = timed_snapshot
+    trainer.snapshot = timed_snapshot  # type: ignore[method-assign]  # timed, on this instance only
     _sync(device)
     t0 = time.perf_counter()
     trainer.train(snapshots * interval_kimg)

@@ -205,7 +205,7 @@ class PeakRSS:
 class StageClock:
     """A tasks.progress reporter that records when each stage began and ended."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.spans: dict[str, list[float]] = {}
 
     def begin(self, stage: str, total: int) -> None:
@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     pool.shutdown()
                     if mode == "local":
                         list(pool.imap(abs, range(4 * args.cores), args.cores))  # the pool is up before timing
-                    runs[mode] = run_flow(folder, n, work, params, cluster.scheduler_address if mode == "dask" else None)
+                    # mypy: the cluster is set when mode is dask
+                    runs[mode] = run_flow(folder, n, work, params, cluster.scheduler_address if mode == "dask" else None)  # type: ignore[union-attr]
                     runs[mode]["manifest_sha256"] = _sha256(work / "out" / "manifest.jsonl")
                     print(f"{n} {mode}: {json.dumps(runs[mode])}", flush=True)
                 pool.shutdown()

@@ -67,7 +67,7 @@ def start_server(run_dir: Path, port: int, queue: int = 8) -> subprocess.Popen:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ganflow serve exited: {proc.stderr.read()}")
+            raise RuntimeError(f"ganflow serve exited: {proc.stderr.read()}")  # type: ignore[union-attr]  # stderr=PIPE
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=5).status_code == 200:
                 return proc

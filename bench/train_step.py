@@ -39,7 +39,7 @@ class _Untracked:
 
 def total_flops_counter() -> FlopCounterMode:
     counter = FlopCounterMode(display=False)
-    counter.mod_tracker = _Untracked()
+    counter.mod_tracker = _Untracked()  # type: ignore[assignment]  # a stand-in that tracks nothing
     return counter
 
 
@@ -67,11 +67,12 @@ def training_speed(arch: str, resolution: int, batch: int, steps: int, tmp: Path
     images = (torch.rand(64, 3, resolution, resolution) * 255).to(torch.uint8)
     # PGGAN: grow to the full resolution within the warm-up (one image per fade-in and per stage), so the
     # timed steps run the whole network, as training does for most of its images.
-    grow = dict(fade_kimg=0.001, stabilize_kimg=0.001, net={"channels_last": channels_last}) if arch == "pggan" else {}
+    grow: dict = dict(fade_kimg=0.001, stabilize_kimg=0.001, net={"channels_last": channels_last}) if arch == "pggan" else {}
     cfg = TrainConfig(arch=arch, resolution=resolution, batch=batch, snapshot_kimg=1e9, ada_target=0.0,
                       r1_interval=16, **grow)
     trainer = Trainer(cfg, images, tmp / f"{arch}-{resolution}", device=device)
-    trainer.snapshot = lambda: None  # measure steps, not checkpoint writes (bench/ checkpoint overhead is separate)
+    # Measure steps, not checkpoint writes (bench/ checkpoint overhead is separate)
+    trainer.snapshot = lambda: None  # type: ignore[method-assign,assignment,return-value]
     warm = 2 * batch + (4 * resolution.bit_length() if arch == "pggan" else 0)
     trainer.train(warm / 1000)
     with total_flops_counter() as counter:

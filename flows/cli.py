@@ -99,7 +99,8 @@ def _run_curate(args: argparse.Namespace) -> int:
     source = "hashtag" if args.hashtag else "path" if args.input else "demo"
     progress.install(_Bars())
     try:
-        result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,
+        # mypy: source is one of its literals
+        result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,  # type: ignore[call-overload]
                         raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
                         resolution=args.resolution, matte=args.matte, max_posts=args.max_posts,
                         session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc,

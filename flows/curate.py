@@ -99,7 +99,8 @@ def curate(
         raw_dir = str(check_raw_dir(str(store), "raw_root"))
         progress.begin("ingest", 0)
         if source == "hashtag":
-            scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)
+            # mypy: the CLI requires it for this source
+            scrape_hashtag_task(hashtag, raw_dir, max_posts, session_file, ig_user)  # type: ignore[arg-type]
         else:
             ingest_task(source, raw_dir, MemberLimits.from_params(params), input_path)
         progress.end("ingest")

@@ -39,8 +39,8 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
             logger.warning("evaluation skipped: %s", reason)
             return {"skipped": reason}
         raise FileNotFoundError(reason)
-    return evaluate_task(run_dir, data, weights and str(weights), p, device=device,
-                         dinov2_weights=dinov2 and str(dinov2))
+    return evaluate_task(run_dir, data, str(weights) if weights else None, p, device=device,
+                         dinov2_weights=str(dinov2) if dinov2 else None)
 
 
 def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> dict:
@@ -54,8 +54,8 @@ def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> d
         logger.info("FID evaluation skipped: %s", reason.split(";")[0])
         return {"skipped": reason}
     try:
-        return evaluate_flow(run_dir, data, weights and str(weights), params, device=device,
-                             dinov2_weights=dinov2 and str(dinov2))
+        return evaluate_flow(run_dir, data, str(weights) if weights else None, params, device=device,
+                             dinov2_weights=str(dinov2) if dinov2 else None)
     except Exception as e:  # noqa: BLE001 - reported, and the training result stands
         logger.error("FID evaluation of %s failed: %s: %s", run_dir, type(e).__name__, e)
         return {"failed": f"{type(e).__name__}: {e}"}

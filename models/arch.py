@@ -6,7 +6,7 @@ number of images seen (a PGGAN's stage and fade-in alpha), so a resume restores 
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Any, Callable, Literal, Protocol, overload
 
 import torch
 from torch import nn
@@ -30,8 +30,13 @@ class Arch(Protocol):
     stats_in_d_step: bool  # G's running statistics (w_avg...) move in D's pass over fakes, not in G's step
 
 
+    # Images alone, or (images, ws) with return_ws=True: two overloads so each call site gets its exact type.
+    @overload
     def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True,
-                 return_ws: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+                 return_ws: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True, *,
+                 return_ws: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
     def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def prepare_reals(self, reals: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def progress(self, nimg: int) -> dict: ...
@@ -127,7 +132,9 @@ class PGGANArch:
         self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg or defaults.stabilize_kimg,
                                        fade_kimg=cfg.fade_kimg or defaults.fade_kimg)
 
-    def generate(self, G, z, nimg, update_stats=True):
+    def generate(self, G, z, nimg, update_stats=True, return_ws=False):
+        if return_ws:  # the Arch protocol's; only path-length regularization asks, and pl_weight is 0 here
+            raise ValueError("pggan has no intermediate latent w (no mapping network): return_ws is StyleGAN's")
         stage, alpha = self.schedule.at(nimg)
         return G(z, stage=stage, alpha=alpha)
 
@@ -234,7 +241,9 @@ class StyleGAN3Arch:
         return {"name": self.net.kind, "net": self.net.to_dict(), "d_net": self.d_net.to_dict()}
 
 
-ARCHS = {"stylegan2": StyleGAN2Arch, "stylegan3-t": StyleGAN3Arch, "stylegan3-r": StyleGAN3Arch, "pggan": PGGANArch}
+# Typed so that mypy checks each class against the Arch protocol (e.g. generate()'s signature).
+ARCHS: dict[str, Callable[[Any], Arch]] = {
+    "stylegan2": StyleGAN2Arch, "stylegan3-t": StyleGAN3Arch, "stylegan3-r": StyleGAN3Arch, "pggan": PGGANArch}
 
 
 def build_arch(cfg) -> Arch:

@@ -227,6 +227,10 @@ class AugmentPipe(nn.Module):
     fields. `p` starts at `p` (0 by default, as ADA starts) and is a buffer: set it with `pipe.p.fill_(x)`.
     """
 
+    p: Tensor  # buffers (register_buffer): typed for mypy
+    geom_taps: Tensor
+    fbank: Tensor
+
     def __init__(self, spec: str | AugmentSettings = "bgc", *, p: float = 0.0, resample: str = "sym6",
                  **overrides):
         super().__init__()

@@ -26,7 +26,7 @@ def rng_state() -> dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np.asarray(np_keys, np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
     }

@@ -34,9 +34,9 @@ def load_images(data_dir: str | Path, resolution: int) -> torch.Tensor:
             for member in tf.getmembers():
                 if not member.isfile() or not member.name.endswith(".png"):
                     continue
-                img = Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")
+                img = Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")  # type: ignore[union-attr]  # isfile()
                 if img.size != (resolution, resolution):
-                    img = img.resize((resolution, resolution), Image.LANCZOS)
+                    img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
                 images.append(np.asarray(img))
     if not images:
         raise DatasetError(f"{data_dir} holds no accepted images to train on")
@@ -55,7 +55,7 @@ class ShuffledSampler:
     def __init__(self, n: int, seed: int, state: SamplerState | None = None):
         self.n, self.seed = n, seed
         self.state = state or SamplerState()
-        self._perm_epoch, self._perm = -1, None
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)  # drawn on first use
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm_epoch != epoch:

@@ -48,13 +48,13 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     params = [p for p in params if p.grad is not None]
     if not params:
         return
-    flat = torch.cat([p.grad.flatten() for p in params])
+    flat = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]  # kept: grad is not None
     dist.all_reduce(flat)
     flat /= world_size()
     # nan_to_num as the reference: one bad process must not poison every replica with NaN.
     torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
     for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(g.view_as(p.grad))
+        p.grad.copy_(g.view_as(p.grad))  # type: ignore[union-attr]  # kept: grad is not None
 
 
 def average_buffers(module: torch.nn.Module) -> None:

@@ -40,13 +40,13 @@ def build_generator(arch: dict) -> torch.nn.Module:
 
         return Generator(StyleGAN2Config.from_dict(arch["net"]))
     if arch["name"] in ("stylegan3-t", "stylegan3-r"):
-        from models.stylegan3 import Generator, StyleGAN3Config
+        from models.stylegan3 import Generator as SG3Generator, StyleGAN3Config
 
-        return Generator(StyleGAN3Config.from_dict(arch["net"]))
+        return SG3Generator(StyleGAN3Config.from_dict(arch["net"]))
     if arch["name"] == "pggan":
-        from models.pggan import Generator, PGGANConfig
+        from models.pggan import Generator as PGGANGenerator, PGGANConfig
 
-        return Generator(PGGANConfig.from_dict(arch["net"]))
+        return PGGANGenerator(PGGANConfig.from_dict(arch["net"]))
     raise ValueError(f"unknown architecture {arch['name']!r}")
 
 

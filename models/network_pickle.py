@@ -258,7 +258,7 @@ def import_network_pickle(path: str | Path) -> dict:
         if nvidia_arch.architecture(nets["G"], nets["D"])[0] != arch:
             raise NetworkPickleError("G and G_ema were built with different kwargs")
         taps = {"G": arch["net"].get("resample_filter"), "D": arch.get("d_net", arch["net"])["resample_filter"]}
-        out = {"G": nvidia_arch.load_tensors(build_g(), nets["G"], "G", taps["G"]),
+        out: dict[str, Any] = {"G": nvidia_arch.load_tensors(build_g(), nets["G"], "G", taps["G"]),
                "D": nvidia_arch.load_tensors(build_d(), nets["D"], "D", taps["D"]),
                "G_ema": nvidia_arch.load_tensors(build_g(), nets["G_ema"], "G_ema", taps["G"])}
     except (NetworkPickleError, ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed network

@@ -10,7 +10,7 @@ ganflow implements; anything else is refused by name, so an import never silentl
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -22,7 +22,7 @@ _D_POSITIONAL = ("c_dim", "img_resolution", "img_channels", "architecture", "cha
 
 # Defaults of the reference's signatures (None = the same in both repositories).
 _ADA, _SG3 = "stylegan2-ada-pytorch", "stylegan3"
-_SG2_DEFAULTS = {
+_SG2_DEFAULTS: dict[str, dict[str, Any]] = {
     _ADA: dict(num_layers=8, lr_multiplier=0.01, w_avg_beta=0.995, channel_base=32768, channel_max=512,
                num_fp16_res=0, conv_clamp=None, fused_modconv_default=None, d_num_fp16_res=0, d_conv_clamp=None),
     _SG3: dict(num_layers=8, lr_multiplier=0.01, w_avg_beta=0.998, channel_base=32768, channel_max=512,
@@ -246,7 +246,7 @@ def stylegan3_config(G: Persistent) -> dict:
     syn.done()
     recorded = {"mapping": {"w_avg_beta": out["w_avg_beta"], "num_layers": out["mapping_layers"]},
                 "synthesis": {k: out[k] for k in ("num_layers", "num_critical", "margin_size", "output_scale")}}
-    layers = G.child("synthesis").attrs.get("layer_names") or []
+    layers = G.child("synthesis").attrs.get("layer_names") or []  # type: ignore[union-attr]  # family() checked it
     if layers:
         recorded[f"synthesis.{layers[0]}"] = {k: out[k] for k in ("conv_clamp", "magnitude_ema_beta", "conv_kernel")}
     _check_recorded(G, "G", recorded)

@@ -268,7 +268,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, noise: Tensor | 
         weight = weight * (1 / math.sqrt(in_ch * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
-    dcoefs = None
+    dcoefs: Tensor = None  # type: ignore[assignment]  # only read where demodulate set it
     if demodulate:
         # sum_{i,k} (w_oik * s_ni)^2 = sum_i s_ni^2 * (sum_k w_oik^2): no [N, O, I, k, k] tensor needed.
         with _no_autocast(x):

@@ -210,6 +210,8 @@ class EqualLinear(nn.Module):
 class EqualConv2d(nn.Module):
     """Convolution with equalized learning rate, optional 2x up/downsampling, bias, activation, clamp."""
 
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1,
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None):
@@ -231,6 +233,8 @@ class EqualConv2d(nn.Module):
 
 class MappingNetwork(nn.Module):
     """z -> w: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
+
+    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_mul: float = 0.01,
                  w_avg_beta: float = 0.995):
@@ -269,6 +273,8 @@ class ModulatedConv2d(nn.Module):
     """Convolution whose input channels are scaled per sample by a style (an affine map of w), with
     optional demodulation (output normalized to unit expected variance) and 2x upsampling."""
 
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 3,
                  demodulate: bool = True, up: int = 1, resample_filter: tuple[int, ...] = (1, 3, 3, 1)):
         super().__init__()
@@ -296,6 +302,8 @@ class SynthesisLayer(ModulatedConv2d):
     The noise is fresh per call ('random'), a fixed per-layer image ('const', reproducible), or off ('none').
     """
 
+    noise_const: Tensor  # a buffer (register_buffer) when use_noise: typed for mypy
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
                  up: int = 1, use_noise: bool = True, activation: str = "lrelu",
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None):
@@ -319,8 +327,8 @@ class SynthesisLayer(ModulatedConv2d):
             return self.noise_const * self.noise_strength
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, not {noise_mode!r}")
 
-    def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random", fused: bool = True,
-                gain: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random", fused: bool = True,  # type: ignore[override]
+                gain: float = 1.0) -> Tensor:  # (used only as a SynthesisLayer, never where a ModulatedConv2d is)
         x = self.modulated_conv(x, w, noise=self.noise(x, noise_mode), fused=fused)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
@@ -343,6 +351,8 @@ class ToRGB(ModulatedConv2d):
 class SynthesisBlock(nn.Module):
     """One resolution of the skip generator: (learned constant | 2x-upsampling conv), conv, ToRGB added to
     the upsampled image from the previous block."""
+
+    resample_filter: Tensor  # a buffer (register_buffer): typed for mypy
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None,
@@ -371,7 +381,7 @@ class SynthesisBlock(nn.Module):
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=fmt)
         else:
-            x = x.contiguous(memory_format=fmt)
+            x = x.contiguous(memory_format=fmt)  # type: ignore[union-attr]  # the previous block's features
         half = self.use_fp16 and torch.is_autocast_enabled(x.device.type)
         if fused_modconv is None:
             # The reference fuses at inference when in fp32 or for one sample. On CPU the grouped conv is
@@ -424,7 +434,7 @@ class SynthesisNetwork(nn.Module):
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             x, img = block(x, img, block_ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
             w_idx += block.num_conv
-        return img
+        return img  # type: ignore[return-value]  # set by the first block
 
 
 class Generator(nn.Module):

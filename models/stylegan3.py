@@ -126,7 +126,7 @@ def filtered_lrelu(x: Tensor, fu: Tensor | None, fd: Tensor | None, b: Tensor, u
                    padding: list[int], gain: float, slope: float, clamp: float | None) -> Tensor:
     """Bias, upsample with fu, leaky ReLU x gain (+ clamp), downsample with fd: `_filtered_lrelu_ref`."""
     x = x + b.reshape(1, -1, 1, 1).to(x.dtype)
-    x = _upfirdn_1d(x, fu, up, 1, tuple(padding), gain=up ** 2)
+    x = _upfirdn_1d(x, fu, up, 1, tuple(padding), gain=up ** 2)  # type: ignore[arg-type]  # 4 ints
     x = ops.bias_act(x, None, act="lrelu", alpha=slope, gain=gain, clamp=clamp)
     return _upfirdn_1d(x, fd, 1, down, (0, 0, 0, 0), gain=1.0)
 
@@ -222,6 +222,8 @@ class FullyConnectedLayer(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> ws: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
 
+    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
+
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, lr_multiplier: float = 0.01,
                  w_avg_beta: float = 0.998):
         super().__init__()
@@ -258,6 +260,10 @@ class SynthesisInput(nn.Module):
     """Fourier features: sinusoids of random frequencies in a disc of radius `bandwidth`, rotated and
     translated per sample by an affine map of w (initialized to the identity), then mixed by a learned
     channel matrix."""
+
+    transform: Tensor  # buffers (register_buffer): typed for mypy
+    freqs: Tensor
+    phases: Tensor
 
     def __init__(self, w_dim: int, channels: int, size: int, sampling_rate: float, bandwidth: float):
         super().__init__()
@@ -306,6 +312,10 @@ class SynthesisInput(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated conv (input divided by its tracked magnitude) + bias + filtered leaky ReLU (+ clamp);
     the last one is the ToRGB (1x1, no demodulation, linear)."""
+
+    magnitude_ema: Tensor  # buffers (register_buffer): typed for mypy
+    up_filter: Tensor
+    down_filter: Tensor
 
     def __init__(self, w_dim: int, is_torgb: bool, is_critically_sampled: bool, use_fp16: bool,
                  in_channels: int, out_channels: int, in_size: int, out_size: int,

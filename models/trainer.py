@@ -137,7 +137,7 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         if self.ada and state["ada"] is not None:
             self.ada.load_state_dict(state["ada"])
-            self.augment.p.fill_(state["augment_p"])
+            self.augment.p.fill_(state["augment_p"])  # type: ignore[union-attr]  # ADA implies the pipe
         self.nimg, self.step = state["nimg"], state["step"]
         self.pl_mean.fill_(state["pl_mean"])
         self.sampler.state = SamplerState(**state["sampler"])
@@ -331,7 +331,7 @@ class Trainer:
                 self.opt_D.state.clear()
             self._update_ema()
             if self.ada and self.step % self.cfg.ada_interval == 0:
-                self.augment.p.fill_(self.ada.update(float(self.augment.p)))
+                self.augment.p.fill_(self.ada.update(float(self.augment.p)))  # type: ignore[union-attr]  # ADA implies the pipe
             elapsed = time.perf_counter() - t0
             stats.update(kimg=self.nimg / 1000, target_kimg=target / 1000,
                          augment_p=float(self.augment.p) if self.augment is not None else 0.0,

@@ -125,7 +125,8 @@ def _build(cls, section: dict[str, Any], name: str, overrides: dict[str, Any]):
         raise ParamsError(f"params section {name!r}: missing {missing}, unknown {unknown}")
     casts = {"int": int, "float": float, "str": str}
     try:
-        return cls(**{k: casts[fields[k]](values[k] if values[k] is not None else "") for k in fields if k in values})
+        # mypy: annotations are strings here
+        return cls(**{k: casts[fields[k]](values[k] if values[k] is not None else "") for k in fields if k in values})  # type: ignore[index]
     except (TypeError, ValueError) as e:
         raise ParamsError(f"params section {name!r}: {e}") from e
 

@@ -49,7 +49,7 @@ def test_a_registered_metric_is_computed_written_and_shown(run, mean_norm, tmp_p
     shutil.copytree(root / "run" / "checkpoints", run_dir / "checkpoints")
     p = EvaluateParams(n_fake=6, batch=6, kid_subsets=5, kid_subset_size=5, cache_dir=str(tmp_path / "cache"))
     seen = []
-    out = evaluate_run(run_dir, data, weights, p, progress=seen.append, warn=lambda _: None)
+    out = evaluate_run(run_dir, data, weights, p, progress=seen.append, warn=lambda _: None).to_dict()
 
     header = (run_dir / "fid.csv").read_text().splitlines()[0]
     assert header.split(",") == [*BUILTIN_CSV, "mean_norm"]

@@ -297,3 +297,21 @@ def test_state_dict_and_config_round_trip_with_weights_only():
     G2.load_state_dict(state["G"]), D2.load_state_dict(state["D"])
     z = torch.randn(2, 16)
     assert torch.equal(G2(z, 2, 0.3), G(z, 2, 0.3))
+
+
+def test_pggan_arch_generate_has_the_arch_protocols_signature():
+    """PGGANArch.generate takes return_ws as the Arch protocol says (mypy checks the signature): the images
+    otherwise, and a one-line error for return_ws=True, which only path-length regularization asks (off for PGGAN)."""
+    from models.arch import PGGANArch
+    from models.trainer import TrainConfig
+
+    arch = PGGANArch(TrainConfig(arch="pggan", resolution=16, batch=2,
+                                 net=dict(channel_base=256, channel_max=32, z_dim=16)))
+    z = torch.randn(2, arch.z_dim)
+    stage, alpha = arch.schedule.at(0)
+    with torch.no_grad():
+        expected = arch.G(z, stage=stage, alpha=alpha)
+        assert torch.equal(arch.generate(arch.G, z, 0, update_stats=False, return_ws=False), expected)
+    assert arch.pl_weight == 0.0
+    with pytest.raises(ValueError, match="pggan has no intermediate latent w"):
+        arch.generate(arch.G, z, 0, return_ws=True)

@@ -142,7 +142,7 @@ def test_local_process_liveness_and_kill():
     import sys
     import time
 
-    from tasks.manager.launch import kill_local, process_state, train_command
+    from tasks.manager.launch import kill_local, process_state
 
     here = socket.gethostname()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--request-id", "abc123"],
@@ -181,7 +181,6 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
 
 def test_status_shows_checkpoint_progress_and_eta(tmp_path):
     import os
-    import time
 
     from flows.queue_cli import status_table
 

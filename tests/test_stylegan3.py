@@ -68,7 +68,7 @@ def test_ema_updates_and_truncation_follow_the_reference(case):
         state = G.state_dict()
         assert set(rec["buffers"]) == {k for k in state if k.endswith(("w_avg", "magnitude_ema"))}
         for key, value in rec["buffers"].items():
-            torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-6, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-6, msg=lambda m: f"{key}: {m}")  # noqa: B023
         assert not torch.equal(state["mapping.w_avg"], torch.zeros_like(state["mapping.w_avg"]))
         torch.testing.assert_close(G(rec["z"]), rec["images_after"], rtol=0, atol=1e-5)
         torch.testing.assert_close(G(rec["z"], truncation_psi=0.5), rec["images_truncated"], rtol=0, atol=1e-5)

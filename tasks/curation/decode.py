@@ -126,7 +126,8 @@ def to_rgb(img: Image.Image, stored_mode: str | None = None) -> Image.Image:
 def _open_checked(path: Path):
     """Image.open with the size known and checked before any pixel is decoded."""
     img = Image.open(path)
-    if img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:
+    # mypy: never None here (the guard stays on)
+    if img.size[0] * img.size[1] > Image.MAX_IMAGE_PIXELS:  # type: ignore[operator]
         img.close()
         raise DecodeError("bomb", f"{img.size[0]}x{img.size[1]} pixels is above the decompression-bomb limit "
                                   f"({Image.MAX_IMAGE_PIXELS})")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from tasks.curation.filters import fit_short_side
 from tasks.curation.registry import first_reason, register, registered
 from tasks.params import CurateParams
 
@@ -42,7 +41,7 @@ def _per_thread(build):
 
 @_per_thread
 def face_cascade() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, FACE_CASCADE)
+    path = os.path.join(cv2.data.haarcascades, FACE_CASCADE)  # type: ignore[attr-defined]  # cv2's stubs omit cv2.data
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
         raise DetectorMissing(f"OpenCV Haar cascade not found at {path}: install opencv-python<5 (5.x ships none)")

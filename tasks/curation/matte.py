@@ -318,7 +318,8 @@ def crop_and_matte(rgb: np.ndarray, resolution: int, matter: Matter,
         else:
             crop, sbox = "subject", [box.x, box.y, box.w, box.h]
             x, y, side = subject_square(box, h, w)
-            square = on_white(_cut(rgb, x, y, side, 255), _cut(alpha, x, y, side, 0.0))
+            # mypy: a box implies alpha
+            square = on_white(_cut(rgb, x, y, side, 255), _cut(alpha, x, y, side, 0.0))  # type: ignore[arg-type]
     info = {
         "matte": matter.name,
         "matte_fallback": reason is not None,

@@ -113,7 +113,7 @@ def build_model(state: dict) -> torch.nn.Module:
     state = dict(state, pos_embed=meta_pos_embed(state["pos_embed"], INPUT_SIZE // PATCH))
     model = timm.create_model(variant.timm_name, pretrained=False, img_size=INPUT_SIZE, num_classes=0)
     try:
-        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)  # type: ignore[arg-type]  # a timm ViT
     except RuntimeError as e:  # missing/unexpected keys or shapes
         raise DinoV2WeightsError(f"not a DINOv2 {variant.name} state dict: {str(e).splitlines()[0]}") from None
     return model.eval().requires_grad_(False)
@@ -124,7 +124,7 @@ def preprocess(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected uint8 images N×3×H×W, got {images.dtype} {tuple(images.shape)}")
     arr = images.permute(0, 2, 3, 1).cpu().numpy()
-    resized = np.stack([np.asarray(Image.fromarray(im).resize((INPUT_SIZE, INPUT_SIZE), Image.BICUBIC))
+    resized = np.stack([np.asarray(Image.fromarray(im).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC))
                         for im in arr])
     x = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)

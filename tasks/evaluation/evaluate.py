@@ -76,7 +76,7 @@ def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
     if unknown:
         raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
     values = {k: ("" if v is None else v) for k, v in section.items()}
-    return EvaluateParams(**values)
+    return EvaluateParams(**values)  # type: ignore[arg-type]  # EvaluateParams checks the values
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
@@ -97,7 +97,7 @@ def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0
             start, reason = i - rises + 1, f"{LABELS[key]} rose {rises} snapshots in a row"
             break
         d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
-        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:
+        if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:  # type: ignore[operator]  # none is None here
             start, reason = i, f"D loss {d:.3g} < {d_loss_min:g} while G loss climbed {g_prev:.3g} → {g:.3g}"
             break
     if start is None:
@@ -149,7 +149,7 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: Evalua
     config = {k: v for k, v in load_checkpoint(first_ckpt, mmap=True).get("config", {}).items()
               if k not in RESUMABLE_CHANGES}
     run = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    key = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
+    key: dict[str, object] = {"run": run, "weights_sha256": weights_sha256, "n_fake": int(p.n_fake), "n_real": int(p.n_real)}
     if dinov2_sha256:  # absent for Inception-only runs: their rows from before DINOv2 stay valid
         key.update(dinov2_sha256=dinov2_sha256, metrics=list(p.metrics))
     return key
@@ -174,7 +174,7 @@ def _first_reals(data: str | Path, n: int, resolution: int) -> torch.Tensor:
     from tasks.evaluation.metrics import source_batches
 
     imgs = next(iter(source_batches(data, batch=n, limit=n))).permute(0, 2, 3, 1).numpy()
-    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.LANCZOS))
+    out = [np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.Resampling.LANCZOS))
            if im.shape[0] != resolution else im for im in imgs]
     out = (out * (n // len(out) + 1))[:n]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()

@@ -24,7 +24,7 @@ import json
 import os
 import tarfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,7 +207,8 @@ def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = N
                     continue
                 if limit is not None and seen >= limit:
                     break
-                buf.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")))
+                # mypy: isfile() above, so extractfile gives a stream
+                buf.append(np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB")))  # type: ignore[union-attr]
                 seen += 1
                 if len(buf) == batch:
                     yield _to_batch(buf)
@@ -244,7 +245,8 @@ def read_source_image(path: str | Path, image_id: str) -> np.ndarray:
         return np.asarray(Image.open(path / image_id).convert("RGB"))
     shard, member = image_id.split(".tar/", 1)
     with tarfile.open(path / f"{shard}.tar") as tf:
-        return np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB"))
+        # mypy: a listed image is a regular member, so extractfile gives a stream
+        return np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB"))  # type: ignore[union-attr]
 
 
 def content_hash(path: str | Path, limit: int | None = None) -> str:
@@ -388,7 +390,7 @@ METRICS = ("fid", "fd_dinov2")  # evaluate.metrics / --metrics: Fréchet distanc
 class FeatureSpace:
     metric: str        # the column its Fréchet distance fills: "fid" or "fd_dinov2"
     name: str          # what caches are keyed by: "2048" (Inception pool) or "dinov2-vits14", ...
-    extractor: object  # uint8 NCHW → (features,)
+    extractor: Callable[[torch.Tensor], tuple]  # uint8 NCHW → (features,)
     sha256: str        # of the weights file
     note: str | None = None  # set for random-initialized weights: values not comparable to published ones
 

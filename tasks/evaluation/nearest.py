@@ -47,10 +47,12 @@ class TrainingNeighbours:
                 stats, _cached = real_stats(s.data, space.extractor, space.sha256, s.cache_dir, s.n_real,
                                             keep_features=True, batch=s.batch, device=s.device, feature=space.name)
                 ids = source_ids(s.data, s.n_real)
-                if len(ids) != len(stats.features):
+                if len(ids) != len(stats.features):  # type: ignore[arg-type]  # keep_features=True
                     raise RuntimeError(f"{s.data} lists {len(ids)} images but its cached features hold "
-                                       f"{len(stats.features)}: delete the cache in {s.cache_dir}")
-                tau = memorization_threshold(stats.features, s.quantile) if len(ids) > 1 else None
+                                       # mypy: keep_features=True
+                                       f"{len(stats.features)}: delete the cache in {s.cache_dir}")  # type: ignore[arg-type]
+                # mypy: keep_features=True
+                tau = memorization_threshold(stats.features, s.quantile) if len(ids) > 1 else None  # type: ignore[arg-type]
                 self._state = (space, stats.features, ids, {name: i for i, name in enumerate(ids)}, tau)
         return self._state
 

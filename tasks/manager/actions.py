@@ -100,6 +100,7 @@ def describe(n: int, obs: Observation) -> str:
 
 def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
     attempt = req.current
+    assert attempt is not None  # a launched request
     n = req.attempts
     earlier = {a.flow_run_id for a in req.history[:-1] if a.flow_run_id}
     with get_client(sync_client=True) as client:
@@ -153,6 +154,7 @@ def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
         crash_task_runs(client, view.id, reason)
         mark_progress_stopped(client, view.id, reason)
     attempt = req.current
+    assert attempt is not None  # a launched request
     kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
 
 

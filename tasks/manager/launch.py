@@ -80,7 +80,8 @@ def kill_local(pid: int | None, host: str, request_id: str) -> bool:
     if process_state(pid, host, request_id) != "alive":
         return False
     try:
-        os.killpg(pid, signal.SIGKILL)  # its own session: the group is the train process and its workers
+        # mypy: 'alive' implies a pid
+        os.killpg(pid, signal.SIGKILL)  # type: ignore[arg-type]  # its own session: the group is the train process and its workers
     except ProcessLookupError:
         return False
     return True

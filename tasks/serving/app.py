@@ -164,7 +164,7 @@ def allowed_hosts(bind: str, extra: list[str] | tuple[str, ...] = ()) -> frozens
         hostname = socket.gethostname()
         names |= {hostname.lower(), socket.getfqdn().lower()}
         try:
-            names |= {info[4][0].lower() for info in socket.getaddrinfo(hostname, None)}
+            names |= {str(info[4][0]).lower() for info in socket.getaddrinfo(hostname, None)}
         except OSError:
             pass
     return frozenset(names | {host_of(h) if h != "*" else "*" for h in extra})
@@ -230,7 +230,7 @@ class Explorer:
                 raise FileNotFoundError(f"{run_dir} has no {BEST} nor {CHECKPOINTS}/{CHECKPOINT_GLOB}: "
                                         "train (and evaluate) first")
         else:
-            self.fixed = Path(snapshot).resolve()
+            self.fixed = Path(snapshot).resolve()  # type: ignore[arg-type]  # given when run_dir is not
             if not self.fixed.is_file():
                 raise FileNotFoundError(f"snapshot {snapshot} does not exist")
             # RUN/best.pt or RUN/checkpoints/ckpt-*.pt: its run's fid.csv is the table to show

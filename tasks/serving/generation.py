@@ -67,7 +67,7 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
         raise ValueError(f"no MP4 writer here (OpenCV is not installed): write a GIF instead "
                          f"(--out {path.with_suffix('.gif')})") from None
     h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
         raise ValueError(f"OpenCV has no MP4 (mp4v) encoder here: write a GIF instead "
                          f"(--out {path.with_suffix('.gif')})")

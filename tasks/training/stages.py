@@ -120,7 +120,8 @@ def train_params(path: str | Path = "params.yaml", **overrides: Any) -> TrainPar
     if missing or unknown:
         raise ParamsError(f"params section 'train': missing {missing}, unknown {unknown}")
     try:
-        return TrainParams(**{k: _CASTS[fields[k].type](v if v is not None else "") for k, v in values.items()})
+        # mypy: annotations are strings here
+        return TrainParams(**{k: _CASTS[fields[k].type](v if v is not None else "") for k, v in values.items()})  # type: ignore[index]
     except (TypeError, ValueError) as e:
         raise ParamsError(f"params section 'train': {e}") from e
 

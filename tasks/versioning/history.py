@@ -11,6 +11,7 @@ import json
 import subprocess
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
@@ -54,6 +55,9 @@ def project_root(repo_root: str | Path = ".") -> Path:
 
 class ObjectReader:
     """DVC objects by md5: from the local cache, else the default remote (opened on first need)."""
+
+    _repo: Any
+    _dbs: list | None
 
     def __init__(self, root: Path) -> None:
         self.root, self._repo, self._dbs = root, None, None
@@ -123,7 +127,8 @@ def _blobs(root: Path, specs: list[str]) -> list[str | None]:
     """Contents of `rev:path` for each spec, in one `git cat-file --batch`."""
     out = subprocess.run(["git", "-C", str(root), "cat-file", "--batch"], input="\n".join(specs).encode() + b"\n",
                          capture_output=True, check=True).stdout
-    texts, pos = [], 0
+    texts: list[str | None] = []
+    pos = 0
     for _ in specs:
         end = out.index(b"\n", pos)
         header = out[pos:end].split()
@@ -152,7 +157,8 @@ def dataset_versions(repo_root: str | Path = ".", dataset: str | None = None) ->
     specs = [f"{rev}:./{f}" for rev, _, files in commits for f in files]
     texts = iter(_blobs(root, specs) if specs else [])
     want = PurePosixPath(dataset).as_posix() if dataset else None
-    reader, seen, rows = ObjectReader(root), {}, []
+    reader, rows = ObjectReader(root), []
+    seen: dict[str, str] = {}
     try:
         for rev, date, files in commits:
             for file in files:

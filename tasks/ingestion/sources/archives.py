@@ -40,7 +40,8 @@ def zip_entries(src: Path) -> Iterator[Entry]:
         return
     with zipfile.ZipFile(src) as zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
-            entry = _zip_entry(info, functools.partial(zf.open, info))
+            # mypy: zf.open gives a ZipExtFile, read like a BinaryIO
+            entry = _zip_entry(info, functools.partial(zf.open, info))  # type: ignore[arg-type]
             if entry is not None:
                 yield entry
 
@@ -51,7 +52,8 @@ _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # signature, version, flags, method,
 def _open_local(src: Path, start: int, info: zipfile.ZipInfo) -> BinaryIO:
     f = src.open("rb")
     f.seek(start)
-    return zipfile.ZipExtFile(f, "r", info, close_fileobj=True)  # inflates, checks the CRC, stops at file_size
+    # mypy: a ZipExtFile is read like a BinaryIO
+    return zipfile.ZipExtFile(f, "r", info, close_fileobj=True)  # type: ignore[return-value]  # inflates, checks the CRC, stops at file_size
 
 
 def _zip_local_entries(src: Path) -> Iterator[Entry]:
@@ -104,7 +106,7 @@ def _tar_open(tf: tarfile.TarFile, m: tarfile.TarInfo) -> BinaryIO:
     f = tf.extractfile(m)
     if f is None:
         raise Refused("special_file", "no data")
-    return f
+    return f  # type: ignore[return-value]  # an IO[bytes], read like a BinaryIO
 
 
 def tar_entries(src: Path) -> Iterator[Entry]:

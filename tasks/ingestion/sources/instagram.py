@@ -236,7 +236,7 @@ def _take_post(post: instaloader.Post, loader, rc, raw_dir: Path, items: list[Ra
         extra = {"shortcode": shortcode, "date": date, "url": f"https://www.instagram.com/p/{shortcode}/",
                  "index": index}
         try:
-            item = _patiently(lambda: _download(loader, url, raw_dir, f"{shortcode}_{index}.jpg", extra), rc)
+            item = _patiently(lambda: _download(loader, url, raw_dir, f"{shortcode}_{index}.jpg", extra), rc)  # noqa: B023 (called now)
         except (QueryReturnedNotFoundException, QueryReturnedForbiddenException) as err:
             log.warning("image %s_%d skipped: %s", shortcode, index, err)  # deleted post or expired link
             stats.failed += 1

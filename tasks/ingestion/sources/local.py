@@ -161,13 +161,14 @@ def _store(raw_dir: Path, entry: Entry, source: str, limits: MemberLimits) -> Ra
     if entry.reason is not None:
         return rejected_item(source, entry.name, entry.reason, entry.detail)
     try:
-        f = entry.open()
+        f = entry.open()  # type: ignore[misc]  # set when reason is None
     except _MEMBER_ERRORS as e:
         refused = _refusal(e)
         return rejected_item(source, entry.name, refused.reason, refused.detail)
     try:
         with f:
-            return store_stream(raw_dir, _Capped(f, limits, entry.packed), source, entry.name)
+            # mypy: _Capped is read like a BinaryIO
+            return store_stream(raw_dir, _Capped(f, limits, entry.packed), source, entry.name)  # type: ignore[arg-type]
     except Refused as e:
         return rejected_item(source, entry.name, e.reason, e.detail)
 

@@ -43,8 +43,8 @@ class RunDir:
 
     path: Path
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))  # a str is welcome; frozen, so set it this way
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))  # a str is welcome; frozen, so set it this way
 
     @classmethod
     def of_snapshot(cls, snapshot: str | Path) -> RunDir:

@@ -358,6 +358,7 @@ def real_reference(data: str | Path, spaces: list, p: EvaluateParams, device: st
     reals = real_stats_each(data, spaces, p.cache_dir or None, p.n_real or None, p.kid, p.batch, device)
     audit = audit_space(spaces)
     train = reals[audit.metric][0].features  # the training images' features (cached with the real statistics)
+    assert train is not None, "real statistics are computed with their features (keep_features)"
     tau = memorization_threshold(train, p.memorized_quantile) if len(train) > 1 else None
     return RealReference(spaces=spaces, reals={k: v[0] for k, v in reals.items()},
                          cached=all(c for _s, c in reals.values()), audit_metric=audit.metric, train=train,
@@ -473,7 +474,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | No
     rows = _previous_rows(run_dir, warn) if previous.get("evaluated_with") == key else []  # else: everything again
     done = {r["kimg"] for r in rows}
     todo = [(k, path) for k, path in snapshots if k not in done and k not in skipped]
-    evaluated, latest, ref = [], None, None
+    evaluated: list[float] = []
+    latest: dict | None = None
+    ref: RealReference | None = None
     if todo:
         spaces = feature_spaces(p.metrics, inception, dinov2_weights, p.inception_sha256 or None,
                                 p.dinov2_sha256 or None, device)
@@ -500,9 +503,10 @@ def _summary(rows: list[dict], previous: dict, latest: dict | None, ref: RealRef
     evaluated now, else from the previous metrics.json; so do the audit and the extractors' notes when nothing was
     evaluated now (`ref` None)."""
     last = rows[-1]
-    fresh = latest is not None and latest["kimg"] == last["kimg"]
-    details = ({k: latest[k] for k in LATEST_KEYS if latest.get(k) is not None} if fresh else
-               {k: previous[k] for k in LATEST_KEYS if k in previous})
+    if latest is not None and latest["kimg"] == last["kimg"]:  # evaluated now
+        details = {k: latest[k] for k in LATEST_KEYS if latest.get(k) is not None}
+    else:
+        details = {k: previous[k] for k in LATEST_KEYS if k in previous}
     if ref is not None:
         memorization, extractor = ref.memorization, "; ".join(s.note for s in ref.spaces if s.note) or None
     else:

@@ -90,10 +90,11 @@ def _last_heartbeat(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
 def _last_event(client: SyncPrefectClient, run: FlowRun, name: str) -> Event | None:
     """The newest event `name` about the flow run since it started."""
     since = run.start_time or run.created
-    page = client.read_events(EventFilter(
-        event=EventNameFilter(name=[name]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
-        **({"occurred": EventOccurredFilter(since=since)} if since else {})), limit=1)  # newest first
+    events = EventFilter(event=EventNameFilter(name=[name]),
+                         resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]))
+    if since:  # else EventFilter's own default window (the last day)
+        events = events.model_copy(update={"occurred": EventOccurredFilter(since=since)})
+    page = client.read_events(events, limit=1)  # newest first
     return page.events[0] if page.events else None
 
 

@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -458,17 +459,18 @@ def _finite(x: float | None) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- HTTP
 class PNGResponse(Response):
-    media_type = "image/png"
+    media_type = "image/png"  # type: ignore[assignment]  # Starlette's way to set it
 
 
 class GIFResponse(Response):
-    media_type = "image/gif"
+    media_type = "image/gif"  # type: ignore[assignment]  # Starlette's way to set it
 
 
 WHY_422 = "a parameter out of range or not offered by this snapshot"
-BAD = {422: {"model": Problem, "description": WHY_422}}
+BAD: dict[int | str, dict[str, Any]] = {422: {"model": Problem, "description": WHY_422}}
 # Image routes: a model would be documented under the route's image type; the 422 body is JSON.
-BAD_IMAGE = {422: {"description": WHY_422, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
+BAD_IMAGE: dict[int | str, dict[str, Any]] = {
+    422: {"description": WHY_422, "content": {"application/json": {"schema": Problem.model_json_schema()}}}}
 
 
 async def input_error(_req: Request, e: InputError) -> JSONResponse:
@@ -633,7 +635,7 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
     app.state.explorer = explorer  # for the routes (served), and whoever embeds the app: snapshots, limits, gate
     app.state.allowed_hosts = None if hosts is None or "*" in hosts else frozenset(hosts)
     for error, handler in ERROR_HANDLERS.items():
-        app.add_exception_handler(error, handler)
+        app.add_exception_handler(error, handler)  # type: ignore[arg-type]  # each takes its own exception type
     app.middleware("http")(check_host)
     app.include_router(run_routes)
     app.include_router(generation_routes(explorer.limits))

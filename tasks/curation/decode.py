@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,22 +178,29 @@ def _nonempty(path: Path) -> int:
     return size
 
 
-def probe(path: str | Path) -> Header:
-    """Size (after EXIF orientation), format, mode and frames from the header alone: no pixel is decoded.
-
-    Raises DecodeError like decode() for what the header already shows (empty, not_image, corrupt, bomb).
-    """
-    path = Path(path)
+@contextmanager
+def _reading(path: Path) -> Iterator[Image.Image]:
+    """The image file opened with the bomb guard on (its warning silenced: the guard's error is what counts);
+    any failure, in opening or in the caller's decoding, is this input's DecodeError, never a crashed batch."""
     size = _nonempty(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _open_checked(path) as img:
-                return _header(img)
+                yield img
     except DecodeError:
         raise
     except Exception as e:
         raise _failure(path, e, size) from None
+
+
+def probe(path: str | Path) -> Header:
+    """Size (after EXIF orientation), format, mode and frames from the header alone: no pixel is decoded.
+
+    Raises DecodeError like decode() for what the header already shows (empty, not_image, corrupt, bomb).
+    """
+    with _reading(Path(path)) as img:
+        return _header(img)
 
 
 def decode(path: str | Path, min_side: int | None = None) -> Decoded:
@@ -199,28 +208,19 @@ def decode(path: str | Path, min_side: int | None = None) -> Decoded:
 
     Raises DecodeError with reason empty, not_image, truncated, corrupt or bomb.
     """
-    path = Path(path)
-    size = _nonempty(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_checked(path) as img:
-                head = _header(img)
-                img.seek(0)  # animated: the first frame
-                if min_side and head.format in ("JPEG", "MPO") and min(img.size) >= 2 * min_side:
-                    # Draft picks the largest DCT scale (1/2..1/8) that keeps both sides >= the request.
-                    k = min(img.size) / min_side
-                    img.draft("RGB", (math.ceil(img.size[0] / k), math.ceil(img.size[1] / k)))
-                img.load()
-                if min_side:
-                    img = _reduce(img, min_side)
-                if head.orientation in _UPRIGHT:
-                    img = img.transpose(_UPRIGHT[head.orientation])
-                rgb = np.asarray(to_rgb(img, head.mode))
-    except DecodeError:
-        raise
-    except Exception as e:  # any decoder failure is this input's reason word, never a crashed batch
-        raise _failure(path, e, size) from None
+    with _reading(Path(path)) as img:
+        head = _header(img)
+        img.seek(0)  # animated: the first frame
+        if min_side and head.format in ("JPEG", "MPO") and min(img.size) >= 2 * min_side:
+            # Draft picks the largest DCT scale (1/2..1/8) that keeps both sides >= the request.
+            k = min(img.size) / min_side
+            img.draft("RGB", (math.ceil(img.size[0] / k), math.ceil(img.size[1] / k)))
+        img.load()
+        if min_side:
+            img = _reduce(img, min_side)
+        if head.orientation in _UPRIGHT:
+            img = img.transpose(_UPRIGHT[head.orientation])
+        rgb = np.asarray(to_rgb(img, head.mode))
     return Decoded(rgb=rgb, width=head.width, height=head.height, format=head.format, mode=head.mode,
                    frames=head.frames)
 

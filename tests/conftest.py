@@ -66,6 +66,28 @@ def write_curated(folder: Path, n: int = 12, side: int = 32, seed: int = 0) -> P
     return folder
 
 
+# A StyleGAN2 small enough to train in seconds on CPU (tests of what a run folder holds, not of quality).
+SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
+
+
+def tiny_trained_run(root: Path) -> tuple[Path, Path, list[tuple[float, Path]]]:
+    """(data, run, checkpoints): a 32² curated set in root/data and a SMALL_NET StyleGAN2 run in root/run trained
+    on it to two checkpoints, with best.pt exported from the first (FID 12.5), as `ganflow train` + `evaluate`
+    leave it; the caller writes the fid.csv and metrics.json its test needs."""
+    from models.checkpoint import list_checkpoints
+    from models.data import load_images
+    from models.trainer import TrainConfig, Trainer
+    from tasks.evaluation.evaluate import export_best
+
+    data = write_curated(root / "data")
+    run = root / "run"
+    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=0.008, ada_target=0.0, net=SMALL_NET)
+    Trainer(cfg, load_images(data, 32), run).train(0.016)
+    checkpoints = list_checkpoints(run)
+    export_best(checkpoints[0][1], run / "best.pt", {"fid": 12.5})
+    return data, run, checkpoints
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_curated(tmp_path / "data")

@@ -21,21 +21,14 @@ from models.trainer import TrainConfig, Trainer
 from tasks.evaluation.evaluate import export_best, write_fid_csv
 from tasks.serving.generation import write_seed_images
 from tasks.serving.app import Explorer, Limits, create_app, offered_resolutions
+from tests.conftest import tiny_trained_run
 
-SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
 
 
 def make_run(root: Path) -> Path:
     """A StyleGAN2 run as `ganflow train` + `ganflow evaluate` leave it: two checkpoints, best.pt exported from
     the first, fid.csv with a row per checkpoint and metrics.json naming the best and a diverged one."""
-    from tests.conftest import write_curated
-
-    data = write_curated(root / "data")
-    run = root / "run"
-    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=0.008, ada_target=0.0, net=SMALL_NET)
-    Trainer(cfg, load_images(data, 32), run).train(0.016)
-    (k0, first), (k1, _second) = list_checkpoints(run)
-    export_best(first, run / "best.pt", {"fid": 12.5})
+    _data, run, [(k0, _first), (k1, _second)] = tiny_trained_run(root)
     write_fid_csv(run, [{"kimg": k0, "fid": 12.5, "kid": 0.0125, "fd_dinov2": 310.0, "precision": 0.5, "recall": 0.25,
                          "memorized": 0.125},
                         {"kimg": k1, "fid": 30.0, "kid": None}])

@@ -10,25 +10,13 @@ from pathlib import Path
 
 import torch
 
-SMALL_NET = dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32, mapping_layers=2)
-
-
 def tiny_run(root: Path) -> tuple[Path, Path]:
     """(data, run): a 32² curated set and a StyleGAN2 run on it as `ganflow train` + `evaluate` leave it: two
     checkpoints, best.pt from the first, fid.csv and metrics.json."""
-    from models.checkpoint import list_checkpoints
-    from models.data import load_images
-    from models.trainer import TrainConfig, Trainer
-    from tasks.evaluation.evaluate import export_best
     from tasks.evaluation.fid_table import write_fid_csv
-    from tests.conftest import write_curated
+    from tests.conftest import tiny_trained_run
 
-    data = write_curated(root / "data")
-    run = root / "run"
-    cfg = TrainConfig(arch="stylegan2", resolution=32, batch=4, snapshot_kimg=0.008, ada_target=0.0, net=SMALL_NET)
-    Trainer(cfg, load_images(data, 32), run).train(0.016)
-    (k0, first), (k1, _second) = list_checkpoints(run)
-    export_best(first, run / "best.pt", {"fid": 12.5})
+    data, run, [(k0, _first), (k1, _second)] = tiny_trained_run(root)
     write_fid_csv(run, [{"kimg": k0, "fid": 12.5, "kid": 0.01}, {"kimg": k1, "fid": 30.0, "kid": None}])
     (run / "metrics.json").write_text(json.dumps({"best": {"kimg": k0, "fid": 12.5, "file": "best.pt"},
                                                   "flagged": {}}))

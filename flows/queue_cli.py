@@ -85,10 +85,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _open_queue(args: argparse.Namespace):
-    from tasks.params import load_params
+    from tasks.settings import read_params
     from tasks.manager.queue import Queue, queue_path
 
-    section = load_params(args.params).get("manager") or {}
+    section = read_params(args.params).get("manager") or {}
     return Queue(queue_path(args.queue, section.get("queue")))
 
 
@@ -126,11 +126,11 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from tasks.manager.supervise import manager_params
+    from tasks.settings import ManagerSettings, load
 
     queue = _open_queue(args)
     try:
-        max_attempts = manager_params(args.params).max_attempts
+        max_attempts = load(ManagerSettings, args.params).max_attempts
     except ValueError:
         max_attempts = None
     from tasks.manager.queue import STATES

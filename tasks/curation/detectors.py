@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from tasks.curation.filters import fit_short_side
-from tasks.params import CurateParams
+from tasks.settings import CurateSettings as CurateParams
 
 # Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.
 DETECT_SIDE = 640

@@ -10,7 +10,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from tasks.params import CurateParams
+from tasks.settings import CurateSettings as CurateParams
 
 
 # fit_short_side never makes an image longer than this many short sides: a 300000x1 strip scaled to a short

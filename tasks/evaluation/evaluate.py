@@ -11,69 +11,15 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.evaluation.fid_table import BEST, FID_CSV, METRICS_JSON, read_fid_csv, row_note, write_fid_csv
-from tasks.params import ParamsError
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    inception_weights: str = ""   # path of torch-fidelity's InceptionV3 weights ("" = $GANFLOW_INCEPTION_WEIGHTS)
-    inception_sha256: str = ""    # expected sha256 of that file ("" = not checked beyond weights_only)
-    n_fake: int = 10000           # generated images per snapshot evaluation (papers: 50000)
-    n_real: int = 0               # real images for the statistics; 0 = all
-    batch: int = 64               # images per extractor batch
-    kid: bool = True              # also KID
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    cache_dir: str = "data/cache/fid"
-    diverge_fid_rises: int = 3    # flag a snapshot after FID rose this many snapshots in a row
-    diverge_d_loss: float = 0.05  # flag when D loss falls below this while G loss climbs
-    metrics: tuple = ("fid",)     # fid (Inception) and/or fd_dinov2 (DINOv2 ViT): the Fréchet distances per snapshot
-    dinov2_weights: str = ""      # Meta's dinov2_vit{s,b,l}14_pretrain.pth ("" = $GANFLOW_DINOV2_WEIGHTS; "random")
-    dinov2_sha256: str = ""       # expected sha256 of that file ("" = not checked beyond weights_only)
-    memorized_quantile: float = 0.05  # τ = this quantile of the training images' nearest-neighbour distances
-    max_memorized: float = 0.25   # a snapshot with more generated images closer than τ is never "best" (1 = off)
-
-    def __post_init__(self) -> None:
-        from tasks.evaluation.metrics import METRICS
-
-        if int(self.n_fake) < 2 or int(self.batch) < 1 or int(self.n_real) < 0:
-            raise ParamsError(f"evaluate: n_fake must be >= 2, batch >= 1 and n_real >= 0 (got n_fake={self.n_fake}, "
-                              f"batch={self.batch}, n_real={self.n_real})")
-        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics or ())
-        if not metrics or set(metrics) - set(METRICS):
-            raise ParamsError(f"evaluate.metrics must list one or both of {list(METRICS)} (got {list(metrics)})")
-        object.__setattr__(self, "metrics", metrics)
-        if not 0 < float(self.memorized_quantile) < 1 or not 0 <= float(self.max_memorized) <= 1:
-            raise ParamsError(f"evaluate: memorized_quantile must be in (0, 1) and max_memorized in [0, 1] (got "
-                              f"{self.memorized_quantile}, {self.max_memorized})")
-
-    @property
-    def rank_by(self) -> str:
-        """The column the best snapshot and the divergence monitor go by: fid, else fd_dinov2."""
-        return "fid" if "fid" in self.metrics else "fd_dinov2"
-
-
-def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
-    """The `evaluate` section; missing keys (or a missing section/file) take the defaults above."""
-    path = Path(path)
-    section = (yaml.safe_load(path.read_text()) or {}).get("evaluate") if path.exists() else None
-    section = section or {}
-    known = {f.name for f in fields(EvaluateParams)}
-    unknown = set(section) - known
-    if unknown:
-        raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: ("" if v is None else v) for k, v in section.items()}
-    return EvaluateParams(**values)
+from tasks.settings import EvaluateSettings
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
@@ -133,7 +79,7 @@ def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) ->
     return save_atomic(best, out)
 
 
-def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateParams,
+def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateSettings,
                    dinov2_sha256: str | None = None) -> dict:
     """What fid.csv's rows depend on: the run (its settings and dataset, from its first checkpoint), the
     extractors and N. A different key (the run was restarted on new data, other weights) voids the rows."""
@@ -210,7 +156,7 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
 
 
-def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateSettings,
                       device: str = "cpu", dinov2_weights: str | Path | None = None) -> dict:
     """The metrics of one network file against data (p.metrics: FID and/or FD-DINOv2, KID, precision/recall): a
     checkpoint, a best.pt or an imported NVIDIA network (`ganflow import`), e.g. a pretrained network's distance to
@@ -255,7 +201,7 @@ def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
     return [r for r in rows if r["kimg"] is not None]
 
 
-def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateParams,
+def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateSettings,
                skipped: dict[float, str], dinov2_sha: str | None = None) -> dict:
     """The evaluation key from the oldest checkpoint that loads (unreadable ones recorded in `skipped`)."""
     from models.checkpoint import CheckpointError
@@ -271,7 +217,7 @@ def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: 
 LATEST_KEYS = ("kid_std", "n_real", "n_fake", "warning", "weights_sha256", "dinov2_sha256", "audit_features")
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateSettings,
                  device: str = "cpu", progress: Callable[[dict], None] | None = None,
                  dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None) -> dict:
     """Evaluate every snapshot of run_dir that fid.csv has no row for; then flag diverged and memorizing snapshots,
@@ -393,7 +339,7 @@ def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, mem
             for r in sorted(rows, key=lambda r: r["kimg"])]
 
 
-def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
+def resolve_weight_paths(p: EvaluateSettings, inception_cli: str | None = None,
                         dinov2_cli: str | None = None) -> tuple[Path | None, Path | None]:
     """(Inception weights, DINOv2 weights) that p.metrics need, None for one not needed; raises
     InceptionWeightsError / DinoV2WeightsError saying which file to put where."""
@@ -404,7 +350,7 @@ def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
             dinov2.resolve_weights(dinov2_cli, p.dinov2_weights) if "fd_dinov2" in p.metrics else None)
 
 
-def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
+def weights_or_reason(p: EvaluateSettings, inception_cli: str | None = None,
                       dinov2_cli: str | None = None) -> tuple[Path | None, Path | None, str]:
     """resolve_weight_paths, or (None, None, why) for callers that skip evaluation rather than fail."""
     from tasks.evaluation.dinov2 import DinoV2WeightsError
@@ -430,7 +376,7 @@ def progress_line(m: dict) -> str:
 # ------------------------------------------------------------------ Prefect
 
 @task(name="evaluate-snapshots", cache_policy=NO_CACHE)  # results live in RUN/fid.csv
-def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParams, device: str = "cpu",
+def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateSettings, device: str = "cpu",
                   dinov2_weights: str | None = None) -> dict:
     """FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of run_dir not evaluated yet;
     best.pt and metrics.json; artifacts."""

@@ -57,11 +57,11 @@ def test_train_flow_with_restart_on_change_sets_another_runs_folder_aside(tmp_pa
     from tests.test_train_flow import tiny_params
 
     data, run_dir = write_curated(tmp_path / "data"), tmp_path / "run"
-    args = dict(data=str(data), run_dir=str(run_dir), arch="stylegan2", resolution=32, kimg=0.008,
-                params=str(tiny_params(tmp_path)), device="cpu")
-    assert train_flow(**args, seed=0)["kimg"] == 0.008
-    refused = train_flow(**args, seed=1, return_state=True)
+    args = dict(data=str(data), run_dir=str(run_dir), params=str(tiny_params(tmp_path)))
+    run = dict(arch="stylegan2", resolution=32, kimg=0.008, device="cpu")
+    assert train_flow(**args, settings={**run, "seed": 0})["kimg"] == 0.008
+    refused = train_flow(**args, settings={**run, "seed": 1}, return_state=True)
     assert refused.is_failed() and "restart_on_change in the train deployment's form" in refused.message
-    assert train_flow(**args, seed=1, restart_on_change=True)["kimg"] == 0.008
+    assert train_flow(**args, settings={**run, "seed": 1}, restart_on_change=True)["kimg"] == 0.008
     assert [k for k, _ in list_checkpoints(run_dir / "superseded" / "1")] == [0.008]  # moved, not deleted
     assert [k for k, _ in list_checkpoints(run_dir)] == [0.008]

@@ -394,9 +394,10 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
 def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
     from tasks.manager.actions import Outcome
     from tasks.manager.report import pass_markdown, pass_summary
-    from tasks.manager.supervise import ManagerParams
+    from tasks.settings import ManagerSettings
 
-    settings = ManagerParams("q", 120, 600, 3, 0, "train/train")
+    settings = ManagerSettings(queue="q", interval_seconds=120, stale_after_seconds=600, max_attempts=3,
+                               max_running=0, deployment="train/train")
     outcomes = [Outcome("a1", "failed", "flow run failed: x | y\nz", "attempt 3: flow run failed"),
                 Outcome("b2", "started", "attempt 1: flow run 42", "queued")]
     text = pass_markdown(outcomes, "runs/queue.sqlite", settings)

@@ -209,10 +209,11 @@ class TrainSettings(Section):
     loss: Literal["", "logistic", "wgan", "lsgan"] = setting("", "GAN loss: logistic, wgan or lsgan; empty = the "
                                                                  "family's (StyleGAN logistic, PGGAN wgan)")
     device: Device = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
-    resume_from: str = setting("", "transfer learning: start from this network file (.pt or NVIDIA .pkl), whose "
-                                   "architecture replaces arch, resolution and widths")
-    freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed (needs "
-                               "resume_from)", ge=0, le=64)
+    resume_from: str = setting("", "transfer learning: start from this network file (a ganflow .pt or an NVIDIA "
+                                   ".pkl), whose architecture replaces arch, resolution and widths (given, they "
+                                   "must agree); name it again to continue the run")
+    freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
+                               "reference's --freezed (needs resume_from)", ge=0, le=64)
 
     @model_validator(mode="after")
     def _freeze_needs_a_network(self) -> "TrainSettings":

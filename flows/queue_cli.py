@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flows.validate import existing_file, existing_folder, integer, number, power_of_two, writable_folder
+from tasks.settings import ARCHS
 
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
 
@@ -34,8 +35,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "newest checkpoint if its process or machine is lost.")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
-                   help="network family (not needed with --resume-from)")
+    p.add_argument("--arch", choices=list(ARCHS), help="network family (not needed with --resume-from)")
     p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
                    help="training resolution, a power of 2 from 4 to 1024, at most the dataset's (not needed with "
                         "--resume-from)")

@@ -169,6 +169,10 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_par
         assert [str(r.id) for r in runs] == [req.flow_run_id]
         assert request_tag(rid) in runs[0].tags and runs[0].state.type.name == "SCHEDULED"
         assert "request_id" not in runs[0].parameters  # manager-only: a tag, never a field of the train form
+        # The training settings go in the train flow's `settings` form; the rest stay top-level parameters.
+        assert runs[0].parameters["settings"] == {"arch": "stylegan2", "resolution": 32, "kimg": 0.048,
+                                                  "seed": int(req.params["seed"])}
+        assert runs[0].parameters["run_dir"] == req.params["run_dir"] and "kimg" not in runs[0].parameters
     # Waiting for a worker is not a lost run: the next pass leaves them alone.
     again = _pass(params)
     assert sorted(again) == sorted(f"{rid}  running   attempt 1: scheduled" for rid in ids)

@@ -373,7 +373,7 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
         typ = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         fields[name] = (typ | None, Field(None, description=f.description, title=name))
     overrides = create_model(f"{model.__name__.removesuffix('Settings')}Overrides",
-                             __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+                             __config__=ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True), **fields)
     overrides.__doc__ = (f"params.yaml's `{model.section}` settings to change for this run; empty ones keep "
                          "params.yaml's value.")
     return overrides

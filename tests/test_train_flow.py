@@ -308,7 +308,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
         flow_id=api.create_flow(train_flow), name="sigterm-test", entrypoint="flows/train.py:train_flow",
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
     run = api.create_flow_run_from_deployment(deployment, parameters=dict(
-        data=str(data), run_dir=str(run_dir), resolution=32, kimg=1.0, params=str(params)))
+        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
     execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
     # As `make serve` runs its worker: no PREFECT_LOGGING_LEVEL, the console handler quieted.
     env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
@@ -325,7 +325,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert state.is_scheduled() and state.name == "AwaitingRetry", state
 
     # What a worker does with the rescheduled run; a shorter target keeps the test short.
-    api.update_flow_run(run.id, parameters={**run.parameters, "kimg": kimg + 0.008})
+    api.update_flow_run(run.id, parameters={**run.parameters, "settings": {"resolution": 32, "kimg": kimg + 0.008}})
     again = subprocess.run(execute, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert api.read_flow_run(run.id).state.is_completed()

@@ -24,7 +24,7 @@ def _parse(model: type[Section], name: str):
     """argparse `type=`: the option's text as the field's value, or ArgumentTypeError with the bound."""
     field = model.model_fields[name]
     annotation: Any = field.annotation
-    typ = Annotated[(annotation, *field.metadata)] if field.metadata else annotation
+    typ: Any = Annotated[(annotation, *field.metadata)] if field.metadata else annotation
     adapter: TypeAdapter[Any] = TypeAdapter(typ, config=ConfigDict(allow_inf_nan=False))  # nan, inf: refused
     mapping = annotation is dict or getattr(annotation, "__origin__", None) is dict
 

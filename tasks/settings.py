@@ -339,7 +339,7 @@ def rule(field: FieldInfo) -> str:
     for m in field.metadata:
         if isinstance(getattr(m, "func", None), Rule):
             return m.func.text
-    ann = field.annotation
+    ann: Any = field.annotation
     choices = get_args(ann) if getattr(ann, "__origin__", None) is Literal else ()
     if choices:
         return "one of " + ", ".join(repr(c) if c == "" else str(c) for c in choices)
@@ -359,7 +359,7 @@ def rule(field: FieldInfo) -> str:
     return f"{kind} {' and '.join(parts)}".strip()
 
 
-def _num(x: float) -> str:
+def _num(x: Any) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
@@ -370,7 +370,7 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
     what a flow takes as its settings parameter, so the Prefect UI's form shows every setting."""
     fields: dict[str, Any] = {}
     for name, f in model.model_fields.items():
-        typ = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        typ: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         fields[name] = (typ | None, Field(None, description=f.description, title=name))
     overrides = create_model(f"{model.__name__.removesuffix('Settings')}Overrides",
                              __config__=ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True), **fields)

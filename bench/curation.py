@@ -239,9 +239,9 @@ def bench_cleanvision(folder: Path, n_jobs: int | None) -> dict:
 
 
 def _cheap_params(workers: int):
-    from tasks.params import curate_params
+    from tasks.settings import CurateSettings, load
 
-    return curate_params(PARAMS, workers=workers)
+    return load(CurateSettings, PARAMS, workers=workers)
 
 
 def _screen(paths: list[Path], workers: int, cache_root: Path) -> tuple[float, dict]:

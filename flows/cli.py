@@ -13,8 +13,10 @@ from flows.datasets_cli import add_datasets_commands
 from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 from flows.serve_cli import add_serve_commands
+from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, run_train_flow
-from flows.validate import OneLineParser, device, integer, number, power_of_two, writable_folder
+from flows.validate import OneLineParser, writable_folder
+from tasks.settings import TrainSettings
 
 
 class _Bars:
@@ -71,14 +73,14 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
     from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
-    from tasks.params import MAX_RESOLUTION, curate_params
+    from tasks.settings import MAX_RESOLUTION, CurateSettings, load
     from tasks.ingestion.sources.local import check_input
 
     if args.resolution is not None and not 8 <= args.resolution <= MAX_RESOLUTION:
         raise ValueError(f"--resolution {args.resolution}: must be between 8 and {MAX_RESOLUTION}")
     if args.max_posts < 1:
         raise ValueError(f"--max-posts {args.max_posts}: must be at least 1")
-    curate_params(args.params, resolution=args.resolution, matte=args.matte)
+    load(CurateSettings, args.params, resolution=args.resolution, matte=args.matte)
     check_dataset_dir(args.out, "--out")
     check_store_root(args.cache_dir, "--cache-dir")
     if args.raw is None:
@@ -142,7 +144,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from tasks import progress
     from tasks.ingestion.ingest import ingest_source
     from tasks.outdir import check_raw_dir
-    from tasks.params import curate_params, ingest_params
+    from tasks.settings import CurateSettings, IngestSettings, load
     from tasks.ingestion.sources.local import MemberLimits, check_input
     from tasks.ingestion.sources.raw import read_provenance
 
@@ -150,8 +152,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
     if args.demo or args.input or args.hashtag:
         named = {"source": "hashtag" if args.hashtag else "path" if args.input else "demo",
                  "input": args.input or "", "hashtag": args.hashtag or ""}
-    p = ingest_params(args.params, **named, max_posts=args.max_posts)
-    limits = MemberLimits.from_params(curate_params(args.params))  # the member caps live with the filters
+    p = load(IngestSettings, args.params, **named, max_posts=args.max_posts)
+    limits = MemberLimits.from_params(load(CurateSettings, args.params))  # the member caps live with the filters
     raw_dir = check_raw_dir(args.raw_dir, "--raw-dir")
     if p.source == "path":
         check_input(p.input)
@@ -168,6 +170,12 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
+TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamma": "G", "resume_from": "FILE",
+                  "freeze_d": "N", "net": "YAML", "cycle_kimg": "K", "cycles": "N", "fade_kimg": "K",
+                  "stabilize_kimg": "K", "batch": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset; "
                                      "`train submit` / `train status`: queue runs for `ganflow manager`",
@@ -182,42 +190,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="run folder (checkpoints/ goes here)")
     p.add_argument("--params", default="params.yaml", metavar="FILE",
                    help="settings file: every option not given comes from its `train` section (default: params.yaml)")
-    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
-                   help="network family: stylegan2 or stylegan3-t/-r (with ADA), or pggan (progressive growing)")
-    p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
-                   help="training resolution (a power of 2 from 4 to 1024, at most the dataset's)")
-    p.add_argument("--kimg", type=number(0, lo_open=True), metavar="K",
-                   help="train until this many thousand images (default: train.kimg, or the stage plan's length)")
-    p.add_argument("--snapshot-kimg", type=number(0, lo_open=True), metavar="S", help="checkpoint every S kimg")
-    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), help="seed for weights, data order and noise")
-    p.add_argument("--resume-from", metavar="FILE",
-                   help="transfer learning: start a new run from this network file's G, D and G_ema (a ganflow "
-                        ".pt: checkpoint, best.pt or `ganflow import` output; or an NVIDIA .pkl). Its architecture "
-                        "is the run's: --arch, --resolution and widths are taken from it (given, they must agree). "
-                        "Give it again to continue the run (default: train.resume_from)")
-    p.add_argument("--freeze-d", type=integer(0, 64), metavar="N",
-                   help="Freeze-D: keep the pretrained discriminator's first N layers fixed, as the reference's "
-                        "--freezed (default: train.freeze_d)")
     p.add_argument("--restart-on-change", action="store_true",
                    help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
                         "and start afresh (default: refuse)")
-    p.add_argument("--preset", help="network/training preset: auto (stylegan2: the reference's auto config; "
-                        "pggan: the paper's network) or small (pggan, 4x narrower)")
-    p.add_argument("--batch", type=integer(0, 65536), help="images per step (0: the preset's)")
-    p.add_argument("--channel-base", type=integer(0, 1 << 20),
-                   help="feature-map budget (smaller = faster, for CPU runs; 0: the preset's)")
-    p.add_argument("--channel-max", type=integer(0, 4096), help="cap on feature maps per layer (0: the preset's)")
-    p.add_argument("--r1-gamma", "--gamma", dest="r1_gamma", type=number(0), metavar="G",
-                   help="R1 regularization weight (the reference's --gamma); default: train.r1_gamma, whose -1 means "
-                        "the family's (stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
-    p.add_argument("--loss", choices=["logistic", "wgan", "lsgan"], help="GAN loss (default: the family's)")
-    p.add_argument("--ada-target", type=number(0, 1),
-                   help="ADA target for E[sign(D(real))]; 0 = off; default: train.ada_target for stylegan2, off for pggan")
-    p.add_argument("--fade-kimg", type=number(0), help="pggan: kimg per fade-in (the paper's: 800)")
-    p.add_argument("--stabilize-kimg", type=number(0, lo_open=True),
-                   help="pggan: kimg per resolution once faded in (the paper's: 800)")
+    # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
+    # settings belong to the train flow's stage tasks, which `ganflow train` does not run.
+    add_setting_options(p, TrainSettings, [n for n in TrainSettings.model_fields if n not in TRAIN_FLOW_ONLY],
+                        aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS)
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
-    p.add_argument("--device", type=device, help="auto | cpu | cuda | cuda:N | mps")
     add_flow_options(p)
     p.set_defaults(func=_run_train)
 
@@ -228,21 +208,21 @@ def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from models.run_dir import RunDir
-    from tasks.training.stages import plan_stages, resolve_device, run_config, train_params
+    from tasks.settings import load
+    from tasks.training.stages import plan_stages, resolve_device, run_config
     from tasks.training.run import run_training
 
     # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
-    given = {k: getattr(args, k) for k in ("arch", "resolution", "seed", "snapshot_kimg", "preset", "batch",
-                                           "channel_base", "channel_max", "loss", "fade_kimg", "stabilize_kimg",
-                                           "device", "r1_gamma", "resume_from", "freeze_d")}
-    p = train_params(args.params, **given)
+    given = given_settings(args, TrainSettings)
+    # A given --ada-target applies to any family; params.yaml's train.ada_target only to StyleGAN2/3 (run_config).
+    ada_target = given.pop("ada_target", None)
+    p = load(TrainSettings, args.params, **given)
     check_device_available(p.device, "--device" if args.device else "train.device")
     # Started from a network file, the run has the file's architecture; the options named here must agree.
-    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=args.ada_target, given=given)
+    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=given)
     if args.xflip:
         cfg = replace(cfg, xflip=True)
-    if args.kimg is None:
-        args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg
+    args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg  # train.kimg, or the plan's length
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
     bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone

@@ -6,7 +6,6 @@ cluster; everything else (ingest, dedup, publish) stays in the flow's process.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +18,7 @@ from tasks.curation.dedup import dedup_task
 from tasks.ingestion.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.curation.matte import make_matter
 from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 from tasks.curation.publish import publish_task
 from tasks.curation.render import render_task
 from tasks.curation.report import report_task, summary_text
@@ -87,7 +86,7 @@ def curate(
             rendering); the raw store and the cache must be at the same path on every worker. Empty:
             curate.dask_address; when that is empty too, this machine's cores.
     """
-    params = curate_params(params_path, resolution=resolution, matte=matte, dask_address=dask_address)
+    params = load(CurateSettings, params_path, resolution=resolution, matte=matte, dask_address=dask_address)
     # Never write into a folder ganflow did not write (the CLI checks these too, before Prefect starts).
     out = str(check_dataset_dir(out, "out"))
     cache_dir = str(check_store_root(cache_dir, "cache_dir"))
@@ -131,7 +130,7 @@ def curate(
         logger.info(matter.note)
         jobs = [(i, paths[i], content[i]["face_box"]) for i, _ in survivors if content[i]["reason"] is None]
         # Workers render with the matte this process chose (auto resolves here), the one in the cache key.
-        render_params = dataclasses.replace(params, matte=matter.name) if on_dask else params
+        render_params = params.updated(matte=matter.name) if on_dask else params
         pngs = _mapped(batches, render_task, jobs, params.batch_size, "render",
                        params=render_params, cache_dir=cache_dir, matte_name=matter.name)
 

@@ -30,15 +30,11 @@ def _add_extractor_options(p: argparse.ArgumentParser) -> None:
 
 def _params_with(args: argparse.Namespace, **changes):
     """params.yaml's evaluate section with the command line's --metrics (and other given options) applied."""
-    import dataclasses
+    from tasks.settings import EvaluateSettings, load
 
-    from tasks.evaluation.evaluate import EvaluateParams, evaluate_params
-
-    ep = evaluate_params(args.params)
     if args.metrics:
         changes["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    values = {f.name: getattr(ep, f.name) for f in dataclasses.fields(ep)}
-    return EvaluateParams(**{**values, **changes})  # validated again: a bad --metrics is a ParamsError
+    return load(EvaluateSettings, args.params, **changes)  # validated: a bad --metrics is a ParamsError
 
 
 def _add_fid(sub: argparse._SubParsersAction) -> None:
@@ -168,10 +164,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from tasks.evaluation.evaluate import evaluate_params, evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
+    from tasks.evaluation.evaluate import evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
+    from tasks.settings import EvaluateSettings, load
     from tasks.evaluation.fid_table import read_fid_csv
 
-    ep = evaluate_params(args.params)
+    ep = load(EvaluateSettings, args.params)
     ep = _params_with(args, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
                       kid=ep.kid and not args.no_kid)
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)

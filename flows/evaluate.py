@@ -3,11 +3,11 @@ yet, the best snapshot exported. The train flow runs it after each stage; `ganfl
 """
 from __future__ import annotations
 
-import dataclasses
 
 from prefect import flow, get_run_logger
 
-from tasks.evaluation.evaluate import evaluate_params, evaluate_task, weights_or_reason
+from tasks.evaluation.evaluate import evaluate_task, weights_or_reason
+from tasks.settings import EvaluateSettings, load
 
 
 @flow(name="evaluate")
@@ -30,9 +30,7 @@ def evaluate_flow(run_dir: str, data: str, inception_weights: str | None = None,
             $GANFLOW_DINOV2_WEIGHTS, then params.yaml evaluate.dinov2_weights.
     """
     logger = get_run_logger()
-    p = evaluate_params(params)
-    if n_fake:
-        p = dataclasses.replace(p, n_fake=n_fake)
+    p = load(EvaluateSettings, params, n_fake=n_fake or None)
     weights, dinov2, reason = weights_or_reason(p, inception_weights, dinov2_weights)
     if reason:
         if skip_without_weights:
@@ -49,7 +47,7 @@ def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> d
     evaluate.dinov2_weights), else skipped with the reason logged. A failing evaluation is logged, not raised: the
     stage's training is done and `ganflow evaluate` can redo it."""
     logger = get_run_logger()
-    weights, dinov2, reason = weights_or_reason(evaluate_params(params))
+    weights, dinov2, reason = weights_or_reason(load(EvaluateSettings, params))
     if reason:
         logger.info("FID evaluation skipped: %s", reason.split(";")[0])
         return {"skipped": reason}

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.manager.queue import Queue, queue_path
-from tasks.manager.supervise import manager_params
+from tasks.settings import ManagerSettings, load
 
 
 @flow(name="manager")
@@ -41,8 +41,8 @@ def manager_flow(
         max_running: Requests training at once (overrides manager.max_running).
         deployment: Train deployment to start requests with, "" for local processes (overrides manager.deployment).
     """
-    settings = manager_params(params, stale_after_seconds=stale_after_seconds, max_attempts=max_attempts,
-                              max_running=max_running, deployment=deployment)
+    settings = load(ManagerSettings, params, stale_after_seconds=stale_after_seconds, max_attempts=max_attempts,
+                    max_running=max_running, deployment=deployment)
     path = str(queue_path(queue, settings.queue))
     require_api()  # before any claim: a request must not be taken that cannot be launched or watched
     logger = get_run_logger()
@@ -73,7 +73,7 @@ def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
     """`ganflow manager`: one pass, or a pass every `interval` seconds until Ctrl-C or SIGTERM, which end
     the loop after the pass in progress (never half-way through a launch). The training processes run in
     their own sessions and carry on."""
-    settings = manager_params(kwargs.get("params", "params.yaml"))
+    settings = load(ManagerSettings, kwargs.get("params", "params.yaml"))
     # A queue file that does not open (corrupt, torn, another schema) is one line naming it, said before any
     # flow run (inside one, Prefect would print its traceback first).
     Queue(queue_path(kwargs.get("queue"), settings.queue)).list()

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flows.validate import existing_file, existing_folder, integer, number, power_of_two, writable_folder
+from tasks.settings import ARCHS
 
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
 
@@ -34,8 +35,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "newest checkpoint if its process or machine is lost.")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", choices=["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"],
-                   help="network family (not needed with --resume-from)")
+    p.add_argument("--arch", choices=list(ARCHS), help="network family (not needed with --resume-from)")
     p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
                    help="training resolution, a power of 2 from 4 to 1024, at most the dataset's (not needed with "
                         "--resume-from)")
@@ -85,10 +85,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _open_queue(args: argparse.Namespace):
-    from tasks.params import load_params
+    from tasks.settings import read_params
     from tasks.manager.queue import Queue, queue_path
 
-    section = load_params(args.params).get("manager") or {}
+    section = read_params(args.params).get("manager") or {}
     return Queue(queue_path(args.queue, section.get("queue")))
 
 
@@ -126,11 +126,11 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from tasks.manager.supervise import manager_params
+    from tasks.settings import ManagerSettings, load
 
     queue = _open_queue(args)
     try:
-        max_attempts = manager_params(args.params).max_attempts
+        max_attempts = load(ManagerSettings, args.params).max_attempts
     except ValueError:
         max_attempts = None
     from tasks.manager.queue import STATES

@@ -46,10 +46,10 @@ def _neighbours(args: argparse.Namespace):
 
     from tasks.evaluation import dinov2
     from tasks.evaluation import metrics
-    from tasks.evaluation.evaluate import evaluate_params
+    from tasks.settings import EvaluateSettings, load
     from tasks.evaluation.nearest import NeighbourSettings, TrainingNeighbours
 
-    p = evaluate_params(args.params)
+    p = load(EvaluateSettings, args.params)
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data} is not a folder (a curated dataset or a folder of images)")
     if "fd_dinov2" in p.metrics:

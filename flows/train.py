@@ -8,14 +8,14 @@ SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for h
 """
 from __future__ import annotations
 
-from typing import Literal
 
 from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
-from tasks.training.stages import done_kimg, plan_stages, resolve_device, run_config, train_params, train_stage_task
+from tasks.settings import TrainOverrides, TrainSettings, given, load
+from tasks.training.stages import done_kimg, plan_stages, resolve_device, run_config, train_stage_task
 from tasks.training.run import claim_run_dir
 
 
@@ -23,17 +23,9 @@ from tasks.training.run import claim_run_dir
 def train_flow(
     data: str,
     run_dir: str,
-    resolution: int | None = None,
-    arch: Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"] | None = None,
-    kimg: float | None = None,
-    seed: int | None = None,
+    settings: TrainOverrides = TrainOverrides(),  # type: ignore[valid-type]  # a model made from TrainSettings
     params: str = "params.yaml",
-    snapshot_kimg: float | None = None,
-    ada_target: float | None = None,
-    device: str | None = None,
-    resume_from: str | None = None,
     restart_on_change: bool = False,
-    freeze_d: int | None = None,
 ) -> dict:
     """Train a GAN on a curated dataset in stages; every stage resumes from the newest checkpoint.
 
@@ -41,35 +33,26 @@ def train_flow(
         data: Curated dataset folder (dataset.json + shards/), as `ganflow curate` writes it.
         run_dir: Run folder: its checkpoints (checkpoints/ckpt-KIMG.pt) and sample grids (samples/fakes-KIMG.png)
             go here. One run per folder: a folder holding another run's checkpoints is an error, see restart_on_change.
-        resolution: Training resolution in pixels (a power of two, at most the dataset's). Empty: train.resolution.
-        arch: Network family: stylegan2 (StyleGAN2-ADA) or stylegan3-t / stylegan3-r (StyleGAN3 with ADA), trained
-            in cycles, or pggan (one stage per resolution). Empty: train.arch.
-        kimg: Train until this many thousand images in total. Empty: train.kimg, or when that is 0 the family's
-            length (stylegan2: train.cycles x train.cycle_kimg; pggan: the final resolution faded in and stabilized).
-        seed: Seed for weights, data order and noise. Empty: train.seed.
-        params: Settings file; section `train` holds stage lengths, snapshot interval, retries, batch, nets.
-        snapshot_kimg: Checkpoint and sample grid every this many kimg. Empty: train.snapshot_kimg.
-        ada_target: ADA target for E[sign(D(real))], 0 = off. Empty: train.ada_target (stylegan2), off (pggan).
-        device: auto, cpu, cuda or cuda:N. Empty: train.device.
-        resume_from: Transfer learning: a network file to start from (a ganflow .pt: checkpoint, best.pt or
-            `ganflow import` output; or an NVIDIA .pkl). Its architecture is the run's: leave arch and resolution
-            empty (given, they must agree with it). Keep it to continue the run. Empty: train.resume_from.
-        freeze_d: Freeze-D: keep the pretrained discriminator's first N layers fixed. Empty: train.freeze_d.
+        settings: Training settings for this run, each with its bounds; an empty one keeps params.yaml's value
+            (section train). kimg: total thousand images (0 = the stage plan's length). resume_from: a network file
+            to start from, whose architecture is the run's (leave arch and resolution empty, or they must agree).
+            ada_target, given here, applies to pggan too; params.yaml's only to stylegan2/3.
+        params: Settings file; section `train` holds every setting not given in settings.
         restart_on_change: When run_dir holds checkpoints of another run (other settings or data), move them to
             run_dir/superseded/N/ and start afresh, instead of failing. Nothing is deleted.
     """
     logger = get_run_logger()
     train_report.log_preemptions_as_such()  # a SIGTERM's "Crash detected!" ERROR reads as the preemption it is
-    p = train_params(params, snapshot_kimg=snapshot_kimg, resume_from=resume_from, freeze_d=freeze_d)
-    seed = p.seed if seed is None else seed
-    cfg, notes = run_config(p, arch or p.arch, resolution or p.resolution, seed, ada_target=ada_target,
-                            given={"arch": arch, "resolution": resolution})
+    named = given(settings)
+    ada_target = named.pop("ada_target", None)  # given, it applies to any family (run_config)
+    p = load(TrainSettings, params, **named)
+    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=named)
     for note in notes:
         logger.info(note)
     arch, resolution = cfg.arch, cfg.resolution
-    stages = plan_stages(arch, resolution, kimg, p)
+    stages = plan_stages(arch, resolution, None, p)
     total = stages[-1].end_kimg
-    dev = resolve_device(device or p.device)
+    dev = resolve_device(p.device)
     # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
     set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
     if set_aside:

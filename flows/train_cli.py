@@ -2,7 +2,8 @@
 
 Plain `ganflow train` trains in one go; with --flow the same command runs flows/train.py's flow, which is how
 the training manager launches its attempts (`--request-id ID` tags the flow run `request:ID`, which the manager
-follows through the API). The options go to the flow's parameters of the same name.
+follows through the API). The training settings given go to the flow's `settings` parameter (one
+TrainOverrides, as the UI form fills it), the other options to its parameters of the same name.
 """
 from __future__ import annotations
 
@@ -24,14 +25,20 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
 
 
 def flow_parameters(args: argparse.Namespace, accepted: set[str]) -> dict:
-    """The given options as train flow parameters; an option the flow has no parameter for is an error."""
-    given = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None and v is not False}
-    refused = sorted(set(given) - accepted)
+    """The given options as train flow parameters: the training settings as one `settings` (TrainOverrides), the
+    others by name; an option the flow has no parameter for is an error."""
+    from flows.options import given_settings
+    from tasks.settings import TrainOverrides, TrainSettings
+
+    settings = given_settings(args, TrainSettings)
+    rest = {k: v for k, v in vars(args).items()
+            if k not in _NOT_SETTINGS and k not in TrainSettings.model_fields and v is not None and v is not False}
+    refused = sorted(set(rest) - (accepted - {"settings"}))
     if refused:
         names = ", ".join("--" + k.replace("_", "-") for k in refused)
         raise ValueError(f"{names}: the train flow takes no such option (it reads the rest from params.yaml's "
                          "`train` section); leave it out, or train without --flow")
-    return given
+    return {**rest, "settings": TrainOverrides(**settings)}
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -129,8 +129,9 @@ class PGGANArch:
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
         self.pl_weight = self.style_mixing = 0.0  # StyleGAN2's regularizers need its mapping network
-        self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg or defaults.stabilize_kimg,
-                                       fade_kimg=cfg.fade_kimg or defaults.fade_kimg)
+        # fade_kimg 0 is no fade-in (a new resolution switches on at once), never "the preset's": the stage plan
+        # (tasks) computes its stage ends from the same numbers, so the two agree.
+        self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg, fade_kimg=cfg.fade_kimg)
 
     def generate(self, G, z, nimg, update_stats=True, return_ws=False):
         if return_ws:  # the Arch protocol's; only path-length regularization asks, and pl_weight is 0 here

@@ -35,7 +35,7 @@ CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step 
 @dataclass
 class TrainConfig:
     arch: str = "stylegan2"          # network family: stylegan2 | stylegan3-t | stylegan3-r | pggan
-    resolution: int = 64             # training resolution
+    resolution: int = 256            # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
     lr: float = 0.0                  # Adam learning rate; 0 = the preset's
@@ -52,10 +52,10 @@ class TrainConfig:
     ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
-    fade_kimg: float = 0.0           # PGGAN: images over which a new resolution fades in; 0 = the preset's (800)
-    stabilize_kimg: float = 0.0      # PGGAN: images per resolution once faded in; 0 = the preset's (800)
+    fade_kimg: float = 800.0         # PGGAN: kimg over which a new resolution fades in (the paper's); 0 = no fade-in
+    stabilize_kimg: float = 800.0    # PGGAN: kimg per resolution once faded in (the paper's); must be > 0
     xflip: bool = False              # dataset x-flips
-    snapshot_kimg: float = 4.0       # checkpoint every this many kimg
+    snapshot_kimg: float = 50.0      # checkpoint every this many kimg
     seed: int = 0                    # one seed for weights, sampler, noise
     amp: str = "auto"                # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | off
     net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)

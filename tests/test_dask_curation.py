@@ -207,13 +207,13 @@ def _indexed(cands, d, monkeypatch):
 
 def test_dedup_finds_the_same_pairs_on_the_demos_planted_duplicates(tmp_path, monkeypatch):
     from tasks.curation.dedup import near_duplicates_scan
-    from tasks.params import curate_params
+    from tasks.settings import CurateSettings, load
     from tasks.curation.per_image import screen_cheap_one
     from tasks.ingestion.sources.demo import write_demo
     from tasks.curation.verdicts import dedup_candidates
 
     table = write_demo(tmp_path)
-    params = curate_params(ROOT / "params.yaml")
+    params = load(CurateSettings, ROOT / "params.yaml")
     cheap = {name: screen_cheap_one(str(tmp_path / name), params) for name in sorted(table)}
     cands = dedup_candidates({n: r for n, r in cheap.items() if "phash" in r["scores"]})
     near = _indexed(cands, params.dup_max_distance, monkeypatch)

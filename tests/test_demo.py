@@ -16,7 +16,7 @@ from tasks.curation.decode import DecodeError, decode
 from tasks.curation.dedup import Candidate, hamming, near_duplicates
 from tasks.curation.detectors import DETECT_SIDE, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 from tasks.ingestion.sources.demo import ACCEPTED, BOMB_SIZE, DEMO_REASONS, write_demo
 from tasks.ingestion.sources.local import MemberLimits, ingest_path
 
@@ -26,7 +26,7 @@ DECODE_REASONS = {"empty", "not_image", "truncated", "corrupt", "bomb"}
 
 @pytest.fixture(scope="module")
 def params():
-    return curate_params(ROOT / "params.yaml")
+    return load(CurateSettings, ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_odd_names_survive_ingest(demo, tmp_path):
     assert any(unicodedata.category(ch) == "Lo" for n in odd for ch in n)         # CJK
     assert any(ord(ch) > 0xFFFF for n in odd for ch in n)                           # emoji
     assert any(unicodedata.decomposition(ch) for n in odd for ch in n if ord(ch) > 127)  # accents
-    items = ingest_path(root, tmp_path / "raw", MemberLimits.from_params(curate_params(ROOT / "params.yaml")), source="demo")
+    items = ingest_path(root, tmp_path / "raw", MemberLimits.from_params(load(CurateSettings, ROOT / "params.yaml")), source="demo")
     assert sorted(i.source_name for i in items) == sorted(table)
 
 

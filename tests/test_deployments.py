@@ -84,17 +84,20 @@ def test_make_serve_registers_deployments_and_its_worker_completes_runs(tmp_path
             assert train.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
             schema = train.parameter_openapi_schema
             assert schema["required"] == ["data", "run_dir"]  # the rest defaults to params.yaml's train section
-            arch = schema["properties"]["arch"]  # optional (params.yaml's train.arch): an enum inside anyOf
+            # Every training setting is in the form's nested `settings` (tests/test_flow_forms.py checks each one).
+            form = schema["definitions"][schema["properties"]["settings"]["$ref"].split("/")[-1]]["properties"]
+            arch = form["arch"]  # optional (params.yaml's train.arch): an enum inside anyOf
             assert [e for a in arch.get("anyOf", [arch]) for e in a.get("enum", [])] == [
                 "stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
-            assert "kimg" in schema["properties"]["kimg"]["description"]
+            assert "kimg" in form["kimg"]["description"]
+            assert train.parameters["settings"] == {"resolution": 64, "arch": "stylegan2"}
             assert [s.schedule.interval.total_seconds() for s in deployments["manager"].schedules] == [300]
 
             curate = run_deployment("curate/curate", timeout=0, parameters=dict(
                 source="path", input_path=str(images), out=str(tmp_path / "out"), raw_root=str(tmp_path / "raw"),
                 cache_dir=str(tmp_path / "cache"), resolution=64, matte="none", version=False))
             trained = run_deployment("train/train", timeout=0, parameters=dict(
-                data=str(dataset), run_dir=str(tmp_path / "run"), resolution=32, kimg=0.008,
+                data=str(dataset), run_dir=str(tmp_path / "run"), settings={"resolution": 32, "kimg": 0.008},
                 params=str(tmp_path / "params.yaml")))
             deadline = time.time() + 900
             while True:

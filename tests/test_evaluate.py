@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from flows.cli import main
-from tasks.evaluation.evaluate import EvaluateParams, choose_best, flag_diverged, flag_memorized, read_fid_csv
-from tasks.params import ParamsError
+from tasks.evaluation.evaluate import choose_best, flag_diverged, flag_memorized, read_fid_csv
+from tasks.settings import EvaluateSettings as EvaluateParams
+from tasks.settings import ParamsError
 
 
 def hist(fids, loss_d=None, loss_g=None):
@@ -68,7 +69,7 @@ def test_a_memorizing_snapshot_is_never_best_and_fd_dinov2_ranks_without_fid():
     assert flag_memorized(h, 1.0) == {}  # max_memorized 1: off
     assert EvaluateParams(metrics=["fd_dinov2"]).rank_by == "fd_dinov2"
     with pytest.raises(ParamsError, match="evaluate.metrics"):
-        EvaluateParams(metrics=["fid", "is"])
+        EvaluateParams().updated(metrics=["fid", "is"])
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,8 @@ def test_train_flow_evaluates_after_each_stage_when_weights_are_configured(run, 
     cfg["evaluate"] = {"inception_weights": weights, "n_fake": 4, "batch": 4, "kid": False,
                        "cache_dir": str(tmp_path / "cache")}
     params.write_text(yaml.safe_dump(cfg))
-    result = train_flow(data=str(data), run_dir=str(tmp_path / "run"), resolution=32, kimg=0.016, params=str(params))
+    result = train_flow(data=str(data), run_dir=str(tmp_path / "run"), settings={"resolution": 32, "kimg": 0.016},
+                        params=str(params))
     assert [s["evaluate"]["evaluated"] for s in result["stages"]] == [[0.008], [0.016]]
     assert [r["kimg"] for r in read_fid_csv(tmp_path / "run")] == [0.008, 0.016]
     assert (tmp_path / "run" / "best.pt").exists()

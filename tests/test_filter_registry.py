@@ -2,7 +2,6 @@
 setting its filters read, so a new filter (or a new threshold) can never be answered by a stale cached verdict."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 from tasks.curation import registry, screen
 from tasks.curation.detectors import ContentImage, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict, size_verdict
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -37,7 +36,7 @@ class ReadsRecorded:
 
 @pytest.fixture(scope="module")
 def params():
-    return dataclasses.replace(curate_params(PARAMS_FILE), workers=1)
+    return load(CurateSettings, PARAMS_FILE, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ def test_cache_key_derives_from_the_registered_filters(params):
 
 def test_registering_a_filter_that_reads_a_new_key_changes_the_cache_key(params):
     key = screen.cache_key("cheap", params)
-    unrelated = dataclasses.replace(params, max_member_bytes=params.max_member_bytes + 1)
+    unrelated = params.updated(max_member_bytes=params.max_member_bytes + 1)
     assert screen.cache_key("cheap", unrelated) == key  # no cheap filter reads it yet
 
     @registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=25, header=True)
@@ -134,7 +133,7 @@ def test_a_new_filter_is_not_answered_from_the_cache(params, extra_filter, tmp_p
     registry.unregister("huge")
     assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
     registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=35, header=True)(extra_filter)
-    small = dataclasses.replace(params, max_member_bytes=1000)
+    small = params.updated(max_member_bytes=1000)
     assert {r["reason"] for r in screen.screen_cheap(paths, small, cache).values()} == {"huge"}
     assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
     assert len(list((tmp_path / "cache" / "cheap").iterdir())) == 3  # three settings, three cache folders
@@ -144,7 +143,7 @@ def test_header_checks_run_before_decoding_whatever_their_order(params, extra_fi
     """Screening judges the header before decoding: a header check ordered after a thumbnail check still runs
     before it, in size_verdict and in cheap_verdict alike, so both give the same reason."""
     assert [f.name for f in registry.registered("cheap")] == ["too_small", "aspect", "huge", "blurry", "grayscale"]
-    small = dataclasses.replace(params, max_member_bytes=1000)
+    small = params.updated(max_member_bytes=1000)
     assert size_verdict(600, 600, small) == "huge"
     assert cheap_verdict({"width": 600, "height": 600, "blur_var": 0.0, "gray_chroma": 0.0}, small) == "huge"
     assert size_verdict(100, 100, small) == "too_small"  # order 10 beats order 35

@@ -5,7 +5,6 @@ start rejecting clean photos (or stop rejecting faces, text, blur and grey image
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from PIL import Image
 import tasks.curation.detectors as detectors
 from tasks.curation.detectors import Box, content_verdict, detect_faces, text_scores
 from tasks.curation.filters import cheap_scores, cheap_verdict, fit_short_side
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -48,7 +47,7 @@ def _jpeg_roundtrip(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def params():
-    return curate_params(PARAMS_FILE)
+    return load(CurateSettings, PARAMS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +75,13 @@ def _scores(rgb, params):
 
 @pytest.fixture(scope="module")
 def params512(params):
-    return dataclasses.replace(params, resolution=512, min_side_fraction=0.8)
+    return params.updated(resolution=512, min_side_fraction=0.8)
 
 
 def test_min_side_is_fraction_of_resolution(params, params512):
     assert params512.min_side == 410  # round(0.8 * 512)
     assert params.min_side == round(params.min_side_fraction * params.resolution)
-    assert dataclasses.replace(params, resolution=1024, min_side_fraction=0.8).min_side == 819
+    assert params.updated(resolution=1024, min_side_fraction=0.8).min_side == 819
 
 
 def test_too_small_coffee_rejected_at_512(photos, params512):
@@ -181,7 +180,7 @@ def test_astronaut_face_rejected(photos, params):
 
 
 def test_face_crop_mode(photos, params):
-    crop = dataclasses.replace(params, face_mode="crop")
+    crop = params.updated(face_mode="crop")
     reason, scores, box = content_verdict(photos["astronaut"], crop)
     assert reason is None and isinstance(box, Box)
     # Eileen Collins' face: roughly x 170-280, y 60-170 in the 512² photo.
@@ -216,7 +215,7 @@ def test_single_glyph_shape_is_not_text(photos, params):
     """A big cross reads as "X" with high confidence; one character is a shape, not a caption."""
     img = photos["rocket"].copy()
     cv2.putText(img, "X", (200, 330), cv2.FONT_HERSHEY_SIMPLEX, 8, (255, 255, 255), 16, cv2.LINE_AA)
-    loose = dataclasses.replace(params, text_min_chars=1)
+    loose = params.updated(text_min_chars=1)
     assert content_verdict(img, loose)[0] == "text"  # the rule is what keeps it
     reason, scores, _ = content_verdict(img, params)
     assert reason is None, scores

@@ -42,6 +42,37 @@ def test_train_form_offers_restart_on_change_and_hides_the_managers_request_id()
     assert "superseded" in props["restart_on_change"]["description"]
 
 
+def test_train_form_shows_every_training_setting_with_its_bounds_and_description():
+    """The train deployment's form: one nested `settings` form made from TrainSettings, so a UI run can set
+    everything the CLI can, within the same bounds; empty fields keep params.yaml's values."""
+    from annotated_types import Ge, Gt, Le, Lt
+
+    from tasks.settings import TrainSettings
+
+    train = next(d for d in DEPLOYMENTS if d["name"] == "train")
+    schema = _schema(train["entrypoint"])
+    ref = schema["properties"]["settings"]["$ref"].split("/")[-1]
+    form = schema["definitions"][ref]["properties"]
+    assert list(form) == list(TrainSettings.model_fields)
+    keywords = {Ge: ("minimum", "ge"), Gt: ("exclusiveMinimum", "gt"), Le: ("maximum", "le"), Lt: ("exclusiveMaximum", "lt")}
+    for name, field in TrainSettings.model_fields.items():
+        prop = form[name]
+        assert prop["description"] == field.description and prop["default"] is None, name
+        assert not ANGLE.search(prop["description"]), name
+        [typed] = [b for b in prop["anyOf"] if b.get("type") != "null"]
+        for bound in field.metadata:
+            if type(bound) in keywords:
+                key, attr = keywords[type(bound)]
+                assert typed[key] == getattr(bound, attr), (name, key)
+    assert form["kimg"]["anyOf"][0]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert form["resolution"]["anyOf"][0]["maximum"] == 1024
+    assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
+    assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2"}  # valid for the form
+    from tasks.settings import TrainOverrides
+
+    TrainOverrides(**train["parameters"]["settings"])
+
+
 def test_curate_deployment_does_not_version_unless_asked():
     curate = next(d for d in DEPLOYMENTS if d["name"] == "curate")
     assert curate["parameters"].get("version", False) is False
@@ -57,11 +88,11 @@ def test_train_flow_with_restart_on_change_sets_another_runs_folder_aside(tmp_pa
     from tests.test_train_flow import tiny_params
 
     data, run_dir = write_curated(tmp_path / "data"), tmp_path / "run"
-    args = dict(data=str(data), run_dir=str(run_dir), arch="stylegan2", resolution=32, kimg=0.008,
-                params=str(tiny_params(tmp_path)), device="cpu")
-    assert train_flow(**args, seed=0)["kimg"] == 0.008
-    refused = train_flow(**args, seed=1, return_state=True)
+    args = dict(data=str(data), run_dir=str(run_dir), params=str(tiny_params(tmp_path)))
+    run = dict(arch="stylegan2", resolution=32, kimg=0.008, device="cpu")
+    assert train_flow(**args, settings={**run, "seed": 0})["kimg"] == 0.008
+    refused = train_flow(**args, settings={**run, "seed": 1}, return_state=True)
     assert refused.is_failed() and "restart_on_change in the train deployment's form" in refused.message
-    assert train_flow(**args, seed=1, restart_on_change=True)["kimg"] == 0.008
+    assert train_flow(**args, settings={**run, "seed": 1}, restart_on_change=True)["kimg"] == 0.008
     assert [k for k, _ in list_checkpoints(run_dir / "superseded" / "1")] == [0.008]  # moved, not deleted
     assert [k for k, _ in list_checkpoints(run_dir)] == [0.008]

@@ -192,6 +192,10 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_par
         assert [str(r.id) for r in runs] == [req.flow_run_id]
         assert request_tag(rid) in runs[0].tags and runs[0].state.type.name == "SCHEDULED"
         assert "request_id" not in runs[0].parameters  # manager-only: a tag, never a field of the train form
+        # The training settings go in the train flow's `settings` form; the rest stay top-level parameters.
+        assert runs[0].parameters["settings"] == {"arch": "stylegan2", "resolution": 32, "kimg": 0.048,
+                                                  "seed": int(req.params["seed"])}
+        assert runs[0].parameters["run_dir"] == req.params["run_dir"] and "kimg" not in runs[0].parameters
     # Waiting for a worker is not a lost run: the next pass leaves them alone.
     again = _pass(params)
     assert sorted(again) == sorted(f"{rid}  running   attempt 1: scheduled" for rid in ids)
@@ -417,9 +421,10 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
 def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
     from tasks.manager.actions import Outcome
     from tasks.manager.report import pass_markdown, pass_summary
-    from tasks.manager.supervise import ManagerParams
+    from tasks.settings import ManagerSettings
 
-    settings = ManagerParams("q", 120, 600, 3, 0, "train/train")
+    settings = ManagerSettings(queue="q", interval_seconds=120, stale_after_seconds=600, max_attempts=3,
+                               max_running=0, deployment="train/train")
     outcomes = [Outcome("a1", "failed", "flow run failed: x | y\nz", "attempt 3: flow run failed"),
                 Outcome("b2", "started", "attempt 1: flow run 42", "queued")]
     text = pass_markdown(outcomes, "runs/queue.sqlite", settings)

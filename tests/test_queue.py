@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from tasks.manager.queue import Queue, QueueError, queue_path
-from tasks.manager.supervise import Observation, decide, manager_params
+from tasks.manager.supervise import Observation, decide
+from tasks.settings import ManagerSettings, load
 from tests.conftest import PARAMS
 
 REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048, seed=0)
@@ -110,9 +111,9 @@ def test_queue_path_precedence(monkeypatch):
 
 
 def test_manager_params_from_repo_file():
-    p = manager_params(PARAMS)
+    p = load(ManagerSettings, PARAMS)
     assert p.max_attempts >= 1 and p.stale_after_seconds > 180  # longer than Prefect's heartbeat period
-    assert manager_params(PARAMS, max_attempts=5).max_attempts == 5
+    assert load(ManagerSettings, PARAMS, max_attempts=5).max_attempts == 5
 
 
 @pytest.mark.parametrize("obs, attempt, action, crashed", [

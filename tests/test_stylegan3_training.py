@@ -95,13 +95,14 @@ def test_r_blurs_reals_and_fakes_before_d_until_the_fade_ends(tiny_dataset, tmp_
 
 def test_stages_and_params_for_stylegan3(tmp_path):
     """The DVC train stage and the flows read train.arch / train.r1_gamma from params.yaml."""
-    from tasks.training.stages import plan_stages, train_config, train_params
+    from tasks.training.stages import plan_stages, train_config
+    from tasks.settings import TrainSettings, load
 
     params = yaml.safe_load(open("params.yaml"))
     params["train"].update(arch="stylegan3-r", r1_gamma=0.5, cycles=2, cycle_kimg=100)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    p = train_params(path)
+    p = load(TrainSettings, path)
     assert [s.end_kimg for s in plan_stages(p.arch, 64, None, p)] == [100, 200]  # cycles, as StyleGAN2
     cfg = train_config(p, p.arch, 64)
     assert (cfg.arch, cfg.r1_gamma, cfg.ada_target) == ("stylegan3-r", 0.5, 0.6)

@@ -90,9 +90,10 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_stage_plans_follow_params_and_growth_schedule():
     from models.pggan import GrowthSchedule
-    from tasks.training.stages import pggan_stages, plan_stages, stylegan2_stages, train_params
+    from tasks.settings import TrainSettings, load
+    from tasks.training.stages import pggan_stages, plan_stages, stylegan2_stages
 
-    p = train_params(PARAMS)
+    p = load(TrainSettings, PARAMS)
     assert [s.end_kimg for s in plan_stages("stylegan2", 256, None, p)] == [5000, 10000, 15000, 20000, 25000]
     assert [s.end_kimg for s in stylegan2_stages(12000, 5000)] == [5000, 10000, 12000]
     assert stylegan2_stages(12000, 5000)[2].label == "stage 3/3 (cycle 3/3)"
@@ -135,13 +136,12 @@ def test_stage_report_is_a_table_of_the_stage_result():
 
 
 def test_train_params_errors_name_the_key(tmp_path):
-    from tasks.params import ParamsError
-    from tasks.training.stages import train_params
+    from tasks.settings import ParamsError, TrainSettings, load
 
-    with pytest.raises(ParamsError, match="train.snapshot_kimg must be positive"):
-        train_params(tiny_params(tmp_path, snapshot_kimg=0))
-    with pytest.raises(ParamsError, match=r"unknown \['bogus'\]"):
-        train_params(tiny_params(tmp_path, bogus=1))
+    with pytest.raises(ParamsError, match=r"^train.snapshot_kimg 0 is not a finite number > 0$"):
+        load(TrainSettings, tiny_params(tmp_path, snapshot_kimg=0))
+    with pytest.raises(ParamsError, match=r"^train.bogus is not a setting \(known: arch, resolution, "):
+        load(TrainSettings, tiny_params(tmp_path, bogus=1))
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -154,15 +154,17 @@ def test_train_params_errors_name_the_key(tmp_path):
 def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, resolution, extra, stages):
     from flows.train import train_flow
     from models.checkpoint import latest_checkpoint
+    from tasks.settings import TrainOverrides
 
     data = write_curated(tmp_path / "data")
     run_dir = tmp_path / "run"
     from prefect import tags
 
     with tags("request:abc123"):  # how `ganflow train --request-id` (the manager's launch) tags its run
-        state = train_flow(data=str(data), run_dir=str(run_dir), resolution=resolution, arch=arch,
-                           kimg=None if arch == "pggan" else 0.016, params=str(tiny_params(tmp_path, **extra)),
-                           return_state=True)
+        state = train_flow(data=str(data), run_dir=str(run_dir),
+                           settings=TrainOverrides(resolution=resolution, arch=arch,
+                                                   kimg=None if arch == "pggan" else 0.016),
+                           params=str(tiny_params(tmp_path, **extra)), return_state=True)
     assert state.is_completed(), state
     result = state.result()
     run = api.read_flow_run(state.state_details.flow_run_id)
@@ -201,10 +203,11 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     from prefect import flow
 
     from models.checkpoint import latest_checkpoint, list_checkpoints
-    from tasks.training.stages import Stage, run_stage, train_config, train_params, train_stage_task
+    from tasks.training.stages import Stage, run_stage, train_config, train_stage_task
+    from tasks.settings import TrainSettings, load
 
     data = write_curated(tmp_path / "data")
-    p = train_params(tiny_params(tmp_path))
+    p = load(TrainSettings, tiny_params(tmp_path))
     cfg = train_config(p, "stylegan2", 32)
     stage = Stage(0, 1, "cycle 1/1", 0.016)
     failed_at: list[float] = []
@@ -239,9 +242,10 @@ def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api
     from prefect import flow
 
     from models.data import DatasetError
-    from tasks.training.stages import Stage, train_config, train_params, train_stage_task
+    from tasks.training.stages import Stage, train_config, train_stage_task
+    from tasks.settings import TrainSettings, load
 
-    p = train_params(tiny_params(tmp_path))
+    p = load(TrainSettings, tiny_params(tmp_path))
     cfg = train_config(p, "stylegan2", 32)
 
     @flow(name="train-no-data-test")
@@ -260,10 +264,11 @@ def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api
 def test_sigterm_outside_prefect_checkpoints_raises_preempted_and_restores_the_handler(tmp_path):
     """run_stage called plainly (no flow, so no Prefect SIGTERM bridge): its own handler sets the flag."""
     from models.checkpoint import list_checkpoints
-    from tasks.training.stages import Preempted, run_stage, train_config, train_params
+    from tasks.training.stages import Preempted, run_stage, train_config
+    from tasks.settings import TrainSettings, load
 
     data = write_curated(tmp_path / "data")
-    cfg = train_config(train_params(tiny_params(tmp_path)), "stylegan2", 32)
+    cfg = train_config(load(TrainSettings, tiny_params(tmp_path)), "stylegan2", 32)
     seen: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # never pytest's death
 
@@ -348,7 +353,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
         flow_id=api.create_flow(train_flow), name="sigterm-test", entrypoint="flows/train.py:train_flow",
         pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
     run = api.create_flow_run_from_deployment(deployment, parameters=dict(
-        data=str(data), run_dir=str(run_dir), resolution=32, kimg=1.0, params=str(params)))
+        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
     execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
     # As `make serve` runs its worker: no PREFECT_LOGGING_LEVEL, the console handler quieted.
     env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
@@ -365,7 +370,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert state.is_scheduled() and state.name == "AwaitingRetry", state
 
     # What a worker does with the rescheduled run; a shorter target keeps the test short.
-    api.update_flow_run(run.id, parameters={**run.parameters, "kimg": kimg + 0.008})
+    api.update_flow_run(run.id, parameters={**run.parameters, "settings": {"resolution": 32, "kimg": kimg + 0.008}})
     again = subprocess.run(execute, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert api.read_flow_run(run.id).state.is_completed()
@@ -405,8 +410,9 @@ def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
     for name in ("coffee", "chelsea", "rocket"):
         Image.fromarray(getattr(photos, name)()).save(images / f"{name}.png")
     out, run_dir = tmp_path / "curated", tmp_path / "run"
-    state = pipeline(source="path", input_path=str(images), out=str(out), run_dir=str(run_dir), resolution=32,
-                     kimg=0.008, params=str(tiny_params(tmp_path)), curate_resolution=64, matte="none",
+    state = pipeline(source="path", input_path=str(images), out=str(out), run_dir=str(run_dir),
+                     settings={"resolution": 32, "kimg": 0.008}, params=str(tiny_params(tmp_path)),
+                     curate_resolution=64, matte="none",
                      raw_root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), return_state=True)
     assert state.is_completed(), state
     result = state.result()

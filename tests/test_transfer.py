@@ -224,12 +224,12 @@ def test_bad_network_files_get_one_line_errors(work):
 
 
 def test_freeze_d_needs_a_network_to_keep(params):
-    from tasks.params import ParamsError
-    from tasks.training.stages import train_params
+    from tasks.settings import ParamsError
+    from tasks.settings import TrainSettings, load
 
     with pytest.raises(ParamsError, match="train.freeze_d 3 keeps a pretrained discriminator's first layers"):
-        train_params(params, freeze_d=3)
-    assert train_params(params, freeze_d=3, resume_from="x.pt").freeze_d == 3
+        load(TrainSettings, params, freeze_d=3)
+    assert load(TrainSettings, params, freeze_d=3, resume_from="x.pt").freeze_d == 3
 
 
 # ---------------------------------------------------------------------------------------------- NVIDIA pickles
@@ -377,15 +377,15 @@ def test_train_flow_and_submit_carry_resume_from_and_freeze_d(work, dataset, sou
     from tasks.manager.launch import train_command
     from tasks.manager.queue import Queue
 
-    result = train_flow(data=str(dataset), run_dir=str(work / "flow"), kimg=0.008, params=str(params),
-                        resume_from=str(source), freeze_d=2)
+    result = train_flow(data=str(dataset), run_dir=str(work / "flow"), params=str(params),
+                        settings={"kimg": 0.008, "resume_from": str(source), "freeze_d": 2})
     assert (result["arch"], result["resolution"]) == ("stylegan2", 32)  # the file's, not params.yaml's pggan 64²
     assert result["stages"][0]["transferred_from"] == str(source)
     cfg = latest_checkpoint(work / "flow")[1]["config"]
     assert cfg["freeze_d"] == 2 and cfg["transfer_sha256"] == _sha256(source)
     with pytest.raises(TransferError, match=r"resolution \(file 32, given 64\)"):
-        train_flow(data=str(dataset), run_dir=str(work / "flow-refused"), resolution=64, kimg=0.008,
-                   params=str(params), resume_from=str(source))
+        train_flow(data=str(dataset), run_dir=str(work / "flow-refused"), params=str(params),
+                   settings={"resolution": 64, "kimg": 0.008, "resume_from": str(source)})
 
     queue = work / "queue.sqlite"
     assert main(["train", "submit", "--data", str(dataset), "--kimg", "0.008", "--queue", str(queue), "--params",

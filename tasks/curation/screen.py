@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import progress
 from tasks.curation.cache import StageCache
 from tasks.curation.registry import stage_keys
-from tasks.params import CurateParams
+from tasks.settings import CurateSettings as CurateParams
 from tasks.curation.per_image import screen_cheap_one, screen_content_one
 from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker

@@ -12,71 +12,18 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from models.run_dir import BEST, RunDir
 from tasks.evaluation import registry
 from tasks.evaluation.fid_table import read_fid_csv, row_note, write_fid_csv
-from tasks.params import ParamsError
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    inception_weights: str = ""   # path of torch-fidelity's InceptionV3 weights ("" = $GANFLOW_INCEPTION_WEIGHTS)
-    inception_sha256: str = ""    # expected sha256 of that file ("" = not checked beyond weights_only)
-    n_fake: int = 10000           # generated images per snapshot evaluation (papers: 50000)
-    n_real: int = 0               # real images for the statistics; 0 = all
-    batch: int = 64               # images per extractor batch
-    kid: bool = True              # also KID
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    cache_dir: str = "data/cache/fid"
-    diverge_fid_rises: int = 3    # flag a snapshot after FID rose this many snapshots in a row
-    diverge_d_loss: float = 0.05  # flag when D loss falls below this while G loss climbs
-    metrics: tuple = ("fid",)     # fid (Inception) and/or fd_dinov2 (DINOv2 ViT): the Fréchet distances per snapshot
-    dinov2_weights: str = ""      # Meta's dinov2_vit{s,b,l}14_pretrain.pth ("" = $GANFLOW_DINOV2_WEIGHTS; "random")
-    dinov2_sha256: str = ""       # expected sha256 of that file ("" = not checked beyond weights_only)
-    memorized_quantile: float = 0.05  # τ = this quantile of the training images' nearest-neighbour distances
-    max_memorized: float = 0.25   # a snapshot with more generated images closer than τ is never "best" (1 = off)
-
-    def __post_init__(self) -> None:
-        from tasks.evaluation.metrics import METRICS
-
-        if int(self.n_fake) < 2 or int(self.batch) < 1 or int(self.n_real) < 0:
-            raise ParamsError(f"evaluate: n_fake must be >= 2, batch >= 1 and n_real >= 0 (got n_fake={self.n_fake}, "
-                              f"batch={self.batch}, n_real={self.n_real})")
-        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics or ())
-        if not metrics or set(metrics) - set(METRICS):
-            raise ParamsError(f"evaluate.metrics must list one or both of {list(METRICS)} (got {list(metrics)})")
-        object.__setattr__(self, "metrics", metrics)
-        if not 0 < float(self.memorized_quantile) < 1 or not 0 <= float(self.max_memorized) <= 1:
-            raise ParamsError(f"evaluate: memorized_quantile must be in (0, 1) and max_memorized in [0, 1] (got "
-                              f"{self.memorized_quantile}, {self.max_memorized})")
-
-    @property
-    def rank_by(self) -> str:
-        """The column the best snapshot and the divergence monitor go by: fid, else fd_dinov2."""
-        return "fid" if "fid" in self.metrics else "fd_dinov2"
-
-
-def evaluate_params(path: str | Path = "params.yaml") -> EvaluateParams:
-    """The `evaluate` section; missing keys (or a missing section/file) take the defaults above."""
-    path = Path(path)
-    section = (yaml.safe_load(path.read_text()) or {}).get("evaluate") if path.exists() else None
-    section = section or {}
-    known = {f.name for f in fields(EvaluateParams)}
-    unknown = set(section) - known
-    if unknown:
-        raise ParamsError(f"{path}: unknown evaluate key(s) {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: ("" if v is None else v) for k, v in section.items()}
-    return EvaluateParams(**values)  # type: ignore[arg-type]  # EvaluateParams checks the values
+from tasks.settings import EvaluateSettings
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
@@ -136,7 +83,7 @@ def export_best(ckpt: str | Path, out: str | Path, extra: dict | None = None) ->
     return save_atomic(best, out)
 
 
-def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateParams,
+def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: EvaluateSettings,
                    dinov2_sha256: str | None = None) -> dict:
     """What fid.csv's rows depend on: the run (its settings and dataset, from its first checkpoint), the
     extractors and N. A different key (the run was restarted on new data, other weights) voids the rows."""
@@ -213,7 +160,7 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     return {"loss_D": float(loss_d), "loss_G": float(F.softplus(-fake_logits).mean())}
 
 
-def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+def evaluate_snapshot(snapshot: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateSettings,
                       device: str = "cpu", dinov2_weights: str | Path | None = None) -> dict:
     """The metrics of one network file against data (p.metrics: FID and/or FD-DINOv2, KID, precision/recall): a
     checkpoint, a best.pt or an imported NVIDIA network (`ganflow import`), e.g. a pretrained network's distance to
@@ -258,7 +205,7 @@ def _previous_rows(run_dir: Path, warn: Callable[[str], None]) -> list[dict]:
     return [r for r in rows if r["kimg"] is not None]
 
 
-def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateParams,
+def _first_key(snapshots: list[tuple[float, Path]], weights_sha: str | None, p: EvaluateSettings,
                skipped: dict[float, str], dinov2_sha: str | None = None) -> dict:
     """The evaluation key from the oldest checkpoint that loads (unreadable ones recorded in `skipped`)."""
     from models.checkpoint import CheckpointError
@@ -279,7 +226,7 @@ LATEST_KEYS = ("kid_std", "n_real", "n_fake", "warning", "weights_sha256", "dino
 class BestSnapshot:
     """The snapshot exported as RUN/best.pt."""
     kimg: float
-    rank_by: str                 # the column it was chosen by: fid, else fd_dinov2 (EvaluateParams.rank_by)
+    rank_by: str                 # the column it was chosen by: fid, else fd_dinov2 (EvaluateSettings.rank_by)
     score: float                 # its value in that column
     why: str                     # why this one (choose_best)
     fid: float | None = None     # its FID too, when ranked by another column
@@ -349,7 +296,7 @@ class RealReference:
     memorization: dict             # the audit's settings, as metrics.json records them
 
 
-def real_reference(data: str | Path, spaces: list, p: EvaluateParams, device: str = "cpu") -> RealReference:
+def real_reference(data: str | Path, spaces: list, p: EvaluateSettings, device: str = "cpu") -> RealReference:
     """The reference in `spaces` (metrics.feature_spaces) for the dataset `data`: its statistics (cached in
     p.cache_dir), and the training features, radii and τ of the memorization audit."""
     from tasks.evaluation.audit import K, kth_neighbour_distance, memorization_threshold
@@ -367,7 +314,7 @@ def real_reference(data: str | Path, spaces: list, p: EvaluateParams, device: st
                                        "n_train": len(train), "max_memorized": p.max_memorized})
 
 
-def snapshot_metrics(G, arch: dict, ref: RealReference, p: EvaluateParams, device: str = "cpu",
+def snapshot_metrics(G, arch: dict, ref: RealReference, p: EvaluateSettings, device: str = "cpu",
                      probe: dict | None = None) -> dict:
     """One generator's metrics against the reference: the registered metrics (tasks.evaluation.registry: FID and/or
     FD-DINOv2, KID, precision/recall, `memorized`, the fraction of its images closer than τ to a training image,
@@ -387,7 +334,7 @@ def fid_row(kimg: float, m: dict) -> dict:
 
 
 def _evaluate_snapshots(run_dir: Path, todo: list[tuple[float, Path]], data: str | Path, ref: RealReference,
-                        p: EvaluateParams, device: str, rows: list[dict], skipped: dict[float, str], hashes: dict,
+                        p: EvaluateSettings, device: str, rows: list[dict], skipped: dict[float, str], hashes: dict,
                         progress: Callable[[dict], None] | None) -> tuple[list[float], dict | None]:
     """Each snapshot of `todo` gets a row in `rows`, and fid.csv is rewritten after each (an interrupted evaluation
     keeps what it did); one that does not load goes to `skipped`. Returns the kimgs evaluated and the last one's
@@ -414,7 +361,7 @@ def _evaluate_snapshots(run_dir: Path, todo: list[tuple[float, Path]], data: str
     return evaluated, detail
 
 
-def rank_snapshots(rows: list[dict], p: EvaluateParams) -> tuple[dict[float, str], dict[float, str],
+def rank_snapshots(rows: list[dict], p: EvaluateSettings) -> tuple[dict[float, str], dict[float, str],
                                                                   BestSnapshot | None]:
     """(diverged, memorizing, best): the divergence monitor's and the audit's flags, and the best snapshot not
     flagged."""
@@ -447,7 +394,7 @@ def write_metrics_json(run_dir: Path, summary: EvaluationSummary) -> Path:
     return path
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateParams,
+def evaluate_run(run_dir: str | Path, data: str | Path, weights: str | Path | None, p: EvaluateSettings,
                  device: str = "cpu", progress: Callable[[dict], None] | None = None,
                  dinov2_weights: str | Path | None = None, warn: Callable[[str], None] | None = None
                  ) -> EvaluationSummary:
@@ -529,7 +476,7 @@ def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, mem
             for r in sorted(rows, key=lambda r: r["kimg"])]
 
 
-def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
+def resolve_weight_paths(p: EvaluateSettings, inception_cli: str | None = None,
                         dinov2_cli: str | None = None) -> tuple[Path | None, Path | None]:
     """(Inception weights, DINOv2 weights) that p.metrics need, None for one not needed; raises
     InceptionWeightsError / DinoV2WeightsError saying which file to put where."""
@@ -540,7 +487,7 @@ def resolve_weight_paths(p: EvaluateParams, inception_cli: str | None = None,
             dinov2.resolve_weights(dinov2_cli, p.dinov2_weights) if "fd_dinov2" in p.metrics else None)
 
 
-def weights_or_reason(p: EvaluateParams, inception_cli: str | None = None,
+def weights_or_reason(p: EvaluateSettings, inception_cli: str | None = None,
                       dinov2_cli: str | None = None) -> tuple[Path | None, Path | None, str]:
     """resolve_weight_paths, or (None, None, why) for callers that skip evaluation rather than fail."""
     from tasks.evaluation.dinov2 import DinoV2WeightsError
@@ -564,7 +511,7 @@ def progress_line(m: dict) -> str:
 # ------------------------------------------------------------------ Prefect
 
 @task(name="evaluate-snapshots", cache_policy=NO_CACHE)  # results live in RUN/fid.csv
-def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateParams, device: str = "cpu",
+def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateSettings, device: str = "cpu",
                   dinov2_weights: str | None = None) -> dict:
     """FID/KID (FD-DINOv2, precision/recall, memorization) for every snapshot of run_dir not evaluated yet;
     best.pt and metrics.json; artifacts."""

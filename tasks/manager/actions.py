@@ -19,7 +19,8 @@ from models.checkpoint import list_checkpoints
 from tasks.manager.launch import kill_local, launch_local, process_state
 from tasks.manager.queue import Queue, Request
 from tasks.manager.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
-from tasks.manager.supervise import ManagerParams, Observation, decide
+from tasks.manager.supervise import Observation, decide
+from tasks.settings import ManagerSettings, TrainSettings
 
 
 class ManagerError(ValueError):
@@ -44,8 +45,11 @@ def newest_checkpoint(run_dir: str) -> tuple[float, str] | None:
 
 
 def _train_parameters(req: Request) -> dict:
-    # The request id travels as the run's tag (request:<id>), not as a parameter: the train form stays the user's.
-    return dict(req.params)
+    """The train flow's parameters for a request: its training settings go in the flow's `settings` object.
+    The request id travels as the run's tag (request:<id>), not as a parameter: the train form stays the user's."""
+    flat = dict(req.params)
+    settings = {k: flat.pop(k) for k in list(flat) if k in TrainSettings.model_fields}
+    return {**flat, "settings": {k: v for k, v in settings.items() if v is not None}}
 
 
 def require_api() -> str:
@@ -59,7 +63,7 @@ def require_api() -> str:
     return url
 
 
-def _local_env(settings: ManagerParams) -> dict[str, str]:
+def _local_env(settings: ManagerSettings) -> dict[str, str]:
     env = {"PREFECT_API_URL": require_api()}
     if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" not in os.environ:
         # Several heartbeats per staleness window, so a slow step is never mistaken for a lost machine.
@@ -67,7 +71,7 @@ def _local_env(settings: ManagerParams) -> dict[str, str]:
     return env
 
 
-def start(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
+def start(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
     """Claim a queued request's first attempt (compare-and-set) and launch it."""
     found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
@@ -98,7 +102,7 @@ def describe(n: int, obs: Observation) -> str:
     return text + (f"; process {obs.process}" if obs.process != "unknown" else "")
 
 
-def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
+def check(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
     attempt = req.current
     assert attempt is not None  # a launched request
     n = req.attempts
@@ -118,7 +122,7 @@ def check(queue: Queue, req: Request, settings: ManagerParams) -> Outcome:
         return _with_seen(_act(queue, req, client, view, decision, settings), seen)
 
 
-def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerParams) -> Outcome:
+def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerSettings) -> Outcome:
     n = req.attempts
     if decision.action == "wait":
         state = view.state.lower() if view else "launching"
@@ -158,7 +162,7 @@ def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
     kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
 
 
-def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerParams, start_kimg: float,
+def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerSettings, start_kimg: float,
                     resuming: bool, reason: str = "") -> Outcome:
     """Launch attempt n, which this manager has claimed; the train flow resumes from the newest checkpoint
     in its run dir, so a restart trains only the remaining kimg."""
@@ -196,12 +200,12 @@ def _record_progress(queue: Queue, req: Request, view) -> None:
 
 
 @task(name="start-request", task_run_name="start {request_id}", cache_policy=NO_CACHE)
-def start_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
+def start_task(queue_file: str, request_id: str, settings: ManagerSettings) -> Outcome:
     queue = Queue(queue_file)
     return start(queue, queue.get(request_id), settings)
 
 
 @task(name="check-request", task_run_name="check {request_id}", cache_policy=NO_CACHE)
-def check_task(queue_file: str, request_id: str, settings: ManagerParams) -> Outcome:
+def check_task(queue_file: str, request_id: str, settings: ManagerSettings) -> Outcome:
     queue = Queue(queue_file)
     return check(queue, queue.get(request_id), settings)

@@ -7,40 +7,10 @@ says wait, done, restart or fail. That keeps the state machine testable on its o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from tasks.params import ParamsError, _build, load_params
 
 Action = Literal["wait", "done", "restart", "fail"]
-
-
-@dataclass(frozen=True)
-class ManagerParams:
-    queue: str                    # SQLite file of training requests (relative to the project root)
-    interval_seconds: float       # `ganflow manager` without --once: seconds between passes
-    stale_after_seconds: float    # Running with no heartbeat/progress for this long = the machine is gone
-    max_attempts: int             # attempts per request (first run + restarts) before it is marked failed
-    max_running: int              # requests training at once (0 = no limit)
-    deployment: str               # "" = launch local `ganflow train --flow` processes; else a deployment name
-
-    def __post_init__(self) -> None:
-        if self.interval_seconds <= 0 or self.stale_after_seconds <= 0:
-            raise ParamsError("manager.interval_seconds and manager.stale_after_seconds must be positive")
-        if self.max_attempts < 1:
-            raise ParamsError(f"manager.max_attempts must be at least 1, not {self.max_attempts}")
-        if self.max_running < 0:
-            raise ParamsError(f"manager.max_running must be 0 (no limit) or more, not {self.max_running}")
-
-
-def manager_params(path: str | Path = "params.yaml", **overrides) -> ManagerParams:
-    """The `manager` section, with overrides (None means: keep the file's value)."""
-    data = load_params(path)
-    if "manager" not in data:
-        raise ParamsError(f"{path} has no 'manager' section")
-    section = {**data["manager"]}
-    section["deployment"] = section.get("deployment") or ""
-    return _build(ManagerParams, section, "manager", overrides)
 
 
 @dataclass(frozen=True)

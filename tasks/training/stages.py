@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,13 +38,12 @@ from models.checkpoint import list_checkpoints
 from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
-from tasks.params import ParamsError, load_params
+from tasks.settings import ARCHS, TrainSettings
 from tasks.retry import retry_unless_setup_error
 from tasks.training.results import StageResult
 from tasks.training.run import run_training
 from tasks.training.transfer import transfer_config
 
-ARCHS = ("stylegan2", "stylegan3-t", "stylegan3-r", "pggan")
 CYCLED = ("stylegan2", "stylegan3-t", "stylegan3-r")  # trained in cycles of cycle_kimg, with ADA
 
 
@@ -52,81 +51,9 @@ class Preempted(Exception):
     """SIGTERM stopped a stage outside Prefect; its checkpoint is written, rerunning resumes from it."""
 
 
-# ---------------------------------------------------------------------------------------------- params
+# ---------------------------------------------------------------------------------------------- config
 
-@dataclass(frozen=True)
-class TrainParams:
-    cycle_kimg: float          # StyleGAN2/3: kimg per stage (cycle)
-    cycles: int                # StyleGAN2/3: cycles when no total kimg is given
-    fade_kimg: float           # PGGAN: kimg per fade-in
-    stabilize_kimg: float      # PGGAN: kimg per resolution once faded in
-    snapshot_kimg: float       # checkpoint + sample grid every this many kimg
-    retries: int               # stage task retries
-    retry_delay_seconds: float # wait before a retry
-    batch: int                 # 0 = the preset's
-    channel_base: int          # 0 = the preset's
-    channel_max: int           # 0 = the preset's
-    net: dict = field(default_factory=dict)  # further architecture overrides
-    preset: str = "auto"
-    ada_target: float = 0.6    # StyleGAN2/3 only; PGGAN trains without ADA unless overridden
-    r1_gamma: float = -1.0     # R1 weight; -1 = the family's default
-    loss: str = ""             # "" = the family's
-    device: str = "auto"
-    arch: str = "stylegan2"    # family of runs that name none (`ganflow train`, dvc.yaml)
-    resolution: int = 256      # their resolution
-    kimg: float = 0.0          # their total kimg; 0 = the stage plan's (cycles x cycle_kimg, or PGGAN's growth)
-    seed: int = 0              # their seed
-    resume_from: str = ""      # a network file to start from (transfer learning); "" = train from scratch
-    freeze_d: int = 0          # Freeze-D: the discriminator's first N layers stay as in resume_from's network
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ParamsError(f"train.arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
-        if self.resolution < 4 or self.resolution & (self.resolution - 1):
-            raise ParamsError(f"train.resolution must be a power of two >= 4, not {self.resolution}")
-        if self.kimg < 0:
-            raise ParamsError(f"train.kimg must be >= 0 (0 = the stage plan's), not {self.kimg}")
-        for name in ("cycle_kimg", "snapshot_kimg"):
-            if getattr(self, name) <= 0:
-                raise ParamsError(f"train.{name} must be positive, not {getattr(self, name)}")
-        if self.fade_kimg < 0 or self.stabilize_kimg <= 0:
-            raise ParamsError("train.fade_kimg must be >= 0 and train.stabilize_kimg > 0")
-        if self.cycles < 1 or self.retries < 0 or self.retry_delay_seconds < 0:
-            raise ParamsError("train.cycles must be >= 1, train.retries and train.retry_delay_seconds >= 0")
-        if self.loss not in ("", "logistic", "wgan", "lsgan"):
-            raise ParamsError(f"train.loss must be '', logistic, wgan or lsgan, not {self.loss!r}")
-        if not isinstance(self.net, dict):
-            raise ParamsError(f"train.net must be a mapping, not {self.net!r}")
-        if self.freeze_d < 0:
-            raise ParamsError(f"train.freeze_d must be >= 0, not {self.freeze_d}")
-        if self.freeze_d and not self.resume_from:
-            raise ParamsError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
-                              "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
-
-
-_CASTS = {"float": float, "int": int, "str": str, "dict": dict}
-
-
-def train_params(path: str | Path = "params.yaml", **overrides: Any) -> TrainParams:
-    """The `train` section of params.yaml, with overrides (None means: keep the file's value)."""
-    data = load_params(path)
-    if "train" not in data:
-        raise ParamsError(f"{path} has no 'train' section")
-    values = {**data["train"], **{k: v for k, v in overrides.items() if v is not None}}
-    fields = {f.name: f for f in dataclasses.fields(TrainParams)}
-    unknown = sorted(set(values) - set(fields))
-    missing = sorted(k for k, f in fields.items() if k not in values
-                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-    if missing or unknown:
-        raise ParamsError(f"params section 'train': missing {missing}, unknown {unknown}")
-    try:
-        # mypy: annotations are strings here
-        return TrainParams(**{k: _CASTS[fields[k].type](v if v is not None else "") for k, v in values.items()})  # type: ignore[index]
-    except (TypeError, ValueError) as e:
-        raise ParamsError(f"params section 'train': {e}") from e
-
-
-def train_config(p: TrainParams, arch: str, resolution: int, seed: int = 0,
+def train_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0,
                  ada_target: float | None = None) -> TrainConfig:
     """The trainer's config for one run: the params' settings for this family and resolution."""
     if arch not in ARCHS:
@@ -140,7 +67,7 @@ def train_config(p: TrainParams, arch: str, resolution: int, seed: int = 0,
                        freeze_d=p.freeze_d)
 
 
-def run_config(p: TrainParams, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
+def run_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
                given: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
     """train_config, and for a run that starts from a network file (p.resume_from) the file's architecture:
     tasks.training.transfer.transfer_config, which refuses the options in `given` (flag → value, as the user named
@@ -211,7 +138,7 @@ def pggan_stages(resolution: int, fade_kimg: float, stabilize_kimg: float,
             for i, (s, end) in enumerate(plan)]
 
 
-def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainParams) -> list[Stage]:
+def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainSettings) -> list[Stage]:
     """The stages up to total_kimg; None: train.kimg, or when that is 0 the family's default length."""
     if total_kimg is None and p.kimg > 0:
         total_kimg = p.kimg

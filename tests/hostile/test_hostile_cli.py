@@ -53,7 +53,7 @@ TRAIN_BAD = [
     (["--channel-base", "-1"], ["--channel-base", "'-1'", "from 0"]),
     (["--channel-max", "x"], ["--channel-max", "'x'", "integer"]),
     (["--channel-base", "1"], ["channel_base 1", "leaves no feature maps at 64"]),  # was a ZeroDivisionError
-    (["--kimg", "-1"], ["--kimg", "'-1'", "> 0"]),
+    (["--kimg", "-1"], ["--kimg", "'-1'", ">= 0"]),  # train.kimg: 0 = the stage plan's length, as in params.yaml
     (["--kimg", "nan"], ["--kimg", "'nan'", "finite"]),
     (["--kimg", "inf"], ["--kimg", "'inf'", "finite"]),
     (["--snapshot-kimg", "0"], ["--snapshot-kimg", "'0'", "> 0"]),

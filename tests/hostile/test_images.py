@@ -11,7 +11,7 @@ from PIL import Image
 
 from tasks.curation.decode import decode, probe
 from tasks.curation.filters import FIT_MAX_ASPECT, fit_short_side
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 from tasks.curation.per_image import screen_cheap_one
 from tests.conftest import PARAMS, ROOT
 from tests.hostile import build
@@ -23,7 +23,7 @@ MEMORY_BOUND_MB = 500
 
 @pytest.fixture(scope="module")
 def params():
-    return curate_params(PARAMS)
+    return load(CurateSettings, PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_float_tiff_with_nan_and_inf_decodes(tmp_path):
 
 _MEASURE = """
 import json, sys
-from tasks.params import curate_params
+from tasks.settings import CurateSettings, load
 from tasks.curation.per_image import screen_cheap_one, render_one
 
 def status(key):  # kB, from the kernel's own accounting of this process
@@ -96,7 +96,7 @@ def status(key):  # kB, from the kernel's own accounting of this process
         if line.startswith(key + ":"):
             return int(line.split()[1])
 
-params = curate_params(sys.argv[1], **json.loads(sys.argv[3]))
+params = load(CurateSettings, sys.argv[1], **json.loads(sys.argv[3]))
 screen_cheap_one(sys.argv[4], params)   # warm-up: imports, OpenCV, a small decode
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")                          # reset the peak (VmHWM) to the current RSS

@@ -1,0 +1,59 @@
+"""Command-line options generated from a settings model (tasks/settings.py): one option per setting.
+
+The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the help is the field's description,
+and the value is checked against the field's type and bounds while argparse parses, so a bad one is argparse's
+one-line error naming the option, the value and the bound (`argument --kimg: '-1' is not a finite number >= 0`).
+An option not given is None: the settings file's value stays.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from tasks.settings import Section, rule
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse(model: type[Section], name: str):
+    """argparse `type=`: the option's text as the field's value, or ArgumentTypeError with the bound."""
+    field = model.model_fields[name]
+    annotation: Any = field.annotation
+    typ: Any = Annotated[(annotation, *field.metadata)] if field.metadata else annotation
+    adapter: TypeAdapter[Any] = TypeAdapter(typ, config=ConfigDict(allow_inf_nan=False))  # nan, inf: refused
+    mapping = annotation is dict or getattr(annotation, "__origin__", None) is dict
+
+    def parse(text: str):
+        try:
+            value: Any = yaml.safe_load(text) if mapping else text  # a mapping is written as YAML: {z_dim: 32}
+            return adapter.validate_python(value)
+        except (ValidationError, yaml.YAMLError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule(field)}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], names: list[str] | None = None,
+                        aliases: dict[str, list[str]] | None = None, metavars: dict[str, str] | None = None) -> None:
+    """Add `--kebab-key` for each setting in `names` (default: every field of `model`), default None."""
+    aliases, metavars = aliases or {}, metavars or {}
+    for name in names or list(model.model_fields):
+        field = model.model_fields[name]
+        choices = get_args(field.annotation) if getattr(field.annotation, "__origin__", None) is Literal else None
+        extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
+        if name in metavars:
+            extra["metavar"] = metavars[name]
+        parser.add_argument(flag(name), *aliases.get(name, []), dest=name, type=_parse(model, name), default=None,
+                            help=f"{field.description} (default: {model.section}.{name})",
+                            **extra)
+
+
+def given_settings(args: argparse.Namespace, model: type[Section]) -> dict[str, Any]:
+    """The settings named on the command line (options not given are None, and left out)."""
+    return {k: getattr(args, k) for k in model.model_fields if getattr(args, k, None) is not None}

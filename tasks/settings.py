@@ -1,0 +1,391 @@
+"""Typed settings, one pydantic model per params.yaml section: every setting declared once, here.
+
+A field gives a setting's type, its bounds (Field ge/gt/le/lt, Literal choices or a named rule) and a one-line
+description; params.yaml gives its value (tests/test_settings.py keeps the two in step). The CLI's options
+(flows/options.py) and the train flow's UI form (`TrainOverrides`) are generated from these fields, so a new
+setting is one line below plus its value in params.yaml.
+
+`load(TrainSettings, "params.yaml", kimg=5)` reads one section, applies overrides (None = keep the file's
+value) and validates; any bad value is a ParamsError of one line naming the key, the value and the bound.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+
+import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      create_model, model_validator)
+from pydantic.fields import FieldInfo
+
+DEFAULT_PARAMS = Path("params.yaml")
+# Above this side a dataset is not a GAN dataset but a typo (`--resolution 100000` would ask for 30 GB per image).
+MAX_RESOLUTION = 4096
+MAX_SEED = 2 ** 32 - 1      # numpy's RandomState takes seeds up to 2**32 - 1
+
+Arch = Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing or unreadable, or a setting in it (or an override) is not valid."""
+
+
+# ------------------------------------------------------------------------------------------- named rules
+# A rule is a check whose message is the bound ("a power of two from 4 to 1024"); pydantic reports its
+# ValueError as is, and `rule()` below reads it back from the field for the CLI's and the file's messages.
+
+class Rule:
+    def __init__(self, text: str, check) -> None:
+        self.text, self.check = text, check
+
+    def __call__(self, value):
+        if not self.check(value):
+            raise ValueError(f"is not {self.text}")
+        return value
+
+
+def _power_of_two(lo: int, hi: int) -> Any:
+    return AfterValidator(Rule(f"a power of two from {lo} to {hi}", lambda v: lo <= v <= hi and not v & (v - 1)))
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+Device = Annotated[str, AfterValidator(Rule("a device: auto, cpu, cuda, cuda:N or mps",
+                                            lambda v: bool(_DEVICE.match(v))))]
+# -1 is "the family's" (a sentinel), anything else a real weight
+R1Gamma = Annotated[float, AfterValidator(Rule("-1 (the family's) or a finite number >= 0",
+                                               lambda v: v == -1 or v >= 0))]
+DaskAddress = Annotated[str, AfterValidator(Rule("a scheduler address like tcp://host:8786 (or empty)",
+                                                 lambda v: not any(ch.isspace() for ch in v)))]
+
+
+def _metrics(value: Any) -> tuple[str, ...]:
+    # The metric names are the evaluation registry's (tasks.evaluation.metrics.METRICS), read when checked.
+    from tasks.evaluation.metrics import METRICS
+
+    metrics = (value,) if isinstance(value, str) else tuple(value or ())
+    if not metrics or set(metrics) - set(METRICS):
+        raise ValueError(f"is not a list of one or more of {', '.join(METRICS)}")
+    return metrics
+
+
+def setting(default: Any, description: str, **bounds: Any) -> Any:
+    """One setting: its default (= params.yaml's value), a one-line description, and its bounds."""
+    return Field(default, description=description, **bounds)
+
+
+# ------------------------------------------------------------------------------------------- base
+
+class Section(BaseModel):
+    """One params.yaml section. Frozen: a run's settings never change under it; `updated()` makes a copy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True)
+    section: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_empty_string(cls, data: Any) -> Any:
+        # YAML's `key:` with no value is None; for a text setting that means "" (as `key: ""`).
+        if isinstance(data, dict):
+            return {k: ("" if v is None and k in cls.model_fields and cls.model_fields[k].annotation is str else v)
+                    for k, v in data.items()}
+        return data
+
+    def updated(self, **changes: Any):
+        """A validated copy with some settings changed (None = keep)."""
+        return _validate(type(self), {**self.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+S = TypeVar("S", bound=Section)
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+class IngestSettings(Section):
+    section: ClassVar[str] = "ingest"
+
+    source: Literal["demo", "path", "hashtag"] = setting("demo", "what the DVC pipeline's ingest stage copies into "
+                                                         "data/raw/pipeline: demo, path or hashtag")
+    input: str = setting("", "path: a folder, .zip or .tar (DVC does not watch it: `dvc repro -f -s ingest` after "
+                             "it changes)")
+    hashtag: str = setting("", "hashtag: without '#'; needs $GANFLOW_IG_SESSIONFILE and $GANFLOW_IG_USER")
+    max_posts: int = setting(200, "hashtag: posts to take", ge=1)
+
+    @model_validator(mode="after")
+    def _source_named(self) -> "IngestSettings":
+        if self.source == "path" and not self.input:
+            raise ValueError("ingest.source is path: set ingest.input to a folder, a .zip or a .tar")
+        if self.source == "hashtag" and not self.hashtag:
+            raise ValueError("ingest.source is hashtag: set ingest.hashtag")
+        return self
+
+
+class CurateSettings(Section):
+    section: ClassVar[str] = "curate"
+
+    resolution: int = setting(512, "side of the square output images", ge=8, le=MAX_RESOLUTION)
+    batch_size: int = setting(64, "images per mapped Prefect task (never one task per image)", ge=1)
+    workers: int = setting(0, "processes for CPU work inside a batch; 0 = all cores", ge=0)
+    min_side_fraction: float = setting(0.8, "too_small: min side < fraction x resolution", ge=0)
+    blur_size: int = setting(256, "blurry: Laplacian variance measured on this fixed-size downscale (short side)",
+                             ge=1)
+    blur_min_var: float = setting(60.0, "blurry below this variance", ge=0)
+    gray_max_chroma: float = setting(12.0, "grayscale: 99th percentile of per-pixel max channel difference below "
+                                           "this", ge=0)
+    face_mode: Literal["reject", "crop"] = setting("reject", "reject, or crop (to the largest face, for face "
+                                                             "datasets)")
+    face_min_fraction: float = setting(0.08, "faces smaller than this fraction of the short side are ignored",
+                                       ge=0, le=1)
+    face_min_neighbors: int = setting(8, "Haar cascade minNeighbors (6 found faces in 7 of 24 cloud textures, 8 in 3)",
+                                      ge=0)
+    text_min_confidence: float = setting(0.6, "recognition confidence under which a detected text box is dropped",
+                                         ge=0, le=1)
+    text_min_chars: int = setting(2, "boxes reading fewer letters/digits are shapes, not text", ge=0)
+    text_max_area: float = setting(0.02, "text: reject when text boxes cover more than this fraction of the image",
+                                   ge=0, le=1)
+    text_max_boxes: int = setting(3, "text: or when there are more confident boxes than this", ge=0)
+    dup_max_distance: int = setting(6, "near-duplicate: perceptual-hash Hamming distance at or below this",
+                                    ge=0, le=64)
+    matte: Literal["auto", "rembg", "grabcut", "none"] = setting("auto", "background removal: auto (rembg if its "
+                                                                         "model is present, else GrabCut), rembg, "
+                                                                         "grabcut or none")
+    rembg_model: str = setting("u2net", "rembg model name; the file NAME.onnx is looked up in U2NET_HOME")
+    shard_size: int = setting(1000, "accepted images per tar shard", ge=1)
+    max_aspect: float = setting(4.0, "aspect: long side / short side above this is rejected before any resize", ge=1)
+    max_member_bytes: int = setting(268435456, "bomb: a file or archive member above this many bytes is never "
+                                               "written to the raw store", ge=1)
+    max_compression_ratio: float = setting(200.0, "bomb: an archive member inflating more than this per "
+                                                  "compressed byte (past 1 MiB)", ge=1)
+    dask_address: DaskAddress = setting("", "Dask scheduler (tcp://host:8786) to run the batch tasks on; "
+                                            "empty = this machine")
+
+    @property
+    def min_side(self) -> int:
+        return int(round(self.min_side_fraction * self.resolution))
+
+    def digest(self, *keys: str) -> str:
+        """A short hash of the named settings: cache keys change exactly when those settings do."""
+        picked = {k: getattr(self, k) for k in sorted(keys)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TrainSettings(Section):
+    section: ClassVar[str] = "train"
+
+    arch: Arch = setting("stylegan2", "network family: stylegan2, stylegan3-t, stylegan3-r (with ADA, in "
+                                      "cycles) or pggan (one stage per resolution)")
+    resolution: Annotated[int, _power_of_two(4, 1024)] = setting(
+        256, "training resolution (a power of two from 4 to 1024, at most the dataset's)", ge=4, le=1024)
+    kimg: float = setting(0.0, "total kimg; 0 = the stage plan's (stylegan2/3: cycles x cycle_kimg; pggan: full "
+                               "growth)", ge=0)
+    seed: int = setting(0, "seed for weights, data order and noise", ge=0, le=MAX_SEED)
+    cycle_kimg: float = setting(5000.0, "StyleGAN2/3: kimg per stage task (a cycle)", gt=0)
+    cycles: int = setting(5, "StyleGAN2/3: cycles when the run names no total kimg (total = cycles x cycle_kimg)",
+                          ge=1)
+    fade_kimg: float = setting(800.0, "PGGAN: kimg over which each new resolution fades in (the paper's 800; 0 = "
+                                      "no fade-in)", ge=0)
+    stabilize_kimg: float = setting(800.0, "PGGAN: kimg per resolution once faded in; one stage task per "
+                                           "resolution", gt=0)
+    snapshot_kimg: float = setting(50.0, "checkpoint + sample grid every this many kimg", gt=0)
+    retries: int = setting(3, "retries of a failed stage task; each attempt resumes from the newest checkpoint",
+                           ge=0)
+    retry_delay_seconds: float = setting(30.0, "wait before a retry (a transient disk or CUDA error may clear)",
+                                         ge=0)
+    batch: int = setting(0, "images per step over all GPUs; 0 = the preset's (from the resolution)", ge=0, le=65536)
+    channel_base: int = setting(0, "feature-map budget; 0 = the preset's (smaller = faster, for CPU runs)",
+                                ge=0, le=1 << 20)
+    channel_max: int = setting(0, "cap on feature maps per layer; 0 = the preset's", ge=0, le=4096)
+    net: dict[str, Any] = setting({}, "further architecture overrides for small runs, e.g. {z_dim: 32, w_dim: 32}")
+    preset: str = setting("auto", "network/training preset: auto (stylegan2: the reference's auto config; pggan: "
+                                  "the paper's network) or small (pggan, 4x narrower)", min_length=1)
+    r1_gamma: R1Gamma = setting(-1.0, "R1 regularization weight (the reference's --gamma); -1 = the family's "
+                                      "(stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
+    ada_target: float = setting(0.6, "ADA target for E[sign(D(real))]; 0 = off; from params.yaml StyleGAN2/3 "
+                                     "only (PGGAN trains without ADA unless a run asks)", ge=0, le=1)
+    loss: Literal["", "logistic", "wgan", "lsgan"] = setting("", "GAN loss: logistic, wgan or lsgan; empty = the "
+                                                                 "family's (StyleGAN logistic, PGGAN wgan)")
+    device: Device = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
+    resume_from: str = setting("", "transfer learning: start from this network file (a ganflow .pt or an NVIDIA "
+                                   ".pkl), whose architecture replaces arch, resolution and widths (given, they "
+                                   "must agree); name it again to continue the run")
+    freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
+                               "reference's --freezed (needs resume_from)", ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _freeze_needs_a_network(self) -> "TrainSettings":
+        if self.freeze_d and not self.resume_from:
+            raise ValueError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
+                             "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
+        return self
+
+
+class ManagerSettings(Section):
+    section: ClassVar[str] = "manager"
+
+    queue: str = setting("runs/queue.sqlite", "training request queue (SQLite); $GANFLOW_QUEUE or --queue override "
+                                              "it", min_length=1)
+    interval_seconds: float = setting(120.0, "`ganflow manager` without --once: one pass every this many seconds",
+                                      gt=0)
+    stale_after_seconds: float = setting(600.0, "a Running run with no heartbeat, progress or state change for this "
+                                                "long lost its machine", gt=0)
+    max_attempts: int = setting(3, "attempts per request (first run + restarts); then it is marked failed", ge=1)
+    max_running: int = setting(1, "requests training at once; 0 = no limit (the work pool's limit decides)", ge=0)
+    deployment: str = setting("", "empty = start training processes on this machine; train/NAME = run that "
+                                  "deployment (GPU work pools)")
+
+
+class EvaluateSettings(Section):
+    section: ClassVar[str] = "evaluate"
+
+    inception_weights: str = setting("", "torch-fidelity's weights-inception-2015-12-05-6726825d.pth; empty = "
+                                         "$GANFLOW_INCEPTION_WEIGHTS or --inception-weights")
+    inception_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
+    n_fake: int = setting(10000, "generated images per snapshot (the papers use 50000; below 2048 FID is biased)",
+                          ge=2)
+    n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0)
+    batch: int = setting(64, "images per extractor batch", ge=1)
+    kid: bool = setting(True, "also KID (mean, std over random subsets)")
+    kid_subsets: int = setting(100, "KID subsets (torch-fidelity's default)", ge=1)
+    kid_subset_size: int = setting(1000, "images per KID subset, capped at the image count", ge=1)
+    cache_dir: str = setting("data/cache/fid", "real-data statistics, keyed by the dataset's content hash and the "
+                                               "weights' sha256")
+    diverge_fid_rises: int = setting(3, "divergence: FID rose this many snapshots in a row (0 = off)", ge=0)
+    diverge_d_loss: float = setting(0.05, "divergence: D loss below this while G loss climbs", ge=0)
+    metrics: Annotated[tuple[str, ...], BeforeValidator(_metrics)] = setting(
+        ("fid",), "fid (Inception) and/or fd_dinov2 (DINOv2); best = lowest fid, else fd_dinov2")
+    dinov2_weights: str = setting("", "Meta's dinov2_vitl14_pretrain.pth (or vits14/vitb14); empty = "
+                                      "$GANFLOW_DINOV2_WEIGHTS or --dinov2-weights; random = smoke run")
+    dinov2_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
+    memorized_quantile: float = setting(0.05, "memorization threshold: this quantile of training images' distances "
+                                              "to their nearest other one", gt=0, lt=1)
+    max_memorized: float = setting(0.25, "a snapshot with more generated images below that threshold is never "
+                                         "best (1 = off)", ge=0, le=1)
+
+    @property
+    def rank_by(self) -> str:
+        """The column the best snapshot and the divergence monitor go by: fid, else fd_dinov2."""
+        return "fid" if "fid" in self.metrics else "fd_dinov2"
+
+
+SECTIONS: dict[str, type[Section]] = {m.section: m for m in (IngestSettings, CurateSettings, TrainSettings,
+                                                              ManagerSettings, EvaluateSettings)}
+# A params file without these sections takes the models' defaults (evaluation settings are optional).
+OPTIONAL_SECTIONS = {"evaluate"}
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """params.yaml as a dict of sections, or a one-line ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path} (run from the project root or pass --params)")
+    try:
+        with path.open(encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:  # one line: where the YAML broke, not a parser traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"params file {path} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections")
+    return data
+
+
+def load(model: type[S], path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> S:
+    """One section of params.yaml as its settings model, with overrides (None = keep the file's value)."""
+    path = Path(path)
+    if model.section in OPTIONAL_SECTIONS and not path.is_file():
+        section: Any = {}
+    else:
+        data = read_params(path)
+        if model.section not in data and model.section not in OPTIONAL_SECTIONS:
+            raise ParamsError(f"{path} has no '{model.section}' section")
+        section = data.get(model.section) or {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{path}: section '{model.section}' must be a mapping of settings, not {section!r}")
+    return _validate(model, {**section, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _validate(model: type[S], values: dict[str, Any]) -> S:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise ParamsError("; ".join(_problem(model, err) for err in e.errors())) from None
+
+
+def _problem(model: type[Section], err: Any) -> str:
+    """One ValidationError entry as `train.kimg -1 is not a finite number >= 0`."""
+    loc = [str(part) for part in err["loc"]]
+    if not loc:  # a check across settings: its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
+    key = f"{model.section}.{loc[0]}"
+    if err["type"] == "extra_forbidden":
+        return f"{key} is not a setting (known: {', '.join(model.model_fields)})"
+    if err["type"] == "value_error":  # a named rule's or a list check's own words: "is not ..."
+        return f"{key} {err['input']!r} {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{key} {err['input']!r} is not {rule(model.model_fields[loc[0]])}"
+
+
+def rule(field: FieldInfo) -> str:
+    """What a field accepts, in words: `a finite number >= 0`, `an integer from 0 to 64`, `one of a, b`."""
+    for m in field.metadata:
+        if isinstance(getattr(m, "func", None), Rule):
+            return m.func.text
+    ann: Any = field.annotation
+    choices = get_args(ann) if getattr(ann, "__origin__", None) is Literal else ()
+    if choices:
+        return "one of " + ", ".join(repr(c) if c == "" else str(c) for c in choices)
+    if ann is bool:
+        return "true or false"
+    kind = {int: "an integer", float: "a finite number"}.get(ann)
+    if kind is None:
+        return {str: "a text", dict: "a mapping"}.get(getattr(ann, "__origin__", ann), "valid")
+    lo = next(((m.ge, False) for m in field.metadata if isinstance(m, Ge)), None) or \
+        next(((m.gt, True) for m in field.metadata if isinstance(m, Gt)), None)
+    hi = next(((m.le, False) for m in field.metadata if isinstance(m, Le)), None) or \
+        next(((m.lt, True) for m in field.metadata if isinstance(m, Lt)), None)
+    if lo and hi and not lo[1] and not hi[1]:
+        return f"{kind} from {_num(lo[0])} to {_num(hi[0])}"
+    parts = [f"{'>' if lo[1] else '>='} {_num(lo[0])}"] if lo else []
+    parts += [f"{'<' if hi[1] else '<='} {_num(hi[0])}"] if hi else []
+    return f"{kind} {' and '.join(parts)}".strip()
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+def overrides_model(model: type[Section]) -> type[BaseModel]:
+    """The same fields, each optional (None = params.yaml's value), with the same bounds and descriptions:
+    what a flow takes as its settings parameter, so the Prefect UI's form shows every setting."""
+    fields: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        typ: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[name] = (typ | None, Field(None, description=f.description, title=name))
+    overrides = create_model(f"{model.__name__.removesuffix('Settings')}Overrides",
+                             __config__=ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True), **fields)
+    overrides.__doc__ = (f"params.yaml's `{model.section}` settings to change for this run; empty ones keep "
+                         "params.yaml's value.")
+    return overrides
+
+
+TrainOverrides = overrides_model(TrainSettings)
+
+
+def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
+    """The settings an overrides object names (those not None)."""
+    if overrides is None:
+        return {}
+    values = overrides if isinstance(overrides, dict) else overrides.model_dump()
+    return {k: v for k, v in values.items() if v is not None}
+

@@ -1,0 +1,224 @@
+"""tasks/settings.py: every params.yaml setting is declared once, with bounds, and every way of giving a bad value
+(params.yaml or `dvc exp run -S`, a CLI option, a flow parameter from the Prefect UI) is a one-line error naming the
+key, the value and the bound."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.settings import (SECTIONS, CurateSettings, EvaluateSettings, IngestSettings, ParamsError, TrainSettings,
+                            load)
+from tests.conftest import PARAMS, ROOT
+
+FILE = yaml.safe_load(PARAMS.read_text())
+TINY = dict(channel_base=256, channel_max=64, net={"z_dim": 32, "w_dim": 32, "mapping_layers": 2})
+
+
+def _with(tmp_path: Path, section: str, **values) -> Path:
+    data = yaml.safe_load(PARAMS.read_text())
+    data[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------- one declaration
+
+def test_every_section_of_params_yaml_has_a_model():
+    assert sorted(FILE) == sorted(SECTIONS)
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_each_key_is_one_field_with_its_default_and_a_description(section):
+    model = SECTIONS[section]
+    assert list(FILE[section]) == list(model.model_fields)  # each key one field, each field one key, same order
+    defaults = model()  # the model's defaults, validated
+    for key, value in FILE[section].items():
+        expected = tuple(value) if isinstance(value, list) else ("" if value is None else value)
+        assert getattr(defaults, key) == expected, f"{section}.{key}: model {getattr(defaults, key)!r}, file {value!r}"
+        assert model.model_fields[key].description, f"{section}.{key} has no description"
+    assert load(model, PARAMS) == defaults
+
+
+def test_trainer_config_defaults_agree_with_the_train_settings():
+    """models/ keeps its own config (it never imports tasks); where a key is shared, its default is the same,
+    or a sentinel the architecture resolves to the same value."""
+    from models.arch import build_arch
+    from models.trainer import TrainConfig
+
+    config = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+              for f in dataclasses.fields(TrainConfig)}
+    settings = TrainSettings()
+    shared = sorted(set(config) & set(TrainSettings.model_fields))
+    assert len(shared) >= 12, shared
+    differ = {k for k in shared if config[k] != getattr(settings, k)}
+    # TrainConfig's ada_target -1 is "the family's": StyleGAN2/3's target is train.ada_target's value, PGGAN's off.
+    assert differ == {"ada_target"}
+    for arch in ("stylegan2", "stylegan3-t"):
+        net = {**TINY["net"], "channel_base": 256, "channel_max": 64}
+        assert build_arch(TrainConfig(arch=arch, resolution=16, net=net)).ada_target == settings.ada_target
+    assert build_arch(TrainConfig(arch="pggan", resolution=8, net={"z_dim": 32, "channel_base": 256,
+                                                                   "channel_max": 64})).ada_target == 0
+
+
+def test_models_never_import_tasks_prefect_dvc_or_flows():
+    for path in sorted((ROOT / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in {"tasks", "flows", "prefect", "dvc", "pydantic"}, (path.name, name)
+
+
+# ------------------------------------------------------------------------------------------- the fade_kimg bug
+
+def test_fade_kimg_zero_means_no_fade_in_for_the_plan_and_the_network():
+    """train.fade_kimg: 0 passed validation while PGGANArch took it as 800: the plan and the growth disagreed."""
+    from models.arch import build_arch
+    from tasks.training.stages import plan_stages, train_config
+
+    p = TrainSettings(fade_kimg=0, stabilize_kimg=0.008, channel_base=256, channel_max=64, net={"z_dim": 32})
+    arch = build_arch(train_config(p, "pggan", 16))
+    assert arch.schedule.fade_kimg == 0
+    plan = plan_stages("pggan", 16, None, p)
+    assert [s.end_kimg for s in plan] == [arch.schedule.stage_end_kimg(i) for i in range(3)] == [0.008, 0.016, 0.024]
+    assert arch.schedule.at(7) == (0, 1.0) and arch.schedule.at(8) == (1, 1.0)  # the next resolution: in at once
+
+
+# ------------------------------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize("section,key,value,says", [
+    ("train", "kimg", -1, "train.kimg -1 is not a finite number >= 0"),
+    ("train", "fade_kimg", -0.5, "train.fade_kimg -0.5 is not a finite number >= 0"),
+    ("train", "snapshot_kimg", 0, "train.snapshot_kimg 0 is not a finite number > 0"),
+    ("train", "resolution", 48, "train.resolution 48 is not a power of two from 4 to 1024"),
+    ("train", "arch", "gan", "train.arch 'gan' is not one of stylegan2, stylegan3-t, stylegan3-r, pggan"),
+    ("train", "ada_target", 1.5, "train.ada_target 1.5 is not a finite number from 0 to 1"),
+    ("train", "seed", 0.5, "train.seed 0.5 is not an integer from 0 to 4294967295"),
+    ("train", "device", "gpu", "train.device 'gpu' is not a device: auto, cpu, cuda, cuda:N or mps"),
+    ("train", "r1_gamma", -2, "train.r1_gamma -2 is not -1 (the family's) or a finite number >= 0"),
+    ("curate", "matte", "magic", "curate.matte 'magic' is not one of auto, rembg, grabcut, none"),
+    ("curate", "resolution", 100000, "curate.resolution 100000 is not an integer from 8 to 4096"),
+    ("curate", "blur_min_var", float("nan"), "curate.blur_min_var nan is not a finite number >= 0"),
+    ("manager", "max_attempts", 0, "manager.max_attempts 0 is not an integer >= 1"),
+    ("evaluate", "memorized_quantile", 1, "evaluate.memorized_quantile 1 is not a finite number > 0 and < 1"),
+    ("evaluate", "metrics", ["fid", "is"], "evaluate.metrics ['fid', 'is'] is not a list of one or more of "),
+    ("ingest", "source", "ftp", "ingest.source 'ftp' is not one of demo, path, hashtag"),
+])
+def test_a_bad_value_in_params_yaml_is_one_line_naming_key_value_and_bound(tmp_path, section, key, value, says):
+    with pytest.raises(ParamsError) as e:
+        load(SECTIONS[section], _with(tmp_path, section, **{key: value}))
+    assert str(e.value).startswith(says) and "\n" not in str(e.value)
+
+
+def test_checks_across_settings_and_unknown_keys(tmp_path):
+    with pytest.raises(ParamsError, match=r"^train.freeze_d 3 keeps a pretrained discriminator's first layers"):
+        load(TrainSettings, PARAMS, freeze_d=3)
+    assert load(TrainSettings, PARAMS, freeze_d=3, resume_from="x.pt").freeze_d == 3
+    with pytest.raises(ParamsError, match=r"^ingest.source is path: set ingest.input"):
+        load(IngestSettings, PARAMS, source="path")
+    with pytest.raises(ParamsError, match=r"^curate.blur is not a setting \(known: resolution, batch_size, "):
+        load(CurateSettings, _with(tmp_path, "curate", blur=1))
+    with pytest.raises(ParamsError, match="has no 'train' section"):
+        (tmp_path / "empty.yaml").write_text("curate: {}\n")
+        load(TrainSettings, tmp_path / "empty.yaml")
+    assert load(EvaluateSettings, tmp_path / "missing.yaml") == EvaluateSettings()  # evaluation settings optional
+
+
+def test_overrides_keep_the_file_value_when_none_and_copies_are_validated():
+    p = load(TrainSettings, PARAMS, kimg=None, seed=7)
+    assert (p.kimg, p.seed) == (FILE["train"]["kimg"], 7)
+    assert p.updated(seed=None, kimg=12).kimg == 12
+    with pytest.raises(ParamsError, match=r"^train.kimg -3 is not"):
+        p.updated(kimg=-3)
+
+
+def test_dvc_exp_run_set_param_reaches_ganflow_train_as_one_line(tmp_path, capsys):
+    """`dvc exp run -S train.kimg=-1` writes params.yaml, then runs dvc.yaml's `ganflow train` command."""
+    from flows.cli import main
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    assert stage["cmd"].startswith("ganflow train ") and "train.kimg" in stage["params"]
+    (tmp_path / "data").mkdir()
+    rc = main(["train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+               "--params", str(_with(tmp_path, "train", kimg=-1))])
+    assert rc == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "ganflow train: error: train.kimg -1 is not a finite number >= 0"]
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+# Every option `ganflow train` had before its options came from TrainSettings: users' scripts name these.
+TRAIN_OPTIONS = ["--arch", "--resolution", "--kimg", "--snapshot-kimg", "--seed", "--resume-from", "--freeze-d",
+                 "--preset", "--batch", "--channel-base", "--channel-max", "--r1-gamma", "--gamma", "--loss",
+                 "--ada-target", "--fade-kimg", "--stabilize-kimg", "--device", "--data", "--run-dir", "--params",
+                 "--restart-on-change", "--xflip"]
+
+
+def _train_parser():
+    from flows.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+def test_train_options_come_from_the_settings_and_keep_their_names():
+    from flows.cli import TRAIN_FLOW_ONLY
+
+    actions = {a.dest: a for a in _train_parser()._actions}
+    flags = {s for a in actions.values() for s in a.option_strings}
+    assert set(TRAIN_OPTIONS) <= flags
+    for name, field in TrainSettings.model_fields.items():
+        if name in TRAIN_FLOW_ONLY:
+            continue
+        action = actions[name]
+        assert "--" + name.replace("_", "-") in action.option_strings and action.default is None
+        assert action.help.startswith(field.description)
+    assert actions["r1_gamma"].option_strings == ["--r1-gamma", "--gamma"]
+    assert actions["arch"].choices == ["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--fade-kimg", "-1"], "argument --fade-kimg: '-1' is not a finite number >= 0"),
+    (["--cycles", "0"], "argument --cycles: '0' is not an integer >= 1"),
+    (["--gamma", "x"], "argument --r1-gamma/--gamma: 'x' is not -1 (the family's) or a finite number >= 0"),
+    (["--net", "[1, 2]"], "argument --net: '[1, 2]' is not a mapping"),
+])
+def test_a_bad_option_is_one_line_with_exit_2(tmp_path, capsys, argv, says):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and says in err[0], err
+
+
+def test_options_given_reach_the_settings(tmp_path):
+    from flows.options import given_settings
+
+    args = _train_parser().parse_args(["--data", "d", "--run-dir", str(tmp_path / "r"), "--gamma", "0.5",
+                                       "--net", "{z_dim: 32}", "--cycles", "2", "--fade-kimg", "0"])
+    given = given_settings(args, TrainSettings)
+    assert given == {"r1_gamma": 0.5, "net": {"z_dim": 32}, "cycles": 2, "fade_kimg": 0.0}
+    p = load(TrainSettings, PARAMS, **given)
+    assert (p.r1_gamma, p.net, p.cycles, p.fade_kimg, p.kimg) == (0.5, {"z_dim": 32}, 2, 0.0, FILE["train"]["kimg"])
+
+
+# ------------------------------------------------------------------------------------------- the flow (UI)
+
+def test_a_bad_setting_from_the_ui_is_refused_by_the_flows_parameter_validation():
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.train import train_flow
+
+    ok = train_flow.validate_parameters({"data": "d", "run_dir": "r", "settings": {"kimg": 2, "arch": "pggan"}})
+    assert (ok["settings"].kimg, ok["settings"].arch, ok["settings"].seed) == (2, "pggan", None)
+    for bad, key in (({"kimg": -1}, "kimg"), ({"resolution": 48}, "resolution"), ({"arch": "gan"}, "arch"),
+                     ({"bogus": 1}, "bogus")):
+        with pytest.raises(ParameterTypeError, match=key):
+            train_flow.validate_parameters({"data": "d", "run_dir": "r", "settings": bad})

@@ -161,13 +161,15 @@ def test_local_process_liveness_and_kill():
 
 def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tmp_path):
     """A local attempt is the command a user types, `ganflow train --flow`; the one CLI accepts every setting
-    a request carries and hands each, unchanged, to the train flow's parameter of the same name."""
+    a request carries and hands each, unchanged, to the train flow: training settings in its `settings`
+    (TrainOverrides, as the UI form fills it), the others to the parameter of the same name."""
     import inspect
 
     from flows.cli import build_parser
     from flows.train import train_flow
     from flows.train_cli import flow_parameters
     from tasks.manager.launch import train_command
+    from tasks.settings import TrainOverrides, TrainSettings
 
     (tmp_path / "d").mkdir()
     req = {**REQ, "data": str(tmp_path / "d"), "run_dir": str(tmp_path / "r"), "params": "/p.yaml",
@@ -176,8 +178,11 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
     assert cmd[:5] == ["py", "-m", "flows.cli", "train", "--flow"] and cmd[-2:] == ["--request-id", "abc123"]
     args = build_parser().parse_args(cmd[3:])
     assert args.command == "train" and args.request_id == "abc123"
+    given = {k: v for k, v in req.items() if v is not None}
+    settings = {k: v for k, v in given.items() if k in TrainSettings.model_fields}
     assert flow_parameters(args, set(inspect.signature(train_flow.fn).parameters)) == {
-        k: v for k, v in req.items() if v is not None}
+        **{k: v for k, v in given.items() if k not in settings}, "settings": TrainOverrides(**settings)}
+    assert settings.keys() >= {"arch", "resolution", "kimg", "seed", "resume_from", "freeze_d"}
 
 
 def test_status_shows_checkpoint_progress_and_eta(tmp_path):

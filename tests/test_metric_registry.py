@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 
 from tasks.evaluation import registry
-from tasks.evaluation.evaluate import (
-    EvaluateParams,
-    evaluate_run,
-    fid_table_rows,
-    progress_line,
-)
+from tasks.evaluation.evaluate import evaluate_run, fid_table_rows, progress_line
 from tasks.evaluation.fid_table import parse_fid_csv, read_fid_csv
+from tasks.settings import EvaluateSettings
 from tests.test_evaluate import run  # noqa: F401  (the tiny two-snapshot run, trained once for this module)
 
 BUILTIN_CSV = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision", "recall", "memorized")
@@ -47,7 +43,7 @@ def test_a_registered_metric_is_computed_written_and_shown(run, mean_norm, tmp_p
     root, data, weights, _ = run
     run_dir = tmp_path / "run"
     shutil.copytree(root / "run" / "checkpoints", run_dir / "checkpoints")
-    p = EvaluateParams(n_fake=6, batch=6, kid_subsets=5, kid_subset_size=5, cache_dir=str(tmp_path / "cache"))
+    p = EvaluateSettings(n_fake=6, batch=6, kid_subsets=5, kid_subset_size=5, cache_dir=str(tmp_path / "cache"))
     seen = []
     out = evaluate_run(run_dir, data, weights, p, progress=seen.append, warn=lambda _: None).to_dict()
 

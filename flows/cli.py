@@ -194,8 +194,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
                         "and start afresh (default: refuse)")
     # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
-    # settings belong to the train flow's stage tasks, which `ganflow train` does not run.
-    add_setting_options(p, TrainSettings, [n for n in TrainSettings.model_fields if n not in TRAIN_FLOW_ONLY],
+    # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
+    add_setting_options(p, TrainSettings, list(TrainSettings.model_fields),
                         aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS)
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     add_flow_options(p)
@@ -205,6 +205,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     if args.flow or args.request_id:
         return run_train_flow(args)
+    flow_only = ["--" + n.replace("_", "-") for n in TRAIN_FLOW_ONLY if getattr(args, n, None) is not None]
+    if flow_only:
+        raise ValueError(f"{', '.join(flow_only)}: the train flow's stage retries; add --flow (plain `ganflow train` "
+                         "trains in one go, without stage tasks)")
     from dataclasses import replace
 
     from models.run_dir import RunDir

@@ -3,7 +3,6 @@ yet, the best snapshot exported. The train flow runs it after each stage; `ganfl
 """
 from __future__ import annotations
 
-
 from prefect import flow, get_run_logger
 
 from tasks.evaluation.evaluate import evaluate_task, weights_or_reason

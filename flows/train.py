@@ -8,7 +8,6 @@ SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for h
 """
 from __future__ import annotations
 
-
 from prefect import flow, get_run_logger
 
 from flows.evaluate import evaluate_after_stage

@@ -49,6 +49,7 @@ def run_train_flow(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.train import train_flow
+    from models.run_dir import RunDir
 
     parameters = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))
     # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
@@ -61,7 +62,8 @@ def run_train_flow(args: argparse.Namespace) -> int:
         resumed = f"resumed from {s['resumed_from']}; " if s["resumed_from"] else ""
         resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
         print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
-    print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; checkpoints in {args.run_dir}/checkpoints")
+    print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; "
+          f"checkpoints in {RunDir(args.run_dir).checkpoints}")
     samples = [s["samples"] for s in result["stages"] if s["samples"]]
     if samples:
         print(f"latest sample grid: {samples[-1]}")

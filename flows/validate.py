@@ -13,8 +13,9 @@ import os
 import re
 from pathlib import Path
 
+from tasks.settings import MAX_SEED
+
 MAX_SEEDS = 10_000          # seeds one `generate`/`morph` call takes (each image is kept in memory for the grid)
-MAX_SEED = 2 ** 32 - 1      # numpy's RandomState takes seeds up to 2**32 - 1
 MAX_PORT = 65535
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.run_dir import CHECKPOINTS as CKPT_DIR  # noqa: F401 - the name callers import from here
-from models.run_dir import RunDir, checkpoint_name  # noqa: F401 - idem
+from models.run_dir import RunDir
 
 
 def rng_state() -> dict[str, Any]:

@@ -124,3 +124,24 @@ def test_train_flow_refuses_an_option_the_flow_has_no_parameter_for(tmp_path, ca
     # --batch is a training setting (the flow's `settings`); --xflip is an option of plain `ganflow train` only.
     assert err.startswith("ganflow train: error: --xflip: the train flow takes no such option"), err
     assert not (tmp_path / "r").exists()
+
+
+def test_stage_retries_are_train_flow_settings(tmp_path, capsys):
+    """--retries and --retry-delay-seconds are the train flow's stage-task retries: with --flow they fill its
+    settings; plain `ganflow train` (no stage tasks) refuses them in one line before anything runs."""
+    import inspect
+
+    from flows.cli import build_parser, main
+    from flows.train import train_flow
+    from flows.train_cli import flow_parameters
+
+    (tmp_path / "d").mkdir()
+    common = ["train", "--data", str(tmp_path / "d"), "--run-dir", str(tmp_path / "r"), "--retries", "3"]
+    code = main(common)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("ganflow train: error: --retries: the train flow's stage retries; add --flow"), err
+    assert not (tmp_path / "r").exists()
+    args = build_parser().parse_args([*common, "--flow", "--retry-delay-seconds", "5"])
+    settings = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))["settings"]
+    assert (settings.retries, settings.retry_delay_seconds) == (3, 5)

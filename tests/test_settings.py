@@ -222,3 +222,11 @@ def test_a_bad_setting_from_the_ui_is_refused_by_the_flows_parameter_validation(
                      ({"bogus": 1}, "bogus")):
         with pytest.raises(ParameterTypeError, match=key):
             train_flow.validate_parameters({"data": "d", "run_dir": "r", "settings": bad})
+
+
+def test_the_settings_offer_exactly_the_architectures_models_build():
+    """train.arch's choices (the CLI's, the UI form's) are the families models/arch.py can build."""
+    from models.arch import ARCHS as BUILT
+    from tasks.settings import ARCHS
+
+    assert tuple(ARCHS) == tuple(BUILT)

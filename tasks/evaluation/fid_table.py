@@ -9,7 +9,7 @@ import io
 import os
 from pathlib import Path
 
-from models.run_dir import BEST, FID_CSV, METRICS_JSON, RunDir  # noqa: F401 - the files `ganflow evaluate` writes in RUN/
+from models.run_dir import RunDir
 from tasks.evaluation.registry import csv_fields
 
 # fid.csv's columns after kimg are the registered metrics' (tasks.evaluation.registry), in registry order.

@@ -155,10 +155,6 @@ def done_kimg(run_dir: str | Path) -> float:
     return found[-1][0] if found else 0.0
 
 
-def newest_samples(run_dir: str | Path) -> Path | None:
-    return RunDir(run_dir).newest_sample_grid()
-
-
 # ---------------------------------------------------------------------------------------------- one stage
 
 @contextmanager
@@ -238,7 +234,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     if stats.get("aborted"):
         raise Preempted(f"SIGTERM: stopped at {stats['kimg']:g} kimg after writing {stats['checkpoint']}")
     kimg = stats.get("kimg", done_kimg(run_dir))  # no stats: the stage was already done
-    samples = newest_samples(run_dir)
+    samples = RunDir(run_dir).newest_sample_grid()
     return StageResult.from_stats(end_kimg, kimg, stats, resumed_from=result.resumed_from,
                                   transferred_from=result.transferred_from,
                                   samples=str(samples) if samples else None, seconds=time.perf_counter() - t0,

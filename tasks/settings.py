@@ -380,6 +380,7 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
 
 
 TrainOverrides = overrides_model(TrainSettings)
+CurateOverrides = overrides_model(CurateSettings)
 
 
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:

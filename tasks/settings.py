@@ -245,7 +245,7 @@ class EvaluateSettings(Section):
                                          "$GANFLOW_INCEPTION_WEIGHTS or --inception-weights")
     inception_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
     n_fake: int = setting(10000, "generated images per snapshot (the papers use 50000; below 2048 FID is biased)",
-                          ge=2)
+                          ge=2, le=1_000_000)
     n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0)
     batch: int = setting(64, "images per extractor batch", ge=1)
     kid: bool = setting(True, "also KID (mean, std over random subsets)")
@@ -381,6 +381,7 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
 
 TrainOverrides = overrides_model(TrainSettings)
 CurateOverrides = overrides_model(CurateSettings)
+EvaluateOverrides = overrides_model(EvaluateSettings)
 
 
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:

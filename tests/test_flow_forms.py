@@ -99,6 +99,17 @@ def test_curate_form_shows_every_curation_setting_with_its_bounds_and_descriptio
     _assert_settings_form(_settings_form(_schema(pipeline["entrypoint"]), "curate_settings"), CurateSettings)
 
 
+def test_evaluate_flow_form_shows_every_evaluation_setting():
+    """The evaluate flow (a subflow of train, or run from the UI): one settings form made from EvaluateSettings."""
+    from tasks.settings import EvaluateSettings
+
+    schema = _schema("flows/evaluate.py:evaluate_flow")
+    assert not {"n_fake", "inception_weights", "dinov2_weights"} & set(schema["properties"])
+    form = _settings_form(schema, "settings")
+    _assert_settings_form(form, EvaluateSettings)
+    assert form["n_fake"]["anyOf"][0]["minimum"] == 2 and form["memorized_quantile"]["anyOf"][0]["exclusiveMaximum"] == 1
+
+
 def test_curate_deployment_does_not_version_unless_asked():
     curate = next(d for d in DEPLOYMENTS if d["name"] == "curate")
     assert curate["parameters"].get("version", False) is False

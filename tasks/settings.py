@@ -2,8 +2,9 @@
 
 A field gives a setting's type, its bounds (Field ge/gt/le/lt, Literal choices or a named rule) and a one-line
 description; params.yaml gives its value (tests/test_settings.py keeps the two in step). The CLI's options
-(flows/options.py) and the train flow's UI form (`TrainOverrides`) are generated from these fields, so a new
-setting is one line below plus its value in params.yaml.
+(flows/options.py) and the train, curate and evaluate flows' UI forms (`TrainOverrides`, `CurateOverrides`,
+`EvaluateOverrides`) are generated from these fields, so a new setting is one line below plus its value in
+params.yaml.
 
 `load(TrainSettings, "params.yaml", kimg=5)` reads one section, applies overrides (None = keep the file's
 value) and validates; any bad value is a ParamsError of one line naming the key, the value and the bound.

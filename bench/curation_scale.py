@@ -236,7 +236,7 @@ def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str |
             t = time.perf_counter()
             result = curate(source="path", input_path=str(folder), out=str(work / "out"),
                             raw_root=str(work / "raw"), cache_dir=str(work / "cache"), params_path=str(params),
-                            dask_address=dask_address)
+                            settings={"dask_address": dask_address})
             seconds = time.perf_counter() - t
     finally:
         progress.install(None)

@@ -16,7 +16,7 @@ from flows.serve_cli import add_serve_commands
 from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
-from tasks.settings import TrainSettings
+from tasks.settings import CurateSettings, TrainSettings
 
 
 class _Bars:
@@ -39,6 +39,10 @@ class _Bars:
             bar.close()
 
 
+CURATE_METAVARS = {"resolution": "N", "batch_size": "N", "workers": "N", "dask_address": "ADDRESS",
+                   "rembg_model": "NAME", "shard_size": "N", "max_member_bytes": "BYTES"}
+
+
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="build a clean square dataset from a folder, an archive, a hashtag or the demo",
                        description="Ingest images, filter them (corrupt, too small, blurry, grayscale, text, faces, "
@@ -50,10 +54,6 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--demo", action="store_true", help="the embedded demo data (built offline at run time)")
     src.add_argument("--raw", metavar="DIR", help="a raw store `ganflow ingest` filled (skips ingest)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the curated dataset")
-    p.add_argument("--resolution", type=int, metavar="N", help="output side in pixels (default: params.yaml)")
-    p.add_argument("--matte", choices=["auto", "rembg", "grabcut", "none"],
-                   help="background removal (default: params.yaml); auto = rembg if its model is in U2NET_HOME, "
-                        "else GrabCut")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
     p.add_argument("--raw-root", default="data/raw", metavar="DIR", help="raw store root (default: data/raw)")
     p.add_argument("--cache-dir", default="data/cache", metavar="DIR", help="per-image result cache (default: data/cache)")
@@ -63,24 +63,21 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--session-file", metavar="FILE",
                    help="Instagram session file from `instaloader --login USER` (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
-    p.add_argument("--dask", metavar="ADDRESS",
-                   help="run the batch tasks on the Dask cluster whose scheduler is ADDRESS (tcp://host:8786); the raw "
-                        "store and the cache must be at the same path on every worker (default: params.yaml's "
-                        "curate.dask_address; empty = this machine)")
+    # One option per setting of params.yaml's `curate` section, from tasks.settings.CurateSettings; --dask is
+    # the name users know for --dask-address. The raw store and the cache must be at the same path on every worker.
+    add_setting_options(p, CurateSettings, aliases={"dask_address": ["--dask"]}, metavars=CURATE_METAVARS)
     p.set_defaults(func=_run_curate)
 
 
 def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
     from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
-    from tasks.settings import MAX_RESOLUTION, CurateSettings, load
+    from tasks.settings import load
     from tasks.ingestion.sources.local import check_input
 
-    if args.resolution is not None and not 8 <= args.resolution <= MAX_RESOLUTION:
-        raise ValueError(f"--resolution {args.resolution}: must be between 8 and {MAX_RESOLUTION}")
     if args.max_posts < 1:
         raise ValueError(f"--max-posts {args.max_posts}: must be at least 1")
-    load(CurateSettings, args.params, resolution=args.resolution, matte=args.matte)
+    load(CurateSettings, args.params, **given_settings(args, CurateSettings))
     check_dataset_dir(args.out, "--out")
     check_store_root(args.cache_dir, "--cache-dir")
     if args.raw is None:
@@ -104,9 +101,8 @@ def _run_curate(args: argparse.Namespace) -> int:
         # mypy: source is one of its literals
         result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,  # type: ignore[call-overload]
                         raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
-                        resolution=args.resolution, matte=args.matte, max_posts=args.max_posts,
-                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc,
-                        dask_address=args.dask)
+                        settings=given_settings(args, CurateSettings), max_posts=args.max_posts,
+                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc)
     finally:
         progress.install(None)
     print()

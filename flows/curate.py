@@ -1,8 +1,8 @@
 """The curate flow: source → screen (decode, size, blur, gray) → dedup → screen (faces, text) → render → publish.
 
 Tasks run over batches of images (never one task per image), through a bounded window of futures, and pass
-paths and hashes only. With a Dask scheduler address (curate.dask_address, --dask) the batch tasks run on that
-cluster; everything else (ingest, dedup, publish) stays in the flow's process.
+paths and hashes only. With a Dask scheduler address (curate.dask_address; --dask; the settings parameter's
+dask_address) the batch tasks run on that cluster; everything else (ingest, dedup, publish) stays in the flow's process.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tasks.curation.dedup import dedup_task
 from tasks.ingestion.ingest import ingest_task, raw_name, scrape_hashtag_task
 from tasks.curation.matte import make_matter
 from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
-from tasks.settings import CurateSettings, load
+from tasks.settings import CurateOverrides, CurateSettings, given, load
 from tasks.curation.publish import publish_task
 from tasks.curation.render import render_task
 from tasks.curation.report import report_task, summary_text
@@ -51,14 +51,12 @@ def curate(
     raw_root: str = "data/raw",           # raw store root: data/raw/<name>/
     cache_dir: str = "data/cache",        # per-image results, so reruns do no work twice
     params_path: str = "params.yaml",     # thresholds and settings (section `curate`)
-    resolution: int | None = None,        # overrides curate.resolution
-    matte: Literal["auto", "rembg", "grabcut", "none"] | None = None,  # overrides curate.matte
+    settings: CurateOverrides = CurateOverrides(),  # type: ignore[valid-type]  # a model made from CurateSettings
     max_posts: int = 200,                 # Instagram: posts to take from the hashtag
     session_file: str | None = None,      # Instagram session file (else $GANFLOW_IG_SESSIONFILE)
     ig_user: str | None = None,           # Instagram user of that session (else $GANFLOW_IG_USER)
     raw_dir: str | None = None,           # an already ingested raw store (`ganflow ingest`): ingest is skipped
     version: bool = False,                # version the dataset with DVC (add or commit, push, git commit)
-    dask_address: str | None = None,      # Dask scheduler for the batch tasks; overrides curate.dask_address
 ) -> dict:
     """Curate a folder, an archive, a hashtag or the demo into a clean square dataset.
 
@@ -71,9 +69,9 @@ def curate(
             (RAW_ROOT/NAME/, e.g. data/raw/demo/).
         cache_dir: Per-image results, so reruns do no work twice.
         params_path: Thresholds and settings (section curate).
-        resolution: Side of the square output images. Empty: curate.resolution.
-        matte: Background removal: auto (rembg if its model is present, else GrabCut), rembg, grabcut or none.
-            Empty: curate.matte.
+        settings: Curation settings for this run, each with its bounds; an empty one keeps params.yaml's value
+            (section curate). dask_address: a Dask scheduler (tcp://host:8786) whose workers run the batch tasks
+            (screening, rendering); the raw store and the cache must then be at the same path on every worker.
         max_posts: Instagram: posts to take from the hashtag.
         session_file: Instagram session file on the worker. Empty: $GANFLOW_IG_SESSIONFILE.
         ig_user: Instagram user of that session. Empty: $GANFLOW_IG_USER.
@@ -82,11 +80,8 @@ def curate(
         version: Version the dataset with DVC when it is written: `dvc add` (or `dvc commit` when a dvc.yaml stage
             makes it), `dvc push` to the default remote, and a git commit of its .dvc file; one writer at a time.
             Its DVC hash is recorded as an artifact and listed by `ganflow datasets`. Never inside `dvc repro`.
-        dask_address: A Dask scheduler (tcp://host:8786) whose workers run the batch tasks (screening,
-            rendering); the raw store and the cache must be at the same path on every worker. Empty:
-            curate.dask_address; when that is empty too, this machine's cores.
     """
-    params = load(CurateSettings, params_path, resolution=resolution, matte=matte, dask_address=dask_address)
+    params = load(CurateSettings, params_path, **given(settings))
     # Never write into a folder ganflow did not write (the CLI checks these too, before Prefect starts).
     out = str(check_dataset_dir(out, "out"))
     cache_dir = str(check_store_root(cache_dir, "cache_dir"))

@@ -6,8 +6,10 @@ import json
 import sys
 import warnings
 
+from flows.options import add_setting_options, given_settings
 from flows.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
                             writable_file, writable_folder)
+from tasks.settings import EvaluateSettings
 
 MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
 MAX_FRAMES = 3600     # frames in one morph (all are kept in memory to write the file)
@@ -20,12 +22,16 @@ def _weights_help() -> str:
 
 def _add_extractor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", metavar="W", help=_weights_help())
-    p.add_argument("--metrics", metavar="LIST", help="fid, fd_dinov2 or fid,fd_dinov2 (default: params.yaml "
-                                                     "evaluate.metrics); precision/recall come in DINOv2 features "
-                                                     "when fd_dinov2 is asked for, else in Inception's")
+    _add_metrics_option(p)
     p.add_argument("--dinov2-weights", metavar="W",
                    help="Meta's dinov2_vit{s,b,l}14_pretrain.pth for fd_dinov2; default: $GANFLOW_DINOV2_WEIGHTS, then "
                         "params.yaml evaluate.dinov2_weights ('random': a random-initialized ViT-S/14)")
+
+
+def _add_metrics_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="LIST", help="fid, fd_dinov2 or fid,fd_dinov2 (default: params.yaml "
+                                                     "evaluate.metrics); precision/recall come in DINOv2 features "
+                                                     "when fd_dinov2 is asked for, else in Inception's")
 
 
 def _params_with(args: argparse.Namespace, **changes):
@@ -139,6 +145,12 @@ def _run_morph(args: argparse.Namespace) -> int:
     return 0
 
 
+EVALUATE_METAVARS = {"inception_weights": "W", "dinov2_weights": "W", "inception_sha256": "SHA256",
+                     "dinov2_sha256": "SHA256", "n_fake": "N", "n_real": "N", "batch": "N", "kid": "BOOL",
+                     "kid_subsets": "N", "kid_subset_size": "N", "cache_dir": "DIR", "diverge_fid_rises": "N",
+                     "diverge_d_loss": "X", "memorized_quantile": "Q", "max_memorized": "X"}
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="FID/KID of every snapshot of a run not evaluated yet; best snapshot → best.pt",
                        description="Evaluate each RUN/checkpoints/ckpt-*.pt that RUN/fid.csv has no row for, against "
@@ -154,10 +166,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                           "FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (or a folder of real images)")
-    _add_extractor_options(p)
-    p.add_argument("--n-fake", type=integer(2, 1_000_000),
-                   help="generated images per snapshot, 2 or more (default: params.yaml evaluate.n_fake)")
-    p.add_argument("--no-kid", action="store_true", help="FID only")
+    # One option per setting of params.yaml's `evaluate` section, from tasks.settings.EvaluateSettings; --metrics
+    # (a comma list, as `ganflow fid` takes it) is made by hand. A given --inception-weights or --dinov2-weights
+    # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
+    _add_metrics_option(p)
+    add_setting_options(p, EvaluateSettings, [n for n in EvaluateSettings.model_fields if n != "metrics"],
+                        metavars=EVALUATE_METAVARS)
+    p.add_argument("--no-kid", action="store_true", help="FID only (as --kid false)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
     p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_evaluate)
@@ -165,12 +180,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from tasks.evaluation.evaluate import evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
-    from tasks.settings import EvaluateSettings, load
     from tasks.evaluation.fid_table import read_fid_csv
 
-    ep = load(EvaluateSettings, args.params)
-    ep = _params_with(args, n_fake=ep.n_fake if args.n_fake is None else args.n_fake,
-                      kid=ep.kid and not args.no_kid)
+    named = {k: v for k, v in given_settings(args, EvaluateSettings).items() if k != "metrics"}
+    ep = _params_with(args, **named)
+    if args.no_kid:
+        ep = ep.updated(kid=False)
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
 
     if args.snapshot:

@@ -7,7 +7,7 @@ from prefect import flow
 
 from flows.curate import curate
 from flows.train import train_flow
-from tasks.settings import TrainOverrides
+from tasks.settings import CurateOverrides, TrainOverrides
 
 
 @flow(name="pipeline")
@@ -19,8 +19,7 @@ def pipeline(
     run_dir: str = "runs/demo",
     settings: TrainOverrides = TrainOverrides(),  # type: ignore[valid-type]  # a model made from TrainSettings
     params: str = "params.yaml",
-    curate_resolution: int | None = None,
-    matte: Literal["auto", "rembg", "grabcut", "none"] | None = None,
+    curate_settings: CurateOverrides = CurateOverrides(),  # type: ignore[valid-type]  # from CurateSettings
     max_posts: int = 200,
     raw_root: str = "data/raw",
     cache_dir: str = "data/cache",
@@ -37,15 +36,15 @@ def pipeline(
         settings: Training settings for this run, each with its bounds; an empty one keeps params.yaml's value
             (section train). The training resolution is at most the curated resolution.
         params: Settings file (sections curate and train).
-        curate_resolution: Side of the curated images. Empty: curate.resolution (512).
-        matte: Background removal for curation. Empty: curate.matte.
+        curate_settings: Curation settings for this run, each with its bounds; an empty one keeps params.yaml's
+            value (section curate), e.g. resolution (the curated images' side) and matte (background removal).
         max_posts: Instagram: posts to take from the hashtag.
         raw_root: Raw store root: inputs are copied once to a folder named after the source below it
             (RAW_ROOT/NAME/, e.g. data/raw/demo/).
         cache_dir: Per-image curation results, so reruns do no work twice.
     """
     dataset = curate(source=source, input_path=input_path, hashtag=hashtag, out=out, params_path=params,
-                     resolution=curate_resolution, matte=matte, max_posts=max_posts, raw_root=raw_root,
+                     settings=curate_settings, max_posts=max_posts, raw_root=raw_root,
                      cache_dir=cache_dir)
     trained = train_flow(data=dataset["out"], run_dir=run_dir, settings=settings, params=params)
     return {"dataset": {k: dataset[k] for k in ("out", "count", "inputs", "content_hash")}, "train": trained}

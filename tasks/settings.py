@@ -2,8 +2,9 @@
 
 A field gives a setting's type, its bounds (Field ge/gt/le/lt, Literal choices or a named rule) and a one-line
 description; params.yaml gives its value (tests/test_settings.py keeps the two in step). The CLI's options
-(flows/options.py) and the train flow's UI form (`TrainOverrides`) are generated from these fields, so a new
-setting is one line below plus its value in params.yaml.
+(flows/options.py) and the train, curate and evaluate flows' UI forms (`TrainOverrides`, `CurateOverrides`,
+`EvaluateOverrides`) are generated from these fields, so a new setting is one line below plus its value in
+params.yaml.
 
 `load(TrainSettings, "params.yaml", kimg=5)` reads one section, applies overrides (None = keep the file's
 value) and validates; any bad value is a ParamsError of one line naming the key, the value and the bound.
@@ -245,7 +246,7 @@ class EvaluateSettings(Section):
                                          "$GANFLOW_INCEPTION_WEIGHTS or --inception-weights")
     inception_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
     n_fake: int = setting(10000, "generated images per snapshot (the papers use 50000; below 2048 FID is biased)",
-                          ge=2)
+                          ge=2, le=1_000_000)
     n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0)
     batch: int = setting(64, "images per extractor batch", ge=1)
     kid: bool = setting(True, "also KID (mean, std over random subsets)")
@@ -380,6 +381,8 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
 
 
 TrainOverrides = overrides_model(TrainSettings)
+CurateOverrides = overrides_model(CurateSettings)
+EvaluateOverrides = overrides_model(EvaluateSettings)
 
 
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def local_run(prefect_api, folder, small_params, tmp_path_factory) -> dict[str, 
 def test_dask_run_is_byte_identical_to_the_local_run(prefect_api, folder, small_params, cluster, local_run,
                                                      tmp_path):
     address, _ = cluster
-    result = _curate(folder, tmp_path, small_params, dask_address=address)
+    result = _curate(folder, tmp_path, small_params, settings={"dask_address": address})
     assert _files(tmp_path / "out") == local_run
     assert len(result["shards"]) >= 2
     reasons = result["reasons"]
@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(prefect_api, folder, small_para
     marker, log = tmp_path / "killed", tmp_path / "screened.log"
     client.register_plugin(KillOnce(str(marker), str(log)))
     try:
-        _curate(folder, tmp_path, small_params, dask_address=address)
+        _curate(folder, tmp_path, small_params, settings={"dask_address": address})
     finally:
         client.unregister_worker_plugin(KillOnce.name)
     assert marker.exists(), "no worker was killed"
@@ -176,7 +176,7 @@ def test_a_worker_that_cannot_see_the_raw_store_fails_before_any_work(prefect_ap
         try:
             client.wait_for_workers(1, timeout=90)
             with pytest.raises(ClusterError) as err:
-                _curate(folder, work, small_params, dask_address=c.scheduler_address)
+                _curate(folder, work, small_params, settings={"dask_address": c.scheduler_address})
         finally:
             worker.terminate()
             worker.wait(timeout=30)
@@ -191,7 +191,7 @@ def test_an_unreachable_scheduler_is_one_clear_error(prefect_api, folder, small_
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
-            _curate(folder, tmp_path, small_params, dask_address="tcp://127.0.0.1:9")
+            _curate(folder, tmp_path, small_params, settings={"dask_address": "tcp://127.0.0.1:9"})
 
 
 # ---------------------------------------------------------------------------------------------- dedup at scale

@@ -95,7 +95,7 @@ def test_make_serve_registers_deployments_and_its_worker_completes_runs(tmp_path
 
             curate = run_deployment("curate/curate", timeout=0, parameters=dict(
                 source="path", input_path=str(images), out=str(tmp_path / "out"), raw_root=str(tmp_path / "raw"),
-                cache_dir=str(tmp_path / "cache"), resolution=64, matte="none", version=False))
+                cache_dir=str(tmp_path / "cache"), settings={"resolution": 64, "matte": "none"}, version=False))
             trained = run_deployment("train/train", timeout=0, parameters=dict(
                 data=str(dataset), run_dir=str(tmp_path / "run"), settings={"resolution": 32, "kimg": 0.008},
                 params=str(tmp_path / "params.yaml")))

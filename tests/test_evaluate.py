@@ -139,7 +139,7 @@ def test_evaluate_flow_publishes_the_fid_table_and_skips_without_weights(run, tm
     root, data, weights, params = run
     run_dir = tmp_path / "flowrun"
     shutil.copytree(root / "run" / "checkpoints", run_dir / "checkpoints")
-    out = evaluate_flow(str(run_dir), str(data), inception_weights=weights, params=str(params))
+    out = evaluate_flow(str(run_dir), str(data), settings={"inception_weights": weights}, params=str(params))
     assert out["evaluated"] == [0.004, 0.008] and (run_dir / "best.pt").exists()
     key = artifact_key(run_dir).replace("train-", "fid-", 1)
     with get_client(sync_client=True) as client:

@@ -42,20 +42,14 @@ def test_train_form_offers_restart_on_change_and_hides_the_managers_request_id()
     assert "superseded" in props["restart_on_change"]["description"]
 
 
-def test_train_form_shows_every_training_setting_with_its_bounds_and_description():
-    """The train deployment's form: one nested `settings` form made from TrainSettings, so a UI run can set
-    everything the CLI can, within the same bounds; empty fields keep params.yaml's values."""
+def _assert_settings_form(form: dict, model) -> None:
+    """A nested settings form made from a settings model: every setting, in order, with its description, its
+    bounds and no default (empty keeps params.yaml's value)."""
     from annotated_types import Ge, Gt, Le, Lt
 
-    from tasks.settings import TrainSettings
-
-    train = next(d for d in DEPLOYMENTS if d["name"] == "train")
-    schema = _schema(train["entrypoint"])
-    ref = schema["properties"]["settings"]["$ref"].split("/")[-1]
-    form = schema["definitions"][ref]["properties"]
-    assert list(form) == list(TrainSettings.model_fields)
+    assert list(form) == list(model.model_fields)
     keywords = {Ge: ("minimum", "ge"), Gt: ("exclusiveMinimum", "gt"), Le: ("maximum", "le"), Lt: ("exclusiveMaximum", "lt")}
-    for name, field in TrainSettings.model_fields.items():
+    for name, field in model.model_fields.items():
         prop = form[name]
         assert prop["description"] == field.description and prop["default"] is None, name
         assert not ANGLE.search(prop["description"]), name
@@ -64,6 +58,21 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
             if type(bound) in keywords:
                 key, attr = keywords[type(bound)]
                 assert typed[key] == getattr(bound, attr), (name, key)
+
+
+def _settings_form(schema: dict, parameter: str) -> dict:
+    ref = schema["properties"][parameter]["$ref"].split("/")[-1]
+    return schema["definitions"][ref]["properties"]
+
+
+def test_train_form_shows_every_training_setting_with_its_bounds_and_description():
+    """The train deployment's form: one nested `settings` form made from TrainSettings, so a UI run can set
+    everything the CLI can, within the same bounds; empty fields keep params.yaml's values."""
+    from tasks.settings import TrainSettings
+
+    train = next(d for d in DEPLOYMENTS if d["name"] == "train")
+    form = _settings_form(_schema(train["entrypoint"]), "settings")
+    _assert_settings_form(form, TrainSettings)
     assert form["kimg"]["anyOf"][0]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["exclusiveMinimum"] == 0
     assert form["resolution"]["anyOf"][0]["maximum"] == 1024
     assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
@@ -71,6 +80,34 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
     from tasks.settings import TrainOverrides
 
     TrainOverrides(**train["parameters"]["settings"])
+
+
+def test_curate_form_shows_every_curation_setting_with_its_bounds_and_description():
+    """The curate deployment's form (and the pipeline's curate_settings): one nested form made from
+    CurateSettings, in place of the loose resolution/matte/dask_address parameters it had."""
+    from tasks.settings import MAX_RESOLUTION, CurateSettings
+
+    curate = next(d for d in DEPLOYMENTS if d["name"] == "curate")
+    schema = _schema(curate["entrypoint"])
+    assert not {"resolution", "matte", "dask_address"} & set(schema["properties"])
+    form = _settings_form(schema, "settings")
+    _assert_settings_form(form, CurateSettings)
+    assert form["resolution"]["anyOf"][0]["minimum"] == 8 and form["resolution"]["anyOf"][0]["maximum"] == MAX_RESOLUTION
+    assert form["matte"]["anyOf"][0]["enum"] == ["auto", "rembg", "grabcut", "none"]
+    assert form["face_min_fraction"]["anyOf"][0]["maximum"] == 1
+    pipeline = next(d for d in DEPLOYMENTS if d["name"] == "pipeline")
+    _assert_settings_form(_settings_form(_schema(pipeline["entrypoint"]), "curate_settings"), CurateSettings)
+
+
+def test_evaluate_flow_form_shows_every_evaluation_setting():
+    """The evaluate flow (a subflow of train, or run from the UI): one settings form made from EvaluateSettings."""
+    from tasks.settings import EvaluateSettings
+
+    schema = _schema("flows/evaluate.py:evaluate_flow")
+    assert not {"n_fake", "inception_weights", "dinov2_weights"} & set(schema["properties"])
+    form = _settings_form(schema, "settings")
+    _assert_settings_form(form, EvaluateSettings)
+    assert form["n_fake"]["anyOf"][0]["minimum"] == 2 and form["memorized_quantile"]["anyOf"][0]["exclusiveMaximum"] == 1
 
 
 def test_curate_deployment_does_not_version_unless_asked():

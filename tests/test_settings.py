@@ -230,3 +230,60 @@ def test_the_settings_offer_exactly_the_architectures_models_build():
     from tasks.settings import ARCHS
 
     assert tuple(ARCHS) == tuple(BUILT)
+
+
+# ------------------------------------------------------------------------------------------- curate, evaluate
+
+def _parser(command: str):
+    from flows.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices[command]
+
+
+@pytest.mark.parametrize("command,model,by_hand", [("curate", "CurateSettings", set()),
+                                                    ("evaluate", "EvaluateSettings", {"metrics"})])
+def test_curate_and_evaluate_options_come_from_their_sections(command, model, by_hand):
+    import tasks.settings
+
+    fields = getattr(tasks.settings, model).model_fields
+    actions = {a.dest: a for a in _parser(command)._actions}
+    for name, field in fields.items():
+        if name in by_hand:
+            continue
+        action = actions[name]
+        assert "--" + name.replace("_", "-") in action.option_strings and action.default is None, name
+        assert action.help.startswith(field.description), name
+    if command == "curate":  # the names users know stay
+        assert actions["dask_address"].option_strings == ["--dask-address", "--dask"]
+        assert actions["matte"].choices == ["auto", "rembg", "grabcut", "none"]
+
+
+def test_curate_and_evaluate_options_given_reach_the_settings(tmp_path):
+    from flows.options import given_settings
+    from tasks.settings import CurateSettings, EvaluateSettings
+
+    args = _parser("curate").parse_args(["--demo", "--out", "o", "--dask", "tcp://h:8786", "--workers", "2",
+                                         "--resolution", "64", "--matte", "none", "--blur-min-var", "10"])
+    given = given_settings(args, CurateSettings)
+    assert given == {"dask_address": "tcp://h:8786", "workers": 2, "resolution": 64, "matte": "none",
+                     "blur_min_var": 10.0}
+    assert load(CurateSettings, PARAMS, **given).shard_size == FILE["curate"]["shard_size"]
+    args = _parser("evaluate").parse_args(["--run-dir", str(tmp_path / "r"), "--data", str(tmp_path),
+                                           "--kid", "false", "--n-fake", "8", "--inception-weights", "w.pth"])
+    assert given_settings(args, EvaluateSettings) == {"kid": False, "n_fake": 8, "inception_weights": "w.pth"}
+
+
+def test_a_bad_curate_or_evaluate_setting_from_the_ui_is_refused():
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.curate import curate
+    from flows.evaluate import evaluate_flow
+
+    ok = curate.validate_parameters({"settings": {"resolution": 64, "dask_address": "tcp://h:1"}})
+    assert (ok["settings"].resolution, ok["settings"].dask_address, ok["settings"].matte) == (64, "tcp://h:1", None)
+    for bad, key in (({"resolution": 4}, "resolution"), ({"matte": "blur"}, "matte"), ({"bogus": 1}, "bogus")):
+        with pytest.raises(ParameterTypeError, match=key):
+            curate.validate_parameters({"settings": bad})
+    with pytest.raises(ParameterTypeError, match="n_fake"):
+        evaluate_flow.validate_parameters({"run_dir": "r", "data": "d", "settings": {"n_fake": 1}})

@@ -412,7 +412,7 @@ def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
     out, run_dir = tmp_path / "curated", tmp_path / "run"
     state = pipeline(source="path", input_path=str(images), out=str(out), run_dir=str(run_dir),
                      settings={"resolution": 32, "kimg": 0.008}, params=str(tiny_params(tmp_path)),
-                     curate_resolution=64, matte="none",
+                     curate_settings={"resolution": 64, "matte": "none"},
                      raw_root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), return_state=True)
     assert state.is_completed(), state
     result = state.result()

@@ -290,7 +290,7 @@ def test_curate_flow_with_version_records_the_dataset_in_dvc_and_git(project, pr
         Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
     out = project / "data" / "curated" / "photos"
     result = curate(source="path", input_path=str(photos), out=str(out), raw_root=str(tmp_path / "raw"),
-                    cache_dir=str(tmp_path / "cache"), resolution=32, matte="none", version=True)
+                    cache_dir=str(tmp_path / "cache"), settings={"resolution": 32, "matte": "none"}, version=True)
     v = result["version"]
     assert v["path"] == "data/curated/photos" and v["md5"].endswith(".dir") and v["pushed"]
     assert git(project, "log", "-1", "--format=%H").strip() == v["git_rev"]

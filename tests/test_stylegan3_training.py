@@ -174,5 +174,6 @@ def test_every_command_line_and_flow_takes_the_stylegan3_families(tmp_path, monk
         assert submit.arch == arch
         assert build_parser().parse_args(["train", "--flow", "--data", "d", "--run-dir", "r", "--arch", arch]).arch == arch
         for fl in (train_flow, pipeline):
-            annotation = inspect.signature(fl.fn).parameters["arch"].annotation
+            form = type(inspect.signature(fl.fn).parameters["settings"].default)  # TrainOverrides: the UI's form
+            annotation = form.model_fields["arch"].annotation
             assert arch in str(annotation) or arch in typing.get_args(annotation)

@@ -394,7 +394,7 @@ def test_train_flow_and_submit_carry_resume_from_and_freeze_d(work, dataset, sou
     [req] = Queue(queue).list()
     assert req.params["resume_from"] == str(source) and req.params["freeze_d"] == 2  # absolute for the manager
     cmd = train_command(req.params, req.id, python="python")
-    assert cmd[cmd.index("--resume-from") + 1] == str(source) and cmd[cmd.index("--freeze-d") + 1] == "2"
+    assert f"--resume-from={source}" in cmd and "--freeze-d=2" in cmd  # OPTION=VALUE: a value is never an option
     assert "--arch" not in cmd and "--resolution" not in cmd
     # What the manager launches trains from the file.
     from prefect.settings import PREFECT_API_URL

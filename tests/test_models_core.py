@@ -14,6 +14,7 @@ from PIL import Image
 from models import checkpoint as ck
 from models import losses
 from models.data import DatasetError, SamplerState, ShuffledSampler, load_images
+from models.run_dir import checkpoint_name
 from tests.conftest import write_curated
 
 
@@ -34,12 +35,12 @@ def test_checkpoint_roundtrip_is_weights_only_and_restores_rng(tmp_path):
 def test_latest_checkpoint_skips_a_torn_file(tmp_path):
     for kimg in (1, 2, 3):
         ck.save_checkpoint(tmp_path, kimg, {"kimg": float(kimg), "w": torch.full((64,), float(kimg))})
-    newest = tmp_path / "checkpoints" / ck.checkpoint_name(3)
+    newest = tmp_path / "checkpoints" / checkpoint_name(3)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn mid-write
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path, state = ck.latest_checkpoint(tmp_path)
-    assert state["kimg"] == 2.0 and path.name == ck.checkpoint_name(2)
+    assert state["kimg"] == 2.0 and path.name == checkpoint_name(2)
     assert any("skipping unreadable checkpoint" in str(w.message) for w in caught)
 
 

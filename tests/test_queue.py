@@ -155,7 +155,8 @@ def test_local_process_liveness_and_kill():
     deadline = time.time() + 10
     while process_state(proc.pid, here, "abc123") != "dead" and time.time() < deadline:
         time.sleep(0.05)
-    assert process_state(proc.pid, here, "abc123") == "dead" and proc.poll() is not None
+    # "dead" can be read (a zombie in /proc) a moment before the parent's waitpid sees the exit: wait, not poll.
+    assert process_state(proc.pid, here, "abc123") == "dead" and proc.wait(timeout=10) is not None
     assert not kill_local(proc.pid, here, "abc123")
 
 

@@ -18,7 +18,7 @@ from tasks.curation.per_image import screen_cheap_one, screen_content_one
 from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
-SCREEN_VERSION = "3"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths)
+SCREEN_VERSION = "4"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths; 4: text detection at DETECT_SIDE, not upscaled)
 
 
 def cache_key(kind: str, params: CurateParams) -> str:

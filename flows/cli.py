@@ -14,7 +14,7 @@ from flows.eval_cli import add_eval_commands
 from flows.queue_cli import add_queue_commands, route_train_verbs
 from flows.serve_cli import add_serve_commands
 from flows.options import add_setting_options, given_settings
-from flows.train_cli import add_flow_options, run_train_flow
+from flows.train_cli import add_flow_options, add_train_setting_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
 from tasks.settings import CurateSettings, TrainSettings
 
@@ -167,9 +167,6 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
-TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamma": "G", "resume_from": "FILE",
-                  "freeze_d": "N", "net": "YAML", "cycle_kimg": "K", "cycles": "N", "fade_kimg": "K",
-                  "stabilize_kimg": "K", "batch": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -191,8 +188,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "and start afresh (default: refuse)")
     # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
     # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
-    add_setting_options(p, TrainSettings, list(TrainSettings.model_fields),
-                        aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS)
+    add_train_setting_options(p)
     p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     add_flow_options(p)
     p.set_defaults(func=_run_train)

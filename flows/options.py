@@ -1,9 +1,10 @@
 """Command-line options generated from a settings model (tasks/settings.py): one option per setting.
 
-The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the help is the field's description,
-and the value is checked against the field's type and bounds while argparse parses, so a bad one is argparse's
-one-line error naming the option, the value and the bound (`argument --kimg: '-1' is not a finite number >= 0`).
-An option not given is None: the settings file's value stays.
+The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the help is the field's description
+with its bound and default, and the value is checked against the field's type and bounds while argparse parses,
+so a bad one is argparse's one-line error naming the option, the value and the bound
+(`argument --kimg: '-1' is not a finite number >= 0`).
+An option not given is None: the settings file's value stays (a `required` one must be given).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from tasks.settings import Section, rule
 
@@ -40,7 +42,8 @@ def _parse(model: type[Section], name: str):
 
 
 def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], names: list[str] | None = None,
-                        aliases: dict[str, list[str]] | None = None, metavars: dict[str, str] | None = None) -> None:
+                        aliases: dict[str, list[str]] | None = None, metavars: dict[str, str] | None = None,
+                        required: tuple[str, ...] = ()) -> None:
     """Add `--kebab-key` for each setting in `names` (default: every field of `model`), default None."""
     aliases, metavars = aliases or {}, metavars or {}
     for name in names or list(model.model_fields):
@@ -49,9 +52,18 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
         if name in metavars:
             extra["metavar"] = metavars[name]
+        default = "required" if name in required else f"default: {model.section}.{name}"
         parser.add_argument(flag(name), *aliases.get(name, []), dest=name, type=_parse(model, name), default=None,
-                            help=f"{field.description} (default: {model.section}.{name})",
+                            required=name in required, help=f"{field.description} ({_bound(field)}{default})",
                             **extra)
+
+
+def _bound(field: FieldInfo) -> str:
+    """The bound --help shows before the default: a range or a named rule (texts, mappings and choices say
+    enough by their metavar and choice list)."""
+    text = rule(field)
+    plain = text in ("a text", "a non-empty text", "a mapping", "valid") or text.startswith("one of ")
+    return "" if plain else f"{text}; "
 
 
 def given_settings(args: argparse.Namespace, model: type[Section]) -> dict[str, Any]:

@@ -11,8 +11,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from flows.validate import existing_file, existing_folder, integer, number, power_of_two, writable_folder
-from tasks.settings import ARCHS
+from flows.options import add_setting_options, given_settings
+from flows.train_cli import add_train_setting_options
+from flows.validate import existing_folder, writable_folder
+from tasks.manager.queue import Queue, queue_path
+from tasks.settings import ManagerSettings, TrainSettings, load
 
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
 
@@ -31,25 +34,17 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     # No help= on the train-* parsers: they stay out of the command list; `train`'s help names them.
     p = sub.add_parser("train-submit", prog="ganflow train submit",
                        description="Add a training request to the queue and print its id. `ganflow manager` "
-                                   "starts it, watches it through the Prefect API and restarts it from its "
-                                   "newest checkpoint if its process or machine is lost.")
+                                   "starts it (as `ganflow train --flow` with the options given here), watches it "
+                                   "through the Prefect API and restarts it from its newest checkpoint if its "
+                                   "process or machine is lost. Settings not given come from params.yaml's `train` "
+                                   "section when the run starts.")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--arch", choices=list(ARCHS), help="network family (not needed with --resume-from)")
-    p.add_argument("--resolution", type=power_of_two(4, 1024), metavar="N",
-                   help="training resolution, a power of 2 from 4 to 1024, at most the dataset's (not needed with "
-                        "--resume-from)")
-    p.add_argument("--kimg", type=number(0, lo_open=True), required=True, metavar="K",
-                   help="train until this many thousand images in total (restarts continue toward it)")
     p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
                    help="run folder (checkpoints/, attempt logs)")
-    p.add_argument("--seed", type=integer(0, 2 ** 32 - 1), default=0,
-                   help="seed for weights, data order and noise (default 0)")
-    p.add_argument("--resume-from", metavar="FILE", type=existing_file,
-                   help="transfer learning: start from this network file (.pt or NVIDIA .pkl), whose architecture "
-                        "the run takes (--arch and --resolution, given, must agree with it)")
-    p.add_argument("--freeze-d", type=integer(0, 64), metavar="N",
-                   help="Freeze-D: keep the pretrained D's first N layers fixed")
+    # One option per setting of params.yaml's `train` section, as `ganflow train` has them; --kimg is required
+    # (restarts continue toward it), --arch and --resolution are unless --resume-from names the network.
+    add_train_setting_options(p, required=("kimg",))
     _common(p)
     p.set_defaults(func=_run_submit, command="train submit")
 
@@ -64,32 +59,32 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                        description="Each pass: start queued requests, check running ones through the Prefect "
                                    "API, restart a crashed or stale run from its newest checkpoint with the "
                                    "remaining kimg (up to manager.max_attempts), mark finished ones done. "
-                                   "Needs PREFECT_API_URL (a server that outlives the runs).")
+                                   "Needs PREFECT_API_URL (a server that outlives the runs). Options not given "
+                                   "come from params.yaml's `manager` section.")
     p.add_argument("--once", action="store_true", help="one pass, then exit (for cron or a scheduled deployment)")
-    p.add_argument("--interval", type=float, metavar="S", help="seconds between passes (default: params.yaml)")
-    p.add_argument("--stale-after", type=float, metavar="S",
-                   help="a Running run silent this long is lost (default: params.yaml)")
-    p.add_argument("--max-attempts", type=int, metavar="N", help="attempts per request (default: params.yaml)")
-    p.add_argument("--max-running", type=int, metavar="N", help="requests training at once, 0 = no limit")
-    p.add_argument("--deployment", metavar="NAME",
-                   help="start runs of this deployment (flow/deployment) for a work pool instead of local "
-                        "processes; '' = local (default: params.yaml)")
+    # One option per setting of params.yaml's `manager` section (--queue in _common); --interval and
+    # --stale-after are the names users know.
+    add_setting_options(p, ManagerSettings, [n for n in ManagerSettings.model_fields if n != "queue"],
+                        aliases={"interval_seconds": ["--interval"], "stale_after_seconds": ["--stale-after"]},
+                        metavars=MANAGER_METAVARS)
     _common(p)
     p.set_defaults(func=_run_manager)
 
 
+MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
+                    "max_running": "N", "deployment": "NAME"}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--queue", metavar="FILE", help="queue file (default: $GANFLOW_QUEUE, then params.yaml "
-                                                   "manager.queue, runs/queue.sqlite)")
+    # --queue comes before $GANFLOW_QUEUE, which comes before params.yaml's manager.queue (queue_path).
+    add_setting_options(p, ManagerSettings, ["queue"], metavars=MANAGER_METAVARS)
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
 
 
-def _open_queue(args: argparse.Namespace):
-    from tasks.settings import read_params
-    from tasks.manager.queue import Queue, queue_path
-
-    section = read_params(args.params).get("manager") or {}
-    return Queue(queue_path(args.queue, section.get("queue")))
+def _open_queue(args: argparse.Namespace) -> tuple[Queue, ManagerSettings]:
+    """The queue the command names, and params.yaml's `manager` section (validated: a bad value is one line)."""
+    settings = load(ManagerSettings, args.params)
+    return Queue(queue_path(args.queue, settings.queue)), settings
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -100,24 +95,28 @@ def _run_submit(args: argparse.Namespace) -> int:
     if args.resume_from is None and (args.arch is None or args.resolution is None):
         raise ValueError("--arch and --resolution are required, unless --resume-from names the network to start "
                          "from (its architecture is the run's)")
+    given = given_settings(args, TrainSettings)
     if args.resume_from is not None:
-        # Refuse at once what the run would refuse: a missing file, or options that contradict it.
+        resume_from = Path(args.resume_from)
+        if not resume_from.is_file():
+            raise FileNotFoundError(f"--resume-from {args.resume_from!r} is not an existing file")
+        # Absolute: the manager (or a worker) may run from another folder.
+        given["resume_from"] = str(resume_from.resolve())
+    # Refused now what the run would refuse hours later, when the manager starts it: settings that do not go
+    # together (with params.yaml's), a network file that contradicts the options, a resolution above the data's.
+    load(TrainSettings, args.params, **given)
+    if args.resume_from is not None:
         from tasks.training.transfer import file_architecture
 
-        file_architecture(args.resume_from, {"arch": args.arch, "resolution": args.resolution})
+        file_architecture(given["resume_from"], given)
     if args.resolution is not None:
         from tasks.training.run import check_resolution
 
-        check_resolution(data, args.resolution)  # refused now, not when the manager starts it hours later
-    queue = _open_queue(args)
-    # Absolute paths: the manager (or a worker) may run from another folder.
-    params = {"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()), "arch": args.arch,
-              "resolution": args.resolution, "kimg": args.kimg, "seed": args.seed,
+        check_resolution(data, args.resolution)
+    queue, _ = _open_queue(args)
+    # The train flow's parameters: the settings given here (the others are params.yaml's when the run starts).
+    params = {"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()), **given,
               "params": str(Path(args.params).resolve())}
-    if args.resume_from is not None:
-        params["resume_from"] = str(Path(args.resume_from).resolve())
-    if args.freeze_d is not None:
-        params["freeze_d"] = args.freeze_d
     req = queue.submit(params)
     print(req.id)
     print(f"queued in {queue.path}; `ganflow manager` starts it, `ganflow train status` follows it",
@@ -126,14 +125,10 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from tasks.settings import ManagerSettings, load
-
-    queue = _open_queue(args)
-    try:
-        max_attempts = load(ManagerSettings, args.params).max_attempts
-    except ValueError:
-        max_attempts = None
     from tasks.manager.queue import STATES
+
+    queue, settings = _open_queue(args)
+    max_attempts = settings.max_attempts
 
     requests = [queue.get(args.request)] if args.request else queue.list(states=None)
     if not requests:
@@ -213,6 +208,7 @@ def _clock(t: float) -> str:
 def _run_manager(args: argparse.Namespace) -> int:
     from flows.manager import run_manager
 
-    return run_manager(args.once, args.interval, queue=args.queue, params=args.params,
-                       stale_after_seconds=args.stale_after, max_attempts=args.max_attempts,
-                       max_running=args.max_running, deployment=args.deployment)
+    overrides = given_settings(args, ManagerSettings)
+    overrides.pop("queue", None)  # --queue goes on its own: it comes before $GANFLOW_QUEUE (queue_path)
+    interval = overrides.pop("interval_seconds", None)  # the loop's, not a pass's
+    return run_manager(args.once, interval, queue=args.queue, params=args.params, **overrides)

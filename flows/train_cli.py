@@ -13,6 +13,19 @@ import signal
 
 # The train parser's own bookkeeping, never a flow parameter.
 _NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
+TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamma": "G", "resume_from": "FILE",
+                  "freeze_d": "N", "net": "YAML", "cycle_kimg": "K", "cycles": "N", "fade_kimg": "K",
+                  "stabilize_kimg": "K", "batch": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
+
+
+def add_train_setting_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:
+    """One option per setting of params.yaml's `train` section (tasks.settings.TrainSettings), as `ganflow train`
+    and `ganflow train submit` both take them; --gamma is the reference's name for --r1-gamma."""
+    from flows.options import add_setting_options
+    from tasks.settings import TrainSettings
+
+    add_setting_options(p, TrainSettings, aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS,
+                        required=required)
 
 
 def add_flow_options(p: argparse.ArgumentParser) -> None:

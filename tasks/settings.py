@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
+from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       create_model, model_validator)
 from pydantic.fields import FieldInfo
+
+from tasks.evaluation.registry import selectable
 
 DEFAULT_PARAMS = Path("params.yaml")
 # Above this side a dataset is not a GAN dataset but a typo (`--resolution 100000` would ask for 30 GB per image).
@@ -65,12 +67,12 @@ DaskAddress = Annotated[str, AfterValidator(Rule("a scheduler address like tcp:/
 
 
 def _metrics(value: Any) -> tuple[str, ...]:
-    # The metric names are the evaluation registry's (tasks.evaluation.metrics.METRICS), read when checked.
-    from tasks.evaluation.metrics import METRICS
-
+    # The names are the evaluation registry's, read when checked (a metric registered later counts); the
+    # registry imports no torch, so neither does loading settings.
+    names = selectable()
     metrics = (value,) if isinstance(value, str) else tuple(value or ())
-    if not metrics or set(metrics) - set(METRICS):
-        raise ValueError(f"is not a list of one or more of {', '.join(METRICS)}")
+    if not metrics or set(metrics) - set(names):
+        raise ValueError(f"is not a list of one or more of {', '.join(names)}")
     return metrics
 
 
@@ -348,6 +350,8 @@ def rule(field: FieldInfo) -> str:
         return "true or false"
     kind = {int: "an integer", float: "a finite number"}.get(ann)
     if kind is None:
+        if ann is str and any(isinstance(m, MinLen) and m.min_length > 0 for m in field.metadata):
+            return "a non-empty text"
         return {str: "a text", dict: "a mapping"}.get(getattr(ann, "__origin__", ann), "valid")
     lo = next(((m.ge, False) for m in field.metadata if isinstance(m, Ge)), None) or \
         next(((m.gt, True) for m in field.metadata if isinstance(m, Gt)), None)

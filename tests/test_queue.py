@@ -205,3 +205,189 @@ def test_status_shows_checkpoint_progress_and_eta(tmp_path):
     q.finish(req.id, 1, "failed", "gave up")
     _, row = status_table([q.get(req.id)], 3).splitlines()
     assert row.split()[:2] == [req.id, "failed"] and row.split()[-3:] == ["-", "gave", "up"]
+
+
+# ------------------------------------------------------------------ the queue's command line: options from the settings
+
+# Every option `ganflow train submit` and `ganflow manager` had while written by hand: users' scripts name these.
+SUBMIT_OPTIONS = ["--data", "--arch", "--resolution", "--kimg", "--run-dir", "--seed", "--resume-from", "--freeze-d",
+                  "--queue", "--params"]
+MANAGER_OPTIONS = ["--once", "--interval", "--stale-after", "--max-attempts", "--max-running", "--deployment",
+                   "--queue", "--params"]
+
+
+def _command(name: str):
+    from flows.cli import build_parser
+
+    return next(a for a in build_parser()._actions if a.dest == "command").choices[name]
+
+
+def _help(argv: list[str], capsys) -> str:
+    """`ganflow ... --help` as the user reads it, with argparse's line wrapping undone."""
+    from flows.cli import main
+    from flows.queue_cli import route_train_verbs
+
+    with pytest.raises(SystemExit) as e:
+        main(route_train_verbs([*argv, "--help"]))
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_submit_and_manager_options_come_from_the_settings_and_keep_their_names():
+    from tasks.settings import TrainSettings
+
+    for command, model, names in (("train-submit", TrainSettings, SUBMIT_OPTIONS),
+                                  ("manager", ManagerSettings, MANAGER_OPTIONS)):
+        actions = {a.dest: a for a in _command(command)._actions}
+        assert set(names) <= {s for a in actions.values() for s in a.option_strings}, command
+        for name, field in model.model_fields.items():
+            action = actions[name]
+            assert "--" + name.replace("_", "-") in action.option_strings and action.default is None, name
+            assert action.help.startswith(field.description), name
+    manager = {a.dest: a for a in _command("manager")._actions}
+    assert manager["interval_seconds"].option_strings == ["--interval-seconds", "--interval"]
+    assert manager["stale_after_seconds"].option_strings == ["--stale-after-seconds", "--stale-after"]
+    submit = {a.dest: a for a in _command("train-submit")._actions}
+    assert submit["r1_gamma"].option_strings == ["--r1-gamma", "--gamma"]  # as on `ganflow train`
+    assert submit["kimg"].required and not submit["seed"].required
+
+
+def test_help_shows_each_manager_and_submit_option_with_its_bound(capsys):
+    manager = _help(["manager"], capsys)
+    for text in ("--interval-seconds S, --interval S `ganflow manager` without --once: one pass every this many "
+                 "seconds (a finite number > 0; default: manager.interval_seconds)",
+                 "--stale-after-seconds S, --stale-after S a Running run with no heartbeat, progress or state change "
+                 "for this long lost its machine (a finite number > 0; default: manager.stale_after_seconds)",
+                 "--max-attempts N attempts per request (first run + restarts); then it is marked failed (an integer "
+                 ">= 1; default: manager.max_attempts)",
+                 "--max-running N requests training at once; 0 = no limit (the work pool's limit decides) (an "
+                 "integer >= 0; default: manager.max_running)",
+                 "--deployment NAME empty = start training processes on this machine; train/NAME = run that "
+                 "deployment (GPU work pools) (default: manager.deployment)",
+                 "--queue FILE training request queue (SQLite)"):
+        assert text in manager, text
+    submit = _help(["train", "submit"], capsys)
+    for text in ("--kimg K total kimg; 0 = the stage plan's (stylegan2/3: cycles x cycle_kimg; pggan: full growth) "
+                 "(a finite number >= 0; required)",
+                 "--resolution N training resolution (a power of two from 4 to 1024, at most the dataset's) (a power "
+                 "of two from 4 to 1024; default: train.resolution)",
+                 "(an integer from 0 to 4294967295; default: train.seed)",
+                 "--freeze-d N Freeze-D:", "(an integer from 0 to 64; default: train.freeze_d)",
+                 "--arch {stylegan2,stylegan3-t,stylegan3-r,pggan}",
+                 "--snapshot-kimg S checkpoint + sample grid every this many kimg (a finite number > 0; default: "
+                 "train.snapshot_kimg)"):
+        assert text in submit, text
+    assert "--queue FILE" in _help(["train", "status"], capsys)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["manager", "--max-attempts", "0"], "argument --max-attempts: '0' is not an integer >= 1"),
+    (["manager", "--interval", "0"], "argument --interval-seconds/--interval: '0' is not a finite number > 0"),
+    (["manager", "--stale-after", "nan"],
+     "argument --stale-after-seconds/--stale-after: 'nan' is not a finite number > 0"),
+    (["manager", "--max-running", "-1"], "argument --max-running: '-1' is not an integer >= 0"),
+    (["manager", "--queue", ""], "argument --queue: '' is not a non-empty text"),
+    (["train", "status", "--queue", ""], "argument --queue: '' is not a non-empty text"),
+    (["train", "submit", "--freeze-d", "65"], "argument --freeze-d: '65' is not an integer from 0 to 64"),
+    (["train", "submit", "--gamma", "-3"],
+     "argument --r1-gamma/--gamma: '-3' is not -1 (the family's) or a finite number >= 0"),
+    (["train", "submit", "--cycles", "0"], "argument --cycles: '0' is not an integer >= 1"),
+])
+def test_a_bad_manager_or_submit_option_is_one_line_with_exit_2(argv, says, tmp_path, capsys):
+    from flows.cli import main
+    from flows.queue_cli import route_train_verbs
+
+    if argv[:2] == ["train", "submit"]:
+        argv += ["--data", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--kimg", "1"]
+    if "--queue" not in argv:
+        argv += ["--queue", str(tmp_path / "q.sqlite")]
+    with pytest.raises(SystemExit) as e:
+        main(route_train_verbs([*argv, "--params", str(PARAMS)]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "q.sqlite").exists()
+
+
+def test_manager_options_given_reach_the_settings():
+    from flows.options import given_settings
+
+    args = _command("manager").parse_args(["--once", "--interval", "5", "--stale-after", "30", "--max-running",
+                                           "0", "--deployment", "", "--queue", "q.sqlite"])
+    given = given_settings(args, ManagerSettings)
+    assert given == {"queue": "q.sqlite", "interval_seconds": 5.0, "stale_after_seconds": 30.0, "max_running": 0,
+                     "deployment": ""}
+    p = load(ManagerSettings, PARAMS, **given)
+    assert (p.interval_seconds, p.max_running, p.deployment, p.max_attempts) == (5.0, 0, "",
+                                                                                 load(ManagerSettings).max_attempts)
+
+
+def _params(tmp_path, **manager) -> str:
+    import yaml
+
+    data = yaml.safe_load(PARAMS.read_text())
+    data["manager"].update(manager)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def test_submit_queues_the_settings_given_as_the_train_flow_takes_them(tmp_path, capsys, monkeypatch):
+    """`train submit` accepts every training setting `ganflow train` does; the request carries those given (the
+    others are params.yaml's when the run starts), and the manager's launch hands them to the train flow's
+    settings unchanged. --kimg 0 (the stage plan's length) leaves the target to the run's first report."""
+    import inspect
+
+    from flows.cli import build_parser, main
+    from flows.train import train_flow
+    from flows.train_cli import flow_parameters
+    from tasks.manager.launch import train_command
+    from tasks.settings import TrainOverrides
+    from tests.conftest import write_curated
+
+    monkeypatch.delenv("GANFLOW_QUEUE", raising=False)
+    data = write_curated(tmp_path / "data", n=2)
+    params = _params(tmp_path, queue=str(tmp_path / "from-params.sqlite"))  # found through params.yaml
+    assert main(["train", "submit", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--arch", "pggan",
+                 "--resolution", "32", "--kimg", "0", "--gamma", "0.5", "--net", "{z_dim: 32}", "--snapshot-kimg",
+                 "2", "--retries", "1", "--params", params]) == 0
+    rid = capsys.readouterr().out.strip()
+    req = Queue(tmp_path / "from-params.sqlite").get(rid)
+    assert req.params == {"data": str(data), "run_dir": str(tmp_path / "run"), "arch": "pggan", "resolution": 32,
+                          "kimg": 0.0, "r1_gamma": 0.5, "net": {"z_dim": 32}, "snapshot_kimg": 2.0, "retries": 1,
+                          "params": params}
+    assert req.kimg_target is None
+    args = build_parser().parse_args(train_command(req.params, rid, python="py")[3:])
+    parameters = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))
+    assert parameters["settings"] == TrainOverrides(arch="pggan", resolution=32, kimg=0.0, r1_gamma=0.5,
+                                                    net={"z_dim": 32}, snapshot_kimg=2.0, retries=1)
+    # The run's first progress report gives the plan's length as the target.
+    q = Queue(tmp_path / "from-params.sqlite")
+    assert q.claim(rid, "queued", 0) == 1
+    q.record_progress(rid, 1, kimg_done=0.5, kimg_target=2400.0)
+    assert q.get(rid).kimg_target == 2400.0
+
+
+def test_status_submit_and_manager_read_the_manager_section_validated_once(tmp_path, capsys, monkeypatch):
+    """The queue commands load params.yaml's `manager` section as ManagerSettings: a bad value there is the same
+    one-line error as anywhere (key, value, bound), before a queue file is made or read."""
+    from flows.cli import main
+    from tests.conftest import write_curated
+
+    monkeypatch.delenv("GANFLOW_QUEUE", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    data = write_curated(tmp_path / "data", n=2)
+    bad = _params(tmp_path, queue=str(tmp_path / "q.sqlite"), max_attempts=0)
+    for argv in (["train", "status"], ["manager", "--once"],
+                 ["train", "submit", "--data", str(data), "--run-dir", str(tmp_path / "r"), "--arch", "stylegan2",
+                  "--resolution", "32", "--kimg", "1"]):
+        assert main([*argv, "--params", bad]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ganflow {' '.join(argv[:2]) if argv[0] == 'train' else 'manager'}: error: "
+                       "manager.max_attempts 0 is not an integer >= 1"], err
+    assert not (tmp_path / "q.sqlite").exists()
+    # A good section: its max_attempts is the status table's attempt cap, its queue the file read.
+    good = _params(tmp_path, queue=str(tmp_path / "q.sqlite"), max_attempts=7)
+    rid = Queue(tmp_path / "q.sqlite").submit({**REQ, "run_dir": str(tmp_path / "r")}).id
+    assert main(["train", "status", "--params", good]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[0] == rid and row[5] == "0/7"

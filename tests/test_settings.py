@@ -287,3 +287,37 @@ def test_a_bad_curate_or_evaluate_setting_from_the_ui_is_refused():
             curate.validate_parameters({"settings": bad})
     with pytest.raises(ParameterTypeError, match="n_fake"):
         evaluate_flow.validate_parameters({"run_dir": "r", "data": "d", "settings": {"n_fake": 1}})
+
+
+# ------------------------------------------------------------------------------------------- metric names
+
+def test_importing_and_loading_the_settings_imports_no_torch():
+    """The CLI builds its parsers and checks settings before any command imports torch: tasks.settings (and the
+    evaluation registry it asks for metric names) must not pull it in, not even when evaluate.metrics is checked."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import tasks.settings as s; "
+            "p = s.load(s.EvaluateSettings, 'params.yaml', metrics=['fid', 'fd_dinov2']); "
+            "print(p.metrics, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split("\n")[0] == "('fid', 'fd_dinov2') False", out
+
+
+def test_evaluate_metrics_are_the_registrys_fréchet_distances():
+    """evaluate.metrics names the registered metrics with a feature space of their own (tasks.evaluation.registry):
+    one registered there is accepted here, with no list to keep in step."""
+    from tasks.evaluation import registry
+    from tasks.evaluation.metrics import METRICS
+
+    assert registry.selectable() == METRICS == ("fid", "fd_dinov2")
+    with pytest.raises(ParamsError, match=r"^evaluate.metrics \('kid',\) is not a list of one or more of fid, "
+                                          r"fd_dinov2$"):
+        load(EvaluateSettings, PARAMS, metrics=("kid",))  # registered, but computed in the spaces the others bring
+    registry.register("fd_toy", "dinov2", (registry.Column("fd_toy"),), order=99)(lambda s, space: {})
+    try:
+        assert load(EvaluateSettings, PARAMS, metrics=("fid", "fd_toy")).metrics == ("fid", "fd_toy")
+    finally:
+        registry.unregister("fd_toy")
+    with pytest.raises(ParamsError, match="fd_toy"):
+        load(EvaluateSettings, PARAMS, metrics=("fd_toy",))

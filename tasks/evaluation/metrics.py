@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tasks.evaluation.registry import selectable
 from tasks.evaluation.weights_file import read_bytes, state_from_bytes
 
 ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
@@ -383,7 +384,7 @@ def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | P
 
 
 # ------------------------------------------------------------------ several feature spaces at once
-METRICS = ("fid", "fd_dinov2")  # evaluate.metrics / --metrics: Fréchet distances in Inception and DINOv2 features
+METRICS = selectable()  # evaluate.metrics / --metrics: Fréchet distances in Inception and DINOv2 features
 
 
 @dataclass

@@ -107,6 +107,12 @@ def registered() -> list[Metric]:
     return sorted(_METRICS.values(), key=lambda m: (m.order, m.name))
 
 
+def selectable() -> tuple[str, ...]:
+    """The metrics evaluate.metrics (and --metrics) may name: those with a feature space of their own, each a
+    Fréchet distance whose extractor it asks for; the others are computed in whichever spaces those bring."""
+    return tuple(m.name for m in registered() if m.space in ("inception", "dinov2"))
+
+
 def columns() -> list[Column]:
     """Every registered column, in registry order."""
     return [c for m in registered() for c in m.columns]

@@ -211,7 +211,7 @@ class Queue:
             raise QueueError(f"a training request needs {', '.join(missing)}")
         request_id = uuid.uuid4().hex[:8]
         now = time.time()
-        target = params.get("kimg")
+        target = params.get("kimg") or None  # 0 = the stage plan's length: the run reports it (record_progress)
         with self._tx() as db:
             for row in db.execute("SELECT * FROM requests WHERE state IN ('queued', 'running')").fetchall():
                 if self._request(db, row).params.get("run_dir") == params["run_dir"]:

@@ -212,11 +212,12 @@ def test_fid_refuses_bad_arguments(extra, says, tmp_path, capsys):
 # ------------------------------------------------------------------ the queue: submit
 @pytest.mark.parametrize("extra,says", [
     (["--resolution", "3"], ["--resolution", "'3'", "power of two"]),
-    (["--kimg", "-1"], ["--kimg", "'-1'", "> 0"]),
+    (["--kimg", "-1"], ["--kimg", "'-1'", ">= 0"]),   # 0 is the stage plan's length, as for `ganflow train`
     (["--kimg", "nan"], ["--kimg", "'nan'", "finite"]),
-    (["--kimg", "0"], ["--kimg", "'0'"]),
     (["--seed", "x"], ["--seed", "'x'"]),
     (["--resolution", "128"], ["--resolution 128", "64²"]),
+    (["--freeze-d", "2"], ["train.freeze_d 2 keeps a pretrained discriminator's first layers"]),
+    (["--resume-from", "nowhere.pt"], ["--resume-from 'nowhere.pt' is not an existing file"]),
 ])
 def test_train_submit_refuses_bad_arguments(extra, says, data64, tmp_path, capsys):
     queue = tmp_path / "queue.sqlite"

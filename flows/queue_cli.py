@@ -30,6 +30,10 @@ def route_train_verbs(argv: list[str] | None) -> list[str]:
     return argv
 
 
+MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
+                    "max_running": "N", "deployment": "NAME"}
+
+
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     # No help= on the train-* parsers: they stay out of the command list; `train`'s help names them.
     p = sub.add_parser("train-submit", prog="ganflow train submit",
@@ -71,10 +75,6 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_manager)
 
 
-MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
-                    "max_running": "N", "deployment": "NAME"}
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     # --queue comes before $GANFLOW_QUEUE, which comes before params.yaml's manager.queue (queue_path).
     add_setting_options(p, ManagerSettings, ["queue"], metavars=MANAGER_METAVARS)
@@ -92,11 +92,11 @@ def _run_submit(args: argparse.Namespace) -> int:
     if not (data / "dataset.json").is_file():
         raise FileNotFoundError(f"no curated dataset at {data} (expected {data / 'dataset.json'}; "
                                 "make one with `ganflow curate`)")
-    if args.resume_from is None and (args.arch is None or args.resolution is None):
+    if not args.resume_from and (args.arch is None or args.resolution is None):
         raise ValueError("--arch and --resolution are required, unless --resume-from names the network to start "
                          "from (its architecture is the run's)")
     given = given_settings(args, TrainSettings)
-    if args.resume_from is not None:
+    if args.resume_from:  # --resume-from '' is a run from scratch when params.yaml names a file
         resume_from = Path(args.resume_from)
         if not resume_from.is_file():
             raise FileNotFoundError(f"--resume-from {args.resume_from!r} is not an existing file")
@@ -105,7 +105,7 @@ def _run_submit(args: argparse.Namespace) -> int:
     # Refused now what the run would refuse hours later, when the manager starts it: settings that do not go
     # together (with params.yaml's), a network file that contradicts the options, a resolution above the data's.
     load(TrainSettings, args.params, **given)
-    if args.resume_from is not None:
+    if args.resume_from:
         from tasks.training.transfer import file_architecture
 
         file_architecture(given["resume_from"], given)

@@ -365,6 +365,10 @@ def test_submit_queues_the_settings_given_as_the_train_flow_takes_them(tmp_path,
     assert q.claim(rid, "queued", 0) == 1
     q.record_progress(rid, 1, kimg_done=0.5, kimg_target=2400.0)
     assert q.get(rid).kimg_target == 2400.0
+    # --resume-from '' is a run from scratch (when params.yaml names a file), as on `ganflow train`: no file checked.
+    assert main(["train", "submit", "--data", str(data), "--run-dir", str(tmp_path / "run2"), "--arch", "stylegan2",
+                 "--resolution", "32", "--kimg", "1", "--resume-from", "", "--params", params]) == 0
+    assert q.get(capsys.readouterr().out.strip()).params["resume_from"] == ""
 
 
 def test_status_submit_and_manager_read_the_manager_section_validated_once(tmp_path, capsys, monkeypatch):

@@ -148,6 +148,11 @@ def test_local_process_liveness_and_kill():
     here = socket.gethostname()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--request-id", "abc123"],
                             start_new_session=True)
+    # Popen returns when exec closes its error pipe, which the kernel does before it sets the new arguments:
+    # for a moment /proc/<pid>/cmdline is empty. Wait for the arguments, as the manager's next check would.
+    deadline = time.time() + 10
+    while process_state(proc.pid, here, "abc123") != "alive" and time.time() < deadline:
+        time.sleep(0.01)
     assert process_state(proc.pid, here, "abc123") == "alive"
     assert process_state(proc.pid, here, "other") == "dead"          # the pid now runs something else
     assert process_state(proc.pid, "another-host", "abc123") == "unknown"

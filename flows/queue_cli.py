@@ -178,15 +178,18 @@ def _lost(r) -> str:
 def _progress(r) -> tuple[float, float | None, str | None]:
     """kimg done, kimg/s and the newest checkpoint: the manager's last look, refreshed from the run dir's
     checkpoints when they are visible from here (no Prefect server needed)."""
-    from models.checkpoint import list_checkpoints
+    from models.run_dir import RunDir
 
     done, rate, ckpt = r.kimg_done, r.kimg_per_s, r.last_checkpoint
-    found = list_checkpoints(r.params["run_dir"]) if r.params.get("run_dir") else []
-    if found and found[-1][0] >= done:
-        done, ckpt = found[-1][0], str(found[-1][1])
+    if not r.params.get("run_dir"):
+        return done, rate, ckpt
+    run = RunDir(r.params["run_dir"])
+    newest = run.newest_checkpoint()
+    if newest and newest[0] >= done:
+        done, ckpt = newest[0], str(newest[1])
     if r.state == "running" and rate is None and r.current is not None:
         # Checkpoints written by this attempt: their kimg over the time since it started.
-        mine = [(k, p.stat().st_mtime) for k, p in found if p.stat().st_mtime > r.current.started]
+        mine = [(k, p.stat().st_mtime) for k, p in run.checkpoint_files() if p.stat().st_mtime > r.current.started]
         if mine and mine[-1][0] > r.current.start_kimg:
             rate = (mine[-1][0] - r.current.start_kimg) / max(mine[-1][1] - r.current.started, 1e-6)
     return done, rate, ckpt

@@ -70,6 +70,13 @@ class RunDir:
                 found.append((kimg, p))
         return sorted(found)
 
+    def newest_checkpoint(self) -> tuple[float, Path] | None:
+        """(kimg, path) of the newest file named like a checkpoint, None when there is none: where a run resumes
+        and how far it got. By name only (a torn file is the loader's business); save_atomic's temp files and
+        superseded/ runs are not counted."""
+        found = self.checkpoint_files()
+        return found[-1] if found else None
+
     @property
     def samples(self) -> Path:
         return self.path / SAMPLES

@@ -54,6 +54,55 @@ def test_listings_find_only_what_is_named_like_a_checkpoint_or_grid(tmp_path):
     assert run.newest_sample_grid() == run.sample_grid(8.0)
 
 
+def _tricky_run(tmp_path) -> RunDir:
+    """A run folder where the newest checkpoint by kimg is neither the newest file nor the last name in text order."""
+    import os
+
+    run = RunDir(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    for k in (12.0, 0.004, 1.5):  # 12 written first: the oldest file is the newest checkpoint
+        run.checkpoint(k).write_bytes(b"x")
+    (run.checkpoints / "ckpt-9.pt").write_bytes(b"x")  # by hand, unpadded: sorts after 12 as text, not as kimg
+    os.utime(run.checkpoint(12.0), (1.0, 1.0))
+    (run.checkpoints / ".ckpt-x1y2.tmp").write_bytes(b"")  # save_atomic's temp file, mid-write
+    (run.checkpoints / "ckpt-latest.pt").write_bytes(b"")
+    earlier = run.next_superseded()  # an earlier run, set aside further along: not this run's progress
+    earlier.checkpoints.mkdir(parents=True)
+    earlier.checkpoint(50.0).write_bytes(b"x")
+    return run
+
+
+def test_the_newest_checkpoint_is_the_one_with_the_most_kimg(tmp_path):
+    run = RunDir(tmp_path / "new")
+    assert run.newest_checkpoint() is None  # no run folder yet
+    run.checkpoints.mkdir(parents=True)
+    assert run.newest_checkpoint() is None  # an empty one
+    (run.checkpoints / ".ckpt-x1y2.tmp").write_bytes(b"")
+    assert run.newest_checkpoint() is None  # only a checkpoint being written
+    run = _tricky_run(tmp_path)
+    assert run.newest_checkpoint() == (12.0, run.checkpoint(12.0))
+    assert run.newest_checkpoint() == run.checkpoint_files()[-1]
+
+
+def test_training_the_manager_and_status_agree_on_the_newest_checkpoint(tmp_path):
+    """The three readers of a run's progress (where training resumes, what the manager records, what `ganflow
+    train status` shows) all take RunDir.newest_checkpoint's answer."""
+    from flows.queue_cli import status_table
+    from tasks.manager.actions import _record_progress
+    from tasks.manager.queue import Queue
+    from tasks.training.stages import done_kimg
+
+    run = _tricky_run(tmp_path)
+    assert done_kimg(run.path) == 12.0 and done_kimg(tmp_path / "nothing") == 0.0
+    q = Queue(tmp_path / "q.sqlite")
+    req = q.submit(dict(data="/d", run_dir=str(run.path), arch="stylegan2", resolution=32, kimg=20.0, seed=0))
+    _, row = status_table([q.get(req.id)], 3).splitlines()  # queued: read from the run dir only
+    assert row.split()[:6] == [req.id, "queued", "12", "/", "20", "0/3"] and run.checkpoint(12.0).name in row
+    assert q.claim(req.id, "queued", 0, start_kimg=12.0) == 1
+    _record_progress(q, q.get(req.id), None)  # no Prefect run seen yet: the run dir's newest checkpoint
+    assert (q.get(req.id).kimg_done, q.get(req.id).last_checkpoint) == (12.0, str(run.checkpoint(12.0)))
+
+
 def test_a_snapshot_knows_its_run_folder_and_set_aside_slots_count_up(tmp_path):
     run = RunDir(tmp_path / "run")
     assert RunDir.of_snapshot(run.checkpoint(4.0)) == run

@@ -54,17 +54,22 @@ def screen_content(items: list[tuple[str, str]], params: CurateParams, cache_dir
     return _run_cached("content", screen_content_one, items, params, cache_dir)
 
 
+def _on_worker(items: list[tuple[str, str]], cache_dir: str) -> None:
+    """On a Dask worker (one may join after the flow's preflight), check that this batch's folders and the cache
+    are mounted there: one clear error, never images marked unreadable for a missing mount."""
+    if on_dask_worker():
+        require_folders(batch_folders((p for _, p in items), cache_dir))
+
+
 @task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)
 def screen_cheap_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
                       batch_no: int = 0) -> dict[str, dict]:
-    if on_dask_worker():
-        require_folders(batch_folders((p for _, p in items), cache_dir))
+    _on_worker(items, cache_dir)
     return screen_cheap(items, params, cache_dir)
 
 
 @task(name="screen-content", task_run_name="screen-content-{batch_no}", cache_policy=NO_CACHE)
 def screen_content_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
                         batch_no: int = 0) -> dict[str, dict]:
-    if on_dask_worker():
-        require_folders(batch_folders((p for _, p in items), cache_dir))
+    _on_worker(items, cache_dir)
     return screen_content(items, params, cache_dir)

@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tasks.evaluation.weights_file import read_state_dict
+from tasks.evaluation.weights_file import RANDOM, read_state_dict, resolve_path
 
 ENV_WEIGHTS = "GANFLOW_DINOV2_WEIGHTS"
 WEIGHTS_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_{v}/dinov2_{v}_pretrain.pth"
 INPUT_SIZE, PATCH = 224, 14
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet, as dgm-eval
 POS_OFFSET = 0.1  # Meta's interpolate_offset (a historical work-around it keeps for compatibility)
-RANDOM = "random"  # in place of a path: a seeded random-initialized ViT-S/14 (smoke runs; not comparable FDs)
 RANDOM_FILE = "dinov2-vits14-random-init.pt"
 RANDOM_NOTE = "random-initialized DINOv2 ViT-S/14 (evaluate.dinov2_weights: random): FD-DINOv2 not comparable"
 
@@ -56,16 +55,11 @@ def _missing(where: str) -> str:
 def resolve_weights(cli: str | None = None, configured: str | None = None, cache_dir: str | Path = "data/cache") -> Path:
     """--dinov2-weights, else $GANFLOW_DINOV2_WEIGHTS, else params evaluate.dinov2_weights. "random" gives a seeded
     random-initialized ViT-S/14 file in cache_dir (written once)."""
-    for source, value in (("--dinov2-weights", cli), (f"${ENV_WEIGHTS}", os.environ.get(ENV_WEIGHTS)),
-                          ("params.yaml evaluate.dinov2_weights", configured)):
-        if value == RANDOM:
-            path = Path(cache_dir) / RANDOM_FILE
-            return path if path.is_file() else write_random_weights(path)
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise DinoV2WeightsError(_missing(f"{source} names {path}, which does not exist"))
-            return path
+    found = resolve_path(cli, configured, option="--dinov2-weights", env=ENV_WEIGHTS, key="evaluate.dinov2_weights",
+                         random_path=Path(cache_dir) / RANDOM_FILE, write_random=write_random_weights,
+                         missing=lambda where: DinoV2WeightsError(_missing(where)))
+    if found is not None:
+        return found
     raise DinoV2WeightsError(
         _missing("fd_dinov2 needs a DINOv2 weights file; nothing is downloaded here") +
         f"; pass --dinov2-weights PATH, set ${ENV_WEIGHTS}=PATH or evaluate.dinov2_weights in params.yaml "

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from tasks.evaluation.registry import selectable
-from tasks.evaluation.weights_file import read_bytes, state_from_bytes
+from tasks.evaluation.weights_file import RANDOM, read_bytes, resolve_path, state_from_bytes
 
 ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
@@ -41,9 +41,6 @@ WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.
 FEATURE = "2048"
 SMALL_N = 2048  # below this many images FID is biased upwards (and the 2048-d covariance is rank-deficient)
 IMAGE_EXT = ("png", "jpg", "jpeg")  # torch-fidelity's samples_find_ext
-# "random" in place of a weights path: a seeded random-initialized extractor, for offline demos and smoke runs
-# of the pipeline. Its FIDs rank snapshots of one run but are NOT comparable to published FIDs.
-RANDOM = "random"
 RANDOM_FILE = "inception-random-init.pt"
 RANDOM_NOTE = "random-initialized InceptionV3 (evaluate.inception_weights: random): FIDs not comparable to published ones"
 
@@ -57,23 +54,21 @@ def resolve_weights(cli: str | None = None, configured: str | None = None, cache
     """The weights path: --inception-weights, else $GANFLOW_INCEPTION_WEIGHTS, else params evaluate.inception_weights.
     "random" gives a seeded random-initialized file in cache_dir (written once). Raises InceptionWeightsError
     saying which file to put where when none is set or the file is absent."""
-    for source, value in (("--inception-weights", cli), (f"${ENV_WEIGHTS}", os.environ.get(ENV_WEIGHTS)),
-                          ("params.yaml evaluate.inception_weights", configured)):
-        if value == RANDOM:
-            path = Path(cache_dir) / RANDOM_FILE
-            return path if path.is_file() else write_random_inception_weights(path)
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise InceptionWeightsError(
-                    f"{source} names {path}, which does not exist: put torch-fidelity's InceptionV3 weights "
-                    f"({WEIGHTS_FILE}, from {WEIGHTS_URL}, downloaded on a machine with internet) there")
-            return path
+    found = resolve_path(cli, configured, option="--inception-weights", env=ENV_WEIGHTS,
+                         key="evaluate.inception_weights", random_path=Path(cache_dir) / RANDOM_FILE,
+                         write_random=write_random_inception_weights, missing=_missing)
+    if found is not None:
+        return found
     raise InceptionWeightsError(
         f"FID/KID need torch-fidelity's InceptionV3 weights file {WEIGHTS_FILE} (download it elsewhere from "
         f"{WEIGHTS_URL}); nothing is downloaded here. Put it e.g. at models/weights/{WEIGHTS_FILE} and pass "
         f"--inception-weights PATH, set ${ENV_WEIGHTS}=PATH, or set evaluate.inception_weights in params.yaml "
         f"('{RANDOM}' gives a random-initialized extractor: a smoke run, not comparable FIDs)")
+
+
+def _missing(where: str) -> InceptionWeightsError:
+    return InceptionWeightsError(f"{where}: put torch-fidelity's InceptionV3 weights ({WEIGHTS_FILE}, from {WEIGHTS_URL}, "
+                                 f"downloaded on a machine with internet) there")
 
 
 def sha256_file(path: str | Path) -> str:

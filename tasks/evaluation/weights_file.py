@@ -1,6 +1,7 @@
 """Read a weights file once: its bytes are hashed and unpickled from memory with torch.load(weights_only=True),
 so the file that was checked is the file that is loaded (no second open of the path, no full pickle load).
-Inception's (tasks.evaluation.metrics) and DINOv2's (tasks.evaluation.dinov2) extractors both load their weights this way.
+Inception's (tasks.evaluation.metrics) and DINOv2's (tasks.evaluation.dinov2) extractors both load their weights this way,
+and both find the file the same way (resolve_path: the CLI option, else an environment variable, else params.yaml).
 """
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import hashlib
 import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+# In place of a path: a seeded random-initialized network, for offline demos and smoke runs of the pipeline. Its
+# scores rank snapshots of one run but are NOT comparable to published ones.
+RANDOM = "random"
 
 
 class WeightsFileError(FileNotFoundError):
@@ -59,3 +65,19 @@ def read_state_dict(path: str | Path, sha256: str | None = None, what: str = "we
     """(state dict, sha256 of the bytes) of `path`: read_bytes, then state_from_bytes on those same bytes."""
     data, digest = read_bytes(path, sha256, what, error)
     return state_from_bytes(data, path, what, error), digest
+
+
+def resolve_path(cli: str | None, configured: str | None, *, option: str, env: str, key: str, random_path: Path,
+                 write_random: Callable[[Path], Path], missing: Callable[[str], Exception]) -> Path | None:
+    """The weights file named by the CLI `option`, else by $`env`, else by params.yaml's `key`; None when none is set.
+    RANDOM gives random_path, written by write_random the first time; a path that is not a file raises
+    missing("<where> names <path>, which does not exist")."""
+    for source, value in ((option, cli), (f"${env}", os.environ.get(env)), (f"params.yaml {key}", configured)):
+        if value == RANDOM:
+            return random_path if random_path.is_file() else write_random(random_path)
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise missing(f"{source} names {path}, which does not exist")
+            return path
+    return None

@@ -15,7 +15,7 @@ from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
-from models.checkpoint import list_checkpoints
+from models.run_dir import RunDir
 from tasks.manager.launch import kill_local, launch_local, process_state
 from tasks.manager.queue import Queue, Request
 from tasks.manager.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
@@ -36,12 +36,6 @@ class Outcome:
 
     def line(self) -> str:
         return f"{self.request_id}  {self.action:<9} {self.detail}".rstrip()
-
-
-def newest_checkpoint(run_dir: str) -> tuple[float, str] | None:
-    """(kimg, path) of the newest checkpoint file, when the run dir is visible from here."""
-    found = list_checkpoints(run_dir)
-    return (found[-1][0], str(found[-1][1])) if found else None
 
 
 def _train_parameters(req: Request) -> dict:
@@ -73,7 +67,7 @@ def _local_env(settings: ManagerSettings) -> dict[str, str]:
 
 def start(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
     """Claim a queued request's first attempt (compare-and-set) and launch it."""
-    found = newest_checkpoint(req.params["run_dir"])
+    found = RunDir(req.params["run_dir"]).newest_checkpoint()
     start_kimg = found[0] if found else req.kimg_done
     # Compare with "queued", never with the state just read: another manager may have started it since.
     seen = "queued" + (f"; its run dir has a checkpoint at {found[0]:g} kimg" if found else "")
@@ -129,8 +123,8 @@ def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerSe
         return Outcome(req.id, "running", f"attempt {n}: {state}" + (f", {view.progress_text}" if view and
                                                                       view.progress_text else ""))
     if decision.action == "done":
-        found = newest_checkpoint(req.params["run_dir"])
-        if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=found and found[1]):
+        found = RunDir(req.params["run_dir"]).newest_checkpoint()
+        if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=str(found[1]) if found else None):
             return Outcome(req.id, "done", f"after {n} attempt(s)")
         return Outcome(req.id, "skipped", "another manager finished it")
     if decision.action == "fail":
@@ -139,7 +133,7 @@ def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerSe
         _bury(client, req, view, decision.mark_crashed, decision.reason)
         return Outcome(req.id, "failed", decision.reason)
     # restart: claim the next attempt first, so only the manager that wins it buries the old one.
-    found = newest_checkpoint(req.params["run_dir"])
+    found = RunDir(req.params["run_dir"]).newest_checkpoint()
     start_kimg = found[0] if found else req.kimg_done
     m = queue.claim(req.id, "running", n, reason=decision.reason, start_kimg=start_kimg,
                     max_attempts=settings.max_attempts)
@@ -187,7 +181,7 @@ def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerSetting
 def _record_progress(queue: Queue, req: Request, view) -> None:
     """kimg done, kimg/s and total from the run's progress event; the newest checkpoint from the run dir
     when it is visible from here (its kimg too, for runs that have not reported progress yet)."""
-    found = newest_checkpoint(req.params["run_dir"])
+    found = RunDir(req.params["run_dir"]).newest_checkpoint()
     kimg = total = rate = None
     if view is not None:
         kimg, total, rate = view.kimg, view.total_kimg, view.kimg_per_s
@@ -196,7 +190,7 @@ def _record_progress(queue: Queue, req: Request, view) -> None:
     if kimg is None and found is not None:
         kimg = found[0]
     queue.record_progress(req.id, req.attempts, kimg_done=kimg, kimg_per_s=rate, kimg_target=total,
-                          last_checkpoint=found[1] if found else None)
+                          last_checkpoint=str(found[1]) if found else None)
 
 
 @task(name="start-request", task_run_name="start {request_id}", cache_policy=NO_CACHE)

@@ -34,7 +34,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
-from models.checkpoint import list_checkpoints
 from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
@@ -151,8 +150,8 @@ def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainSe
 
 def done_kimg(run_dir: str | Path) -> float:
     """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business)."""
-    found = list_checkpoints(run_dir)
-    return found[-1][0] if found else 0.0
+    found = RunDir(run_dir).newest_checkpoint()
+    return found[0] if found else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- one stage

@@ -94,6 +94,14 @@ def stage_keys(stage: str) -> tuple[str, ...]:
     return tuple(sorted({*STAGE_KEYS[stage], *(k for f in registered(stage) for k in f.keys)}))
 
 
+def filter_keys(name: str) -> tuple[str, ...]:
+    """The curate settings the filter `name` reads (as registered)."""
+    _load_builtin()
+    if name not in _FILTERS:
+        raise FilterError(f"no filter named {name!r} is registered: one of {sorted(_FILTERS)}")
+    return _FILTERS[name].keys
+
+
 def first_reason(filters: list[Filter], subject: Any, params) -> str | None:
     """Run `filters` in order on `subject`; the first failing one's reason, or None."""
     for f in filters:

@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
+from tasks.curation import registry
 from tasks.curation.cache import StageCache
 from tasks.settings import CurateSettings as CurateParams
 from tasks.curation.per_image import render_one
@@ -14,13 +15,12 @@ from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
 RENDER_VERSION = "2"  # bump when rendering changes its output (2: decoded at >= resolution, not full size)
-FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
 
 
 def render_cache(params: CurateParams, cache_dir: str, matte_name: str) -> StageCache:
     # The resolved matte (auto → rembg or grabcut) is part of the key: adding a model file re-renders.
-    # Face settings decide the crop box in face_mode=crop.
-    digest = params.digest("resolution", "rembg_model", *FACE_KEYS) + "-" + matte_name
+    # The face filter's settings (as registered) decide the crop box in face_mode=crop.
+    digest = params.digest("resolution", "rembg_model", *registry.filter_keys("face")) + "-" + matte_name
     return StageCache(cache_dir, "render", f"{RENDER_VERSION}-{digest}", suffix=".png")
 
 

@@ -160,3 +160,32 @@ def test_bad_registrations_are_refused():
         registry.register("x", stage="decode", keys=(), order=1)
     with pytest.raises(registry.FilterError, match="already given by filter 'blurry'"):
         registry.register("blurry", stage="cheap", keys=(), order=99)(lambda s, p: None)
+
+
+def test_the_render_cache_key_covers_the_face_filter_settings_as_registered(params, tmp_path):
+    """Rendering crops to the face box in face_mode=crop, so its cache key is a digest of the face filter's registered
+    settings: for the built-in filter, the key of the renders cached before; a setting the face filter is registered
+    to read moves it, and the other filters' settings do not."""
+    from tasks.curation.render import RENDER_VERSION, render_cache
+
+    def key(p) -> str:
+        return render_cache(p, str(tmp_path), "grabcut").dir.name
+
+    before = ("resolution", "rembg_model", "face_mode", "face_min_fraction", "face_min_neighbors")
+    assert key(params) == f"{RENDER_VERSION}-{params.digest(*before)}-grabcut"
+    assert key(params.updated(face_min_neighbors=params.face_min_neighbors + 1)) != key(params)
+    unrelated = params.updated(text_min_chars=params.text_min_chars + 1)
+    assert key(unrelated) == key(params)  # the text filter's threshold does not change a render
+    builtin = registry.registered("content")
+    face = next(f for f in builtin if f.name == "face")
+    registry.unregister("face")
+    try:
+        registry.register(*face.reasons, stage=face.stage, keys=(*face.keys, "text_min_chars"),
+                          order=face.order)(face.check)
+        assert key(unrelated) != key(params)
+    finally:
+        registry.unregister("face")
+        registry.register(*face.reasons, stage=face.stage, keys=face.keys, order=face.order)(face.check)
+    assert registry.registered("content") == builtin and key(unrelated) == key(params)
+    with pytest.raises(registry.FilterError, match="no filter named 'faces'"):
+        registry.filter_keys("faces")

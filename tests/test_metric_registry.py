@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.evaluation import registry
-from tasks.evaluation.evaluate import evaluate_run, fid_table_rows, progress_line
+from tasks.evaluation.evaluate import choose_best, evaluate_run, fid_table_rows, flag_diverged, progress_line
 from tasks.evaluation.fid_table import parse_fid_csv, read_fid_csv
 from tasks.settings import EvaluateSettings
 from tests.test_evaluate import run  # noqa: F401  (the tiny two-snapshot run, trained once for this module)
@@ -76,6 +76,17 @@ def test_a_metric_is_computed_only_where_its_features_were_extracted(mean_norm):
     assert set(values) == {"fid", "precision", "recall", "mean_norm"}  # no KID asked, no probe, no memorization
     row = registry.row(values)
     assert list(row) == [*BUILTIN_CSV[1:], "mean_norm"] and row["fd_dinov2"] is None and row["kid"] is None
+
+
+def test_the_monitor_and_the_best_snapshot_name_a_metric_by_its_registered_label(mean_norm):
+    assert [registry.label(k) for k in ("fid", "kid", "fd_dinov2", "loss_D")] == ["FID", "KID", "FD-DINOv2", "loss_D"]
+    assert [c.name for c in registry.labelled()] == ["fid", "kid", "fd_dinov2", "precision", "recall", "memorized",
+                                                     "mean_norm"]
+    with pytest.raises(registry.MetricError, match="no registered metric fills a column 'is'"):
+        registry.label("is")
+    h = [{"kimg": float(k), "mean_norm": v} for k, v in ((10, 5.0), (20, 6.0), (30, 7.0), (40, 8.0))]
+    assert flag_diverged(h, fid_rises=3, key="mean_norm")[40.0] == "mean norm rose 3 snapshots in a row"
+    assert choose_best(h, {}, key="mean_norm") == (h[0], "lowest mean norm among snapshots not flagged")
 
 
 def test_bad_registrations_are_refused():

@@ -161,11 +161,82 @@ def test_fid_table_from_fid_csv_with_best_and_diverged(client, run):
     (k0, first), (k1, second) = list_checkpoints(run)
     body = client.get("/api/fid").json()
     assert body["best_kimg"] == k0
+    # the keys, in order, that scripts and the page read (the registry's labelled columns, for the built-in metrics)
+    assert list(body) == ["rows", "best_kimg", "note"]
+    assert [list(r) for r in body["rows"]] == [["kimg", "fid", "kid", "fd_dinov2", "precision", "recall", "memorized",
+                                               "snapshot", "note"]] * 2
     assert body["rows"] == [
         {"kimg": k0, "fid": 12.5, "kid": 0.0125, "fd_dinov2": 310.0, "precision": 0.5, "recall": 0.25,
          "memorized": 0.125, "snapshot": f"checkpoints/{first.name}", "note": "best"},
         {"kimg": k1, "fid": 30.0, "kid": None, "fd_dinov2": None, "precision": None, "recall": None,
          "memorized": None, "snapshot": f"checkpoints/{second.name}", "note": "diverged"}]
+
+
+def test_fid_columns_are_the_registered_metrics_labelled_ones(client):
+    assert client.get("/api/fid/columns").json() == {"columns": [
+        {"name": "fid", "label": "FID", "fmt": "{:.4f}", "always": True},
+        {"name": "kid", "label": "KID", "fmt": "{:.5f}", "always": True},
+        {"name": "fd_dinov2", "label": "FD-DINOv2", "fmt": "{:.3f}", "always": False},
+        {"name": "precision", "label": "precision", "fmt": "{:.3f}", "always": False},
+        {"name": "recall", "label": "recall", "fmt": "{:.3f}", "always": False},
+        {"name": "memorized", "label": "memorized", "fmt": "{:.1%}", "always": False}]}
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["FidRow"]
+    assert list(schema["properties"]) == ["kimg", "fid", "kid", "fd_dinov2", "precision", "recall", "memorized",
+                                          "snapshot", "note"]
+
+
+@pytest.fixture()
+def sharpness():
+    """A metric registered for one test (with a column no FID table row has by default)."""
+    from tasks.evaluation import registry
+
+    @registry.register("sharpness", "first", (registry.Column("sharpness", label="sharpness", fmt="{:.2f}"),),
+                       order=70)
+    def sharpness(s, space) -> dict:
+        return {"sharpness": 1.0}
+
+    yield sharpness
+    registry.unregister("sharpness")
+
+
+def test_a_registered_metric_is_in_the_fid_api_and_its_schema(client, run, sharpness, tmp_path):
+    """Registered before the app is created, a metric's column is served (from fid.csv), documented and listed for
+    the page, after the built-in ones; an app created before it keeps its own schema and still answers."""
+    import shutil
+
+    from tasks.evaluation.fid_table import read_fid_csv
+
+    shutil.copytree(run, tmp_path / "run")
+    rows = read_fid_csv(tmp_path / "run")
+    rows[0]["sharpness"] = 3.25
+    write_fid_csv(tmp_path / "run", rows)
+    app = TestClient(create_app(Explorer(run_dir=tmp_path / "run")))
+    body = app.get("/api/fid").json()
+    assert list(body["rows"][0]) == ["kimg", "fid", "kid", "fd_dinov2", "precision", "recall", "memorized",
+                                     "sharpness", "snapshot", "note"]
+    assert [r["sharpness"] for r in body["rows"]] == [3.25, None]
+    schema = app.get("/openapi.json").json()["components"]["schemas"]["FidRow"]
+    assert list(schema["properties"])[-3:] == ["sharpness", "snapshot", "note"]
+    assert "sharpness" in schema["required"]
+    assert app.get("/api/fid/columns").json()["columns"][-1] == {"name": "sharpness", "label": "sharpness",
+                                                                "fmt": "{:.2f}", "always": False}
+    # the module's app was created before: its rows and schema are the built-in ones
+    assert "sharpness" not in client.get("/api/fid").json()["rows"][0]
+    from tasks.evaluation import registry
+
+    registry.unregister("sharpness")  # created while it was registered, the app still answers with its own schema
+    assert app.get("/api/fid").json()["rows"][0]["sharpness"] is None  # fid.csv's column no longer reads
+
+
+def test_a_metric_column_named_like_a_row_field_is_refused(run):
+    from tasks.evaluation import registry
+
+    registry.register("notes", "checkpoint", (registry.Column("note", label="note"),), order=80)(lambda s, sp: {})
+    try:
+        with pytest.raises(ValueError, match="cannot be named 'note'"):
+            create_app(Explorer(run_dir=run))
+    finally:
+        registry.unregister("notes")
 
 
 def test_nearest_training_images_with_their_distances(client, run, neighbours):
@@ -221,7 +292,7 @@ def test_openapi_documents_every_endpoint_with_its_media_type_and_422(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     assert set(paths) == {"/api/snapshots", "/api/info", "/api/image.png", "/api/neighbours.png", "/api/morph.gif",
-                          "/api/fid", "/api/nearest", "/api/training-image.png"}
+                          "/api/fid", "/api/fid/columns", "/api/nearest", "/api/training-image.png"}
     assert "image/png" in paths["/api/image.png"]["get"]["responses"]["200"]["content"]
     assert "image/gif" in paths["/api/morph.gif"]["get"]["responses"]["200"]["content"]
     seed = next(p for p in paths["/api/image.png"]["get"]["parameters"] if p["name"] == "seed")

@@ -6,8 +6,10 @@ as a test artifact."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,16 +46,12 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, one_torch_thread):
+@contextmanager
+def serving(app):
     """The app on 127.0.0.1 at a free port, in a thread of this process (uvicorn, as `ganflow serve` runs it)."""
     import uvicorn
 
-    from tasks.serving.app import Explorer, create_app
-
-    run = make_run(tmp_path_factory.mktemp("browser"))
-    explorer = Explorer(run_dir=run, training=training_neighbours(run, tmp_path_factory.mktemp("browser-nearest")))
-    srv = uvicorn.Server(uvicorn.Config(create_app(explorer), host="127.0.0.1", port=0, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -61,9 +59,25 @@ def server(tmp_path_factory, one_torch_thread):
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, one_torch_thread) -> Path:
+    return make_run(tmp_path_factory.mktemp("browser"))
+
+
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    from tasks.serving.app import Explorer, create_app
+
+    explorer = Explorer(run_dir=run, training=training_neighbours(run, tmp_path_factory.mktemp("browser-nearest")))
+    with serving(create_app(explorer)) as url:
+        yield url
 
 
 def test_page_in_chromium_draws_the_chosen_seed_at_the_chosen_resolution(browser, server, tmp_path):
@@ -116,7 +130,10 @@ def test_page_in_chromium_draws_the_chosen_seed_at_the_chosen_resolution(browser
     assert page.locator("#fid tbody tr").count() == 2
     assert page.locator("#fid tr.best").count() == 1 and page.locator("#fid tr.diverged").count() == 1
     headers = page.locator("#fid th").all_text_contents()
-    assert all(h in headers for h in ("FID", "KID", "FD-DINOv2", "precision", "recall", "memorized"))
+    assert headers == ["kimg", "FID", "KID", "FD-DINOv2", "precision", "recall", "memorized", "note", ""]
+    # each score as the registry formats it (tasks.evaluation.registry: the evaluation's table and progress line)
+    assert page.locator("#fid tr.best td").all_text_contents()[1:8] == [
+        "12.5000", "0.01250", "310.000", "0.500", "0.250", "12.5%", "best"]
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
@@ -128,3 +145,39 @@ def test_page_in_chromium_draws_the_chosen_seed_at_the_chosen_resolution(browser
     assert "greater than or equal to 0" in page.text_content("#error")
     assert errors == []  # no uncaught JavaScript error
     page.close()
+
+
+def test_a_registered_metric_is_a_column_of_the_page_fid_table(browser, run, tmp_path):
+    """A metric registered before the app is created: its label heads a column of the page's FID table, after the
+    built-in ones, and its values are written in its format; no edit to the page or the API."""
+    from tasks.evaluation import registry
+    from tasks.evaluation.fid_table import read_fid_csv, write_fid_csv
+    from tasks.serving.app import Explorer, create_app
+
+    shutil.copytree(run, tmp_path / "run")
+
+    @registry.register("sharpness", "first", (registry.Column("sharpness", label="Sharpness", fmt="{:.1f}"),),
+                       order=70)
+    def sharpness(s, space) -> dict:
+        return {"sharpness": 1.0}
+
+    try:
+        rows = read_fid_csv(tmp_path / "run")
+        rows[0]["sharpness"] = 3.14159
+        write_fid_csv(tmp_path / "run", rows)
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        with serving(create_app(Explorer(run_dir=tmp_path / "run"))) as url:
+            page.goto(url + "/")
+            page.wait_for_selector("#fid table")
+            headers = page.locator("#fid th").all_text_contents()
+            assert headers == ["kimg", "FID", "KID", "FD-DINOv2", "precision", "recall", "memorized", "Sharpness",
+                               "note", ""]
+            assert page.locator("#fid tr.best td").all_text_contents()[7] == "3.1"  # {:.1f}
+            assert page.locator("#fid tr.diverged td").all_text_contents()[7] == "–"
+        assert errors == []
+        page.close()
+    finally:
+        registry.unregister("sharpness")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from tasks.curation.registry import first_reason, register, registered
-from tasks.settings import CurateSettings as CurateParams
+from tasks.settings import CurateSettings
 
 # Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.
 DETECT_SIDE = 640
@@ -79,7 +79,7 @@ class Box:
     h: int
 
 
-def detect_faces(rgb: np.ndarray, params: CurateParams) -> list[Box]:
+def detect_faces(rgb: np.ndarray, params: CurateSettings) -> list[Box]:
     """Frontal faces, largest first, in full-size pixel coordinates."""
     small, back = _downscale(rgb)
     gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
@@ -90,7 +90,7 @@ def detect_faces(rgb: np.ndarray, params: CurateParams) -> list[Box]:
     return sorted(boxes, key=lambda b: (-b.w * b.h, b.x, b.y))
 
 
-def text_scores(rgb: np.ndarray, params: CurateParams) -> dict:
+def text_scores(rgb: np.ndarray, params: CurateSettings) -> dict:
     """Confident text boxes (recognition confidence >= threshold) and the area fraction they cover."""
     small, _ = _downscale(rgb)
     # rapidocr takes an ndarray as BGR (OpenCV order); only paths and PIL images are converted for it.
@@ -117,7 +117,7 @@ class ContentImage:
 
 @register("face", "no_face", stage="content", keys=("face_mode", "face_min_fraction", "face_min_neighbors"),
           order=10)
-def face(image: ContentImage, params: CurateParams) -> str | None:
+def face(image: ContentImage, params: CurateSettings) -> str | None:
     faces = detect_faces(image.rgb, params)
     image.scores["faces"] = len(faces)
     if params.face_mode == "reject" and faces:
@@ -130,13 +130,13 @@ def face(image: ContentImage, params: CurateParams) -> str | None:
 
 @register("text", stage="content",
           keys=("text_min_confidence", "text_min_chars", "text_max_area", "text_max_boxes"), order=20)
-def text(image: ContentImage, params: CurateParams) -> str | None:
+def text(image: ContentImage, params: CurateSettings) -> str | None:
     found = text_scores(image.rgb, params)
     image.scores.update(found)
     return "text" if found["text_area"] > params.text_max_area or found["text_boxes"] > params.text_max_boxes else None
 
 
-def content_verdict(rgb: np.ndarray, params: CurateParams) -> tuple[str | None, dict, Box | None]:
+def content_verdict(rgb: np.ndarray, params: CurateSettings) -> tuple[str | None, dict, Box | None]:
     """(reason or None, scores, face box to crop to in face_mode=crop): the registered content filters in order,
     up to the first that fails (a rejected image is not measured further)."""
     image = ContentImage(rgb)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.curation.registry import first_reason, register, registered
-from tasks.settings import CurateSettings as CurateParams
+from tasks.settings import CurateSettings
 
 
 # fit_short_side never makes an image longer than this many short sides: a 300000x1 strip scaled to a short
@@ -65,7 +65,7 @@ def perceptual_hash(rgb_small: np.ndarray) -> str:
     return str(imagehash.phash(Image.fromarray(rgb_small)))
 
 
-def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateParams) -> dict:
+def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateSettings) -> dict:
     small = fit_short_side(rgb, params.blur_size)
     return {
         "width": width,
@@ -77,31 +77,31 @@ def cheap_scores(rgb: np.ndarray, width: int, height: int, params: CurateParams)
 
 
 @register("too_small", stage="cheap", keys=("resolution", "min_side_fraction"), order=10, header=True)
-def too_small(scores: dict, params: CurateParams) -> str | None:
+def too_small(scores: dict, params: CurateSettings) -> str | None:
     return "too_small" if min(scores["width"], scores["height"]) < params.min_side else None
 
 
 @register("aspect", stage="cheap", keys=("max_aspect",), order=20, header=True)
-def aspect(scores: dict, params: CurateParams) -> str | None:
+def aspect(scores: dict, params: CurateSettings) -> str | None:
     w, h = scores["width"], scores["height"]
     return "aspect" if max(w, h) > params.max_aspect * min(w, h) else None
 
 
 @register("blurry", stage="cheap", keys=("blur_size", "blur_min_var"), order=30)
-def blurry(scores: dict, params: CurateParams) -> str | None:
+def blurry(scores: dict, params: CurateSettings) -> str | None:
     return "blurry" if scores["blur_var"] < params.blur_min_var else None
 
 
 @register("grayscale", stage="cheap", keys=("blur_size", "gray_max_chroma"), order=40)
-def grayscale(scores: dict, params: CurateParams) -> str | None:
+def grayscale(scores: dict, params: CurateSettings) -> str | None:
     return "grayscale" if scores["gray_chroma"] < params.gray_max_chroma else None
 
 
-def size_verdict(width: int, height: int, params: CurateParams) -> str | None:
+def size_verdict(width: int, height: int, params: CurateSettings) -> str | None:
     """The header checks' verdict (too_small, aspect) from the size alone, before any pixel is decoded or resized."""
     return first_reason(registered("cheap", header=True), {"width": width, "height": height}, params)
 
 
-def cheap_verdict(scores: dict, params: CurateParams) -> str | None:
+def cheap_verdict(scores: dict, params: CurateSettings) -> str | None:
     """The first failing cheap check's reason (registry order), or None when the image passes them all."""
     return first_reason(registered("cheap"), scores, params)

@@ -11,10 +11,10 @@ from tasks.curation.decode import DecodeError, decode, probe
 from tasks.curation.detectors import DETECT_SIDE, Box, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict, size_verdict
 from tasks.curation.matte import crop_and_matte, make_matter
-from tasks.settings import CurateSettings as CurateParams
+from tasks.settings import CurateSettings
 
 
-def screen_cheap_one(path: str, params: CurateParams) -> dict:
+def screen_cheap_one(path: str, params: CurateSettings) -> dict:
     """{"reason": word|None, "scores": {...}} from a draft-mode (or box-reduced) thumbnail.
 
     The size is judged from the header first: a too small or too elongated image is never decoded, so a
@@ -35,7 +35,7 @@ def screen_cheap_one(path: str, params: CurateParams) -> dict:
     return {"reason": cheap_verdict(scores, params), "scores": scores}
 
 
-def screen_content_one(path: str, params: CurateParams) -> dict:
+def screen_content_one(path: str, params: CurateSettings) -> dict:
     """Faces and text on a bounded thumbnail; the face box comes back in full-size pixels."""
     d = decode(path, min_side=DETECT_SIDE // 2)
     reason, scores, face = content_verdict(d.rgb, params)
@@ -46,7 +46,7 @@ def screen_content_one(path: str, params: CurateParams) -> dict:
     return {"reason": reason, "scores": scores, "face_box": box}
 
 
-def render_one(job: tuple[str, dict | None], params: CurateParams) -> tuple[bytes, dict]:
+def render_one(job: tuple[str, dict | None], params: CurateSettings) -> tuple[bytes, dict]:
     path, face_box = job
     matter = make_matter(params.matte, params.rembg_model)  # cached per process: one rembg session
     # Decoded at no less than the output side (JPEG draft, else a box reduction): memory follows the

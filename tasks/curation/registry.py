@@ -5,7 +5,7 @@ the cheap checks, tasks/curation/detectors.py: the content checks). Screening ru
 stage in their order, and a stage's cache key is a digest of the settings its filters read, so a new filter's
 settings are in the key as soon as it is registered: a changed threshold can never serve a stale cached verdict.
 
-Adding a filter: its threshold in params.yaml's `curate` section and in CurateParams, and one decorated function
+Adding a filter: its threshold in params.yaml's `curate` section and in CurateSettings, and one decorated function
 in a module that tasks/curation/per_image.py imports (the pool's worker processes import only that module, so a
 filter registered elsewhere would change the cache key but never run there).
 """
@@ -92,6 +92,14 @@ def registered(stage: str, header: bool | None = None) -> list[Filter]:
 def stage_keys(stage: str) -> tuple[str, ...]:
     """Every curate setting the stage's results depend on (its filters' keys and STAGE_KEYS), sorted."""
     return tuple(sorted({*STAGE_KEYS[stage], *(k for f in registered(stage) for k in f.keys)}))
+
+
+def filter_keys(name: str) -> tuple[str, ...]:
+    """The curate settings the filter `name` reads (as registered)."""
+    _load_builtin()
+    if name not in _FILTERS:
+        raise FilterError(f"no filter named {name!r} is registered: one of {sorted(_FILTERS)}")
+    return _FILTERS[name].keys
 
 
 def first_reason(filters: list[Filter], subject: Any, params) -> str | None:

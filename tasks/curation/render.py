@@ -7,24 +7,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import progress
+from tasks.curation import registry
 from tasks.curation.cache import StageCache
-from tasks.settings import CurateSettings as CurateParams
+from tasks.settings import CurateSettings
 from tasks.curation.per_image import render_one
 from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
 RENDER_VERSION = "2"  # bump when rendering changes its output (2: decoded at >= resolution, not full size)
-FACE_KEYS = ("face_mode", "face_min_fraction", "face_min_neighbors")
 
 
-def render_cache(params: CurateParams, cache_dir: str, matte_name: str) -> StageCache:
+def render_cache(params: CurateSettings, cache_dir: str, matte_name: str) -> StageCache:
     # The resolved matte (auto → rembg or grabcut) is part of the key: adding a model file re-renders.
-    # Face settings decide the crop box in face_mode=crop.
-    digest = params.digest("resolution", "rembg_model", *FACE_KEYS) + "-" + matte_name
+    # The face filter's settings (as registered) decide the crop box in face_mode=crop.
+    digest = params.digest("resolution", "rembg_model", *registry.filter_keys("face")) + "-" + matte_name
     return StageCache(cache_dir, "render", f"{RENDER_VERSION}-{digest}", suffix=".png")
 
 
-def render(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache_dir: str,
+def render(jobs: list[tuple[str, str, dict | None]], params: CurateSettings, cache_dir: str,
            matte_name: str) -> dict[str, str]:
     """jobs: (id, path, face_box); returns id → cached PNG path."""
     cache = render_cache(params, cache_dir, matte_name)
@@ -38,7 +38,7 @@ def render(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache
 
 
 @task(name="render", task_run_name="render-{batch_no}", cache_policy=NO_CACHE)
-def render_task(jobs: list[tuple[str, str, dict | None]], params: CurateParams, cache_dir: str,
+def render_task(jobs: list[tuple[str, str, dict | None]], params: CurateSettings, cache_dir: str,
                 matte_name: str, batch_no: int = 0) -> dict[str, str]:
     if on_dask_worker():
         require_folders(batch_folders((p for _, p, _ in jobs), cache_dir))

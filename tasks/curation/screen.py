@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import progress
 from tasks.curation.cache import StageCache
 from tasks.curation.registry import stage_keys
-from tasks.settings import CurateSettings as CurateParams
+from tasks.settings import CurateSettings
 from tasks.curation.per_image import screen_cheap_one, screen_content_one
 from tasks.curation.cluster import batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
@@ -21,13 +21,13 @@ from tasks.curation.pool import imap, on_dask_worker
 SCREEN_VERSION = "4"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths; 4: text detection at DETECT_SIDE, not upscaled)
 
 
-def cache_key(kind: str, params: CurateParams) -> str:
+def cache_key(kind: str, params: CurateSettings) -> str:
     """What a stage's cached results are filed under: they are reused exactly while the settings its registered
     filters read (tasks.curation.registry.stage_keys) and the scoring code's version stay the same."""
     return SCREEN_VERSION + "-" + params.digest(*stage_keys(kind))
 
 
-def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParams,
+def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateSettings,
                 cache_dir: str) -> dict[str, dict]:
     cache = StageCache(cache_dir, kind, cache_key(kind, params))
     results: dict[str, dict] = {}
@@ -46,11 +46,11 @@ def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateParam
     return results
 
 
-def screen_cheap(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
+def screen_cheap(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:
     return _run_cached("cheap", screen_cheap_one, items, params, cache_dir)
 
 
-def screen_content(items: list[tuple[str, str]], params: CurateParams, cache_dir: str) -> dict[str, dict]:
+def screen_content(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:
     return _run_cached("content", screen_content_one, items, params, cache_dir)
 
 
@@ -62,14 +62,14 @@ def _on_worker(items: list[tuple[str, str]], cache_dir: str) -> None:
 
 
 @task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)
-def screen_cheap_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
+def screen_cheap_task(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str,
                       batch_no: int = 0) -> dict[str, dict]:
     _on_worker(items, cache_dir)
     return screen_cheap(items, params, cache_dir)
 
 
 @task(name="screen-content", task_run_name="screen-content-{batch_no}", cache_policy=NO_CACHE)
-def screen_content_task(items: list[tuple[str, str]], params: CurateParams, cache_dir: str,
+def screen_content_task(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str,
                         batch_no: int = 0) -> dict[str, dict]:
     _on_worker(items, cache_dir)
     return screen_content(items, params, cache_dir)

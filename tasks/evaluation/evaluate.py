@@ -27,7 +27,6 @@ from tasks.settings import EvaluateSettings
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot
-LABELS = {"fid": "FID", "fd_dinov2": "FD-DINOv2"}
 def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0.05,
                   key: str = "fid") -> dict[float, str]:
     """Snapshots not to trust, {kimg: reason}. A run diverges from the first snapshot of `fid_rises` FID rises
@@ -41,7 +40,7 @@ def flag_diverged(history: list[dict], fid_rises: int = 3, d_loss_min: float = 0
         prev, cur = rows[i - 1], rows[i]
         rises = rises + 1 if cur.get(key) is not None and prev.get(key) is not None and cur[key] > prev[key] else 0
         if fid_rises and rises >= fid_rises:
-            start, reason = i - rises + 1, f"{LABELS[key]} rose {rises} snapshots in a row"
+            start, reason = i - rises + 1, f"{registry.label(key)} rose {rises} snapshots in a row"
             break
         d, g, g_prev = cur.get("loss_D"), cur.get("loss_G"), prev.get("loss_G")
         if None not in (d, g, g_prev) and d < d_loss_min and g > g_prev:  # type: ignore[operator]  # none is None here
@@ -62,7 +61,7 @@ def flag_memorized(history: list[dict], max_memorized: float) -> dict[float, str
 def choose_best(history: list[dict], flagged: dict[float, str], key: str = "fid") -> tuple[dict | None, str]:
     """The lowest-`key` snapshot not flagged (diverged or memorizing); when every one is flagged, the lowest
     overall, said so."""
-    label = LABELS[key]
+    label = registry.label(key)
     scored = [r for r in history if r.get(key) is not None]
     if not scored:
         return None, f"no snapshot has an {label}"
@@ -468,8 +467,7 @@ def _summary(rows: list[dict], previous: dict, latest: dict | None, ref: RealRef
 def fid_table_rows(rows: list[dict], flagged: dict, best_kimg: float | None, memorizing=()) -> list[dict]:
     """The FID-over-kimg table for a Prefect table artifact: the registered metrics' labelled columns (each only
     when some row has a value for it, or always shown)."""
-    shown = [c for c in registry.columns()
-             if c.label and (c.always or any(r.get(c.name) is not None for r in rows))]
+    shown = [c for c in registry.labelled() if c.always or any(r.get(c.name) is not None for r in rows)]
     return [{"kimg": f"{r['kimg']:g}",
              **{c.label: c.fmt.format(r[c.name]) if r.get(c.name) is not None else "–" for c in shown},
              "note": row_note(r["kimg"], best_kimg, flagged, memorizing)}
@@ -502,8 +500,8 @@ def weights_or_reason(p: EvaluateSettings, inception_cli: str | None = None,
 def progress_line(m: dict) -> str:
     """One snapshot's scores, for the CLI and the flow's log."""
     parts = [f"{m['kimg']:g} kimg:"]
-    for c in registry.columns():
-        if c.label and m.get(c.source) is not None:
+    for c in registry.labelled():
+        if m.get(c.source) is not None:
             parts.append(f"{c.label} {c.fmt.format(m[c.source])}")
     return " ".join(parts) + f" (N real {m['n_real']}, fake {m['n_fake']})"
 
@@ -535,7 +533,7 @@ def evaluate_task(run_dir: str, data: str, weights: str | None, p: EvaluateSetti
                           description=f"FID over kimg for {run_dir} (best: {best.kimg if best else '–'} kimg)")
     samples = RunDir(run_dir).sample_grids()
     lines = [f"### Evaluation of {run_dir}", "",
-             f"Best snapshot: {best.kimg} kimg, {LABELS[best.rank_by]} {best.score:.4f} ({best.why}) → "
+             f"Best snapshot: {best.kimg} kimg, {registry.label(best.rank_by)} {best.score:.4f} ({best.why}) → "
              f"`{RunDir(run_dir).best}`" if best else "No best snapshot."]
     if flagged:
         lines += ["", "Flagged as diverged: " + ", ".join(f"{k:g} kimg" for k in sorted(flagged))]

@@ -1,6 +1,6 @@
 """The per-snapshot metrics, each registered once with the feature space it reads, how it is computed and the
-columns it fills: fid.csv's columns (in registry order), metrics.json's metric keys, the FID table's columns and
-the progress line all come from here.
+columns it fills: fid.csv's columns (in registry order), metrics.json's metric keys, the FID tables' columns (the
+evaluation's artifact, `ganflow serve`'s JSON and page) and the progress line all come from here.
 
 No torch at import (fid_table, the web page and the CLI read the columns): each compute function imports what
 it needs. Adding a metric: one `@register(...)` function; its columns appear in fid.csv, metrics.json and the
@@ -116,6 +116,20 @@ def selectable() -> tuple[str, ...]:
 def columns() -> list[Column]:
     """Every registered column, in registry order."""
     return [c for m in registered() for c in m.columns]
+
+
+def labelled() -> list[Column]:
+    """The columns with a label, in registry order: those the FID tables (the evaluation's artifact, `ganflow
+    serve`'s API and page) and the progress line show."""
+    return [c for c in columns() if c.label]
+
+
+def label(name: str) -> str:
+    """The title of the column `name` (its name when it has no label)."""
+    for c in columns():
+        if c.name == name:
+            return c.label or c.name
+    raise MetricError(f"no registered metric fills a column {name!r}: one of {[c.name for c in columns()]}")
 
 
 def csv_fields() -> tuple[str, ...]:

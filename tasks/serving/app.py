@@ -40,8 +40,9 @@ from models.checkpoint import CheckpointError, list_checkpoints
 from models.generate import (grid, images_from_seeds, images_from_z, interpolation_frames, load_generator,
                              neighbour_latents, save_gif)
 from models.run_dir import BEST, CHECKPOINT_GLOB, CHECKPOINTS, FID_CSV, RunDir, checkpoint_name
+from tasks.evaluation import registry
 from tasks.evaluation.fid_table import parse_fid_csv, row_note
-from tasks.serving.schemas import FidTable, Info, Nearest, Problem, Snapshots
+from tasks.serving.schemas import FidColumns, Info, Nearest, Problem, Snapshots, fid_table_model
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -415,8 +416,9 @@ class Explorer:
                 "stage": arch.get("stage"), "alpha": arch.get("alpha"),
                 "limits": asdict(self.limits)}
 
-    def fid_table(self) -> dict:
-        """RUN/fid.csv (as `ganflow evaluate` writes it) with each row's snapshot name and note (best, diverged)."""
+    def fid_table(self, scores: list[str] | None = None) -> dict:
+        """RUN/fid.csv (as `ganflow evaluate` writes it): kimg, the `scores` columns (default: the registered metrics'
+        labelled ones), each row's snapshot name and note (best, diverged)."""
         # Read only as a regular file inside the run folder (a link out of it is not followed), and never quoted:
         # a note says what is wrong with the file, not what it holds.
         data = read_regular(self.run.fid_csv, self.limits.max_table_bytes)
@@ -438,19 +440,17 @@ class Explorer:
             return {"rows": [], "best_kimg": None,
                     "note": f"{FID_CSV} does not read (a cell is not a number, or it is not a CSV table)"}
         rows, left_out = [], 0
+        scores = [c.name for c in registry.labelled()] if scores is None else scores
         for r in history:
             if r["kimg"] is None or not math.isfinite(r["kimg"]):
                 left_out += 1  # a row without a kimg names no snapshot
                 continue
             snap = f"{CHECKPOINTS}/{checkpoint_name(r['kimg'])}"
-            rows.append({"kimg": r["kimg"], **{k: _finite(r[k]) for k in SCORES},
+            rows.append({"kimg": r["kimg"], **{k: _finite(r.get(k)) for k in scores},
                          "snapshot": snap if snap in names else None,
                          "note": row_note(r["kimg"], best, flagged, memorizing)})
         note = f"{left_out} row(s) of {FID_CSV} without a kimg left out" if left_out else ""
         return {"rows": rows, "best_kimg": best, "note": note}
-
-
-SCORES = ("fid", "kid", "fd_dinov2", "precision", "recall", "memorized")  # fid.csv's columns the table shows
 
 
 def _finite(x: float | None) -> float | None:
@@ -545,7 +545,8 @@ def resolution_query():
                  description="output side: one of /api/info's `resolutions` (default: its `default_resolution`)")
 
 
-# What a run holds: the page, its snapshots, its FID table, its training images. Parameters bounded by constants.
+# What a run holds: the page, its snapshots, its training images (its FID table: table_routes). Parameters bounded by
+# constants.
 run_routes = APIRouter()
 
 
@@ -573,10 +574,26 @@ def training_image(id: str = Query(..., max_length=500, description="an id from 
     return PNGResponse(to_png(explorer.training_image(id)), headers=attachment("png", Path(id).stem))
 
 
-@run_routes.get("/api/fid", response_model=FidTable,
+def table_routes() -> APIRouter:
+    """The run's FID table and its columns: the metrics registered when the app is created (built per app, so a
+    metric registered before then is in the responses and their documented schema)."""
+    router = APIRouter()
+    shown = registry.labelled()
+    scores = [c.name for c in shown]  # the rows' keys stay those of the documented schema
+
+    @router.get("/api/fid", response_model=fid_table_model(scores),
                 summary="The run's FID table (RUN/fid.csv from `ganflow evaluate`)")
-def fid(explorer: Explorer = Depends(served)):
-    return explorer.fid_table()
+    def fid(explorer: Explorer = Depends(served)):
+        return explorer.fid_table(scores)
+
+    columns = {"columns": [{"name": c.name, "label": c.label, "fmt": c.fmt, "always": c.always} for c in shown]}
+
+    @router.get("/api/fid/columns", response_model=FidColumns,
+                summary="The FID table's score columns, in order: title, number format, shown when empty or not")
+    def fid_columns():
+        return columns
+
+    return router
 
 
 def generation_routes(limits: Limits) -> APIRouter:
@@ -638,5 +655,6 @@ def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = Non
         app.add_exception_handler(error, handler)  # type: ignore[arg-type]  # each takes its own exception type
     app.middleware("http")(check_host)
     app.include_router(run_routes)
+    app.include_router(table_routes())
     app.include_router(generation_routes(explorer.limits))
     return app

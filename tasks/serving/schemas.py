@@ -2,7 +2,9 @@
 responses against them and documents them at /docs under these names."""
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, create_model
 
 
 class Problem(BaseModel):
@@ -33,22 +35,40 @@ class Info(BaseModel):
     limits: dict
 
 
-class FidRow(BaseModel):
-    kimg: float
-    fid: float | None
-    kid: float | None
-    fd_dinov2: float | None                  # with evaluate.metrics fd_dinov2
-    precision: float | None                  # k=3, in DINOv2 features when computed, else Inception's
-    recall: float | None
-    memorized: float | None                  # fraction of generated images closer than τ to a training image
-    snapshot: str | None                     # its checkpoint's name, while that file exists
-    note: str
+# The FID table's score columns are the registered metrics' labelled ones (tasks.evaluation.registry.labelled), so
+# its models are built when an app is created (tasks.serving.app.table_routes): a metric registered by then is in
+# the API, its schema and the page, with no edit here.
+ROW_FIELDS = ("kimg", "snapshot", "note")   # a row's own fields around the scores
 
 
-class FidTable(BaseModel):
-    rows: list[FidRow]
-    best_kimg: float | None
-    note: str
+def fid_row_model(scores: list[str]) -> type[BaseModel]:
+    """FidRow: kimg, one `float | None` per score column in order (null where fid.csv has no value: fd_dinov2
+    without evaluate.metrics fd_dinov2, memorized without the audit, ...), the checkpoint's name while that file
+    exists, and the row's note (best, diverged, memorizing)."""
+    clash = sorted(set(scores) & set(ROW_FIELDS))
+    if clash:
+        raise ValueError(f"a metric column cannot be named {clash[0]!r}: the FID table's rows use that name")
+    fields: dict[str, Any] = {"kimg": (float, ...), **{name: (float | None, ...) for name in scores},
+                              "snapshot": (str | None, ...), "note": (str, ...)}
+    return create_model("FidRow", **fields)
+
+
+def fid_table_model(scores: list[str]) -> type[BaseModel]:
+    """FidTable: the rows (fid_row_model), the best snapshot's kimg and a note on what was left out or is missing."""
+    row = fid_row_model(scores)
+    return create_model("FidTable", rows=(list[row], ...),  # type: ignore[valid-type]  # a class built at run time
+                        best_kimg=(float | None, ...), note=(str, ...))
+
+
+class FidColumn(BaseModel):
+    name: str                                # the key in /api/fid's rows
+    label: str                               # its title
+    fmt: str                                 # how its values are written: a Python format string, e.g. "{:.4f}"
+    always: bool                             # shown even when no row has a value
+
+
+class FidColumns(BaseModel):
+    columns: list[FidColumn]
 
 
 class Neighbour(BaseModel):

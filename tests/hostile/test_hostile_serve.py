@@ -132,7 +132,7 @@ def test_422_messages_name_snapshots_relative_to_the_run(run, tmp_path):
 
 def test_a_server_bug_answers_500_without_details(run, monkeypatch):
     c = client(run)
-    monkeypatch.setattr(Explorer, "fid_table", lambda self: open(f"{run}/no/such/file").read())
+    monkeypatch.setattr(Explorer, "fid_table", lambda self, *args: open(f"{run}/no/such/file").read())
     r = c.get("/api/fid")
     assert r.status_code == 500 and str(run) not in r.text and "FileNotFoundError" in r.json()["detail"]
 

@@ -19,44 +19,38 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.manager.queue import Queue, queue_path
-from tasks.settings import ManagerSettings, load
+from tasks.settings import ManagerOverrides, ManagerSettings, given, load
 
 
 @flow(name="manager")
 def manager_flow(
-    queue: str | None = None,              # request queue file (default: $GANFLOW_QUEUE, then manager.queue)
-    params: str = "params.yaml",           # settings (section `manager`)
-    stale_after_seconds: float | None = None,  # overrides manager.stale_after_seconds
-    max_attempts: int | None = None,       # overrides manager.max_attempts
-    max_running: int | None = None,        # overrides manager.max_running
-    deployment: str | None = None,         # overrides manager.deployment ("" = local processes)
+    queue: str | None = None,
+    params: str = "params.yaml",
+    settings: ManagerOverrides = ManagerOverrides(),  # type: ignore[valid-type]  # a model made from ManagerSettings
 ) -> list[str]:
     """One pass of the training manager over the request queue.
 
     Args:
         queue: Request queue file (default: $GANFLOW_QUEUE, then `manager.queue` in params).
         params: Settings file; the `manager` section is read.
-        stale_after_seconds: A Running run silent this long is lost (overrides manager.stale_after_seconds).
-        max_attempts: Attempts before a request is marked failed (overrides manager.max_attempts).
-        max_running: Requests training at once (overrides manager.max_running).
-        deployment: Train deployment to start requests with, "" for local processes (overrides manager.deployment).
+        settings: Manager settings for this pass, each with its bounds; an empty one keeps params.yaml's value
+            (the queue is the parameter above, and the deployment's schedule replaces interval_seconds).
     """
-    settings = load(ManagerSettings, params, stale_after_seconds=stale_after_seconds, max_attempts=max_attempts,
-                    max_running=max_running, deployment=deployment)
-    path = str(queue_path(queue, settings.queue))
+    manager = load(ManagerSettings, params, **given(settings))
+    path = str(queue_path(queue, manager.queue))
     require_api()  # before any claim: a request must not be taken that cannot be launched or watched
     logger = get_run_logger()
     outcomes: list[Outcome] = []
     # Running ones first: a slot freed by a finished request is given to a queued one in the same pass.
     for req in Queue(path).list(("running",)):
-        outcomes.append(_isolated(check_task, path, req.id, settings))
+        outcomes.append(_isolated(check_task, path, req.id, manager))
     for req in Queue(path).list(("queued",)):
-        outcomes.append(_isolated(start_task, path, req.id, settings))
+        outcomes.append(_isolated(start_task, path, req.id, manager))
     for o in outcomes:
         logger.info("%s (saw: %s)", o.line(), o.seen or "-")
     if not outcomes:
         logger.info("no queued or running requests in %s", path)
-    create_markdown_artifact(pass_markdown(outcomes, path, settings), key=ARTIFACT_KEY,
+    create_markdown_artifact(pass_markdown(outcomes, path, manager), key=ARTIFACT_KEY,
                              description=f"manager pass: {pass_summary(outcomes)}")
     return [o.line() for o in outcomes]
 
@@ -69,14 +63,15 @@ def _isolated(task, path: str, request_id: str, settings) -> Outcome:
     return Outcome(request_id, "error", f"{state.name}: {state.message}")
 
 
-def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
+def run_manager(once: bool, interval: float | None = None, queue: str | None = None, params: str = "params.yaml",
+                **overrides) -> int:
     """`ganflow manager`: one pass, or a pass every `interval` seconds until Ctrl-C or SIGTERM, which end
     the loop after the pass in progress (never half-way through a launch). The training processes run in
     their own sessions and carry on."""
-    settings = load(ManagerSettings, kwargs.get("params", "params.yaml"))
+    settings = load(ManagerSettings, params, **overrides)
     # A queue file that does not open (corrupt, torn, another schema) is one line naming it, said before any
     # flow run (inside one, Prefect would print its traceback first).
-    Queue(queue_path(kwargs.get("queue"), settings.queue)).list()
+    Queue(queue_path(queue, settings.queue)).list()
     require_api()  # fail before Prefect starts a temporary server for the flow
     every = interval or settings.interval_seconds
     stop = threading.Event()
@@ -84,7 +79,7 @@ def run_manager(once: bool, interval: float | None = None, **kwargs) -> int:
     try:
         while True:
             try:
-                lines = manager_flow(**kwargs)
+                lines = manager_flow(queue=queue, params=params, settings=ManagerOverrides(**overrides))
             except ManagerError:
                 raise
             except Exception as e:  # an unreachable API or a locked disk: report, and try again next pass

@@ -370,11 +370,14 @@ def _num(x: Any) -> str:
 
 # ------------------------------------------------------------------------------------------- overrides
 
-def overrides_model(model: type[Section]) -> type[BaseModel]:
+def overrides_model(model: type[Section], exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     """The same fields, each optional (None = params.yaml's value), with the same bounds and descriptions:
-    what a flow takes as its settings parameter, so the Prefect UI's form shows every setting."""
+    what a flow takes as its settings parameter, so the Prefect UI's form shows every setting (but those in
+    `exclude`, which the flow takes otherwise or does not use)."""
     fields: dict[str, Any] = {}
     for name, f in model.model_fields.items():
+        if name in exclude:
+            continue
         typ: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         fields[name] = (typ | None, Field(None, description=f.description, title=name))
     overrides = create_model(f"{model.__name__.removesuffix('Settings')}Overrides",
@@ -387,6 +390,9 @@ def overrides_model(model: type[Section]) -> type[BaseModel]:
 TrainOverrides = overrides_model(TrainSettings)
 CurateOverrides = overrides_model(CurateSettings)
 EvaluateOverrides = overrides_model(EvaluateSettings)
+# One manager pass: the queue is its own parameter (it comes after $GANFLOW_QUEUE's), and the loop's interval is
+# the deployment's schedule.
+ManagerOverrides = overrides_model(ManagerSettings, exclude=("queue", "interval_seconds"))
 
 
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:

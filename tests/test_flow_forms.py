@@ -42,15 +42,16 @@ def test_train_form_offers_restart_on_change_and_hides_the_managers_request_id()
     assert "superseded" in props["restart_on_change"]["description"]
 
 
-def _assert_settings_form(form: dict, model) -> None:
+def _assert_settings_form(form: dict, model, names: list[str] | None = None) -> None:
     """A nested settings form made from a settings model: every setting, in order, with its description, its
     bounds and no default (empty keeps params.yaml's value)."""
     from annotated_types import Ge, Gt, Le, Lt
 
-    assert list(form) == list(model.model_fields)
+    names = list(model.model_fields) if names is None else names
+    assert list(form) == names
     keywords = {Ge: ("minimum", "ge"), Gt: ("exclusiveMinimum", "gt"), Le: ("maximum", "le"), Lt: ("exclusiveMaximum", "lt")}
-    for name, field in model.model_fields.items():
-        prop = form[name]
+    for name in names:
+        field, prop = model.model_fields[name], form[name]
         assert prop["description"] == field.description and prop["default"] is None, name
         assert not ANGLE.search(prop["description"]), name
         [typed] = [b for b in prop["anyOf"] if b.get("type") != "null"]
@@ -108,6 +109,21 @@ def test_evaluate_flow_form_shows_every_evaluation_setting():
     form = _settings_form(schema, "settings")
     _assert_settings_form(form, EvaluateSettings)
     assert form["n_fake"]["anyOf"][0]["minimum"] == 2 and form["memorized_quantile"]["anyOf"][0]["exclusiveMaximum"] == 1
+
+
+def test_manager_form_shows_every_setting_of_a_pass():
+    """The manager deployment's form: the queue, and one settings form made from ManagerSettings without the
+    loop's interval (the deployment's schedule is the interval)."""
+    from tasks.settings import ManagerOverrides, ManagerSettings
+
+    manager = next(d for d in DEPLOYMENTS if d["name"] == "manager")
+    schema = _schema(manager["entrypoint"])
+    assert set(schema["properties"]) == {"queue", "params", "settings"}
+    form = _settings_form(schema, "settings")
+    assert list(form) == ["stale_after_seconds", "max_attempts", "max_running", "deployment"]
+    _assert_settings_form(form, ManagerSettings, names=list(ManagerOverrides.model_fields))
+    assert form["max_attempts"]["anyOf"][0]["minimum"] == 1
+    assert form["stale_after_seconds"]["anyOf"][0]["exclusiveMinimum"] == 0
 
 
 def test_curate_deployment_does_not_version_unless_asked():

@@ -62,8 +62,9 @@ def _running_request(tmp_path: Path, api, state, host: str = "lost-machine", **e
 
 def _pass(params: Path, **overrides) -> list[str]:
     from flows.manager import manager_flow
+    from tasks.settings import ManagerOverrides
 
-    return manager_flow(params=str(params), **overrides)
+    return manager_flow(params=str(params), settings=ManagerOverrides(**overrides))
 
 
 def _state(api, run_id: str):

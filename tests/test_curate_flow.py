@@ -15,6 +15,7 @@ from PIL import Image
 from flows.curate import curate
 from tasks.curation.publish import read_manifest
 from tests.conftest import ROOT
+from tests.golden import check_golden, sha256_files
 
 
 def _jpeg(arr: np.ndarray, path: Path, quality: int = 92) -> None:
@@ -161,6 +162,8 @@ def test_demo_end_to_end_shows_every_reason(prefect_api, tmp_path):
     assert DEMO_REASONS <= set(got.values())
     assert all(r.source == "demo" for r in records)
     assert result["count"] == sum(v == "accepted" for v in expect.values())
+    # `make demo`'s curated dataset, byte for byte (issue 16: a refactor leaves it unchanged).
+    check_golden("demo_curated", sha256_files(tmp_path / "out", ["manifest.jsonl", "dataset.json", "shards"]))
 
 
 def test_scrape_setup_error_is_not_retried(prefect_api, tmp_path, params_file, monkeypatch):

@@ -45,8 +45,8 @@ def folder(tmp_path_factory) -> Path:
     for k in range(14):
         Image.fromarray(_image(rng)).save(d / f"img{k:02d}.jpg", quality=92)
     shutil.copy(d / "img00.jpg", d / "copy-of-img00.jpg")
-    Image.open(d / "img01.jpg").resize((190, 190), Image.LANCZOS).save(d / "img01-small.jpg", quality=75)
-    Image.open(d / "img02.jpg").resize((24, 24)).resize((200, 200), Image.BILINEAR).save(d / "soft.jpg")
+    Image.open(d / "img01.jpg").resize((190, 190), Image.Resampling.LANCZOS).save(d / "img01-small.jpg", quality=75)
+    Image.open(d / "img02.jpg").resize((24, 24)).resize((200, 200), Image.Resampling.BILINEAR).save(d / "soft.jpg")
     Image.open(d / "img03.jpg").convert("L").convert("RGB").save(d / "grey.jpg")
     (d / "broken.jpg").write_bytes((d / "img04.jpg").read_bytes()[:600])
     (d / "notes.jpg").write_text("not an image")  # its reason's detail names the file: no path may leak in
@@ -99,7 +99,7 @@ def test_dask_run_is_byte_identical_to_the_local_run(prefect_api, folder, small_
     assert reasons["duplicate"] == 2 and reasons["blurry"] == 1 and reasons["grayscale"] == 1
 
 
-class KillOnce(distributed.WorkerPlugin):
+class KillOnce(distributed.WorkerPlugin):  # type: ignore[name-defined]  # distributed comes from importorskip
     """Makes the cheap screen SIGKILL its own worker process at that worker's 3rd image, once in the cluster
     (the marker file, created exclusively, says who died); every screened image is logged as 'pid path'."""
 

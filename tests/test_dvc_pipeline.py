@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.golden import check_golden
 
 BIN = Path(sys.executable).parent
 STAGES = ("ingest", "curate", "train", "evaluate")
@@ -206,6 +207,15 @@ def test_two_fresh_clones_give_byte_identical_dvc_lock(repro, env, tmp_path):
     other = make_project(env, tmp_path / "clone-b")
     sh(env, other, "dvc", "repro")
     assert (other / "dvc.lock").read_bytes() == (repro[0] / "dvc.lock").read_bytes()
+
+
+def test_ingest_and_curate_outs_are_the_recorded_ones(repro):
+    """A fresh clone's `dvc repro` records the golden ingest and curate outs for these params (issue 16: a
+    refactor leaves them unchanged). Train and evaluate outs are floats from CPU kernels: not pinned here."""
+    lock = yaml.safe_load((repro[0] / "dvc.lock").read_text())
+    outs = {f"{stage} {o['path']}": {k: o[k] for k in ("md5", "size", "nfiles") if k in o}
+            for stage in ("ingest", "curate") for o in lock["stages"][stage]["outs"]}
+    check_golden("dvc_lock_outs", outs)
 
 
 def test_curate_stage_depends_on_the_code_it_runs():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 
 from flows.cli import main
 from models.checkpoint import latest_checkpoint
@@ -58,7 +58,7 @@ def test_morph_gif_frame_count_and_loop(snapshot, tmp_path):
     out = tmp_path / "morph.gif"
     assert main(["morph", "--snapshot", snapshot, "--seeds", "1,5,9", "--frames", "12", "--out", str(out)]) == 0
     gif = Image.open(out)
-    assert gif.n_frames == 12 and gif.info.get("loop") == 0  # loop=0: the GIF repeats forever
+    assert isinstance(gif, GifImagePlugin.GifImageFile) and gif.n_frames == 12 and gif.info.get("loop") == 0  # loop=0: the GIF repeats forever
     frames = _frames(out)
     step = lambda a, b: np.abs(frames[a] - frames[b]).mean()  # noqa: E731
     # The path closes: the last frame is one step from the first (seed 1), unlike the far side of the loop.

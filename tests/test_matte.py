@@ -16,7 +16,7 @@ from skimage import data
 
 from tasks.curation import matte
 from tasks.curation.detectors import Box
-from tasks.curation.matte import MatteModelMissing, crop_and_matte, make_matter
+from tasks.curation.matte import MatteModelMissing, RembgMatter, crop_and_matte, make_matter
 
 RED, GREEN = (200, 30, 30), (40, 160, 60)
 
@@ -142,7 +142,8 @@ def test_auto_uses_rembg_when_the_model_file_is_there(model_file, monkeypatch):
     assert str(model_file) in m.note and m.note.startswith("matte: rembg")
     # one session per process: the same matter and session come back, also through mode=rembg
     assert make_matter("auto", "u2net") is m
-    assert make_matter("rembg", "u2net").session is m.session
+    again = make_matter("rembg", "u2net")
+    assert isinstance(m, RembgMatter) and isinstance(again, RembgMatter) and again.session is m.session
 
 
 def test_rembg_mode_without_the_file_says_which_file_to_put_where(tmp_path):

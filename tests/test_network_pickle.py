@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from flows.cli import main
 from models.network_pickle import NetworkPickleError, import_network_pickle, read_network_pickle, save_imported
@@ -142,7 +142,8 @@ def test_morph_and_serve_take_an_imported_network(imported, tmp_path, name):
 
     path = str(imported[name])
     assert main(["morph", "--snapshot", path, "--seeds", "0,1", "--frames", "4", "--out", str(tmp_path / "m.gif")]) == 0
-    assert Image.open(tmp_path / "m.gif").n_frames == 4
+    gif = Image.open(tmp_path / "m.gif")
+    assert isinstance(gif, GifImagePlugin.GifImageFile) and gif.n_frames == 4
 
     client = TestClient(create_app(Explorer(snapshot=path)))
     r = client.get("/api/image.png", params={"seed": 2, "truncation": 0.7})

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from models.checkpoint import list_checkpoints
 from models.data import load_images
@@ -146,7 +146,7 @@ def test_morph_is_a_looping_gif_starting_at_seed_a(client):
     r = client.get("/api/morph.gif", params={"seed_a": 3, "seed_b": 9, "frames": 8, "fps": 10, "resolution": 16})
     assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     gif = Image.open(io.BytesIO(r.content))
-    assert gif.n_frames == 8 and gif.size == (16, 16) and gif.info["loop"] == 0 and gif.info["duration"] == 100
+    assert isinstance(gif, GifImagePlugin.GifImageFile) and gif.n_frames == 8 and gif.size == (16, 16) and gif.info["loop"] == 0 and gif.info["duration"] == 100
     frames = []
     for i in range(gif.n_frames):
         gif.seek(i)

@@ -78,12 +78,12 @@ def test_models_never_import_tasks_prefect_dvc_or_flows():
 
 def test_fade_kimg_zero_means_no_fade_in_for_the_plan_and_the_network():
     """train.fade_kimg: 0 passed validation while PGGANArch took it as 800: the plan and the growth disagreed."""
-    from models.arch import build_arch
+    from models.arch import PGGANArch, build_arch
     from tasks.training.stages import plan_stages, train_config
 
     p = TrainSettings(fade_kimg=0, stabilize_kimg=0.008, channel_base=256, channel_max=64, net={"z_dim": 32})
     arch = build_arch(train_config(p, "pggan", 16))
-    assert arch.schedule.fade_kimg == 0
+    assert isinstance(arch, PGGANArch) and arch.schedule.fade_kimg == 0
     plan = plan_stages("pggan", 16, None, p)
     assert [s.end_kimg for s in plan] == [arch.schedule.stage_end_kimg(i) for i in range(3)] == [0.008, 0.016, 0.024]
     assert arch.schedule.at(7) == (0, 1.0) and arch.schedule.at(8) == (1, 1.0)  # the next resolution: in at once

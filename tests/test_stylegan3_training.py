@@ -10,7 +10,7 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
-from models.arch import build_arch
+from models.arch import StyleGAN3Arch, build_arch
 from models.checkpoint import latest_checkpoint
 from models.data import load_images
 from models.generate import images_from_seeds, interpolation_frames, load_generator
@@ -42,6 +42,7 @@ def run(tmp_path_factory, one_torch_thread):
 @pytest.mark.parametrize("arch", ["stylegan3-t", "stylegan3-r"])
 def test_the_references_train_py_settings(arch):
     a = build_arch(TrainConfig(arch=arch, resolution=256, batch=32))
+    assert isinstance(a, StyleGAN3Arch)
     r = arch == "stylegan3-r"
     assert (a.lr, a.ema_kimg, a.pl_weight, a.style_mixing, a.r1_gamma, a.ada_target) == (0.0025, 10.0, 0, 0, 2.0, 0.6)
     assert (a.net.mapping_layers, a.net.magnitude_ema_beta) == (2, 0.5 ** (32 / 20e3))
@@ -56,6 +57,7 @@ def test_the_references_train_py_settings(arch):
     # Explicit settings win, as for StyleGAN2 (the reference's --gamma, --batch, --cbase, --glr).
     b = build_arch(TrainConfig(arch=arch, resolution=64, batch=8, r1_gamma=0.5, lr=0.001,
                                net=dict(channel_base=1024, channel_max=32, z_dim=64, mbstd_group=2)))
+    assert isinstance(b, StyleGAN3Arch)
     assert (b.r1_gamma, b.lr, b.ema_kimg, b.net.z_dim, b.d_net.mbstd_group) == (0.5, 0.001, 2.5, 64, 2)
     assert (b.net.channel_max, b.d_net.channel_max) == ((64, 32) if r else (32, 32))
 
@@ -82,6 +84,7 @@ def test_running_statistics_move_in_ds_pass_over_fakes_not_in_gs_step(tiny_datas
 
 def test_r_blurs_reals_and_fakes_before_d_until_the_fade_ends(tiny_dataset, tmp_path):
     a = build_arch(_cfg("stylegan3-r"))
+    assert isinstance(a, StyleGAN3Arch)
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(a.discriminate(a.D, x, 0), a.D(blur(x, 10.0)))

@@ -203,6 +203,7 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     from prefect import flow
 
     from models.checkpoint import latest_checkpoint, list_checkpoints
+    from tasks.training.results import StageResult
     from tasks.training.stages import Stage, run_stage, train_config, train_stage_task
     from tasks.settings import TrainSettings, load
 
@@ -218,7 +219,7 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
             raise RuntimeError("injected failure after the first checkpoint")
 
     @flow(name="train-retry-test")
-    def one_stage(run_dir: str):
+    def one_stage(run_dir: str) -> StageResult:
         task = train_stage_task.with_options(retries=1, retry_delay_seconds=0)
         return task(cfg, str(data), run_dir, stage, stage.end_kimg, progress_fn=fail_once)
 

@@ -187,7 +187,7 @@ def test_cli_serve_checks_host_and_takes_allow_host(run, monkeypatch, capsys):
 def test_a_full_queue_answers_429_at_once(run):
     c = client(run, Limits(max_queue=0))
     c.get("/api/info")  # loaded before the gate is taken
-    ex = c.app.state.explorer
+    ex = c.app.state.explorer  # type: ignore[attr-defined]  # TestClient.app is typed as any ASGI app
     with ex.gate:  # the generator is busy with another request
         r = c.get("/api/image.png", params={"seed": 1})
     assert r.status_code == 429 and "busy" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
@@ -197,7 +197,7 @@ def test_a_full_queue_answers_429_at_once(run):
 def test_a_request_that_waits_too_long_answers_503(run):
     c = client(run, Limits(max_queue=4, max_wait_s=0.01))
     c.get("/api/info")
-    ex = c.app.state.explorer
+    ex = c.app.state.explorer  # type: ignore[attr-defined]  # TestClient.app is typed as any ASGI app
     with ex.gate:
         r = c.get("/api/morph.gif", params={"seed_a": 1, "seed_b": 2, "frames": 2})
     assert r.status_code == 503 and "busy" in r.json()["detail"] and "retry-after" in r.headers
@@ -206,7 +206,7 @@ def test_a_request_that_waits_too_long_answers_503(run):
 def test_waiting_requests_are_bounded_and_served_in_turn(run):
     c = client(run, Limits(max_queue=1, max_wait_s=600))
     c.get("/api/info")
-    ex = c.app.state.explorer
+    ex = c.app.state.explorer  # type: ignore[attr-defined]  # TestClient.app is typed as any ASGI app
     results = {}
     ex.gate.__enter__()
     try:

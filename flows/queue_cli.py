@@ -189,10 +189,20 @@ def _progress(r) -> tuple[float, float | None, str | None]:
         done, ckpt = newest[0], str(newest[1])
     if r.state == "running" and rate is None and r.current is not None:
         # Checkpoints written by this attempt: their kimg over the time since it started.
-        mine = [(k, p.stat().st_mtime) for k, p in run.checkpoint_files() if p.stat().st_mtime > r.current.started]
+        mine = [(k, t) for k, t in _mtimes(run.checkpoint_files()) if t > r.current.started]
         if mine and mine[-1][0] > r.current.start_kimg:
             rate = (mine[-1][0] - r.current.start_kimg) / max(mine[-1][1] - r.current.started, 1e-6)
     return done, rate, ckpt
+
+
+def _mtimes(files):
+    """(kimg, modification time) of each checkpoint still there: a restart may set the folder aside
+    (superseded/) between the listing and the look, and status must not fail for it."""
+    for kimg, path in files:
+        try:
+            yield kimg, path.stat().st_mtime
+        except FileNotFoundError:
+            continue
 
 
 def _eta(r, done: float, rate: float | None) -> str:

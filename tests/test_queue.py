@@ -400,3 +400,13 @@ def test_status_submit_and_manager_read_the_manager_section_validated_once(tmp_p
     assert main(["train", "status", "--params", good]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[0] == rid and row[5] == "0/7"
+
+
+def test_status_skips_a_checkpoint_set_aside_while_it_looks(tmp_path):
+    """A restart may move checkpoints to superseded/ between `train status`'s listing and its look at their
+    times: the status goes on with the ones still there instead of failing."""
+    from flows.queue_cli import _mtimes
+
+    kept = tmp_path / "ckpt-000002.000.pt"
+    kept.write_bytes(b"x")
+    assert [k for k, _ in _mtimes([(1.0, tmp_path / "ckpt-000001.000.pt"), (2.0, kept)])] == [2.0]

@@ -159,13 +159,13 @@ def note_resumed_attempt(run_dir: str | Path) -> str:
     from prefect.client.schemas.objects import StateType
     from prefect.states import State
 
-    from models.checkpoint import list_checkpoints
+    from models.run_dir import RunDir
 
     run_id, attempt = _this_flow_run()
     if run_id is None or attempt <= 1:
         return ""
-    found = list_checkpoints(run_dir)
-    ckpt = f"{found[-1][1]} ({found[-1][0]:g} kimg)" if found else "the start (no checkpoint yet)"
+    newest = RunDir(run_dir).newest_checkpoint()
+    ckpt = f"{newest[1]} ({newest[0]:g} kimg)" if newest else "the start (no checkpoint yet)"
     note = f"attempt {attempt} of this flow run resumes from {ckpt}"
     stopped = []
     with get_client(sync_client=True) as client:

@@ -10,8 +10,9 @@ fresh raw store and cache each time:
 
 Per run: the whole flow and its cheap-filter stage (decode, size, blur, grey, phash) in img/s, the flow's
 stage times, and peak RSS of the whole process tree (this process, the pool's or the cluster's workers,
-the ephemeral Prefect server: psutil, sampled every 0.2 s) and of the flow's process alone. The two runs'
-manifest.jsonl must be identical. Then `dvc add` + `dvc push` of the largest local result to a temporary
+the ephemeral Prefect server: psutil, sampled every 0.2 s; a local run does not count the idle cluster), of
+the flow's process alone, and per role (flow, server, workers). The two runs' manifest.jsonl must be
+identical. Then `dvc add` + `dvc push` of the largest local result to a temporary
 local remote, timed. Targets (the issue's): flow img/s at the largest size within 20% of the smallest; peak
 RSS there <= 1.5x; dask >= 0.8x local; dvc add + push in seconds.
 
@@ -149,17 +150,38 @@ def generated(cache: Path, n: int, cores: int) -> Path:
 class PeakRSS:
     """Peak resident memory of this process alone and of its whole tree (children, grandchildren), and the
     CPU seconds the tree spent meanwhile: under a shared machine's load, wall time says little about the
-    code, CPU time per image does (the per-core rate)."""
+    code, CPU time per image does (the per-core rate). Processes in `exclude` (the idle Dask cluster during
+    a local run) and their children are not counted. `roles` is each kind of process's peak (summed over the
+    processes of that kind): the flow, the Prefect server, the workers (pool or cluster)."""
 
-    def __init__(self, every: float = 0.2):
-        self.every, self.me = every, psutil.Process()
+    def __init__(self, every: float = 0.2, exclude: frozenset[int] = frozenset()):
+        self.every, self.me, self.exclude = every, psutil.Process(), exclude
         self.tree = self.own = 0
+        self.roles: dict[str, int] = {}
         self._start: dict[int, float] = {}  # CPU seconds each process had already spent at __enter__
         self._cpu: dict[int, float] = {}    # CPU seconds each process spent since
         self._stop = threading.Event()
 
     def _procs(self) -> list:
-        return [self.me, *self.me.children(recursive=True)]
+        out, todo = [], [self.me]
+        while todo:
+            proc = todo.pop()
+            if proc.pid in self.exclude:
+                continue
+            out.append(proc)
+            try:
+                todo.extend(proc.children())
+            except psutil.Error:
+                pass
+        return out
+
+    def _role(self, proc) -> str:
+        if proc.pid == self.me.pid:
+            return "flow"
+        try:
+            return "prefect_server" if "uvicorn" in " ".join(proc.cmdline()) else "workers"
+        except psutil.Error:
+            return "workers"
 
     @staticmethod
     def _cpu_of(proc) -> float:
@@ -168,6 +190,7 @@ class PeakRSS:
 
     def _sample(self) -> None:
         own = total = 0
+        roles: dict[str, int] = {}
         for proc in self._procs():
             try:
                 rss, cpu = proc.memory_info().rss, self._cpu_of(proc)
@@ -175,8 +198,12 @@ class PeakRSS:
                 continue
             own = rss if proc.pid == self.me.pid else own
             total += rss
+            role = self._role(proc)
+            roles[role] = roles.get(role, 0) + rss
             self._cpu[proc.pid] = max(self._cpu.get(proc.pid, 0.0), cpu - self._start.get(proc.pid, 0.0))
         self.own, self.tree = max(self.own, own), max(self.tree, total)
+        for role, rss in roles.items():
+            self.roles[role] = max(self.roles.get(role, 0), rss)
 
     @property
     def cpu_s(self) -> float:
@@ -225,14 +252,15 @@ def bench_params(work: Path, cores: int) -> Path:
     return path
 
 
-def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str | None) -> dict:
+def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str | None,
+             exclude: frozenset[int] = frozenset()) -> dict:
     from flows.curate import curate
     from tasks import progress
 
     clock = StageClock()
     progress.install(clock)
     try:
-        with PeakRSS() as rss:
+        with PeakRSS(exclude=exclude) as rss:
             t = time.perf_counter()
             result = curate(source="path", input_path=str(folder), out=str(work / "out"),
                             raw_root=str(work / "raw"), cache_dir=str(work / "cache"), params_path=str(params),
@@ -250,6 +278,7 @@ def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str |
         "cpu_s": round(rss.cpu_s, 2), "img_per_cpu_s": round(n / rss.cpu_s, 2),
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
         "peak_rss_tree_mb": round(rss.tree / 2**20, 1), "peak_rss_flow_process_mb": round(rss.own / 2**20, 1),
+        "peak_rss_by_role_mb": {k: round(v / 2**20, 1) for k, v in sorted(rss.roles.items())},
         "accepted": result["count"], "reasons": result["reasons"], "content_hash": result["content_hash"],
     }
 
@@ -359,15 +388,18 @@ def main(argv: list[str] | None = None) -> int:
         _noop_flow()  # the first flow of the process starts the ephemeral Prefect server: not part of any run
         r["prefect_server_start_s"] = round(time.perf_counter() - t, 2)
         cluster = None
+        cluster_pids: frozenset[int] = frozenset()  # not counted in a local run, where the cluster sits idle
         if "dask" in modes:
             import distributed
 
+            before = {p.pid for p in psutil.Process().children(recursive=True)}
             t = time.perf_counter()
             cluster = distributed.LocalCluster(n_workers=args.cores, threads_per_worker=1, processes=True,
                                                dashboard_address=None)
             with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
                 client.run(_warm_imports)
             r["dask_cluster_start_s"] = round(time.perf_counter() - t, 2)
+            cluster_pids = frozenset(p.pid for p in psutil.Process().children(recursive=True)) - before
         from tasks.curation import pool
 
         try:
@@ -382,8 +414,10 @@ def main(argv: list[str] | None = None) -> int:
                     pool.shutdown()
                     if mode == "local":
                         list(pool.imap(abs, range(4 * args.cores), args.cores))  # the pool is up before timing
-                    # mypy: the cluster is set when mode is dask
-                    runs[mode] = run_flow(folder, n, work, params, cluster.scheduler_address if mode == "dask" else None)  # type: ignore[union-attr]
+                    if mode == "dask":  # mypy: the cluster is set when mode is dask
+                        runs[mode] = run_flow(folder, n, work, params, cluster.scheduler_address)  # type: ignore[union-attr]
+                    else:
+                        runs[mode] = run_flow(folder, n, work, params, None, exclude=cluster_pids)
                     runs[mode]["manifest_sha256"] = _sha256(work / "out" / "manifest.jsonl")
                     print(f"{n} {mode}: {json.dumps(runs[mode])}", flush=True)
                 pool.shutdown()

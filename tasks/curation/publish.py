@@ -27,7 +27,7 @@ SHARDS = "shards"
 _SHARD_NAME = re.compile(r"shard-\d{6}\.tar")  # the only files in shards/ ganflow ever removes: its own
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per input, held until the manifest is written
 class Record:
     id: str                   # sha256 of the source bytes
     source: str               # folder | zip | tar | instagram | demo

@@ -11,7 +11,7 @@ from tasks.curation import registry
 from tasks.curation.cache import StageCache
 from tasks.settings import CurateSettings
 from tasks.curation.per_image import render_one
-from tasks.curation.cluster import batch_folders, require_folders
+from tasks.curation.cluster import BatchResult, batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
 RENDER_VERSION = "2"  # bump when rendering changes its output (2: decoded at >= resolution, not full size)
@@ -39,7 +39,7 @@ def render(jobs: list[tuple[str, str, dict | None]], params: CurateSettings, cac
 
 @task(name="render", task_run_name="render-{batch_no}", cache_policy=NO_CACHE)
 def render_task(jobs: list[tuple[str, str, dict | None]], params: CurateSettings, cache_dir: str,
-                matte_name: str, batch_no: int = 0) -> dict[str, str]:
+                matte_name: str, batch_no: int = 0) -> BatchResult:
     if on_dask_worker():
         require_folders(batch_folders((p for _, p, _ in jobs), cache_dir))
-    return render(jobs, params, cache_dir, matte_name)
+    return BatchResult(render(jobs, params, cache_dir, matte_name))

@@ -15,7 +15,7 @@ from tasks.curation.cache import StageCache
 from tasks.curation.registry import stage_keys
 from tasks.settings import CurateSettings
 from tasks.curation.per_image import screen_cheap_one, screen_content_one
-from tasks.curation.cluster import batch_folders, require_folders
+from tasks.curation.cluster import BatchResult, batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
 SCREEN_VERSION = "4"  # bump when the scoring code changes meaning (3: header-first sizes; error details name files, not paths; 4: text detection at DETECT_SIDE, not upscaled)
@@ -63,13 +63,13 @@ def _on_worker(items: list[tuple[str, str]], cache_dir: str) -> None:
 
 @task(name="screen-cheap", task_run_name="screen-cheap-{batch_no}", cache_policy=NO_CACHE)
 def screen_cheap_task(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str,
-                      batch_no: int = 0) -> dict[str, dict]:
+                      batch_no: int = 0) -> BatchResult:
     _on_worker(items, cache_dir)
-    return screen_cheap(items, params, cache_dir)
+    return BatchResult(screen_cheap(items, params, cache_dir))
 
 
 @task(name="screen-content", task_run_name="screen-content-{batch_no}", cache_policy=NO_CACHE)
 def screen_content_task(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str,
-                        batch_no: int = 0) -> dict[str, dict]:
+                        batch_no: int = 0) -> BatchResult:
     _on_worker(items, cache_dir)
-    return screen_content(items, params, cache_dir)
+    return BatchResult(screen_content(items, params, cache_dir))

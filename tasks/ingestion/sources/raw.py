@@ -21,7 +21,7 @@ FILES = "files"
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per input, held by the flow for the whole run
 class RawItem:
     id: str                      # sha256 of the source bytes
     source: str                  # kind of source: folder, zip, tar, instagram, demo

@@ -305,3 +305,32 @@ def test_batch_results_leave_no_per_image_trace_in_the_flow(prefect_api):
 
     images, linked = links()
     assert images == 600 and linked <= 2 * 6, linked
+
+
+def test_screen_results_share_their_strings_across_images(tmp_path):
+    """The flow holds every image's verdict until the manifest is written. Fresh or read back from the cache,
+    two images' results use one copy of each key and short word (not one per image, as a JSON or pickle round
+    trip makes), with the values unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    from tasks.curation.screen import screen_cheap
+    from tasks.settings import CurateSettings, load
+    from tests.conftest import ROOT
+
+    params = load(CurateSettings, ROOT / "params.yaml", workers=1)
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(2):
+        path = tmp_path / f"img{k}.jpg"
+        Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(path, quality=90)
+        items.append((f"id{k}", str(path)))
+    fresh = screen_cheap(items, params, str(tmp_path / "cache"))
+    cached = screen_cheap(items, params, str(tmp_path / "cache"))  # every result read back from the cache
+    assert cached == fresh
+    for results in (fresh, cached):
+        a, b = results["id0"], results["id1"]
+        assert [k for k in a if k not in b] == []
+        for key_a, key_b in zip(sorted(a["scores"]), sorted(b["scores"])):
+            assert key_a is key_b
+        assert a["scores"]["format"] is b["scores"]["format"] == "JPEG"

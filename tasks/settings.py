@@ -23,7 +23,6 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       create_model, model_validator)
 from pydantic.fields import FieldInfo
 
-from tasks.evaluation.registry import selectable
 
 DEFAULT_PARAMS = Path("params.yaml")
 # Above this side a dataset is not a GAN dataset but a typo (`--resolution 100000` would ask for 30 GB per image).
@@ -67,8 +66,11 @@ DaskAddress = Annotated[str, AfterValidator(Rule("a scheduler address like tcp:/
 
 
 def _metrics(value: Any) -> tuple[str, ...]:
-    # The names are the evaluation registry's, read when checked (a metric registered later counts); the
-    # registry imports no torch, so neither does loading settings.
+    # The names are the evaluation registry's, read when checked (a metric registered later counts). Imported
+    # here: the registry imports no torch, and the curate stage, which never checks metrics, does not load it
+    # (its dvc.yaml deps list what it loads).
+    from tasks.evaluation.registry import selectable
+
     names = selectable()
     metrics = (value,) if isinstance(value, str) else tuple(value or ())
     if not metrics or set(metrics) - set(names):

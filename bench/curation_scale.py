@@ -1,8 +1,9 @@
 """Curation at scale: img/s and peak memory from 2k to 50k images, on the local pool and on a Dask cluster.
 
 For each size, one generated folder of JPEGs (cached under ~/.cache/ganflow-bench, a pure function of the
-image number, so a larger folder extends a smaller one) goes through flows.curate.curate twice, with a
-fresh raw store and cache each time:
+image number, so a larger folder extends a smaller one) goes through flows.curate.curate twice, each
+run in a fresh process of its own (its own ephemeral Prefect server, raw store and cache, so that no run
+keeps memory or database rows from another):
 
   local      the process pool of this machine (curate.workers = --cores), pool started before timing
   dask       a distributed.LocalCluster of the same cores (--cores single-threaded worker processes),
@@ -10,8 +11,8 @@ fresh raw store and cache each time:
 
 Per run: the whole flow and its cheap-filter stage (decode, size, blur, grey, phash) in img/s, the flow's
 stage times, and peak RSS of the whole process tree (this process, the pool's or the cluster's workers,
-the ephemeral Prefect server: psutil, sampled every 0.2 s; a local run does not count the idle cluster), of
-the flow's process alone, and per role (flow, server, workers). The two runs' manifest.jsonl must be
+the ephemeral Prefect server: psutil, sampled every 0.2 s), of the flow's process alone (on the LocalCluster
+it holds the Dask scheduler too), and per role (flow, server, workers). The two runs' manifest.jsonl must be
 identical. Then `dvc add` + `dvc push` of the largest local result to a temporary
 local remote, timed. Targets (the issue's): flow img/s at the largest size within 20% of the smallest; peak
 RSS there <= 1.5x; dask >= 0.8x local; dvc add + push in seconds.
@@ -150,12 +151,11 @@ def generated(cache: Path, n: int, cores: int) -> Path:
 class PeakRSS:
     """Peak resident memory of this process alone and of its whole tree (children, grandchildren), and the
     CPU seconds the tree spent meanwhile: under a shared machine's load, wall time says little about the
-    code, CPU time per image does (the per-core rate). Processes in `exclude` (the idle Dask cluster during
-    a local run) and their children are not counted. `roles` is each kind of process's peak (summed over the
+    code, CPU time per image does (the per-core rate). `roles` is each kind of process's peak (summed over the
     processes of that kind): the flow, the Prefect server, the workers (pool or cluster)."""
 
-    def __init__(self, every: float = 0.2, exclude: frozenset[int] = frozenset()):
-        self.every, self.me, self.exclude = every, psutil.Process(), exclude
+    def __init__(self, every: float = 0.2):
+        self.every, self.me = every, psutil.Process()
         self.tree = self.own = 0
         self.roles: dict[str, int] = {}
         self._start: dict[int, float] = {}  # CPU seconds each process had already spent at __enter__
@@ -166,8 +166,6 @@ class PeakRSS:
         out, todo = [], [self.me]
         while todo:
             proc = todo.pop()
-            if proc.pid in self.exclude:
-                continue
             out.append(proc)
             try:
                 todo.extend(proc.children())
@@ -252,15 +250,14 @@ def bench_params(work: Path, cores: int) -> Path:
     return path
 
 
-def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str | None,
-             exclude: frozenset[int] = frozenset()) -> dict:
+def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str | None) -> dict:
     from flows.curate import curate
     from tasks import progress
 
     clock = StageClock()
     progress.install(clock)
     try:
-        with PeakRSS(exclude=exclude) as rss:
+        with PeakRSS() as rss:
             t = time.perf_counter()
             result = curate(source="path", input_path=str(folder), out=str(work / "out"),
                             raw_root=str(work / "raw"), cache_dir=str(work / "cache"), params_path=str(params),
@@ -364,6 +361,45 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def measure(n: int, mode: str, folder: Path, work: Path, params: Path, cores: int) -> dict:
+    """One size on one runner, in this process (a child of main's): its own Prefect server, pool or cluster."""
+    from tasks.curation import pool
+
+    out: dict = {}
+    t = time.perf_counter()
+    _noop_flow()  # the first flow of the process starts the ephemeral Prefect server: not part of the run
+    out["prefect_server_start_s"] = round(time.perf_counter() - t, 2)
+    if mode == "local":
+        list(pool.imap(abs, range(4 * cores), cores))  # the pool is up before timing
+        try:
+            out.update(run_flow(folder, n, work, params, None))
+        finally:
+            pool.shutdown()
+    else:
+        import distributed
+
+        t = time.perf_counter()
+        with distributed.LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster:
+            with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
+                client.run(_warm_imports)
+            out["dask_cluster_start_s"] = round(time.perf_counter() - t, 2)
+            out.update(run_flow(folder, n, work, params, cluster.scheduler_address))
+    out["manifest_sha256"] = _sha256(work / "out" / "manifest.jsonl")
+    return out
+
+
+def measure_in_child(n: int, mode: str, folder: Path, work: Path, params: Path, cores: int) -> dict:
+    """measure() in a fresh process: no run inherits the memory, the server database or the pool of another."""
+    work.mkdir()
+    result = work / "result.json"
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home")}  # a fresh server DB, not the user's
+    cmd = [sys.executable, __file__, "--one", str(n), mode, "--folder", str(folder), "--work", str(work),
+           "--params", str(params), "--cores", str(cores), "--out", str(result)]
+    subprocess.run(cmd, env=env, check=True)
+    return json.loads(result.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="2000,10000,50000", help="image counts (default 2000,10000,50000)")
@@ -373,7 +409,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dedup-n", default="100000,1000000", help="hash counts for the dedup stage alone")
     ap.add_argument("--skip-dvc", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "curation_scale.json"))
+    # Internal: main runs each measurement as `--one N MODE --folder F --work W --params P` in a child process.
+    ap.add_argument("--one", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one:
+        result = measure(int(args.one[0]), args.one[1], Path(args.folder), Path(args.work), Path(args.params),
+                         args.cores)
+        _write(args.out, result)
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
 
@@ -382,60 +428,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dedup: {r['dedup']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ganflow-scale-") as tmp:
         tmp = Path(tmp)
-        os.environ.setdefault("PREFECT_HOME", str(tmp / "prefect-home"))  # a fresh server DB, not the user's
         params = bench_params(tmp, args.cores)
-        t = time.perf_counter()
-        _noop_flow()  # the first flow of the process starts the ephemeral Prefect server: not part of any run
-        r["prefect_server_start_s"] = round(time.perf_counter() - t, 2)
-        cluster = None
-        cluster_pids: frozenset[int] = frozenset()  # not counted in a local run, where the cluster sits idle
-        if "dask" in modes:
-            import distributed
-
-            before = {p.pid for p in psutil.Process().children(recursive=True)}
+        for n in sizes:
             t = time.perf_counter()
-            cluster = distributed.LocalCluster(n_workers=args.cores, threads_per_worker=1, processes=True,
-                                               dashboard_address=None)
-            with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
-                client.run(_warm_imports)
-            r["dask_cluster_start_s"] = round(time.perf_counter() - t, 2)
-            cluster_pids = frozenset(p.pid for p in psutil.Process().children(recursive=True)) - before
-        from tasks.curation import pool
-
-        try:
-            for n in sizes:
-                t = time.perf_counter()
-                folder = generated(Path(args.cache).expanduser(), n, args.cores)
-                print(f"{n} images ready in {time.perf_counter() - t:.1f} s ({folder})", flush=True)
-                runs: dict = {}
-                for mode in modes:
-                    work = tmp / f"{mode}-{n}"
-                    work.mkdir()
-                    pool.shutdown()
-                    if mode == "local":
-                        list(pool.imap(abs, range(4 * args.cores), args.cores))  # the pool is up before timing
-                    if mode == "dask":  # mypy: the cluster is set when mode is dask
-                        runs[mode] = run_flow(folder, n, work, params, cluster.scheduler_address)  # type: ignore[union-attr]
-                    else:
-                        runs[mode] = run_flow(folder, n, work, params, None, exclude=cluster_pids)
-                    runs[mode]["manifest_sha256"] = _sha256(work / "out" / "manifest.jsonl")
-                    print(f"{n} {mode}: {json.dumps(runs[mode])}", flush=True)
-                pool.shutdown()
-                if len(modes) > 1:
-                    runs["identical_manifest"] = len({runs[m]["manifest_sha256"] for m in modes}) == 1
-                r["runs"][str(n)] = runs
-                if n == max(sizes) and not args.skip_dvc:
-                    try:
-                        r["dvc"] = {"images": n, **bench_dvc(tmp / f"{modes[0]}-{n}" / "out", tmp)}
-                    except (OSError, subprocess.CalledProcessError) as e:
-                        r["dvc"] = {"images": n, "error": f"{e}: {getattr(e, 'stderr', b'') or b''!r}"[:500]}
-                    print(f"dvc: {r['dvc']}", flush=True)
-                for mode in modes:
-                    shutil.rmtree(tmp / f"{mode}-{n}", ignore_errors=True)
-                _write(args.out, r)  # what is measured so far survives an interrupted run
-        finally:
-            if cluster is not None:
-                cluster.close()
+            folder = generated(Path(args.cache).expanduser(), n, args.cores)
+            print(f"{n} images ready in {time.perf_counter() - t:.1f} s ({folder})", flush=True)
+            runs: dict = {}
+            for mode in modes:
+                runs[mode] = measure_in_child(n, mode, folder, tmp / f"{mode}-{n}", params, args.cores)
+                print(f"{n} {mode}: {json.dumps(runs[mode])}", flush=True)
+            if len(modes) > 1:
+                runs["identical_manifest"] = len({runs[m]["manifest_sha256"] for m in modes}) == 1
+            r["runs"][str(n)] = runs
+            if n == max(sizes) and not args.skip_dvc:
+                try:
+                    r["dvc"] = {"images": n, **bench_dvc(tmp / f"{modes[0]}-{n}" / "out", tmp)}
+                except (OSError, subprocess.CalledProcessError) as e:
+                    r["dvc"] = {"images": n, "error": f"{e}: {getattr(e, 'stderr', b'') or b''!r}"[:500]}
+                print(f"dvc: {r['dvc']}", flush=True)
+            for mode in modes:
+                shutil.rmtree(tmp / f"{mode}-{n}", ignore_errors=True)
+            _write(args.out, r)  # what is measured so far survives an interrupted run
     r["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     r["summary"] = summarize(r)
     r["targets"] = TARGETS

@@ -7,7 +7,8 @@ keeps memory or database rows from another):
 
   local      the process pool of this machine (curate.workers = --cores), pool started before timing
   dask       a distributed.LocalCluster of the same cores (--cores single-threaded worker processes),
-             started before timing, through `dask_address` (prefect-dask's DaskTaskRunner)
+             configured as README's cluster commands (CLUSTER_CONFIG), started before timing,
+             through `dask_address` (prefect-dask's DaskTaskRunner)
 
 Per run: the whole flow and its cheap-filter stage (decode, size, blur, grey, phash) in img/s, the flow's
 stage times, and peak RSS of the whole process tree (this process, the pool's or the cluster's workers,
@@ -54,6 +55,12 @@ import yaml  # noqa: E402
 SIDE = 256
 GEN_VERSION = "scale-v1"  # bump when the generated images change
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ganflow-bench"
+# The LocalCluster is configured as README's cluster commands are ("Curation on a Dask cluster"): distributed's
+# statistical profiler off (every 10 ms it samples each worker and keeps 1000 s of call trees) and its developer
+# logs short (the scheduler keeps the last 1000 messages to each worker, i.e. whole batches with their paths and
+# Prefect context: about 130 MB per worker once a run has more than 1000 batches). Both are bounded, but they
+# fill up over a long run and are no use to a batch job.
+CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.low-level-log-length": 16}
 TARGETS = {"flow_rate_largest_vs_smallest_min": 0.8, "peak_rss_largest_vs_smallest_max": 1.5,
            "dask_vs_local_min": 0.8}
 
@@ -376,13 +383,15 @@ def measure(n: int, mode: str, folder: Path, work: Path, params: Path, cores: in
         finally:
             pool.shutdown()
     else:
+        import dask
         import distributed
 
         t = time.perf_counter()
-        with distributed.LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:
+        with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
+                n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
                 client.run(_warm_imports)
+                out["cluster_config"] = client.run(_worker_config)
             out["dask_cluster_start_s"] = round(time.perf_counter() - t, 2)
             out.update(run_flow(folder, n, work, params, cluster.scheduler_address))
     out["manifest_sha256"] = _sha256(work / "out" / "manifest.jsonl")
@@ -479,6 +488,12 @@ def _noop_flow() -> None:
 def _warm_imports() -> None:
     import tasks.curation.render  # noqa: F401
     import tasks.curation.screen  # noqa: F401
+
+
+def _worker_config() -> dict:
+    import dask
+
+    return {k: dask.config.get(k) for k in CLUSTER_CONFIG}
 
 
 def _sha256(path: Path) -> str:

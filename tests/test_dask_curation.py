@@ -307,6 +307,36 @@ def test_batch_results_leave_no_per_image_trace_in_the_flow(prefect_api):
     assert images == 600 and linked <= 2 * 6, linked
 
 
+def test_the_flows_dask_client_keeps_no_copies_of_old_batches(prefect_api, cluster, tmp_path):
+    """distributed's client logs its last 1000 messages by default: every submitted batch's pickled graph (its
+    paths and Prefect's flow-run context, about 50 kB) until 1000 newer ones replace it. The curate flow's client
+    keeps only CLIENT_LOG_LENGTH messages, so its memory stays flat however many batches a run has."""
+    from prefect import flow, task
+
+    from tasks.curation.cluster import CLIENT_LOG_LENGTH, BatchResult, dask_batches
+
+    address, _ = cluster
+    n_batches = 3 * CLIENT_LOG_LENGTH
+
+    @task
+    def echo(items: list, batch_no: int = 0) -> BatchResult:
+        return BatchResult({batch_no: items})
+
+    @flow
+    def many_batches() -> tuple[int, int]:
+        merged: dict = {}
+        with dask_batches(address, {"cache": str(tmp_path)}) as batches:
+            batches.run(echo, ([k] for k in range(n_batches)), "test", merged.update)
+            log = batches.runner.client.scheduler_comm.recent_message_log
+            graphs = sum(1 for payload in log if isinstance(payload, list)
+                         for msg in payload if isinstance(msg, dict) and msg.get("op") == "update-graph")
+        return len(merged), graphs
+
+    merged, graphs = many_batches()
+    assert merged == n_batches
+    assert graphs <= CLIENT_LOG_LENGTH, graphs
+
+
 def test_screen_results_share_their_strings_across_images(tmp_path):
     """The flow holds every image's verdict until the manifest is written. Fresh or read back from the cache,
     two images' results use one copy of each key and short word (not one per image, as a JSON or pickle round

@@ -135,13 +135,22 @@ def _addressed_runner(address: str):
     return AddressedDaskTaskRunner(address=address)
 
 
+# distributed keeps the last `admin.low-level-log-length` (1000) messages of every comm for debugging. On the
+# flow's client those are the last 1000 submitted batches, each about 50 kB pickled (its paths and Prefect's
+# serialized flow-run context): 50 MB held for nothing once a run has more than 1000 batches. Keep a few.
+CLIENT_LOG_LENGTH = 16
+
+
 @contextmanager
 def dask_batches(address: str, folders: dict[str, str]) -> Iterator[Batches]:
     """Connect to the scheduler at `address`, check every worker sees `folders`, yield Batches on it."""
+    import dask
+
     runner = _addressed_runner(address)
     with _flow_api_for_workers(), runner:
         try:
-            client = runner.client
+            with dask.config.set({"distributed.admin.low-level-log-length": CLIENT_LOG_LENGTH}):
+                client = runner.client  # connects here: its comm's log length is read now
         except (OSError, TimeoutError) as e:
             raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None
         threads = preflight(client, folders, address)

@@ -112,21 +112,23 @@ def curate(
     logger = get_run_logger()
     runner = (dask_batches(params.dask_address, {"raw store": str(store), "cache": cache_dir}) if on_dask
               else local_batches(pool.resolve_workers(params.workers)))
+    # On Dask every task rebuilds Prefect's settings and API client on its worker: fewer, larger batches there.
+    batch_size = params.dask_batch_size if on_dask else params.batch_size
     with runner as batches:
-        cheap = _mapped(batches, screen_cheap_task, items, params.batch_size, "cheap",
+        cheap = _mapped(batches, screen_cheap_task, items, batch_size, "cheap",
                         params=params, cache_dir=cache_dir)
 
         near = dedup_task(dedup_candidates(cheap), params.dup_max_distance)
         paths = dict(items)
         survivors = [(i, p) for i, p in items if cheap[i]["reason"] is None and i not in near]
-        content = _mapped(batches, screen_content_task, survivors, params.batch_size, "content",
+        content = _mapped(batches, screen_content_task, survivors, batch_size, "content",
                           params=params, cache_dir=cache_dir)
 
         logger.info(matter.note)
         jobs = [(i, paths[i], content[i]["face_box"]) for i, _ in survivors if content[i]["reason"] is None]
         # Workers render with the matte this process chose (auto resolves here), the one in the cache key.
         render_params = params.updated(matte=matter.name) if on_dask else params
-        pngs = _mapped(batches, render_task, jobs, params.batch_size, "render",
+        pngs = _mapped(batches, render_task, jobs, batch_size, "render",
                        params=render_params, cache_dir=cache_dir, matte_name=matter.name)
 
     records = assemble(inputs, cheap, near, content)

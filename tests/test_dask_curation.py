@@ -58,7 +58,8 @@ def small_params(tmp_path_factory) -> Path:
     import yaml
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["curate"].update(resolution=64, batch_size=4, workers=1, matte="none", shard_size=6, dask_address="")
+    data["curate"].update(resolution=64, batch_size=4, dask_batch_size=4, workers=1, matte="none", shard_size=6,
+                           dask_address="")
     path = tmp_path_factory.mktemp("params") / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

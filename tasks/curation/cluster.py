@@ -69,9 +69,6 @@ class BatchResult:
     def __init__(self, results: dict):
         self.results = results
 
-    def __reduce__(self):  # to and from Dask workers
-        return BatchResult, (self.results,)
-
 
 class Batches:
     """Submit a batch task over many batches through a bounded window of futures.

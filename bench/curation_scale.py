@@ -7,7 +7,7 @@ keeps memory or database rows from another):
 
   local      the process pool of this machine (curate.workers = --cores), pool started before timing
   dask       a distributed.LocalCluster of the same cores (--cores single-threaded worker processes),
-             configured as README's cluster commands (CLUSTER_CONFIG), started before timing,
+             with ganflow's Dask settings (deployments/dask/), started before timing,
              through `dask_address` (prefect-dask's DaskTaskRunner)
 
 Per run: the whole flow and its cheap-filter stage (decode, size, blur, grey, phash) in img/s, the flow's
@@ -55,12 +55,9 @@ import yaml  # noqa: E402
 SIDE = 256
 GEN_VERSION = "scale-v1"  # bump when the generated images change
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ganflow-bench"
-# The LocalCluster is configured as README's cluster commands are ("Curation on a Dask cluster"): distributed's
-# statistical profiler off (every 10 ms it samples each worker and keeps 1000 s of call trees) and its developer
-# logs short (the scheduler keeps the last 1000 messages to each worker, i.e. whole batches with their paths and
-# Prefect context: about 130 MB per worker once a run has more than 1000 batches). Both are bounded, but they
-# fill up over a long run and are no use to a batch job.
-CLUSTER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.low-level-log-length": 16}
+# The LocalCluster runs with the Dask settings ganflow ships for curation clusters (deployments/dask/, README,
+# "Curation on a Dask cluster"): glibc's own allocator thresholds, no statistical profiler, short developer logs.
+CLUSTER_CONFIG_DIR = ROOT / "deployments" / "dask"
 TARGETS = {"flow_rate_largest_vs_smallest_min": 0.8, "peak_rss_largest_vs_smallest_max": 1.5,
            "dask_vs_local_min": 0.8}
 
@@ -387,7 +384,7 @@ def measure(n: int, mode: str, folder: Path, work: Path, params: Path, cores: in
         import distributed
 
         t = time.perf_counter()
-        with dask.config.set(CLUSTER_CONFIG), distributed.LocalCluster(
+        with dask.config.set(cluster_config()), distributed.LocalCluster(
                 n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             with distributed.Client(cluster) as client:  # workers import ganflow's tasks before timing
                 client.run(_warm_imports)
@@ -490,10 +487,26 @@ def _warm_imports() -> None:
     import tasks.curation.screen  # noqa: F401
 
 
-def _worker_config() -> dict:
+def cluster_config() -> dict:
+    """deployments/dask/*.yaml as dotted keys, as dask.config.set takes them."""
     import dask
 
-    return {k: dask.config.get(k) for k in CLUSTER_CONFIG}
+    def flat(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    return dict(flat(dask.config.collect(paths=[str(CLUSTER_CONFIG_DIR)], env={})))
+
+
+def _worker_config() -> dict:
+    """What a worker runs with: the settings of cluster_config() and its allocator's environment."""
+    import dask
+
+    return {**{k: dask.config.get(k) for k in cluster_config() if "environ" not in k},
+            "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
 def _sha256(path: Path) -> str:

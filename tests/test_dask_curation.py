@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,43 @@ def test_a_worker_that_cannot_see_the_raw_store_fails_before_any_work(prefect_ap
     assert "\n" not in message
     assert f"cannot see the raw store {(work / 'raw').resolve()}" in message and "Dask worker tcp://" in message
     assert not any((work / "cache").rglob("*.json")), "work was done before the check"
+
+
+def test_the_shipped_dask_settings_reach_a_real_scheduler_and_worker(tmp_path):
+    """deployments/dask/ (README: DASK_CONFIG for `dask scheduler` and `dask worker`) takes effect in Dask's own
+    loader: a misspelt key there would be silently ignored, and the workers would run with distributed's
+    defaults (a kernel-bound allocator, the profiler, long logs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "MALLOC_"))}
+    env.update(DASK_CONFIG=str(ROOT / "deployments" / "dask"), PYTHONPATH=str(ROOT))
+    info = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(info)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 90
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(info), "--nthreads", "1", "--no-dashboard"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with distributed.Client(scheduler_file=str(info), timeout=90) as client:
+            client.wait_for_workers(1, timeout=90)
+
+            def settings() -> dict:
+                import dask
+
+                return {"trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                        "profile": dask.config.get("distributed.worker.profile.enabled"),
+                        "log": dask.config.get("distributed.admin.low-level-log-length")}
+
+            (worker,) = client.run(settings).values()
+            scheduler = client.run_on_scheduler(settings)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert worker == {"trim": None, "profile": False, "log": 16}
+    assert scheduler["log"] == 16
 
 
 def test_an_unreachable_scheduler_is_one_clear_error(prefect_api, folder, small_params, tmp_path):

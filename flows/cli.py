@@ -39,8 +39,8 @@ class _Bars:
             bar.close()
 
 
-CURATE_METAVARS = {"resolution": "N", "batch_size": "N", "workers": "N", "dask_address": "ADDRESS", "dask_batch_size": "N",
-                   "rembg_model": "NAME", "shard_size": "N", "max_member_bytes": "BYTES"}
+CURATE_METAVARS = {"resolution": "N", "batch_size": "N", "workers": "N", "dask_address": "ADDRESS",
+                   "dask_batch_size": "N", "rembg_model": "NAME", "shard_size": "N", "max_member_bytes": "BYTES"}
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:

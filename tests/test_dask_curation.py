@@ -93,9 +93,20 @@ def local_run(prefect_api, folder, small_params, tmp_path_factory) -> dict[str, 
 
 def test_dask_run_is_byte_identical_to_the_local_run(prefect_api, folder, small_params, cluster, local_run,
                                                      tmp_path):
+    """Also on batches of dask_batch_size (8), not the local pool's batch_size (4): same bytes, fewer tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     address, _ = cluster
-    result = _curate(folder, tmp_path, small_params, settings={"dask_address": address})
+    state = _curate(folder, tmp_path, small_params, settings={"dask_address": address, "dask_batch_size": 8},
+                    return_state=True)
+    result = state.result()
     assert _files(tmp_path / "out") == local_run
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    cheap = sorted(r.name for r in runs if r.name.startswith("screen-cheap-"))
+    assert len(cheap) == -(-result["inputs"] // 8), cheap  # 20 inputs: 3 batches of 8 (batch_size 4 would be 5)
     assert len(result["shards"]) >= 2
     reasons = result["reasons"]
     assert reasons["duplicate"] == 2 and reasons["blurry"] == 1 and reasons["grayscale"] == 1

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def cluster():
         yield c.scheduler_address, client
 
 
-def _curate(folder: Path, work: Path, params: Path, **kw) -> dict:
+def _curate(folder: Path, work: Path, params: Path, **kw) -> Any:  # a dict, or a State with return_state
     return curate(source="path", input_path=str(folder), out=str(work / "out"), raw_root=str(work / "raw"),
                   cache_dir=str(work / "cache"), params_path=str(params), **kw)
 

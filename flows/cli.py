@@ -293,6 +293,10 @@ def _run_import(args: argparse.Namespace) -> int:
 
 def check_device_available(name: str, option: str) -> None:
     """Refuse a device this machine does not have, before any work (torch's own error comes mid-run)."""
+    from tasks.settings import DEVICE
+
+    if not DEVICE.check(name):  # the settings' one rule, before cuda:N is read as a number
+        raise ValueError(f"{option} {name!r} is not {DEVICE.text}")
     import torch
 
     if name.startswith("cuda"):
@@ -302,8 +306,6 @@ def check_device_available(name: str, option: str) -> None:
             raise ValueError(f"{option} {name}: this machine has {have} CUDA device(s); use cpu or auto")
     elif name == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{option} mps: this machine has no MPS device; use cpu or auto")
-    elif name not in ("auto", "cpu", "mps"):
-        raise ValueError(f"{option} {name!r} is not a device: auto, cpu, cuda, cuda:N or mps")
 
 
 def build_parser() -> argparse.ArgumentParser:

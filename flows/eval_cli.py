@@ -14,33 +14,23 @@ from tasks.settings import EvaluateSettings
 MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
 MAX_FRAMES = 3600     # frames in one morph (all are kept in memory to write the file)
 
-
-def _weights_help() -> str:
-    return ("torch-fidelity's InceptionV3 weights file (weights-inception-2015-12-05-6726825d.pth); "
-            "default: $GANFLOW_INCEPTION_WEIGHTS, then params.yaml evaluate.inception_weights")
-
-
-def _add_extractor_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--inception-weights", metavar="W", help=_weights_help())
-    _add_metrics_option(p)
-    p.add_argument("--dinov2-weights", metavar="W",
-                   help="Meta's dinov2_vit{s,b,l}14_pretrain.pth for fd_dinov2; default: $GANFLOW_DINOV2_WEIGHTS, then "
-                        "params.yaml evaluate.dinov2_weights ('random': a random-initialized ViT-S/14)")
+EVALUATE_METAVARS = {"inception_weights": "W", "dinov2_weights": "W", "inception_sha256": "SHA256",
+                     "dinov2_sha256": "SHA256", "n_fake": "N", "n_real": "N", "batch": "N", "kid": "BOOL",
+                     "kid_subsets": "N", "kid_subset_size": "N", "cache_dir": "DIR", "diverge_fid_rises": "N",
+                     "diverge_d_loss": "X", "metrics": "LIST", "memorized_quantile": "Q", "max_memorized": "X"}
+# The `evaluate` settings `ganflow fid` takes (its --cache-dir is its own: no cache unless given). KID only when
+# asked: a folder comparison is FID's, and `ganflow fid A B` has always printed FID alone.
+FID_SETTINGS = ["inception_weights", "metrics", "dinov2_weights", "kid", "kid_subsets", "kid_subset_size"]
+FID_DEFAULTS = {"kid": False}
 
 
-def _add_metrics_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", metavar="LIST", help="fid, fd_dinov2 or fid,fd_dinov2 (default: params.yaml "
-                                                     "evaluate.metrics); precision/recall come in DINOv2 features "
-                                                     "when fd_dinov2 is asked for, else in Inception's")
+def _settings(args: argparse.Namespace, names: list[str] | None = None) -> EvaluateSettings:
+    """params.yaml's evaluate section with the settings given on the command line (those in `names`, default all;
+    validated: ParamsError)."""
+    from tasks.settings import load
 
-
-def _params_with(args: argparse.Namespace, **changes):
-    """params.yaml's evaluate section with the command line's --metrics (and other given options) applied."""
-    from tasks.settings import EvaluateSettings, load
-
-    if args.metrics:
-        changes["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    return load(EvaluateSettings, args.params, **changes)  # validated: a bad --metrics is a ParamsError
+    given = given_settings(args, EvaluateSettings)
+    return load(EvaluateSettings, args.params, **{k: v for k, v in given.items() if names is None or k in names})
 
 
 def _add_fid(sub: argparse._SubParsersAction) -> None:
@@ -51,11 +41,9 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
                                    "precision and recall (k=3) beside them. Prints JSON.")
     p.add_argument("dir_a", metavar="DIR_A")
     p.add_argument("dir_b", metavar="DIR_B")
-    _add_extractor_options(p)
-    p.add_argument("--kid", action="store_true", help="also KID (kid_mean, kid_std)")
-    p.add_argument("--kid-subsets", type=integer(1, 100_000), help="KID subsets (default: params.yaml, 100)")
-    p.add_argument("--kid-subset-size", type=integer(2, 1_000_000),
-                   help="KID subset size, capped at the image count (default 1000)")
+    # From tasks.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or --dinov2-weights
+    # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
+    add_setting_options(p, EvaluateSettings, FID_SETTINGS, metavars=EVALUATE_METAVARS, defaults=FID_DEFAULTS)
     p.add_argument("--cache-dir", metavar="DIR", type=writable_folder,
                    help="cache DIR_A's statistics here (keyed by content and weights)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
@@ -67,16 +55,14 @@ def _run_fid(args: argparse.Namespace) -> int:
     from tasks.evaluation.evaluate import resolve_weight_paths
     from tasks.evaluation.metrics import fid_folders
 
-    ep = _params_with(args)
+    ep = _settings(args, FID_SETTINGS)
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the small-N note goes into the JSON and to stderr below
-        out = fid_folders(args.dir_a, args.dir_b, weights, with_kid=args.kid, cache_dir=args.cache_dir,
-                          sha256=ep.inception_sha256 or None, batch=ep.batch,
-                          kid_subsets=ep.kid_subsets if args.kid_subsets is None else args.kid_subsets,
-                          kid_subset_size=ep.kid_subset_size if args.kid_subset_size is None else args.kid_subset_size,
-                          device=args.device, metrics=ep.metrics, dinov2_weights=dinov2,
-                          dinov2_sha256=ep.dinov2_sha256 or None)
+        out = fid_folders(args.dir_a, args.dir_b, weights, with_kid=ep.kid, cache_dir=args.cache_dir,
+                          sha256=ep.inception_sha256 or None, batch=ep.batch, kid_subsets=ep.kid_subsets,
+                          kid_subset_size=ep.kid_subset_size, device=args.device, metrics=ep.metrics,
+                          dinov2_weights=dinov2, dinov2_sha256=ep.dinov2_sha256 or None)
     for note in (out.get("warning"), out.get("extractor")):
         if note:
             print(f"ganflow fid: note: {note}", file=sys.stderr)
@@ -145,12 +131,6 @@ def _run_morph(args: argparse.Namespace) -> int:
     return 0
 
 
-EVALUATE_METAVARS = {"inception_weights": "W", "dinov2_weights": "W", "inception_sha256": "SHA256",
-                     "dinov2_sha256": "SHA256", "n_fake": "N", "n_real": "N", "batch": "N", "kid": "BOOL",
-                     "kid_subsets": "N", "kid_subset_size": "N", "cache_dir": "DIR", "diverge_fid_rises": "N",
-                     "diverge_d_loss": "X", "memorized_quantile": "Q", "max_memorized": "X"}
-
-
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="FID/KID of every snapshot of a run not evaluated yet; best snapshot → best.pt",
                        description="Evaluate each RUN/checkpoints/ckpt-*.pt that RUN/fid.csv has no row for, against "
@@ -166,13 +146,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                           "FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (or a folder of real images)")
-    # One option per setting of params.yaml's `evaluate` section, from tasks.settings.EvaluateSettings; --metrics
-    # (a comma list, as `ganflow fid` takes it) is made by hand. A given --inception-weights or --dinov2-weights
-    # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
-    _add_metrics_option(p)
-    add_setting_options(p, EvaluateSettings, [n for n in EvaluateSettings.model_fields if n != "metrics"],
-                        metavars=EVALUATE_METAVARS)
-    p.add_argument("--no-kid", action="store_true", help="FID only (as --kid false)")
+    # One option per setting of params.yaml's `evaluate` section, from tasks.settings.EvaluateSettings. A given
+    # --inception-weights or --dinov2-weights comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS,
+    # which come before params.yaml's.
+    add_setting_options(p, EvaluateSettings, metavars=EVALUATE_METAVARS)
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
     p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_evaluate)
@@ -182,10 +159,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from tasks.evaluation.evaluate import evaluate_run, fid_table_rows, progress_line, resolve_weight_paths
     from tasks.evaluation.fid_table import read_fid_csv
 
-    named = {k: v for k, v in given_settings(args, EvaluateSettings).items() if k != "metrics"}
-    ep = _params_with(args, **named)
-    if args.no_kid:
-        ep = ep.updated(kid=False)
+    ep = _settings(args)
     weights, dinov2 = resolve_weight_paths(ep, args.inception_weights, args.dinov2_weights)
 
     if args.snapshot:

@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 
 from tasks.evaluation.evaluate import evaluate_task, weights_or_reason
 from tasks.settings import EvaluateOverrides, EvaluateSettings, given, load
+from tasks.training.results import EvaluationOutcome
 
 
 @flow(name="evaluate")
@@ -34,13 +35,13 @@ def evaluate_flow(run_dir: str, data: str,
     if reason:
         if skip_without_weights:
             logger.warning("evaluation skipped: %s", reason)
-            return {"skipped": reason}
+            return EvaluationOutcome.skipped(reason).to_dict()  # a flow's result: plain JSON data
         raise FileNotFoundError(reason)
     return evaluate_task(run_dir, data, str(weights) if weights else None, p, device=device,
                          dinov2_weights=str(dinov2) if dinov2 else None)
 
 
-def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> dict:
+def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> EvaluationOutcome:
     """The train flow's step after each stage: the evaluate subflow when the weights files evaluate.metrics need are
     configured ($GANFLOW_INCEPTION_WEIGHTS or evaluate.inception_weights; $GANFLOW_DINOV2_WEIGHTS or
     evaluate.dinov2_weights), else skipped with the reason logged. A failing evaluation is logged, not raised: the
@@ -49,10 +50,10 @@ def evaluate_after_stage(run_dir: str, data: str, params: str, device: str) -> d
     weights, dinov2, reason = weights_or_reason(load(EvaluateSettings, params))
     if reason:
         logger.info("FID evaluation skipped: %s", reason.split(";")[0])
-        return {"skipped": reason}
+        return EvaluationOutcome.skipped(reason)
     try:
         chosen = {"inception_weights": str(weights) if weights else None, "dinov2_weights": str(dinov2) if dinov2 else None}
-        return evaluate_flow(run_dir, data, settings=chosen, params=params, device=device)
+        return EvaluationOutcome.evaluated(evaluate_flow(run_dir, data, settings=chosen, params=params, device=device))
     except Exception as e:  # noqa: BLE001 - reported, and the training result stands
         logger.error("FID evaluation of %s failed: %s: %s", run_dir, type(e).__name__, e)
-        return {"failed": f"{type(e).__name__}: {e}"}
+        return EvaluationOutcome.failed(f"{type(e).__name__}: {e}")

@@ -4,7 +4,9 @@ The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the h
 with its bound and default, and the value is checked against the field's type and bounds while argparse parses,
 so a bad one is argparse's one-line error naming the option, the value and the bound
 (`argument --kimg: '-1' is not a finite number >= 0`).
-An option not given is None: the settings file's value stays (a `required` one must be given).
+An option not given is None: the settings file's value stays (a `required` one must be given), unless the command
+names its own default (`ganflow fid` computes KID only when asked). A list setting is a comma list
+(`--metrics fid,fd_dinov2`); a true/false one is a switch that also takes a value (`--kid`, `--kid false`, `--no-kid`).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ def _parse(model: type[Section], name: str):
     def parse(text: str):
         try:
             value: Any = yaml.safe_load(text) if mapping else text  # a mapping is written as YAML: {z_dim: 32}
+            if _is_list(field):
+                value = [item.strip() for item in text.split(",") if item.strip()]
             return adapter.validate_python(value)
         except (ValidationError, yaml.YAMLError):
             raise argparse.ArgumentTypeError(f"{text!r} is not {rule(field)}") from None
@@ -43,19 +47,34 @@ def _parse(model: type[Section], name: str):
 
 def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], names: list[str] | None = None,
                         aliases: dict[str, list[str]] | None = None, metavars: dict[str, str] | None = None,
-                        required: tuple[str, ...] = ()) -> None:
-    """Add `--kebab-key` for each setting in `names` (default: every field of `model`), default None."""
-    aliases, metavars = aliases or {}, metavars or {}
+                        required: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> None:
+    """Add `--kebab-key` for each setting in `names` (default: every field of `model`), default None, or the
+    command's own default from `defaults` (a value of the field's type; --help shows it)."""
+    aliases, metavars, defaults = aliases or {}, metavars or {}, defaults or {}
     for name in names or list(model.model_fields):
         field = model.model_fields[name]
         choices = get_args(field.annotation) if getattr(field.annotation, "__origin__", None) is Literal else None
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
         if name in metavars:
             extra["metavar"] = metavars[name]
-        default = "required" if name in required else f"default: {model.section}.{name}"
-        parser.add_argument(flag(name), *aliases.get(name, []), dest=name, type=_parse(model, name), default=None,
-                            required=name in required, help=f"{field.description} ({_bound(field)}{default})",
-                            **extra)
+        if field.annotation is bool:
+            extra.update(nargs="?", const=True)  # `--kid` alone is `--kid true`
+        default = ("required" if name in required else f"default: {_shown(defaults[name])}" if name in defaults
+                   else f"default: {model.section}.{name}")
+        parser.add_argument(flag(name), *aliases.get(name, []), dest=name, type=_parse(model, name),
+                            default=defaults.get(name), required=name in required,
+                            help=f"{field.description} ({_bound(field)}{default})", **extra)
+        if field.annotation is bool:
+            parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=False,
+                                help=f"as {flag(name)} false")
+
+
+def _is_list(field: FieldInfo) -> bool:
+    return getattr(field.annotation, "__origin__", None) in (tuple, list)
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _bound(field: FieldInfo) -> str:
@@ -63,7 +82,7 @@ def _bound(field: FieldInfo) -> str:
     enough by their metavar and choice list)."""
     text = rule(field)
     plain = text in ("a text", "a non-empty text", "a mapping", "valid") or text.startswith("one of ")
-    return "" if plain else f"{text}; "
+    return "" if plain else f"{text}, comma-separated; " if _is_list(field) else f"{text}; "
 
 
 def given_settings(args: argparse.Namespace, model: type[Section]) -> dict[str, Any]:

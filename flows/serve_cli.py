@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.eval_cli import EVALUATE_METAVARS
+from flows.options import add_setting_options
 from flows.validate import existing_folder, integer, torch_device
+from tasks.settings import EvaluateSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -35,8 +38,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the curated dataset the run trained on: the page then shows the 3 training images nearest "
                         "each generated one (in DINOv2 features when evaluate.metrics has fd_dinov2, else Inception's)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (evaluate section)")
-    p.add_argument("--inception-weights", metavar="W", help="for --data without fd_dinov2 (default: as `ganflow evaluate`)")
-    p.add_argument("--dinov2-weights", metavar="W", help="for --data with fd_dinov2 (default: as `ganflow evaluate`)")
+    # For --data: Inception's without fd_dinov2 in evaluate.metrics, else DINOv2's; from EvaluateSettings, as
+    # `ganflow evaluate`'s (a given one comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS).
+    add_setting_options(p, EvaluateSettings, ["inception_weights", "dinov2_weights"], metavars=EVALUATE_METAVARS)
     p.set_defaults(func=_run_serve)
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from pathlib import Path
 
-from tasks.settings import MAX_SEED
+from tasks.settings import DEVICE, MAX_SEED
 
 MAX_SEEDS = 10_000          # seeds one `generate`/`morph` call takes (each image is kept in memory for the grid)
 MAX_PORT = 65535
@@ -70,32 +69,10 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return parse
 
 
-def power_of_two(lo: int = 4, hi: int = 4096):
-    rule = f"a power of two from {lo} to {hi}"
-
-    def parse(text: str) -> int:
-        value = integer(lo, hi, rule)(text)
-        if value & (value - 1):
-            raise _bad(text, rule)
-        return value
-
-    parse.__name__ = "power_of_two"
-    return parse
-
-
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def device(text: str) -> str:
-    """auto | cpu | cuda | cuda:N | mps (syntax only: whether this machine has it is checked where it is used)."""
-    if not _DEVICE.match(text):
-        raise _bad(text, "a device: auto, cpu, cuda, cuda:N or mps")
-    return text
-
-
 def torch_device(text: str) -> str:
-    """A device for evaluation and generation: as `device`, without auto."""
-    if text == "auto" or not _DEVICE.match(text):
+    """A device for evaluation and generation: train.device's rule (tasks.settings.DEVICE), without auto (syntax
+    only: whether this machine has it is checked where it is used)."""
+    if text == "auto" or not DEVICE.check(text):
         raise _bad(text, "a device: cpu, cuda, cuda:N or mps")
     return text
 

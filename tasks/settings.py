@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
@@ -42,10 +43,19 @@ class ParamsError(ValueError):
 # ValueError as is, and `rule()` below reads it back from the field for the CLI's and the file's messages.
 
 class Rule:
-    def __init__(self, text: str, check) -> None:
-        self.text, self.check = text, check
+    """`text` may be a function: a bound read when it is shown (evaluate.metrics names the evaluation registry's
+    metrics, and one registered later counts). `prepare` turns the given value into the field's first."""
+
+    def __init__(self, text: str | Callable[[], str], check, prepare: Callable[[Any], Any] | None = None) -> None:
+        self._text, self.check, self.prepare = text, check, prepare
+
+    @property
+    def text(self) -> str:
+        return self._text if isinstance(self._text, str) else self._text()
 
     def __call__(self, value):
+        if self.prepare is not None:
+            value = self.prepare(value)
         if not self.check(value):
             raise ValueError(f"is not {self.text}")
         return value
@@ -56,8 +66,9 @@ def _power_of_two(lo: int, hi: int) -> Any:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-Device = Annotated[str, AfterValidator(Rule("a device: auto, cpu, cuda, cuda:N or mps",
-                                            lambda v: bool(_DEVICE.match(v))))]
+# The device rule, once: train.device's check, and the CLI's (flows/validate.py, flows/cli.py) read it from here.
+DEVICE = Rule("a device: auto, cpu, cuda, cuda:N or mps", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)))
+Device = Annotated[str, AfterValidator(DEVICE)]
 # -1 is "the family's" (a sentinel), anything else a real weight
 R1Gamma = Annotated[float, AfterValidator(Rule("-1 (the family's) or a finite number >= 0",
                                                lambda v: v == -1 or v >= 0))]
@@ -65,17 +76,18 @@ DaskAddress = Annotated[str, AfterValidator(Rule("a scheduler address like tcp:/
                                                  lambda v: not any(ch.isspace() for ch in v)))]
 
 
-def _metrics(value: Any) -> tuple[str, ...]:
-    # The names are the evaluation registry's, read when checked (a metric registered later counts). Imported
-    # here: the registry imports no torch, and the curate stage, which never checks metrics, does not load it
-    # (its dvc.yaml deps list what it loads).
+# The names are the evaluation registry's, read when checked or shown (a metric registered later counts). Imported
+# there: the registry imports no torch, and loading settings (the curate stage does) does not load it.
+def _selectable() -> tuple[str, ...]:
     from tasks.evaluation.registry import selectable
 
-    names = selectable()
-    metrics = (value,) if isinstance(value, str) else tuple(value or ())
-    if not metrics or set(metrics) - set(names):
-        raise ValueError(f"is not a list of one or more of {', '.join(names)}")
-    return metrics
+    return selectable()
+
+
+Metrics = Annotated[tuple[str, ...], BeforeValidator(Rule(
+    lambda: f"a list of one or more of {', '.join(_selectable())}",
+    lambda v: isinstance(v, tuple) and bool(v) and set(v) <= set(_selectable()),
+    prepare=lambda v: (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else v))]
 
 
 def setting(default: Any, description: str, **bounds: Any) -> Any:
@@ -248,24 +260,28 @@ class ManagerSettings(Section):
 class EvaluateSettings(Section):
     section: ClassVar[str] = "evaluate"
 
-    inception_weights: str = setting("", "torch-fidelity's weights-inception-2015-12-05-6726825d.pth; empty = "
-                                         "$GANFLOW_INCEPTION_WEIGHTS or --inception-weights")
+    inception_weights: str = setting("", "torch-fidelity's weights-inception-2015-12-05-6726825d.pth, or random (a "
+                                         "smoke run); --inception-weights, then $GANFLOW_INCEPTION_WEIGHTS, come "
+                                         "before this setting")
     inception_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
     n_fake: int = setting(10000, "generated images per snapshot (the papers use 50000; below 2048 FID is biased)",
                           ge=2, le=1_000_000)
     n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0)
     batch: int = setting(64, "images per extractor batch", ge=1)
     kid: bool = setting(True, "also KID (mean, std over random subsets)")
-    kid_subsets: int = setting(100, "KID subsets (torch-fidelity's default)", ge=1)
-    kid_subset_size: int = setting(1000, "images per KID subset, capped at the image count", ge=1)
+    # KID's unbiased MMD needs 2 images a subset (1 fails after the extraction). The upper bounds catch a typo:
+    # a subset is capped at the image count, which n_fake caps at 10^6, and 10^5 subsets are hours of kernels.
+    kid_subsets: int = setting(100, "KID subsets (torch-fidelity's default)", ge=1, le=100_000)
+    kid_subset_size: int = setting(1000, "images per KID subset, capped at the image count", ge=2, le=1_000_000)
     cache_dir: str = setting("data/cache/fid", "real-data statistics, keyed by the dataset's content hash and the "
                                                "weights' sha256")
     diverge_fid_rises: int = setting(3, "divergence: FID rose this many snapshots in a row (0 = off)", ge=0)
     diverge_d_loss: float = setting(0.05, "divergence: D loss below this while G loss climbs", ge=0)
-    metrics: Annotated[tuple[str, ...], BeforeValidator(_metrics)] = setting(
-        ("fid",), "fid (Inception) and/or fd_dinov2 (DINOv2); best = lowest fid, else fd_dinov2")
-    dinov2_weights: str = setting("", "Meta's dinov2_vitl14_pretrain.pth (or vits14/vitb14); empty = "
-                                      "$GANFLOW_DINOV2_WEIGHTS or --dinov2-weights; random = smoke run")
+    metrics: Metrics = setting(("fid",), "Fréchet distances to compute, each in its extractor's features (and "
+                                         "precision/recall in DINOv2's when computed, else Inception's); best = "
+                                         "lowest fid, else fd_dinov2")
+    dinov2_weights: str = setting("", "Meta's dinov2_vitl14_pretrain.pth (or vits14/vitb14), or random (a smoke run); "
+                                      "--dinov2-weights, then $GANFLOW_DINOV2_WEIGHTS, come before this setting")
     dinov2_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
     memorized_quantile: float = setting(0.05, "memorization threshold: this quantile of training images' distances "
                                               "to their nearest other one", gt=0, lt=1)

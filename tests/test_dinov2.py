@@ -162,5 +162,6 @@ def test_no_weights_file_says_which_file_to_put_where(tmp_path, monkeypatch, cap
     assert main(["fid", str(DATA / "a"), str(DATA / "b"), "--metrics", "fd_dinov2",
                  "--params", str(tmp_path / "none.yaml")]) == 2
     assert "nope.pth" in capsys.readouterr().err
-    assert main(["fid", str(DATA / "a"), str(DATA / "b"), "--metrics", "fd_inception"]) == 2
-    assert "fd_inception" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # checked while the options are parsed, against the registry
+        main(["fid", str(DATA / "a"), str(DATA / "b"), "--metrics", "fd_inception"])
+    assert refused.value.code == 2 and "fd_inception" in capsys.readouterr().err

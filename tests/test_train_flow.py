@@ -112,7 +112,7 @@ def test_stage_report_is_a_table_of_the_stage_result():
     from dataclasses import replace
 
     from tasks.training.report import stage_markdown
-    from tasks.training.results import StageResult, TrainedStage
+    from tasks.training.results import EvaluationOutcome, StageResult, TrainedStage
 
     result = StageResult.from_stats(0.016, 0.016, {"checkpoint": "run/checkpoints/ckpt-000000.016.pt", "loss_D": 1.25,
                                                    "loss_G": 0.5, "augment_p": 0.0125, "kimg_per_s": 0.0456},
@@ -128,7 +128,7 @@ def test_stage_report_is_a_table_of_the_stage_result():
                                           seconds=0.1)
     assert "| loss D | – |" in stage_markdown("s", nothing_left, 0.016) and "| checkpoint | – |" in stage_markdown(
         "s", nothing_left, 0.016)
-    row = TrainedStage("stage 1/2 (cycle 1/2)", nothing_left, {"skipped": "no weights"}).to_dict()
+    row = TrainedStage("stage 1/2 (cycle 1/2)", nothing_left, EvaluationOutcome.skipped("no weights")).to_dict()
     assert row == {"stage": "stage 1/2 (cycle 1/2)", "end_kimg": 0.008, "kimg": 0.008, "resumed_from": None,
                    "transferred_from": None, "checkpoint": None, "loss_D": None, "loss_G": None, "augment_p": None,
                    "kimg_per_s": None, "samples": None, "seconds": 0.1, "attempt": 1, "evaluate": {"skipped": "no weights"}}

@@ -1,4 +1,4 @@
-"""What training returns: one stage's result, and a whole train flow run's.
+"""What training returns: one stage's result (and the evaluation after it), and a whole train flow run's.
 
 Typed here, turned into plain dicts only at the edge (the flow's return value, JSON, artifacts) by to_dict(),
 whose keys and order are what the flow has always returned.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,41 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class EvaluationOutcome:
+    """What the evaluation after a stage came to: its summary, or why it was skipped or failed."""
+    status: Literal["evaluated", "skipped", "failed"]
+    summary: dict[str, Any] | None = None   # evaluated: the evaluate flow's result (EvaluationSummary.to_dict())
+    reason: str = ""                        # skipped or failed: why, in one line
+
+    @classmethod
+    def evaluated(cls, summary: dict[str, Any]) -> EvaluationOutcome:
+        return cls("evaluated", summary=summary)
+
+    @classmethod
+    def skipped(cls, reason: str) -> EvaluationOutcome:
+        return cls("skipped", reason=reason)
+
+    @classmethod
+    def failed(cls, reason: str) -> EvaluationOutcome:
+        return cls("failed", reason=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as is, or {"skipped": why} / {"failed": why}: what the flow has always returned."""
+        if self.status == "evaluated":
+            return dict(self.summary or {})
+        return {self.status: self.reason}
+
+
+@dataclass(frozen=True)
 class TrainedStage:
     """One stage of a train flow run: its result and the evaluation that followed it."""
     stage: str                       # its label, e.g. "stage 2/5 (cycle 2/5)"
     result: StageResult
-    evaluate: dict | None = None     # the evaluate subflow's summary, or {"skipped": why} / {"failed": why}
+    evaluate: EvaluationOutcome | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, **self.result.to_dict(), "evaluate": self.evaluate}
+        return {"stage": self.stage, **self.result.to_dict(),
+                "evaluate": self.evaluate.to_dict() if self.evaluate else None}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir_b", metavar="DIR_B")
     # From tasks.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or --dinov2-weights
     # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
-    add_setting_options(p, EvaluateSettings, FID_SETTINGS, metavars=EVALUATE_METAVARS, defaults=FID_DEFAULTS)
+    add_setting_options(p, EvaluateSettings, FID_SETTINGS, metavars=EVALUATE_METAVARS, defaults=FID_DEFAULTS,
+                        switches=True)  # `fid --kid A B`: --kid takes no value here
     p.add_argument("--cache-dir", metavar="DIR", type=writable_folder,
                    help="cache DIR_A's statistics here (keyed by content and weights)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")

@@ -6,7 +6,9 @@ so a bad one is argparse's one-line error naming the option, the value and the b
 (`argument --kimg: '-1' is not a finite number >= 0`).
 An option not given is None: the settings file's value stays (a `required` one must be given), unless the command
 names its own default (`ganflow fid` computes KID only when asked). A list setting is a comma list
-(`--metrics fid,fd_dinov2`); a true/false one is a switch that also takes a value (`--kid`, `--kid false`, `--no-kid`).
+(`--metrics fid,fd_dinov2`); a true/false one is a switch that also takes a value (`--kid`, `--kid false`, `--no-kid`),
+or a plain switch pair (`--kid`, `--no-kid`) on a command with positional arguments, which an optional value would eat
+(`ganflow fid --kid A B`).
 """
 from __future__ import annotations
 
@@ -47,9 +49,11 @@ def _parse(model: type[Section], name: str):
 
 def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], names: list[str] | None = None,
                         aliases: dict[str, list[str]] | None = None, metavars: dict[str, str] | None = None,
-                        required: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> None:
+                        required: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
+                        switches: bool = False) -> None:
     """Add `--kebab-key` for each setting in `names` (default: every field of `model`), default None, or the
-    command's own default from `defaults` (a value of the field's type; --help shows it)."""
+    command's own default from `defaults` (a value of the field's type; --help shows it). `switches`: true/false
+    settings take no value (for a command with positional arguments)."""
     aliases, metavars, defaults = aliases or {}, metavars or {}, defaults or {}
     for name in names or list(model.model_fields):
         field = model.model_fields[name]
@@ -57,16 +61,22 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
         if name in metavars:
             extra["metavar"] = metavars[name]
-        if field.annotation is bool:
-            extra.update(nargs="?", const=True)  # `--kid` alone is `--kid true`
+        if field.annotation is bool and switches:
+            extra.update(action="store_const", const=True)
+        elif field.annotation is bool:
+            extra.update(nargs="?", const=True, type=_parse(model, name))  # `--kid` alone is `--kid true`
+        else:
+            extra.update(type=_parse(model, name))
         default = ("required" if name in required else f"default: {_shown(defaults[name])}" if name in defaults
                    else f"default: {model.section}.{name}")
-        parser.add_argument(flag(name), *aliases.get(name, []), dest=name, type=_parse(model, name),
-                            default=defaults.get(name), required=name in required,
-                            help=f"{field.description} ({_bound(field)}{default})", **extra)
+        parser.add_argument(flag(name), *aliases.get(name, []), dest=name, default=defaults.get(name),
+                            required=name in required,
+                            help=f"{field.description} ({'' if switches and field.annotation is bool else _bound(field)}"
+                                 f"{default})",
+                            **extra)
         if field.annotation is bool:
             parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=False,
-                                help=f"as {flag(name)} false")
+                                help=f"the opposite of {flag(name)}" if switches else f"as {flag(name)} false")
 
 
 def _is_list(field: FieldInfo) -> bool:

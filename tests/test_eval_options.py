@@ -49,7 +49,8 @@ def test_each_evaluation_option_is_generated_from_its_setting(command):
     by_flag = {s: a for a in _parser(command)._actions for s in a.option_strings}
     for name in TAKES[command]:
         action = by_flag[flag(name)]
-        assert action.dest == name and getattr(action.type, "__name__", None) == name, (command, name)
+        switch = FIELDS[name].annotation is bool and action.nargs == 0 and action.const is True  # fid's --kid
+        assert action.dest == name and (switch or getattr(action.type, "__name__", None) == name), (command, name)
         assert action.help.startswith(FIELDS[name].description), (command, name, action.help)
     for name in ("kid_subsets", "kid_subset_size", "metrics"):
         if name in TAKES[command]:
@@ -77,7 +78,7 @@ def test_a_kid_subset_of_one_image_is_refused_in_params_yaml_too():
 @pytest.mark.parametrize("argv,says", [
     (["fid", "a", "b", "--kid-subset-size", "1"], "argument --kid-subset-size: '1' is not an integer from 2 to 1000000"),
     (["fid", "a", "b", "--kid-subsets", "100001"], "argument --kid-subsets: '100001' is not an integer from 1 to 100000"),
-    (["fid", "a", "b", "--kid", "maybe"], "argument --kid: 'maybe' is not true or false"),
+    (["evaluate", "--run-dir", "r", "--data", ".", "--kid", "maybe"], "argument --kid: 'maybe' is not true or false"),
     (["fid", "a", "b", "--metrics", "fd_inception"],
      "argument --metrics: 'fd_inception' is not a list of one or more of fid, fd_dinov2"),
     (["evaluate", "--run-dir", "r", "--data", ".", "--kid-subset-size", "1"],
@@ -108,16 +109,26 @@ def test_metrics_names_and_help_come_from_the_registry(capsys):
         registry.unregister("fd_toy")
 
 
-@pytest.mark.parametrize("given,fid,evaluate", [
-    ([], False, None),          # fid: KID only when asked; evaluate: params.yaml's evaluate.kid
-    (["--kid"], True, True),
-    (["--kid", "false"], False, False),
-    (["--kid", "true"], True, True),
-    (["--no-kid"], False, False),
+@pytest.mark.parametrize("given,kid", [
+    ([], None),  # params.yaml's evaluate.kid
+    (["--kid"], True),
+    (["--kid", "false"], False),
+    (["--kid", "true"], True),
+    (["--no-kid"], False),
 ])
-def test_kid_is_a_switch_that_also_takes_a_value(given, fid, evaluate):
-    assert _parser("fid").parse_args(["a", "b", *given]).kid is fid
-    assert _parser("evaluate").parse_args(["--run-dir", "r", "--data", ".", *given]).kid is evaluate
+def test_evaluate_kid_is_a_switch_that_also_takes_a_value(given, kid):
+    assert _parser("evaluate").parse_args(["--run-dir", "r", "--data", ".", *given]).kid is kid
+
+
+@pytest.mark.parametrize("argv,kid", [
+    (["a", "b"], False),  # KID only when asked
+    (["a", "b", "--kid"], True),
+    (["--kid", "a", "b"], True),  # a value-taking --kid would eat DIR_A here, as scripts write it
+    (["--no-kid", "a", "b"], False),
+])
+def test_fid_kid_is_a_plain_switch_before_or_after_the_folders(argv, kid):
+    args = _parser("fid").parse_args(argv)
+    assert (args.dir_a, args.dir_b, args.kid) == ("a", "b", kid)
 
 
 def test_serve_weights_options_reach_the_neighbour_extractor(tmp_path):

@@ -7,7 +7,7 @@ dask_address) the batch tasks run on that cluster; everything else (ingest, dedu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from prefect import flow, get_run_logger
 
@@ -122,9 +122,9 @@ def _ingest(source: str, input_path: str | None, hashtag: str | None, raw_root: 
 class _Found(NamedTuple):
     """What the batch stages found, by image id."""
     paths: dict[str, str]          # every distinct input's file in the raw store
-    cheap: dict[str, Any]          # decode, size, blur, gray verdicts (and perceptual hashes)
-    near: dict[str, Any]           # near-duplicates: id -> the id it duplicates
-    content: dict[str, Any]        # face and text verdicts of the cheap survivors
+    cheap: dict[str, dict]         # decode, size, blur, gray verdicts, with their scores (perceptual hash, ...)
+    near: dict[str, tuple[str, int]]  # near-duplicates: id -> (the id it duplicates, Hamming distance)
+    content: dict[str, dict]       # face and text verdicts of those that passed both
     pngs: dict[str, str]           # the accepted images rendered square, matted
 
 
@@ -154,7 +154,7 @@ def _screen_and_render(params: CurateSettings, inputs: list[RawItem], store: Pat
 
 
 def _screen(batches: Batches, items: list[tuple[str, str]], params: CurateSettings, cache_dir: str,
-            batch_size: int) -> tuple[dict, dict, dict, list[tuple[str, str]]]:
+            batch_size: int) -> tuple[dict, dict[str, tuple[str, int]], dict, list[tuple[str, str]]]:
     """Cheap checks on every item, near-duplicates among those that pass, content checks on the rest; returns
     the three verdicts and the items that reached the content checks."""
     cheap = _mapped(batches, screen_cheap_task, items, batch_size, "cheap", params=params, cache_dir=cache_dir)

@@ -16,7 +16,7 @@ from flows.serve_cli import add_serve_commands
 from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, add_train_setting_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
-from tasks.settings import CurateSettings, TrainSettings
+from tasks.settings import CurateSettings, IngestSettings, IngestSource, TrainSettings
 
 
 class _Bars:
@@ -57,7 +57,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
     p.add_argument("--raw-root", default="data/raw", metavar="DIR", help="raw store root (default: data/raw)")
     p.add_argument("--cache-dir", default="data/cache", metavar="DIR", help="per-image result cache (default: data/cache)")
-    p.add_argument("--max-posts", type=int, default=200, metavar="N", help="Instagram: posts to take (default: 200)")
+    add_setting_options(p, IngestSettings, ["max_posts"], metavars={"max_posts": "N"})  # --max-posts
     p.add_argument("--dvc", action="store_true", help="version the result with DVC: dvc add (or commit), dvc push, "
                                                       "and a git commit of its .dvc file (see `ganflow datasets`)")
     p.add_argument("--session-file", metavar="FILE",
@@ -71,13 +71,14 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 
 def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
+    from tasks.ingestion.ingest import hashtag_settings
     from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
     from tasks.settings import load
     from tasks.ingestion.sources.local import check_input
 
-    if args.max_posts < 1:
-        raise ValueError(f"--max-posts {args.max_posts}: must be at least 1")
     load(CurateSettings, args.params, **given_settings(args, CurateSettings))
+    if args.hashtag is not None:  # a scrape reads params.yaml's ingest.max_posts unless --max-posts names one
+        hashtag_settings(args.params, args.hashtag, {"max_posts": args.max_posts})
     check_dataset_dir(args.out, "--out")
     check_store_root(args.cache_dir, "--cache-dir")
     if args.raw is None:
@@ -93,27 +94,27 @@ def _run_curate(args: argparse.Namespace) -> int:
     from tasks import progress
     from tasks.curation.report import summary_text
     from tasks.curation.publish import read_manifest
+    from tasks.curation.result import CurationResult
 
     _check_curate_args(args)
-    source = "hashtag" if args.hashtag else "path" if args.input else "demo"
+    source: IngestSource = "hashtag" if args.hashtag else "path" if args.input else "demo"
     progress.install(_Bars())
     try:
-        # mypy: source is one of its literals
-        result = curate(source=source, input_path=args.input, hashtag=args.hashtag, out=args.out,  # type: ignore[call-overload]
-                        raw_root=args.raw_root, cache_dir=args.cache_dir, params_path=args.params,
-                        settings=given_settings(args, CurateSettings), max_posts=args.max_posts,
-                        session_file=args.session_file, ig_user=args.ig_user, raw_dir=args.raw, version=args.dvc)
+        result = CurationResult.from_dict(curate(
+            source=source, input_path=args.input, hashtag=args.hashtag, out=args.out, raw_root=args.raw_root,
+            cache_dir=args.cache_dir, params_path=args.params, settings=given_settings(args, CurateSettings),
+            ingest_settings={"max_posts": args.max_posts}, session_file=args.session_file, ig_user=args.ig_user,
+            raw_dir=args.raw, version=args.dvc))
     finally:
         progress.install(None)
     print()
-    print(result["matte_note"])
+    print(result.matte_note)
     print(summary_text(read_manifest(args.out)))
-    print(f"\n{result['count']} of {result['inputs']} images accepted at {result['resolution']}² "
-          f"(content hash {result['content_hash'][:12]}).")
-    out = Path(result["out"])
-    print(f"Results in {out}/: manifest.jsonl, dataset.json, shards/ ({len(result['shards'])} tar)")
-    if "version" in result:
-        v = result["version"]
+    print(f"\n{result.count} of {result.inputs} images accepted at {result.resolution}² "
+          f"(content hash {result.content_hash[:12]}).")
+    print(f"Results in {result.out}/: manifest.jsonl, dataset.json, shards/ ({len(result.shards)} tar)")
+    if result.version is not None:
+        v = result.version
         print(f"Versioned with DVC: {v['md5']} (git {str(v.get('git_rev') or '-')[:10]}, "
               f"{'pushed' if v.get('pushed') else 'not pushed'})")
     return 0
@@ -130,7 +131,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--demo", action="store_true", help="the embedded demo data")
     p.add_argument("--raw-dir", required=True, metavar="DIR", help="the raw store to fill")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
-    p.add_argument("--max-posts", type=int, metavar="N", help="Instagram: posts to take (default: params)")
+    add_setting_options(p, IngestSettings, ["max_posts"], metavars={"max_posts": "N"})  # --max-posts
     p.add_argument("--session-file", metavar="FILE", help="Instagram session file (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
     p.set_defaults(func=_run_ingest)

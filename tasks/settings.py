@@ -32,6 +32,8 @@ MAX_SEED = 2 ** 32 - 1      # numpy's RandomState takes seeds up to 2**32 - 1
 
 Arch = Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
 ARCHS: tuple[str, ...] = get_args(Arch)
+# Where ingest takes images from: the embedded demo, a folder/.zip/.tar, or an Instagram hashtag.
+IngestSource = Literal["demo", "path", "hashtag"]
 
 
 class ParamsError(ValueError):
@@ -125,8 +127,8 @@ S = TypeVar("S", bound=Section)
 class IngestSettings(Section):
     section: ClassVar[str] = "ingest"
 
-    source: Literal["demo", "path", "hashtag"] = setting("demo", "what the DVC pipeline's ingest stage copies into "
-                                                         "data/raw/pipeline: demo, path or hashtag")
+    source: IngestSource = setting("demo", "what the DVC pipeline's ingest stage copies into data/raw/pipeline: "
+                                           "demo, path or hashtag")
     input: str = setting("", "path: a folder, .zip or .tar (DVC does not watch it: `dvc repro -f -s ingest` after "
                              "it changes)")
     hashtag: str = setting("", "hashtag: without '#'; needs $GANFLOW_IG_SESSIONFILE and $GANFLOW_IG_USER")
@@ -409,6 +411,8 @@ def overrides_model(model: type[Section], exclude: tuple[str, ...] = ()) -> type
 
 TrainOverrides = overrides_model(TrainSettings)
 CurateOverrides = overrides_model(CurateSettings)
+# What the curate and pipeline flows take of the `ingest` section: they name the source as their own parameters.
+IngestOverrides = overrides_model(IngestSettings, exclude=("source", "input", "hashtag"))
 EvaluateOverrides = overrides_model(EvaluateSettings)
 # One manager pass: the queue is its own parameter (it comes after $GANFLOW_QUEUE's), and the loop's interval is
 # the deployment's schedule.

@@ -145,3 +145,37 @@ def test_stage_retries_are_train_flow_settings(tmp_path, capsys):
     args = build_parser().parse_args([*common, "--flow", "--retry-delay-seconds", "5"])
     settings = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))["settings"]
     assert (settings.retries, settings.retry_delay_seconds) == (3, 5)
+
+
+def test_max_posts_is_the_ingest_setting_with_its_bound_and_a_bad_one_is_one_line(tmp_path, capsys, monkeypatch):
+    """--max-posts of `curate` and `ingest` is generated from IngestSettings.max_posts: --help shows its bound and
+    that params.yaml's ingest.max_posts is the default; a bad value, given or in params.yaml, is one line and
+    nothing is written."""
+    import yaml
+
+    from flows.cli import main
+    from tests.conftest import PARAMS
+
+    monkeypatch.delenv("GANFLOW_IG_SESSIONFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for command in ("curate", "ingest"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "hashtag: posts to take (an integer >= 1; default: ingest.max_posts)" in " ".join(
+            capsys.readouterr().out.split())
+    where = ["--raw-root", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")]
+    for args in (["curate", "--hashtag", "cats", "--out", str(tmp_path / "out"), *where],
+                 ["ingest", "--hashtag", "cats", "--raw-dir", str(tmp_path / "raw")]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--max-posts", "0"])
+        assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
+            f"ganflow {args[0]}: error: argument --max-posts: '0' is not an integer >= 1 "
+            f"(see `ganflow {args[0]} --help`)"]
+    params = yaml.safe_load(PARAMS.read_text())
+    params["ingest"]["max_posts"] = 0
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    code = main(["curate", "--hashtag", "cats", "--out", str(tmp_path / "out"), "--params", str(bad), *where])
+    assert code == 2 and capsys.readouterr().err.splitlines() == [
+        "ganflow curate: error: ingest.max_posts 0 is not an integer >= 1"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "raw").exists()

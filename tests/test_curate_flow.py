@@ -14,6 +14,7 @@ from PIL import Image
 
 from flows.curate import curate
 from tasks.curation.publish import read_manifest
+from tasks.curation.result import CurationResult
 from tests.conftest import ROOT
 from tests.golden import check_golden, sha256_files
 
@@ -70,6 +71,12 @@ def test_every_input_gets_its_reason(prefect_api, photo_folder, tmp_path, params
     assert dup["duplicate_of"] == records["retina.jpg"].id  # the larger one is kept
 
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    # The flow's result: a CurationResult as a plain dict at the flow's edge, dataset.json's fields inside it.
+    curated = CurationResult.from_dict(result)
+    assert curated.to_dict() == result and curated.dataset == dataset and curated.version is None
+    assert curated.out == str((tmp_path / "out").resolve()) and Path(curated.raw_dir).parent == tmp_path / "raw"
+    assert (curated.count, curated.inputs, curated.content_hash) == (dataset["count"], len(expect),
+                                                                     dataset["content_hash"])
     names = []
     for shard in dataset["shards"]:
         with tarfile.open(tmp_path / "out" / shard["file"]) as tf:
@@ -184,3 +191,37 @@ def test_scrape_setup_error_is_not_retried(prefect_api, tmp_path, params_file, m
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     scrape = [r for r in runs if r.task_key.startswith("scrape") or r.name.startswith("scrape-hashtag")]
     assert len(scrape) == 1 and scrape[0].run_count == 1  # retries would have run it 4 times
+
+
+def test_hashtag_takes_params_max_posts_unless_the_run_names_one(prefect_api, tmp_path, monkeypatch):
+    """params.yaml's ingest.max_posts bounds a hashtag's scrape when neither --max-posts nor the flow's
+    ingest_settings names one; naming one takes that many. Instagram is tests/test_instagram.py's FakeInstagram:
+    instaloader's own code runs, only its HTTP requests are answered offline."""
+    import instaloader
+    import yaml
+
+    from flows.cli import main
+    from tests.test_instagram import TAG, FakeInstagram, image, write_session
+
+    monkeypatch.delenv("GANFLOW_IG_SESSIONFILE", raising=False)
+    monkeypatch.delenv("GANFLOW_IG_USER", raising=False)
+    fake = FakeInstagram([image(f"post{n}", n) for n in range(8)], page_size=4)
+    fake.install(monkeypatch.setattr)
+    # instaloader pauses at random (1.7 s on average) before each request: no pause against the fake.
+    monkeypatch.setattr(instaloader.InstaloaderContext, "do_sleep", lambda self: None)
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["ingest"]["max_posts"] = 2
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    session = str(write_session(tmp_path / "session-tester"))
+    where = dict(raw_root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"))
+
+    assert main(["curate", "--hashtag", TAG, "--out", str(tmp_path / "params-value"), "--params", str(params),
+                 "--session-file", session, "--raw-root", where["raw_root"], "--cache-dir", where["cache_dir"]]) == 0
+    assert sum(fake.downloads.values()) == 2  # one image per post
+    assert json.loads((tmp_path / "params-value" / "dataset.json").read_text())["inputs"] == 2
+
+    result = curate(source="hashtag", hashtag=TAG, out=str(tmp_path / "named"), params_path=str(params),
+                    ingest_settings={"max_posts": 5}, session_file=session, **where)
+    assert result["inputs"] == 5 and result["source"] == "instagram"
+    assert sum(fake.downloads.values()) == 5 and max(fake.downloads.values()) == 1  # the first two were stored

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from typing import get_args
 
 import pytest
 import yaml
@@ -98,6 +99,22 @@ def test_curate_form_shows_every_curation_setting_with_its_bounds_and_descriptio
     assert form["face_min_fraction"]["anyOf"][0]["maximum"] == 1
     pipeline = next(d for d in DEPLOYMENTS if d["name"] == "pipeline")
     _assert_settings_form(_settings_form(_schema(pipeline["entrypoint"]), "curate_settings"), CurateSettings)
+
+
+def test_curate_and_pipeline_forms_take_max_posts_from_the_ingest_settings():
+    """max_posts is IngestSettings' field in both forms (a nested ingest_settings form, empty = params.yaml's
+    ingest.max_posts), with its bound and description; the source choices are the ingest section's."""
+    from tasks.settings import IngestSettings
+
+    for name in ("curate", "pipeline"):
+        deployment = next(d for d in DEPLOYMENTS if d["name"] == name)
+        schema = _schema(deployment["entrypoint"])
+        assert "max_posts" not in schema["properties"], name
+        form = _settings_form(schema, "ingest_settings")
+        _assert_settings_form(form, IngestSettings, names=["max_posts"])
+        assert form["max_posts"]["anyOf"][0]["minimum"] == 1, name
+        source = schema["properties"]["source"]
+        assert source["enum"] == ["demo", "path", "hashtag"] == list(get_args(IngestSettings.model_fields["source"].annotation)), name
 
 
 def test_evaluate_flow_form_shows_every_evaluation_setting():

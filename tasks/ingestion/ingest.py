@@ -4,15 +4,18 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
 
 from tasks import progress
 from tasks.retry import retry_unless_setup_error
 from tasks.ingestion.sources.local import MemberLimits, ingest_path
 from tasks.ingestion.sources.raw import sanitize_name
+from tasks.settings import IngestSettings, given, load
 
 _ARCHIVE_EXT = re.compile(r"\.(zip|tar|tgz|tar\.(gz|bz2|xz))$", re.IGNORECASE)
 
@@ -61,13 +64,21 @@ def scrape_hashtag(hashtag: str, raw_dir: Path, max_posts: int, session_file: st
     return raw_dir
 
 
+def hashtag_settings(params_path: str | Path, hashtag: str | None,
+                     overrides: BaseModel | dict[str, Any] | None = None) -> IngestSettings:
+    """The `ingest` settings of a scrape of #hashtag: params.yaml's section (max_posts) with a run's overrides
+    on top, for this hashtag whatever source the section names; a bad value is a one-line ParamsError."""
+    return load(IngestSettings, params_path, source="hashtag", hashtag=hashtag or "", **given(overrides))
+
+
 def ingest_source(source: str, raw_dir: str | Path, limits: MemberLimits, input_path: str | None = None,
-                  hashtag: str | None = None, max_posts: int = 200, session_file: str | None = None,
+                  hashtag: str | None = None, max_posts: int | None = None, session_file: str | None = None,
                   username: str | None = None) -> Path:
     """Fill raw_dir from any source: what `ganflow ingest` (the DVC pipeline's ingest stage) runs."""
     if source == "hashtag":
-        # mypy: the CLI requires it for this source
-        return scrape_hashtag(hashtag, Path(raw_dir), max_posts, session_file, username)  # type: ignore[arg-type]
+        if not hashtag or max_posts is None:  # both come from IngestSettings, which requires them
+            raise ValueError("a hashtag source needs the hashtag and max_posts (ingest.hashtag, ingest.max_posts)")
+        return scrape_hashtag(hashtag, Path(raw_dir), max_posts, session_file, username)
     if source == "demo":
         return ingest_demo(Path(raw_dir), limits)
     # mypy: the CLI requires it for this source

@@ -324,18 +324,20 @@ def _caption(w: int, h: int) -> Rgb:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The demo: (relative path, builder, expected reason).
+# The demo: (relative path, builder, expected reason), one group of files per function.
 
-def _entries() -> list[tuple[str, Callable[[], bytes], str]]:
-    rocket = _jpeg(_sk("rocket"))
-    hubble = _sk("hubble_deep_field")
-    hubble_small = cv2.resize(hubble, (850, 741), interpolation=cv2.INTER_AREA)
+Entry = tuple[str, Callable[[], bytes], str]
 
-    def proc(kind, seed, w, h, encode=_jpeg, **kw):
-        return lambda: encode(_gen(kind, seed, w, h, **kw))
 
+def _proc(kind: Callable[..., Rgb], seed: int, w: int, h: int, encode: Callable[..., bytes] = _jpeg,
+          **kw) -> Callable[[], bytes]:
+    """A procedural image's builder."""
+    return lambda: encode(_gen(kind, seed, w, h, **kw))
+
+
+def _photos(rocket: bytes, hubble: Rgb) -> list[Entry]:
+    """Real photos."""
     return [
-        # Real photos.
         ("photos/rocket.jpg", lambda: rocket, ACCEPTED),
         ("photos/retina.jpg", lambda: _jpeg(_sk("retina"), 90), ACCEPTED),  # 1411², read in draft mode
         ("photos/immunohistochemistry.jpg", lambda: _jpeg(_sk("immunohistochemistry")), ACCEPTED),
@@ -344,24 +346,39 @@ def _entries() -> list[tuple[str, Callable[[], bytes], str]]:
         ("photos/camera.jpg", lambda: _jpeg(_sk("camera")), "grayscale"),
         ("photos/coffee.jpg", lambda: _jpeg(_sk("coffee")), "too_small"),      # 600x400
         ("photos/chelsea.jpg", lambda: _jpeg(_sk("chelsea")), "too_small"),    # 451x300
-        # Grey textures toned in colour (duotone).
+    ]
+
+
+def _textures() -> list[Entry]:
+    """Grey textures toned in colour (duotone)."""
+    return [
         ("textures/brick-terracotta.jpg", lambda: _jpeg(tint(_sk("brick"), (70, 20, 10), (240, 150, 100))), ACCEPTED),
         ("textures/grass-green.jpg", lambda: _jpeg(tint(_sk("grass"), (10, 40, 5), (190, 240, 90))), ACCEPTED),
         ("textures/gravel-sand.jpg", lambda: _jpeg(tint(_sk("gravel"), (60, 40, 20), (250, 220, 160))), ACCEPTED),
         ("textures/moon-blue.jpg", lambda: _jpeg(tint(_sk("moon"), (0, 10, 60), (160, 220, 255))), ACCEPTED),
-        # Procedural images, 512 to 1280 px, several aspect ratios.
-        ("procedural/cells-1024x768.jpg", proc(cells, 101, 1024, 768), ACCEPTED),
-        ("procedural/cells-512x512.png", proc(cells, 102, 512, 512, _png), ACCEPTED),
-        ("procedural/shapes-1280x720.jpg", proc(shapes, 103, 1280, 720), ACCEPTED),
-        ("procedural/shapes-600x900.jpg", proc(shapes, 104, 600, 900), ACCEPTED),
-        ("procedural/stripes-800x600.jpg", proc(stripes, 105, 800, 600), ACCEPTED),
-        ("procedural/plaid-1024x1024.jpg", proc(stripes, 106, 1024, 1024, plaid=True), ACCEPTED),
-        ("procedural/waves-960x540.jpg", proc(waves, 107, 960, 540), ACCEPTED),
-        ("procedural/tiles-720x1280.jpg", proc(tiles, 108, 720, 1280), ACCEPTED),
-        ("procedural/marble-768x512.jpg", proc(marble, 109, 768, 512), ACCEPTED),
-        ("procedural/gradient-1200x800.jpg", proc(gradient, 110, 1200, 800), ACCEPTED),
-        ("procedural/gradient-640x480.jpg", proc(gradient, 111, 640, 480), ACCEPTED),
-        # Format oddities: all decode to RGB and are accepted.
+    ]
+
+
+def _procedural() -> list[Entry]:
+    """Procedural images, 512 to 1280 px, several aspect ratios."""
+    return [
+        ("procedural/cells-1024x768.jpg", _proc(cells, 101, 1024, 768), ACCEPTED),
+        ("procedural/cells-512x512.png", _proc(cells, 102, 512, 512, _png), ACCEPTED),
+        ("procedural/shapes-1280x720.jpg", _proc(shapes, 103, 1280, 720), ACCEPTED),
+        ("procedural/shapes-600x900.jpg", _proc(shapes, 104, 600, 900), ACCEPTED),
+        ("procedural/stripes-800x600.jpg", _proc(stripes, 105, 800, 600), ACCEPTED),
+        ("procedural/plaid-1024x1024.jpg", _proc(stripes, 106, 1024, 1024, plaid=True), ACCEPTED),
+        ("procedural/waves-960x540.jpg", _proc(waves, 107, 960, 540), ACCEPTED),
+        ("procedural/tiles-720x1280.jpg", _proc(tiles, 108, 720, 1280), ACCEPTED),
+        ("procedural/marble-768x512.jpg", _proc(marble, 109, 768, 512), ACCEPTED),
+        ("procedural/gradient-1200x800.jpg", _proc(gradient, 110, 1200, 800), ACCEPTED),
+        ("procedural/gradient-640x480.jpg", _proc(gradient, 111, 640, 480), ACCEPTED),
+    ]
+
+
+def _formats() -> list[Entry]:
+    """Format oddities: all decode to RGB and are accepted."""
+    return [
         ("formats/cmyk.jpg", lambda: _cmyk(_gen(shapes, 201, 768, 576)), ACCEPTED),
         ("formats/rgb-16bit.png", lambda: _png16_rgb(_rgb16(np.random.default_rng(202), 640, 640)), ACCEPTED),
         ("formats/palette.png", lambda: _palette(_gen(tiles, 203, 800, 600)), ACCEPTED),
@@ -370,14 +387,24 @@ def _entries() -> list[tuple[str, Callable[[], bytes], str]]:
         ("formats/animated.gif", lambda: _gif([_gen(waves, 206 + i, 600, 600) for i in range(3)]), ACCEPTED),
         ("formats/progressive.jpg", lambda: _jpeg(_gen(stripes, 209, 900, 600), progressive=True), ACCEPTED),
         ("formats/lossy.webp", lambda: _webp(_gen(marble, 210, 640, 640)), ACCEPTED),
-        # Names as people and phones write them.
-        ("names/sunset at the beach.jpg", proc(gradient, 301, 1024, 683), ACCEPTED),
-        ("names/café crème.jpg", proc(cells, 302, 700, 700), ACCEPTED),
-        ("names/日本の風景.jpg", proc(tiles, 303, 800, 533), ACCEPTED),
-        ("names/🌅 sunrise.png", proc(shapes, 304, 512, 512, _png), ACCEPTED),
-        ("names/-leading-dash.jpg", proc(waves, 305, 640, 800), ACCEPTED),
-        ("names/IMG_0001.JPEG", proc(marble, 306, 1024, 576), ACCEPTED),
-        # Planted rejects.
+    ]
+
+
+def _names() -> list[Entry]:
+    """Names as people and phones write them."""
+    return [
+        ("names/sunset at the beach.jpg", _proc(gradient, 301, 1024, 683), ACCEPTED),
+        ("names/café crème.jpg", _proc(cells, 302, 700, 700), ACCEPTED),
+        ("names/日本の風景.jpg", _proc(tiles, 303, 800, 533), ACCEPTED),
+        ("names/🌅 sunrise.png", _proc(shapes, 304, 512, 512, _png), ACCEPTED),
+        ("names/-leading-dash.jpg", _proc(waves, 305, 640, 800), ACCEPTED),
+        ("names/IMG_0001.JPEG", _proc(marble, 306, 1024, 576), ACCEPTED),
+    ]
+
+
+def _planted_rejects() -> list[Entry]:
+    """One or more bad inputs per reject reason."""
+    return [
         ("bad/empty.jpg", lambda: b"", "empty"),
         ("bad/rate-limited.jpg", lambda: _NOT_IMAGE, "not_image"),
         ("bad/truncated.jpg", lambda: (b := _jpeg(_gen(cells, 401, 800, 600)))[: len(b) // 2], "truncated"),
@@ -390,11 +417,23 @@ def _entries() -> list[tuple[str, Callable[[], bytes], str]]:
          lambda: _jpeg(Image.fromarray(_sk("rocket")).convert("L").convert("RGB")), "grayscale"),
         ("bad/gravel-16bit-grey.png", lambda: _png(Image.fromarray(_sk("gravel").astype(np.uint16) * 257)),
          "grayscale"),
-        # Reposts: the same bytes under another name (sorts after the original, which is kept), and a
-        # smaller re-encoded copy (the larger original is kept).
+    ]
+
+
+def _reposts(rocket: bytes, hubble: Rgb) -> list[Entry]:
+    """Reposts: the same bytes under another name (sorts after the original, which is kept), and a smaller
+    re-encoded copy (the larger original is kept)."""
+    hubble_small = cv2.resize(hubble, (850, 741), interpolation=cv2.INTER_AREA)
+    return [
         ("reposts/rocket.jpg", lambda: rocket, "duplicate"),
         ("reposts/hubble-850px.jpg", lambda: _jpeg(hubble_small, 80), "duplicate"),
     ]
+
+
+def _entries() -> list[Entry]:
+    rocket, hubble = _jpeg(_sk("rocket")), _sk("hubble_deep_field")  # each also reposted
+    return (_photos(rocket, hubble) + _textures() + _procedural() + _formats() + _names() + _planted_rejects()
+            + _reposts(rocket, hubble))
 
 
 def write_demo(dest: Path) -> dict[str, str]:

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -117,7 +118,7 @@ async def burst(base: str, seeds: list[int], resolution: int) -> tuple[float, li
     return wall, [d for d, _ in done], [e for _, e in done if e]
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=64, help="concurrent requests per round (default 64)")
     ap.add_argument("--resolution", type=int, default=64, help="image side asked for (default 64)")
@@ -125,59 +126,86 @@ def main() -> int:
     ap.add_argument("--snapshot", help="a RUN/best.pt or checkpoint to serve (default: the demo network, random "
                                        "weights)")
     ap.add_argument("--out", default="bench/results/serve_load.json")
-    a = ap.parse_args()
+    return ap.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        if a.snapshot:  # a copy: the server refuses a link that leads out of its run folder
-            run.mkdir()
-            shutil.copyfile(a.snapshot, RunDir(run).best)
-        else:
-            demo_snapshot(run)
-        port = free_port()
-        server = start_server(run, port, queue=a.requests)
-        try:
-            explorer = Explorer(run_dir=run)
-            _name, G, arch = explorer.generator(None)
-            base = f"http://127.0.0.1:{port}"
-            asyncio.run(burst(base, list(range(4)), a.resolution))  # warm-up: connections, first calls
-            to_png(explorer.image(None, 0, 1.0, a.resolution))
-            t_srv = t_ref = t_batch = float("inf")
-            latencies, errors = [], []
-            for r in range(a.rounds):
-                seeds = list(range(1000 * (r + 1), 1000 * (r + 1) + a.requests))  # new seeds: nothing cached
-                wall, lat, errs = asyncio.run(burst(base, seeds, a.resolution))
-                errors += errs
-                if wall < t_srv:
-                    t_srv, latencies = wall, lat
-                t_ref = min(t_ref, in_worker_thread(
-                    lambda seeds=seeds: [to_png(explorer.image(None, s, 1.0, a.resolution)) for s in seeds]))
-                t_batch = min(t_batch, in_worker_thread(
-                    lambda seeds=seeds: [to_png(i) for i in images_from_seeds(G, arch, seeds, resolution=a.resolution,
-                                                                              batch=len(seeds))]))
-        finally:
-            server.terminate()
-            server.wait(30)
 
+def place_snapshot(run: Path, snapshot: str | None) -> None:
+    """RUN/best.pt: a copy of `snapshot` (the server refuses a link that leads out of its run folder), or the
+    demo network."""
+    if snapshot:
+        run.mkdir()
+        shutil.copyfile(snapshot, RunDir(run).best)
+    else:
+        demo_snapshot(run)
+
+
+@dataclass
+class Rounds:
+    """The best of each way over the rounds (seconds for a round's requests), and what the server answered."""
+    arch: dict
+    server_s: float = float("inf")        # the burst, served concurrently
+    one_by_one_s: float = float("inf")    # the reference: Explorer.image + PNG per request, in this process
+    one_batch_s: float = float("inf")     # one batched synthesize call over the same seeds, for scale
+    latencies: list[float] = field(default_factory=list)  # of the fastest burst
+    errors: list[str] = field(default_factory=list)       # of every burst
+
+
+def measure(run: Path, base: str, requests: int, resolution: int, rounds: int) -> Rounds:
+    """Rounds alternating a burst at the server (at `base`) and the in-process reference, after a warm-up."""
+    explorer = Explorer(run_dir=run)
+    _name, G, arch = explorer.generator(None)
+    asyncio.run(burst(base, list(range(4)), resolution))  # warm-up: connections, first calls
+    to_png(explorer.image(None, 0, 1.0, resolution))
+    m = Rounds(arch)
+    for r in range(rounds):
+        seeds = list(range(1000 * (r + 1), 1000 * (r + 1) + requests))  # new seeds: nothing cached
+        wall, lat, errs = asyncio.run(burst(base, seeds, resolution))
+        m.errors += errs
+        if wall < m.server_s:
+            m.server_s, m.latencies = wall, lat
+        m.one_by_one_s = min(m.one_by_one_s, in_worker_thread(
+            lambda seeds=seeds: [to_png(explorer.image(None, s, 1.0, resolution)) for s in seeds]))
+        m.one_batch_s = min(m.one_batch_s, in_worker_thread(
+            lambda seeds=seeds: [to_png(i) for i in images_from_seeds(G, arch, seeds, resolution=resolution,
+                                                                      batch=len(seeds))]))
+    return m
+
+
+def summary(a: argparse.Namespace, m: Rounds) -> dict:
     n = a.requests
-    lat = np.sort(np.array(latencies))
-    result = {
+    lat = np.sort(np.array(m.latencies))
+    return {
         "requests": n, "concurrency": n, "rounds": a.rounds, "resolution": a.resolution,
         "snapshot": a.snapshot or "make-demo StyleGAN2 64² network, random weights",
-        "network": {k: arch["net"][k] for k in ("resolution", "channel_base", "channel_max", "z_dim")},
+        "network": {k: m.arch["net"][k] for k in ("resolution", "channel_base", "channel_max", "z_dim")},
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "errors": len(errors), "error_samples": errors[:5],
-        "img_per_s": {"server_concurrent": n / t_srv, "in_process_one_by_one": n / t_ref,
-                      "in_process_one_batch": n / t_batch},
-        "ratio_server_to_in_process": t_ref / t_srv,
+        "errors": len(m.errors), "error_samples": m.errors[:5],
+        "img_per_s": {"server_concurrent": n / m.server_s, "in_process_one_by_one": n / m.one_by_one_s,
+                      "in_process_one_batch": n / m.one_batch_s},
+        "ratio_server_to_in_process": m.one_by_one_s / m.server_s,
         "latency_s": {"p50": float(lat[len(lat) // 2]), "p95": float(lat[int(0.95 * (len(lat) - 1))]),
                       "max": float(lat[-1])},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        place_snapshot(run, a.snapshot)
+        port = free_port()
+        server = start_server(run, port, queue=a.requests)
+        try:
+            m = measure(run, f"http://127.0.0.1:{port}", a.requests, a.resolution, a.rounds)
+        finally:
+            server.terminate()
+            server.wait(30)
+    result = summary(a, m)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    if errors:
-        print(f"serve_load: {len(errors)} request(s) failed", file=sys.stderr)
+    if m.errors:
+        print(f"serve_load: {len(m.errors)} request(s) failed", file=sys.stderr)
         return 1
     return 0
 

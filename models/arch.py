@@ -1,4 +1,5 @@
-"""Per-architecture glue for the one training loop: build G/D, call them, schedule them.
+"""Per-architecture glue for the one training loop: build G/D, call them, schedule them; and ARCHS, the one list
+of architectures, with the traits the code around the loop asks of each (tasks/ never compares a name).
 
 A StyleGAN2 step is G(z) and D(x). The adapter also carries everything that is a pure function of the
 number of images seen (a PGGAN's stage and fade-in alpha), so a resume restores it exactly.
@@ -6,6 +7,7 @@ number of images seen (a PGGAN's stage and fade-in alpha), so a resume restores 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, overload
 
 import torch
@@ -102,6 +104,12 @@ class StyleGAN2Arch:
     def describe(self) -> dict:
         return {"name": "stylegan2", "net": self.net.to_dict()}
 
+    @staticmethod
+    def generator(net: dict) -> nn.Module:
+        from models.stylegan2 import Generator, StyleGAN2Config
+
+        return Generator(StyleGAN2Config.from_dict(net))
+
 
 class PGGANArch:
     """PGGAN: G and D grow from 4x4; the stage and fade-in alpha are a pure function of images seen
@@ -155,6 +163,12 @@ class PGGANArch:
     def describe(self) -> dict:
         return {"name": "pggan", "net": self.net.to_dict(),
                 "schedule": {"stabilize_kimg": self.schedule.stabilize_kimg, "fade_kimg": self.schedule.fade_kimg}}
+
+    @staticmethod
+    def generator(net: dict) -> nn.Module:
+        from models.pggan import Generator, PGGANConfig
+
+        return Generator(PGGANConfig.from_dict(net))
 
 
 class StyleGAN3Arch:
@@ -241,13 +255,44 @@ class StyleGAN3Arch:
     def describe(self) -> dict:
         return {"name": self.net.kind, "net": self.net.to_dict(), "d_net": self.d_net.to_dict()}
 
+    @staticmethod
+    def generator(net: dict) -> nn.Module:
+        from models.stylegan3 import Generator, StyleGAN3Config
 
-# Typed so that mypy checks each class against the Arch protocol (e.g. generate()'s signature).
-ARCHS: dict[str, Callable[[Any], Arch]] = {
-    "stylegan2": StyleGAN2Arch, "stylegan3-t": StyleGAN3Arch, "stylegan3-r": StyleGAN3Arch, "pggan": PGGANArch}
+        return Generator(StyleGAN3Config.from_dict(net))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture as the code around the training loop sees it: what builds it, and the traits that decide
+    how it is planned, drawn and served (asked here by tasks/ and models.generate, never by comparing names)."""
+
+    adapter: Callable[[Any], Arch]          # the training loop's glue, from a TrainConfig (mypy checks the protocol)
+    generator: Callable[[dict], nn.Module]  # an untrained G from a recorded architecture's `net` (a checkpoint's)
+    # Grows from 4x4 (models.pggan's stages): trained one stage per resolution, without ADA unless asked, and drawn
+    # at a stage it has grown. Otherwise trained in cycles of train.cycle_kimg, with ADA (train.ada_target).
+    progressive: bool
+    truncation: bool  # a mapping network: truncation psi applies, and a morph interpolates in W
+
+
+# The one list of architectures (tasks.settings.Arch repeats the names as a Literal for pydantic; a test ties them).
+ARCHS: dict[str, Family] = {
+    "stylegan2": Family(StyleGAN2Arch, StyleGAN2Arch.generator, progressive=False, truncation=True),
+    "stylegan3-t": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True),
+    "stylegan3-r": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True),
+    "pggan": Family(PGGANArch, PGGANArch.generator, progressive=True, truncation=False),
+}
+
+
+def family(name: str) -> Family:
+    """The registered architecture of this name (a recorded `arch["name"]`); ValueError for an unknown one."""
+    found = ARCHS.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise ValueError(f"unknown architecture {name!r}")
+    return found
 
 
 def build_arch(cfg) -> Arch:
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown arch {cfg.arch!r}: choose from {', '.join(ARCHS)}")
-    return ARCHS[cfg.arch](cfg)
+    return ARCHS[cfg.arch].adapter(cfg)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models.arch import family
 from models.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -35,19 +36,7 @@ def resample(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
 
 def build_generator(arch: dict) -> torch.nn.Module:
     """An untrained generator of a recorded architecture (a checkpoint's `arch` entry)."""
-    if arch["name"] == "stylegan2":
-        from models.stylegan2 import Generator, StyleGAN2Config
-
-        return Generator(StyleGAN2Config.from_dict(arch["net"]))
-    if arch["name"] in ("stylegan3-t", "stylegan3-r"):
-        from models.stylegan3 import Generator as SG3Generator, StyleGAN3Config
-
-        return SG3Generator(StyleGAN3Config.from_dict(arch["net"]))
-    if arch["name"] == "pggan":
-        from models.pggan import Generator as PGGANGenerator, PGGANConfig
-
-        return PGGANGenerator(PGGANConfig.from_dict(arch["net"]))
-    raise ValueError(f"unknown architecture {arch['name']!r}")
+    return family(arch["name"]).generator(arch["net"])
 
 
 def load_generator(ckpt: str | Path, follow_links: bool = True) -> tuple[torch.nn.Module, dict]:
@@ -82,11 +71,11 @@ def synthesize(G: torch.nn.Module, arch: dict, z: torch.Tensor, truncation_psi: 
                resolution: int | None = None) -> torch.Tensor:
     """Images in [-1,1]. StyleGAN2 with constant noise (deterministic; StyleGAN3 has none); PGGAN at the stage
     it has grown to, or at `resolution` when that is an earlier stage. Resampled to `resolution` otherwise."""
-    if arch["name"] != "pggan":
-        images = G(z, truncation_psi=truncation_psi, noise_mode="const", update_w_avg=False)
-    else:
+    if family(arch["name"]).progressive:
         stage, alpha = _pggan_stage(arch, resolution)
         images = G(z, stage=stage, alpha=alpha)
+    else:
+        images = G(z, truncation_psi=truncation_psi, noise_mode="const", update_w_avg=False)
     return resample(images, resolution)
 
 
@@ -134,10 +123,10 @@ def interpolation_frames(G, arch: dict, seeds: list[int], frames: int, truncatio
     k = pos.floor().long()
     t = (pos - k).float().to(z.device)
     start, end = k, (k + 1) % len(seeds)
-    out = []
+    out, in_w = [], family(arch["name"]).truncation  # a mapping network to interpolate through
     for i in range(0, frames, batch):
         s, e, tt = start[i:i + batch], end[i:i + batch], t[i:i + batch]
-        if arch["name"] != "pggan":
+        if in_w:
             w = G.mapping(z, truncation_psi, update_w_avg=False)  # [S, num_ws, w_dim]
             ws = torch.lerp(w[s], w[e], tt[:, None, None])
             images = resample(G.synthesis(ws, noise_mode="const"), resolution)

@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
+from models.arch import family
 from models.checkpoint import CheckpointError, list_checkpoints
 from models.generate import (grid, images_from_seeds, images_from_z, interpolation_frames, load_generator,
                              neighbour_latents, save_gif)
@@ -176,7 +177,7 @@ def offered_resolutions(arch: dict, limits: Limits = Limits()) -> list[int]:
     """The sizes a snapshot can be drawn at: each stage a PGGAN has grown (drawn by that stage's own layers,
     not resampled), or the native size of a StyleGAN2 and its powers-of-two multiples within the limits."""
     native = int(arch["net"]["resolution"])
-    if arch["name"] == "pggan":
+    if family(arch["name"]).progressive:
         from models.pggan import resolution_stage, stage_resolution
 
         stage = int(arch.get("stage", resolution_stage(native)))
@@ -188,7 +189,8 @@ def offered_resolutions(arch: dict, limits: Limits = Limits()) -> list[int]:
 
 def default_resolution(arch: dict, limits: Limits = Limits()) -> int:
     """What the snapshot draws without resampling: a PGGAN's current stage, a StyleGAN2's native size."""
-    return offered_resolutions(arch, limits)[-1] if arch["name"] == "pggan" else int(arch["net"]["resolution"])
+    grown = family(arch["name"]).progressive
+    return offered_resolutions(arch, limits)[-1] if grown else int(arch["net"]["resolution"])
 
 
 def to_png(image: np.ndarray | Image.Image) -> bytes:
@@ -339,11 +341,12 @@ class Explorer:
         """The resolution to draw at, after checking the request against this snapshot and the limits."""
         offered = offered_resolutions(arch, self.limits)
         resolution = resolution or default_resolution(arch, self.limits)
+        traits = family(arch["name"])
         if resolution not in offered:
-            what = "the stages this PGGAN has grown" if arch["name"] == "pggan" else "resampled sizes"
+            what = "the stages this PGGAN has grown" if traits.progressive else "resampled sizes"
             raise InputError(f"resolution {resolution} is not offered by {name} ({arch['name']}): choose one of "
                              f"{offered} ({what})")
-        if arch["name"] == "pggan" and truncation != 1.0:
+        if not traits.truncation and truncation != 1.0:
             raise InputError(f"{name} is a PGGAN, which has no truncation: leave truncation at 1 (got {truncation:g})")
         pixels = images * resolution * resolution
         if pixels > self.limits.max_pixels:
@@ -412,7 +415,7 @@ class Explorer:
                 "native_resolution": int(arch["net"]["resolution"]),
                 "resolutions": offered_resolutions(arch, self.limits),
                 "default_resolution": default_resolution(arch, self.limits),
-                "truncation": arch["name"] != "pggan",
+                "truncation": family(arch["name"]).truncation,
                 "stage": arch.get("stage"), "alpha": arch.get("alpha"),
                 "limits": asdict(self.limits)}
 

@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
+from models.arch import ARCHS as FAMILIES
 from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
@@ -43,7 +44,8 @@ from tasks.training.results import StageResult
 from tasks.training.run import run_training
 from tasks.training.transfer import transfer_config
 
-CYCLED = ("stylegan2", "stylegan3-t", "stylegan3-r")  # trained in cycles of cycle_kimg, with ADA
+# Trained in cycles of cycle_kimg, with ADA: the families that do not grow progressively (models.arch.ARCHS).
+CYCLED = tuple(name for name, f in FAMILIES.items() if not f.progressive)
 
 
 class Preempted(Exception):
@@ -141,11 +143,11 @@ def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainSe
     """The stages up to total_kimg; None: train.kimg, or when that is 0 the family's default length."""
     if total_kimg is None and p.kimg > 0:
         total_kimg = p.kimg
-    if arch == "pggan":
+    if arch not in FAMILIES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    if FAMILIES[arch].progressive:
         return pggan_stages(resolution, p.fade_kimg, p.stabilize_kimg, total_kimg)
-    if arch in CYCLED:
-        return stylegan2_stages(total_kimg if total_kimg is not None else p.cycles * p.cycle_kimg, p.cycle_kimg)
-    raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    return stylegan2_stages(total_kimg if total_kimg is not None else p.cycles * p.cycle_kimg, p.cycle_kimg)
 
 
 def done_kimg(run_dir: str | Path) -> float:

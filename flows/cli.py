@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
-from flows.datasets_cli import add_datasets_commands
-from flows.eval_cli import add_eval_commands
-from flows.queue_cli import add_queue_commands, route_train_verbs
-from flows.serve_cli import add_serve_commands
 from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, add_train_setting_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
@@ -309,24 +307,60 @@ def check_device_available(name: str, option: str) -> None:
         raise ValueError(f"{option} mps: this machine has no MPS device; use cpu or auto")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each command's parser, in `ganflow --help`'s order, by the function that adds it: a function of this module, or
+# "module:function" for commands whose code lives in their own module. That module is imported only when its
+# command runs (or for `ganflow --help`), so a DVC stage's command imports its own code, not every other
+# command's, and dvc.yaml's deps can say exactly what a stage runs.
+_COMMANDS: list[tuple[tuple[str, ...], Callable[[argparse._SubParsersAction], None] | str]] = [
+    (("ingest",), _add_ingest),
+    (("curate",), _add_curate),
+    (("train",), _add_train),
+    (("train-submit", "train-status", "manager"), "flows.queue_cli:add_queue_commands"),
+    (("fid", "evaluate", "generate", "morph"), "flows.eval_cli:add_eval_commands"),
+    (("datasets",), "flows.datasets_cli:add_datasets_commands"),
+    (("serve",), "flows.serve_cli:add_serve_commands"),
+    (("import",), _add_import),
+]
+TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (`command`) only the parser of that command: what `main` runs."""
     parser = OneLineParser(
         prog="ganflow", description="Turn a hashtag or a folder of photos into a clean dataset and a trained GAN.")
     parser.add_argument("--debug", action="store_true", help="on an error, show Python's traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_ingest(sub)
-    _add_curate(sub)
-    _add_train(sub)
-    add_queue_commands(sub)
-    add_eval_commands(sub)
-    add_datasets_commands(sub)
-    add_serve_commands(sub)
-    _add_import(sub)
+    known = {name for names, _ in _COMMANDS for name in names}
+    for names, add in _COMMANDS:
+        if command in names or command not in known:  # an unknown command: all of them, for the error's choices
+            if isinstance(add, str):
+                module, function = add.split(":")
+                add = getattr(importlib.import_module(module), function)
+            add(sub)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word of argv: the first word after the global options (--debug, --help)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def route_train_verbs(argv: list[str] | None) -> list[str]:
+    """`ganflow train --data ...` trains in the foreground and must keep working, so `train submit ...` and
+    `train status` are routed before argparse sees them, to the hidden commands `train-submit` / `train-status`
+    (an option value never comes right after `train`, so the second word is unambiguous)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":  # global options come before the command
+        i += 1
+    if len(argv) >= i + 2 and argv[i] == "train" and argv[i + 1] in TRAIN_VERBS:
+        return [*argv[:i], TRAIN_VERBS[argv[i + 1]], *argv[i + 2:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(route_train_verbs(argv))  # `train submit|status` → their own parsers
+    argv = route_train_verbs(argv)  # `train submit|status` → their own parsers
+    args = build_parser(_command(argv)).parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Without a Prefect server configured, a flow starts a temporary one; Prefect gives it 20 s, which a busy
     # laptop (or a `dvc repro` next to other work) can exceed.

@@ -1,8 +1,6 @@
 """`ganflow train submit`, `ganflow train status` and `ganflow manager`: the queue's command line.
 
-`ganflow train --data ...` trains in the foreground and must keep working, so `submit` and `status`
-are routed before argparse sees them: `train submit ...` becomes the hidden command `train-submit ...`
-(an option value never comes right after `train`, so the second word is unambiguous).
+`train submit ...` reaches the hidden command `train-submit ...` through flows.cli.route_train_verbs.
 """
 from __future__ import annotations
 
@@ -16,19 +14,6 @@ from flows.train_cli import add_train_setting_options
 from flows.validate import existing_folder, writable_folder
 from tasks.manager.queue import Queue, queue_path
 from tasks.settings import ManagerSettings, TrainSettings, load
-
-TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
-
-
-def route_train_verbs(argv: list[str] | None) -> list[str]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    i = 0
-    while i < len(argv) and argv[i] == "--debug":  # global options come before the command
-        i += 1
-    if len(argv) >= i + 2 and argv[i] == "train" and argv[i + 1] in TRAIN_VERBS:
-        return [*argv[:i], TRAIN_VERBS[argv[i + 1]], *argv[i + 2:]]
-    return argv
-
 
 MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
                     "max_running": "N", "deployment": "NAME"}

@@ -12,6 +12,28 @@ from PIL import Image
 from tests.conftest import ROOT
 
 
+def test_a_command_imports_its_own_code_only_and_help_still_lists_every_command():
+    """dvc.yaml's deps list what each stage's command imports: `ganflow ingest` must not load the evaluation,
+    queue or serving commands (their changes would rerun every stage). `ganflow --help` and an unknown command's
+    error still name every command, and the lazy table names exactly the commands its modules add."""
+    from flows.cli import _COMMANDS, build_parser
+
+    probe = ("import sys; from flows.cli import build_parser; build_parser(sys.argv[1]); "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('flows', 'tasks'))))")
+    loaded = {cmd: set(subprocess.run([sys.executable, "-c", probe, cmd], capture_output=True, text=True, cwd=ROOT,
+                                      check=True).stdout.split()) for cmd in ("ingest", "evaluate")}
+    others = {"flows.eval_cli", "flows.queue_cli", "flows.serve_cli", "flows.datasets_cli", "tasks.manager.queue"}
+    assert not loaded["ingest"] & others, loaded["ingest"]
+    assert "flows.eval_cli" in loaded["evaluate"] and "flows.serve_cli" not in loaded["evaluate"]
+    choices = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert list(choices) == [name for names, _ in _COMMANDS for name in names]
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         check=True).stdout
+    assert all(name in out for name in ("ingest", "manager", "evaluate", "datasets", "serve", "import"))
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "curat"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "invalid choice: 'curat'" in bad.stderr and "serve" in bad.stderr, bad.stderr
+
+
 @pytest.fixture
 def ganflow(prefect_api, tmp_path):
     """Run `ganflow ...` in a subprocess against the test harness's Prefect server, as a user would."""

@@ -204,7 +204,7 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_par
 
 def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
     from flows.cli import build_parser
-    from flows.queue_cli import route_train_verbs
+    from flows.cli import route_train_verbs
     from tests.conftest import write_curated
 
     data = write_curated(tmp_path / "data")

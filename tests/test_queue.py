@@ -230,7 +230,7 @@ def _command(name: str):
 def _help(argv: list[str], capsys) -> str:
     """`ganflow ... --help` as the user reads it, with argparse's line wrapping undone."""
     from flows.cli import main
-    from flows.queue_cli import route_train_verbs
+    from flows.cli import route_train_verbs
 
     with pytest.raises(SystemExit) as e:
         main(route_train_verbs([*argv, "--help"]))
@@ -300,7 +300,7 @@ def test_help_shows_each_manager_and_submit_option_with_its_bound(capsys):
 ])
 def test_a_bad_manager_or_submit_option_is_one_line_with_exit_2(argv, says, tmp_path, capsys):
     from flows.cli import main
-    from flows.queue_cli import route_train_verbs
+    from flows.cli import route_train_verbs
 
     if argv[:2] == ["train", "submit"]:
         argv += ["--data", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--kimg", "1"]

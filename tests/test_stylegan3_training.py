@@ -164,7 +164,7 @@ def test_every_command_line_and_flow_takes_the_stylegan3_families(tmp_path, monk
 
     from flows.cli import build_parser
     from flows.pipeline import pipeline
-    from flows.queue_cli import route_train_verbs
+    from flows.cli import route_train_verbs
     from flows.train import train_flow
 
     monkeypatch.chdir(tmp_path)

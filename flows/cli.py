@@ -16,7 +16,7 @@ from flows.serve_cli import add_serve_commands
 from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, add_train_setting_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
-from tasks.settings import CurateSettings, TrainSettings
+from tasks.settings import TRAIN_FLOW_ONLY, CurateSettings, TrainSettings
 
 
 class _Bars:
@@ -166,9 +166,6 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset; "
                                      "`train submit` / `train status`: queue runs for `ganflow manager`",
@@ -189,7 +186,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
     # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
     add_train_setting_options(p)
-    p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     add_flow_options(p)
     p.set_defaults(func=_run_train)
 
@@ -201,24 +197,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if flow_only:
         raise ValueError(f"{', '.join(flow_only)}: the train flow's stage retries; add --flow (plain `ganflow train` "
                          "trains in one go, without stage tasks)")
-    from dataclasses import replace
-
     from models.run_dir import RunDir
-    from tasks.settings import load
-    from tasks.training.stages import plan_stages, resolve_device, run_config
+    from tasks.training.plan import plan_training
     from tasks.training.run import run_training
 
-    # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
-    given = given_settings(args, TrainSettings)
-    # A given --ada-target applies to any family; params.yaml's train.ada_target only to StyleGAN2/3 (run_config).
-    ada_target = given.pop("ada_target", None)
-    p = load(TrainSettings, args.params, **given)
-    check_device_available(p.device, "--device" if args.device else "train.device")
-    # Started from a network file, the run has the file's architecture; the options named here must agree.
-    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=given)
-    if args.xflip:
-        cfg = replace(cfg, xflip=True)
-    args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg  # train.kimg, or the plan's length
+    # The train flow's plan for the same settings: params.yaml's `train` section with the options given on top.
+    plan = plan_training(args.params, given_settings(args, TrainSettings), check_device=lambda device:
+                         check_device_available(device, "--device" if args.device else "train.device"))
+    args.kimg = plan.total_kimg  # train.kimg, or the stage plan's length
     # Under torchrun only the first process reports (the others train the same steps in lockstep).
     lead = os.environ.get("RANK", "0") == "0"
     bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
@@ -236,7 +222,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     def summary(info: dict) -> None:
         if lead and info["transferred_from"]:
-            for note in notes + info["transfer_notes"]:
+            for note in [*plan.notes, *info["transfer_notes"]]:
                 tqdm.write(note, file=sys.stderr)
         if lead:
             frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
@@ -246,8 +232,8 @@ def _run_train(args: argparse.Namespace) -> int:
                        f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
                        f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
 
-    result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=p.resume_from or None,
-                          device=resolve_device(p.device), progress_fn=progress, summary_fn=summary,
+    result = run_training(plan.config, args.data, args.run_dir, args.kimg, resume_from=plan.resume_from,
+                          device=plan.device, progress_fn=progress, summary_fn=summary,
                           restart_on_change=args.restart_on_change)
     for bar in bars:
         bar.close()

@@ -4,7 +4,8 @@ The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the h
 with its bound and default, and the value is checked against the field's type and bounds while argparse parses,
 so a bad one is argparse's one-line error naming the option, the value and the bound
 (`argument --kimg: '-1' is not a finite number >= 0`).
-An option not given is None: the settings file's value stays (a `required` one must be given).
+An option not given is None: the settings file's value stays (a `required` one must be given). A true-or-false
+setting is also a switch: `--xflip` alone means `--xflip true`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         field = model.model_fields[name]
         choices = get_args(field.annotation) if getattr(field.annotation, "__origin__", None) is Literal else None
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
+        if field.annotation is bool:  # `--xflip` alone is true, as a switch; `--xflip false` says so
+            extra.update(nargs="?", const=True, metavar="BOOL")
         if name in metavars:
             extra["metavar"] = metavars[name]
         default = "required" if name in required else f"default: {model.section}.{name}"

@@ -204,40 +204,12 @@ def _run_train(args: argparse.Namespace) -> int:
     # The train flow's plan for the same settings: params.yaml's `train` section with the options given on top.
     plan = plan_training(args.params, given_settings(args, TrainSettings), check_device=lambda device:
                          check_device_available(device, "--device" if args.device else "train.device"))
-    args.kimg = plan.total_kimg  # train.kimg, or the stage plan's length
-    # Under torchrun only the first process reports (the others train the same steps in lockstep).
-    lead = os.environ.get("RANK", "0") == "0"
-    bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
-
-    def progress(stats: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
-                             file=sys.stderr, disable=not lead))
-        bar = bars[0]
-        bar.n = round(stats["kimg"] * 1000)
-        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
-        bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
-                        **grown, refresh=False)
-        bar.refresh()
-
-    def summary(info: dict) -> None:
-        if lead and info["transferred_from"]:
-            for note in [*plan.notes, *info["transfer_notes"]]:
-                tqdm.write(note, file=sys.stderr)
-        if lead:
-            frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
-            tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
-                       f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
-                       f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
-                       f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
-                       f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
-
-    result = run_training(plan.config, args.data, args.run_dir, args.kimg, resume_from=plan.resume_from,
-                          device=plan.device, progress_fn=progress, summary_fn=summary,
+    console = _TrainConsole(plan.total_kimg, plan.notes)  # total: train.kimg, or the stage plan's length
+    result = run_training(plan.config, args.data, args.run_dir, plan.total_kimg, resume_from=plan.resume_from,
+                          device=plan.device, progress_fn=console.progress, summary_fn=console.summary,
                           restart_on_change=args.restart_on_change)
-    for bar in bars:
-        bar.close()
-    if not lead:
+    console.close()
+    if not console.lead:
         return 0
     if result.set_aside:
         print(f"checkpoints of other settings or data moved to {result.set_aside}; trained afresh")
@@ -246,11 +218,49 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.transferred_from:
         print(f"started from the networks of {result.transferred_from}")
     run = RunDir(args.run_dir)
-    print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {run.checkpoints}")
+    print(f"trained to {result.stats.get('kimg', plan.total_kimg):g} kimg; checkpoints in {run.checkpoints}")
     samples = run.newest_sample_grid()
     if samples:
         print(f"latest sample grid: {samples}")
     return 0
+
+
+class _TrainConsole:
+    """What plain `ganflow train` shows while it trains: a progress bar, made when training starts (a refused run
+    prints its error line alone), and what the run trains. Under torchrun only the first process shows anything
+    (the others train the same steps in lockstep)."""
+
+    def __init__(self, total_kimg: float, notes: tuple[str, ...]) -> None:
+        self.total_kimg, self.notes = total_kimg, notes
+        self.lead = os.environ.get("RANK", "0") == "0"
+        self.bar: tqdm | None = None
+
+    def progress(self, stats: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=round(self.total_kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
+                            file=sys.stderr, disable=not self.lead)
+        self.bar.n = round(stats["kimg"] * 1000)
+        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
+        self.bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
+                             **grown, refresh=False)
+        self.bar.refresh()
+
+    def summary(self, info: dict) -> None:
+        if not self.lead:
+            return
+        if info["transferred_from"]:
+            for note in [*self.notes, *info["transfer_notes"]]:
+                tqdm.write(note, file=sys.stderr)
+        frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
+        tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
+                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                   f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
+                   f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
+                   f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:

@@ -160,8 +160,9 @@ def _built_value(arch, key: str):
 
 
 def test_the_presets_and_net_keys_allowed_are_those_models_build():
-    """The names the settings accept come from models/ (models/arch_options.py): every preset allowed builds, and so
-    does every net key allowed (restating the value the network has); an unknown one fails there too."""
+    """The names the settings accept come from models/ (models/arch_options.py): every preset allowed builds and
+    every other is refused, and every net key allowed builds (restating the value the network has) while an
+    unknown one fails there too."""
     from models import pggan, stylegan2
     from models.arch import ARCHS, build_arch
     from models.arch_options import net_keys, presets
@@ -175,8 +176,10 @@ def test_the_presets_and_net_keys_allowed_are_those_models_build():
         for name in presets(arch):
             build_arch(TrainConfig(arch=arch, resolution=16, preset=name, batch=4, net=tiny))
             assert name in description, name
-        with pytest.raises(ValueError):
-            build_arch(TrainConfig(arch=arch, resolution=16, preset="bogus", batch=4, net=tiny))
+        others = {name for a in ARCHS for name in presets(a)} - set(presets(arch)) | {"bogus"}
+        for name in sorted(others):  # another family's preset is refused by this one's too
+            with pytest.raises(ValueError):
+                build_arch(TrainConfig(arch=arch, resolution=16, preset=name, batch=4, net=tiny))
         built = build_arch(TrainConfig(arch=arch, resolution=16, batch=4, net=tiny))
         restated = {k: _built_value(built, k) for k in net_keys(arch)}
         assert build_arch(TrainConfig(arch=arch, resolution=16, batch=4, net=restated)).describe() == built.describe()

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from flows.options import add_setting_options, given_settings
 from flows.train_cli import add_flow_options, add_train_setting_options, run_train_flow
 from flows.validate import OneLineParser, writable_folder
-from tasks.settings import CurateSettings, IngestSettings, IngestSource, TrainSettings
+from tasks.settings import TRAIN_FLOW_ONLY, CurateSettings, IngestSettings, IngestSource, TrainSettings
 
 
 class _Bars:
@@ -165,9 +165,6 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset; "
                                      "`train submit` / `train status`: queue runs for `ganflow manager`",
@@ -188,7 +185,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
     # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
     add_train_setting_options(p)
-    p.add_argument("--xflip", action="store_true", help="x-flip dataset images at random")
     add_flow_options(p)
     p.set_defaults(func=_run_train)
 
@@ -200,57 +196,19 @@ def _run_train(args: argparse.Namespace) -> int:
     if flow_only:
         raise ValueError(f"{', '.join(flow_only)}: the train flow's stage retries; add --flow (plain `ganflow train` "
                          "trains in one go, without stage tasks)")
-    from dataclasses import replace
-
     from models.run_dir import RunDir
-    from tasks.settings import load
-    from tasks.training.stages import plan_stages, resolve_device, run_config
+    from tasks.training.plan import plan_training
     from tasks.training.run import run_training
 
-    # The same settings the train flow builds: params.yaml's `train` section, with the options given here on top.
-    given = given_settings(args, TrainSettings)
-    # A given --ada-target applies to any family; params.yaml's train.ada_target only to StyleGAN2/3 (run_config).
-    ada_target = given.pop("ada_target", None)
-    p = load(TrainSettings, args.params, **given)
-    check_device_available(p.device, "--device" if args.device else "train.device")
-    # Started from a network file, the run has the file's architecture; the options named here must agree.
-    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=given)
-    if args.xflip:
-        cfg = replace(cfg, xflip=True)
-    args.kimg = plan_stages(cfg.arch, cfg.resolution, None, p)[-1].end_kimg  # train.kimg, or the plan's length
-    # Under torchrun only the first process reports (the others train the same steps in lockstep).
-    lead = os.environ.get("RANK", "0") == "0"
-    bars: list[tqdm] = []  # made when training starts: a refused run prints its error line alone
-
-    def progress(stats: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=round(args.kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
-                             file=sys.stderr, disable=not lead))
-        bar = bars[0]
-        bar.n = round(stats["kimg"] * 1000)
-        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
-        bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
-                        **grown, refresh=False)
-        bar.refresh()
-
-    def summary(info: dict) -> None:
-        if lead and info["transferred_from"]:
-            for note in notes + info["transfer_notes"]:
-                tqdm.write(note, file=sys.stderr)
-        if lead:
-            frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
-            tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
-                       f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
-                       f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
-                       f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
-                       f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
-
-    result = run_training(cfg, args.data, args.run_dir, args.kimg, resume_from=p.resume_from or None,
-                          device=resolve_device(p.device), progress_fn=progress, summary_fn=summary,
+    # The train flow's plan for the same settings: params.yaml's `train` section with the options given on top.
+    plan = plan_training(args.params, given_settings(args, TrainSettings), check_device=lambda device:
+                         check_device_available(device, "--device" if args.device else "train.device"))
+    console = _TrainConsole(plan.total_kimg, plan.notes)  # total: train.kimg, or the stage plan's length
+    result = run_training(plan.config, args.data, args.run_dir, plan.total_kimg, resume_from=plan.resume_from,
+                          device=plan.device, progress_fn=console.progress, summary_fn=console.summary,
                           restart_on_change=args.restart_on_change)
-    for bar in bars:
-        bar.close()
-    if not lead:
+    console.close()
+    if not console.lead:
         return 0
     if result.set_aside:
         print(f"checkpoints of other settings or data moved to {result.set_aside}; trained afresh")
@@ -259,11 +217,49 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.transferred_from:
         print(f"started from the networks of {result.transferred_from}")
     run = RunDir(args.run_dir)
-    print(f"trained to {result.stats.get('kimg', args.kimg):g} kimg; checkpoints in {run.checkpoints}")
+    print(f"trained to {result.stats.get('kimg', plan.total_kimg):g} kimg; checkpoints in {run.checkpoints}")
     samples = run.newest_sample_grid()
     if samples:
         print(f"latest sample grid: {samples}")
     return 0
+
+
+class _TrainConsole:
+    """What plain `ganflow train` shows while it trains: a progress bar, made when training starts (a refused run
+    prints its error line alone), and what the run trains. Under torchrun only the first process shows anything
+    (the others train the same steps in lockstep)."""
+
+    def __init__(self, total_kimg: float, notes: tuple[str, ...]) -> None:
+        self.total_kimg, self.notes = total_kimg, notes
+        self.lead = os.environ.get("RANK", "0") == "0"
+        self.bar: tqdm | None = None
+
+    def progress(self, stats: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=round(self.total_kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
+                            file=sys.stderr, disable=not self.lead)
+        self.bar.n = round(stats["kimg"] * 1000)
+        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
+        self.bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
+                             **grown, refresh=False)
+        self.bar.refresh()
+
+    def summary(self, info: dict) -> None:
+        if not self.lead:
+            return
+        if info["transferred_from"]:
+            for note in [*self.notes, *info["transfer_notes"]]:
+                tqdm.write(note, file=sys.stderr)
+        frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
+        tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
+                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                   f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
+                   f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
+                   f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:

@@ -64,7 +64,8 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         if field.annotation is bool and switches:
             extra.update(action="store_const", const=True)
         elif field.annotation is bool:
-            extra.update(nargs="?", const=True, type=_parse(model, name))  # `--kid` alone is `--kid true`
+            extra.update(nargs="?", const=True, type=_parse(model, name))  # `--xflip` alone is `--xflip true`
+            extra.setdefault("metavar", "BOOL")
         else:
             extra.update(type=_parse(model, name))
         default = ("required" if name in required else f"default: {_shown(defaults[name])}" if name in defaults

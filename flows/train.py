@@ -13,8 +13,9 @@ from prefect import flow, get_run_logger
 from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
-from tasks.settings import TrainOverrides, TrainSettings, given, load
-from tasks.training.stages import done_kimg, plan_stages, resolve_device, run_config, train_stage_task
+from tasks.settings import TrainOverrides, given
+from tasks.training.plan import plan_training
+from tasks.training.stages import done_kimg, train_stage_task
 from tasks.training.run import claim_run_dir
 
 
@@ -42,16 +43,11 @@ def train_flow(
     """
     logger = get_run_logger()
     train_report.log_preemptions_as_such()  # a SIGTERM's "Crash detected!" ERROR reads as the preemption it is
-    named = given(settings)
-    ada_target = named.pop("ada_target", None)  # given, it applies to any family (run_config)
-    p = load(TrainSettings, params, **named)
-    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=named)
-    for note in notes:
+    plan = plan_training(params, given(settings))  # the plan `ganflow train` makes for the same settings
+    for note in plan.notes:
         logger.info(note)
+    cfg, stages, total, dev, p = plan.config, plan.stages, plan.total_kimg, plan.device, plan.settings
     arch, resolution = cfg.arch, cfg.resolution
-    stages = plan_stages(arch, resolution, None, p)
-    total = stages[-1].end_kimg
-    dev = resolve_device(p.device)
     # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
     set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
     if set_aside:
@@ -70,7 +66,7 @@ def train_flow(
             logger.info("%s: done before this run (%g kimg), skipped", stage.label, stage.end_kimg)
             continue
         stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
-        trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=p.resume_from or None,
+        trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=plan.resume_from,
                              progress_artifact=str(progress))
         evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
         results.append(TrainedStage(stage.label, trained, evaluated))

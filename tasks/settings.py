@@ -220,13 +220,18 @@ class TrainSettings(Section):
     channel_base: int = setting(0, "feature-map budget; 0 = the preset's (smaller = faster, for CPU runs)",
                                 ge=0, le=1 << 20)
     channel_max: int = setting(0, "cap on feature maps per layer; 0 = the preset's", ge=0, le=4096)
-    net: dict[str, Any] = setting({}, "further architecture overrides for small runs, e.g. {z_dim: 32, w_dim: 32}")
+    net: dict[str, Any] = setting({}, "further architecture overrides for small runs, e.g. {z_dim: 32, w_dim: 32}: "
+                                      "fields of the family's network config")
     preset: str = setting("auto", "network/training preset: auto (stylegan2: the reference's auto config; pggan: "
-                                  "the paper's network) or small (pggan, 4x narrower)", min_length=1)
+                                  "the paper's network), or for stylegan2 the reference's stylegan2, paper256, "
+                                  "paper512, paper1024 or cifar, for pggan paper or small (4x narrower); stylegan3 "
+                                  "has auto only", min_length=1)
     r1_gamma: R1Gamma = setting(-1.0, "R1 regularization weight (the reference's --gamma); -1 = the family's "
                                       "(stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
     ada_target: float = setting(0.6, "ADA target for E[sign(D(real))]; 0 = off; from params.yaml StyleGAN2/3 "
                                      "only (PGGAN trains without ADA unless a run asks)", ge=0, le=1)
+    xflip: bool = setting(False, "x-flip dataset images at random (the reference's --mirror): twice the data "
+                                 "for subjects that look the same mirrored")
     loss: Literal["", "logistic", "wgan", "lsgan"] = setting("", "GAN loss: logistic, wgan or lsgan; empty = the "
                                                                  "family's (StyleGAN logistic, PGGAN wgan)")
     device: Device = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
@@ -242,6 +247,37 @@ class TrainSettings(Section):
             raise ValueError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
                              "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
         return self
+
+    @model_validator(mode="after")
+    def _preset_and_net_are_the_architectures(self) -> "TrainSettings":
+        # Checked against models' own tables (models/arch_options.py), which import torch: only when there is
+        # something to check, so loading the default settings stays torch-free (auto is every family's).
+        if self.preset == "auto" and not self.net:
+            return self
+        from models.arch_options import net_keys, presets
+
+        # Started from a network file, the run's family is the file's (read later): any family's names pass here.
+        archs, family = (ARCHS, "any family") if self.resume_from else ((self.arch,), self.arch)
+        allowed = _union(presets(a) for a in archs)
+        if self.preset not in allowed:
+            raise ValueError(f"train.preset {self.preset!r} is not a preset of {family} (known: {', '.join(allowed)})")
+        keys = _union(net_keys(a) for a in archs)
+        unknown = [k for k in self.net if k not in keys]
+        if unknown:
+            named = ", ".join(map(repr, unknown))
+            what = f"key {named} is not a network setting" if len(unknown) == 1 else \
+                f"keys {named} are not network settings"
+            raise ValueError(f"train.net {what} of {family} (known: {', '.join(keys)})")
+        return self
+
+
+def _union(groups) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for group in groups for name in group))
+
+
+# The train flow's own settings (its stage tasks' retries): plain `ganflow train` and the DVC train stage, which trains
+# without stage tasks, neither take nor read them.
+TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
 
 
 class ManagerSettings(Section):

@@ -179,7 +179,8 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
 
     (tmp_path / "d").mkdir()
     req = {**REQ, "data": str(tmp_path / "d"), "run_dir": str(tmp_path / "r"), "params": "/p.yaml",
-           "resume_from": "-odd/ffhq.pkl", "freeze_d": 4, "restart_on_change": True, "ada_target": None}
+           "resume_from": "-odd/ffhq.pkl", "freeze_d": 4, "restart_on_change": True, "ada_target": None,
+           "xflip": False}  # a setting's false is said: params.yaml's may be true
     cmd = train_command(req, "abc123", python="py")
     assert cmd[:5] == ["py", "-m", "flows.cli", "train", "--flow"] and cmd[-2:] == ["--request-id", "abc123"]
     args = build_parser().parse_args(cmd[3:])
@@ -188,7 +189,9 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
     settings = {k: v for k, v in given.items() if k in TrainSettings.model_fields}
     assert flow_parameters(args, set(inspect.signature(train_flow.fn).parameters)) == {
         **{k: v for k, v in given.items() if k not in settings}, "settings": TrainOverrides(**settings)}
-    assert settings.keys() >= {"arch", "resolution", "kimg", "seed", "resume_from", "freeze_d"}
+    assert settings.keys() >= {"arch", "resolution", "kimg", "seed", "resume_from", "freeze_d", "xflip"}
+    args = build_parser().parse_args(train_command({**req, "xflip": True}, "abc123", python="py")[3:])
+    assert flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))["settings"].xflip is True
 
 
 def test_status_shows_checkpoint_progress_and_eta(tmp_path):

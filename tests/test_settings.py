@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import (SECTIONS, CurateSettings, EvaluateSettings, IngestSettings, ParamsError, TrainSettings,
-                            load)
+from tasks.settings import (SECTIONS, TRAIN_FLOW_ONLY, CurateSettings, EvaluateSettings, IngestSettings, ParamsError,
+                            TrainSettings, load)
 from tests.conftest import PARAMS, ROOT
 
 FILE = yaml.safe_load(PARAMS.read_text())
@@ -65,6 +65,36 @@ def test_trainer_config_defaults_agree_with_the_train_settings():
                                                                    "channel_max": 64})).ada_target == 0
 
 
+def test_every_setting_named_as_a_trainer_field_reaches_the_trainer():
+    """A new training setting named as a TrainConfig field needs no line in train_config: each reaches the trainer
+    by its name; only train_config's arguments and the settings it converts are built by hand."""
+    from models.trainer import TrainConfig
+    from tasks.training.stages import train_config
+
+    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(TrainSettings.model_fields)
+    by_name = shared - {"arch", "resolution", "seed", "net", "ada_target"}
+    assert by_name >= {"preset", "batch", "loss", "r1_gamma", "fade_kimg", "stabilize_kimg", "snapshot_kimg",
+                       "freeze_d", "xflip"}
+    marked = TrainSettings().model_copy(update={k: f"<{k}>" for k in by_name})  # unvalidated: any value passes
+    cfg = train_config(marked, "stylegan2", 32, seed=5)
+    assert {k: getattr(cfg, k) for k in by_name} == {k: f"<{k}>" for k in by_name}
+    assert (cfg.arch, cfg.resolution, cfg.seed) == ("stylegan2", 32, 5)
+
+
+def test_dvc_train_stage_reads_every_training_setting_but_the_flows_own():
+    """A training setting missing from dvc.yaml's train stage is a change DVC does not see: `dvc repro` would not
+    retrain after it. The stage lists every TrainSettings field but the train flow's own (its stage retries); the
+    other stages name whole sections or settings that exist."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    listed = stages["train"]["params"]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {f"train.{k}" for k in TrainSettings.model_fields if k not in TRAIN_FLOW_ONLY}
+    for name, stage in stages.items():
+        for entry in stage.get("params", []):
+            section, _, key = entry.partition(".")
+            assert section in SECTIONS and (not key or key in SECTIONS[section].model_fields), (name, entry)
+
+
 def test_models_never_import_tasks_prefect_dvc_or_flows():
     for path in sorted((ROOT / "models").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -87,6 +117,74 @@ def test_fade_kimg_zero_means_no_fade_in_for_the_plan_and_the_network():
     plan = plan_stages("pggan", 16, None, p)
     assert [s.end_kimg for s in plan] == [arch.schedule.stage_end_kimg(i) for i in range(3)] == [0.008, 0.016, 0.024]
     assert arch.schedule.at(7) == (0, 1.0) and arch.schedule.at(8) == (1, 1.0)  # the next resolution: in at once
+
+
+# ------------------------------------------------------------------------------------------- presets and net
+
+@pytest.mark.parametrize("arch,preset,says", [
+    ("stylegan2", "bogus", "train.preset 'bogus' is not a preset of stylegan2 (known: auto, stylegan2, paper256, "
+                           "paper512, paper1024, cifar)"),
+    ("stylegan3-t", "paper256", "train.preset 'paper256' is not a preset of stylegan3-t (known: auto)"),
+    ("pggan", "cifar", "train.preset 'cifar' is not a preset of pggan (known: auto, paper, small)"),
+])
+def test_a_preset_the_family_lacks_is_one_line(tmp_path, arch, preset, says):
+    """Any text passed as train.preset, to fail inside the trainer with a message naming no setting."""
+    with pytest.raises(ParamsError) as e:
+        load(TrainSettings, _with(tmp_path, "train", arch=arch, preset=preset))
+    assert str(e.value) == says
+    assert load(TrainSettings, _with(tmp_path, "train", arch="pggan", preset="small")).preset == "small"
+
+
+def test_a_net_key_the_family_lacks_is_one_line(tmp_path):
+    """A key of train.net the family's network config has no field for was a TypeError (a traceback) once the
+    dataset had loaded."""
+    with pytest.raises(ParamsError) as e:
+        load(TrainSettings, _with(tmp_path, "train", net={"z_dim": 32, "bogus": 1}))
+    assert str(e.value).startswith("train.net key 'bogus' is not a network setting of stylegan2 (known: z_dim, "
+                                   "w_dim, mapping_layers, ") and "\n" not in str(e.value)
+    with pytest.raises(ParamsError, match=r"^train.net keys 'w_dim', 'mbstd_group' are not network settings of "
+                                          r"pggan \(known: z_dim, channel_base, "):
+        load(TrainSettings, PARAMS, arch="pggan", net={"z_dim": 32, "w_dim": 32, "mbstd_group": 2})
+    # Started from a network file, the run's family is the file's: a key of any family passes here.
+    assert load(TrainSettings, PARAMS, resume_from="x.pt", net={"g_channel_base": 512}).net == {"g_channel_base": 512}
+
+
+def _built_value(arch, key: str):
+    """The value the built networks have for a `net` key (StyleGAN3: G's config, D's, G's widths)."""
+    d_net = getattr(arch, "d_net", None)
+    if key.startswith("g_channel_"):
+        return getattr(arch.net, key[2:])
+    if d_net is not None and (key in ("channel_base", "channel_max", "mbstd_group") or not hasattr(arch.net, key)):
+        return getattr(d_net, key)
+    return getattr(arch.net, key)
+
+
+def test_the_presets_and_net_keys_allowed_are_those_models_build():
+    """The names the settings accept come from models/ (models/arch_options.py): every preset allowed builds and
+    every other is refused, and every net key allowed builds (restating the value the network has) while an
+    unknown one fails there too."""
+    from models import pggan, stylegan2
+    from models.arch import ARCHS, build_arch
+    from models.arch_options import net_keys, presets
+    from models.trainer import TrainConfig
+
+    assert presets("stylegan2") == stylegan2.PRESETS and presets("pggan") == ("auto", *pggan.PRESETS)
+    description = TrainSettings.model_fields["preset"].description or ""
+    for arch in ARCHS:
+        tiny = {k: v for k, v in {"channel_base": 64, "channel_max": 16, "z_dim": 8, "w_dim": 8}.items()
+                if k in net_keys(arch)}
+        for name in presets(arch):
+            build_arch(TrainConfig(arch=arch, resolution=16, preset=name, batch=4, net=tiny))
+            assert name in description, name
+        others = {name for a in ARCHS for name in presets(a)} - set(presets(arch)) | {"bogus"}
+        for name in sorted(others):  # another family's preset is refused by this one's too
+            with pytest.raises(ValueError):
+                build_arch(TrainConfig(arch=arch, resolution=16, preset=name, batch=4, net=tiny))
+        built = build_arch(TrainConfig(arch=arch, resolution=16, batch=4, net=tiny))
+        restated = {k: _built_value(built, k) for k in net_keys(arch)}
+        assert build_arch(TrainConfig(arch=arch, resolution=16, batch=4, net=restated)).describe() == built.describe()
+        with pytest.raises((TypeError, ValueError)):
+            build_arch(TrainConfig(arch=arch, resolution=16, batch=4, net={**tiny, "bogus": 1}))
 
 
 # ------------------------------------------------------------------------------------------- bad values
@@ -168,8 +266,6 @@ def _train_parser():
 
 
 def test_train_options_come_from_the_settings_and_keep_their_names():
-    from flows.cli import TRAIN_FLOW_ONLY
-
     actions = {a.dest: a for a in _train_parser()._actions}
     flags = {s for a in actions.values() for s in a.option_strings}
     assert set(TRAIN_OPTIONS) <= flags
@@ -207,6 +303,42 @@ def test_options_given_reach_the_settings(tmp_path):
     assert given == {"r1_gamma": 0.5, "net": {"z_dim": 32}, "cycles": 2, "fade_kimg": 0.0}
     p = load(TrainSettings, PARAMS, **given)
     assert (p.r1_gamma, p.net, p.cycles, p.fade_kimg, p.kimg) == (0.5, {"z_dim": 32}, 2, 0.0, FILE["train"]["kimg"])
+
+
+def test_xflip_is_one_training_setting(tmp_path):
+    """--xflip was an option of plain `ganflow train` only: no params.yaml key, no UI field, refused with --flow.
+    It is a setting like the others, and `--xflip` alone still means true."""
+    from flows.cli import build_parser
+    from flows.options import given_settings
+    from flows.cli import route_train_verbs
+    from tasks.settings import TrainOverrides
+    from tasks.training.stages import train_config
+
+    assert FILE["train"]["xflip"] is False and "xflip" in TrainOverrides.model_fields
+    base = ["--data", "d", "--run-dir", str(tmp_path / "r")]
+    for argv, given in ((["--xflip"], {"xflip": True}), (["--xflip", "false"], {"xflip": False}),
+                        (["--xflip", "--seed", "3"], {"xflip": True, "seed": 3}), ([], {})):
+        assert given_settings(_train_parser().parse_args([*base, *argv]), TrainSettings) == given, argv
+    submit = build_parser().parse_args(route_train_verbs(["train", "submit", "--data", str(tmp_path), "--run-dir",
+                                                          "r", "--kimg", "1", "--xflip"]))
+    assert submit.xflip is True
+    assert train_config(load(TrainSettings, PARAMS, xflip=True), "stylegan2", 32).xflip is True
+    assert train_config(load(TrainSettings, PARAMS), "stylegan2", 32).xflip is False
+
+
+def test_ganflow_train_xflip_reaches_the_trainer(tmp_path, one_torch_thread):
+    """The switch as users type it, through the settings into the run's checkpoint."""
+    from flows.cli import main
+    from models.checkpoint import latest_checkpoint
+    from tests.conftest import write_curated
+
+    data = write_curated(tmp_path / "data", n=4, side=16)
+    rc = main(["train", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--params", str(PARAMS),
+               "--arch", "stylegan2", "--resolution", "16", "--kimg", "0.004", "--snapshot-kimg", "0.004",
+               "--batch", "4", "--channel-base", "64", "--channel-max", "16", "--net", "{z_dim: 8, w_dim: 8}",
+               "--device", "cpu", "--xflip"])
+    assert rc == 0
+    assert latest_checkpoint(tmp_path / "run")[1]["config"]["xflip"] is True
 
 
 # ------------------------------------------------------------------------------------------- the flow (UI)
@@ -299,6 +431,7 @@ def test_importing_and_loading_the_settings_imports_no_torch():
 
     code = ("import sys; import tasks.settings as s; "
             "p = s.load(s.EvaluateSettings, 'params.yaml', metrics=['fid', 'fd_dinov2']); "
+            "s.load(s.TrainSettings, 'params.yaml'); "
             "print(p.metrics, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split("\n")[0] == "('fid', 'fd_dinov2') False", out

@@ -163,7 +163,8 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
     with tags("request:abc123"):  # how `ganflow train --request-id` (the manager's launch) tags its run
         state = train_flow(data=str(data), run_dir=str(run_dir),
                            settings=TrainOverrides(resolution=resolution, arch=arch,
-                                                   kimg=None if arch == "pggan" else 0.016),
+                                                   kimg=None if arch == "pggan" else 0.016,
+                                                   xflip=True if arch == "stylegan2" else None),
                            params=str(tiny_params(tmp_path, **extra)), return_state=True)
     assert state.is_completed(), state
     result = state.result()
@@ -182,6 +183,7 @@ def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, reso
     assert [s["resumed_from"] is not None for s in result["stages"]] == [False] + [True] * (len(stages) - 1)
     path, ckpt = latest_checkpoint(run_dir)
     assert ckpt["kimg"] == ends[-1] and ckpt["arch"]["name"] == arch
+    assert ckpt["config"]["xflip"] is (arch == "stylegan2")  # a setting of the form, as of the CLI
     assert [r.name for r in _task_runs(api, run.id)] == [f"stage {i + 1}/{len(stages)} ({n})"
                                                          for i, n in enumerate(stages)]
 

@@ -139,7 +139,9 @@ def test_fine_tune_takes_the_architecture_from_the_file_and_continues_like_any_r
     # ... but not with another freeze_d, nor without the file.
     assert _train(*cmd("0.032", freeze_d="4")) == 2
     assert "(freeze_d differ from this one's)" in capsys.readouterr().err
-    assert _train(*cmd("0.032", resume_from=None)) == 2
+    assert _train(*cmd("0.032", resume_from=None)) == 2  # params.yaml's pggan alone: it has no w_dim
+    assert "train.net keys 'w_dim', 'mapping_layers' are not network settings of pggan" in capsys.readouterr().err
+    assert _train(*cmd("0.032", resume_from=None), "--arch", "stylegan2") == 2
     assert f"this run started from the networks of {copy}: repeat --resume-from" in capsys.readouterr().err
     assert [k for k, _ in list_checkpoints(run)] == [0.008, 0.016, 0.024]
 

@@ -18,19 +18,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.run_dir import RunDir
+from tasks.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def train_command(params: dict[str, Any], request_id: str, python: str = sys.executable) -> list[str]:
     """The command a user would type, `ganflow train --flow` with the request's settings (the train flow's
-    parameters, which the CLI's options are named after: run_dir → --run-dir=...; True → the bare flag).
+    parameters, which the CLI's options are named after: run_dir → --run-dir=...; True → the bare flag; a
+    setting's False → --flag=false, a flow parameter's → nothing).
     OPTION=VALUE, so that a value starting with '-' (a negative number, an odd path) stays a value."""
     cmd = [python, "-m", "flows.cli", "train", "--flow"]
     for key, value in params.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             cmd.append(flag)
+        elif value is False and key in TrainSettings.model_fields:  # said, since params.yaml's may be true
+            cmd.append(f"{flag}=false")
         elif value is not None and value is not False:
             cmd.append(f"{flag}={value}")
     return cmd + ["--request-id", request_id]

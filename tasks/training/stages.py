@@ -41,7 +41,7 @@ from tasks.training import report as train_report
 from tasks.settings import ARCHS, TrainSettings
 from tasks.retry import retry_unless_setup_error
 from tasks.training.results import StageResult
-from tasks.training.run import run_training
+from tasks.training.run import TrainResult, run_training
 from tasks.training.transfer import transfer_config
 
 # Trained in cycles of cycle_kimg, with ADA: the families that do not grow progressively (models.arch.ARCHS).
@@ -54,6 +54,11 @@ class Preempted(Exception):
 
 # ---------------------------------------------------------------------------------------------- config
 
+# A training setting whose name is a TrainConfig field reaches the trainer as it is (models/ keeps its own config:
+# it never imports tasks); train_config builds only those that differ.
+SAME_NAMED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in TrainSettings.model_fields)
+
+
 def train_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0,
                  ada_target: float | None = None) -> TrainConfig:
     """The trainer's config for one run: the params' settings for this family and resolution."""
@@ -62,10 +67,9 @@ def train_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0,
     net = {**{k: v for k, v in (("channel_base", p.channel_base), ("channel_max", p.channel_max)) if v}, **p.net}
     if ada_target is None:  # params' ada_target is StyleGAN2-ADA's; PGGAN keeps its own default (off)
         ada_target = p.ada_target if arch in CYCLED else -1.0
-    return TrainConfig(arch=arch, resolution=resolution, preset=p.preset, batch=p.batch, loss=p.loss,
-                       ada_target=ada_target, r1_gamma=p.r1_gamma, fade_kimg=p.fade_kimg,
-                       stabilize_kimg=p.stabilize_kimg, snapshot_kimg=p.snapshot_kimg, seed=seed, net=net,
-                       freeze_d=p.freeze_d)
+    same = {k: getattr(p, k) for k in SAME_NAMED}
+    return TrainConfig(**{**same, "arch": arch, "resolution": resolution, "seed": seed, "net": net,
+                          "ada_target": ada_target})
 
 
 def run_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
@@ -182,10 +186,26 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     stage, after any checkpoint of that step). report_fn(stats) runs in the calling thread at most every
     report_every_s seconds with the newest stats: that is where Prefect artifacts are updated.
     """
+    t0 = time.perf_counter()
+    summaries: list[dict] = []  # run_training's summary_fn: what the run trains (for the log)
+
+    def train(progress: Callable[[dict], None], abort: Callable[[], bool]) -> TrainResult:
+        return run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
+                            progress_fn=progress, abort_fn=abort, summary_fn=summaries.append)
+
+    result = _train_watched(train, progress_fn, report_fn, report_every_s)
+    return _stage_result(result, run_dir, end_kimg, summaries[0] if summaries else None,
+                         time.perf_counter() - t0)
+
+
+def _train_watched(train: Callable[[Callable[[dict], None], Callable[[], bool]], TrainResult],
+                   progress_fn: Callable[[dict], None] | None, report_fn: Callable[[dict], None] | None,
+                   report_every_s: float) -> TrainResult:
+    """train(progress, abort) in a worker thread while this one waits, reports and takes the signals (see the
+    module docstring); returns its result, or raises its error or the signal that ended the wait."""
     abort, done = threading.Event(), threading.Event()
     newest: list[dict] = []   # the trainer thread appends; the waiting thread reads the last one
     box: dict[str, Any] = {}
-    t0 = time.perf_counter()
 
     def progress(stats: dict) -> None:
         newest.append(stats)
@@ -195,9 +215,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
 
     def work() -> None:
         try:
-            box["result"] = run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
-                                         progress_fn=progress, abort_fn=abort.is_set,
-                                         summary_fn=lambda info: box.setdefault("summary", info))
+            box["result"] = train(progress, abort.is_set)
         except BaseException as e:  # handed to the waiting thread, which raises it
             box["error"] = e
         finally:
@@ -230,7 +248,12 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
         raise interrupt
     if "error" in box:
         raise box["error"]
-    result = box["result"]
+    return box["result"]
+
+
+def _stage_result(result: TrainResult, run_dir: str | Path, end_kimg: float, run_info: dict | None,
+                  seconds: float) -> StageResult:
+    """What a finished training call did, as the stage's result; Preempted when SIGTERM stopped it."""
     stats = result.stats
     if stats.get("aborted"):
         raise Preempted(f"SIGTERM: stopped at {stats['kimg']:g} kimg after writing {stats['checkpoint']}")
@@ -238,8 +261,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
     samples = RunDir(run_dir).newest_sample_grid()
     return StageResult.from_stats(end_kimg, kimg, stats, resumed_from=result.resumed_from,
                                   transferred_from=result.transferred_from,
-                                  samples=str(samples) if samples else None, seconds=time.perf_counter() - t0,
-                                  run_info=box.get("summary"))
+                                  samples=str(samples) if samples else None, seconds=seconds, run_info=run_info)
 
 
 # ---------------------------------------------------------------------------------------------- Prefect

@@ -67,6 +67,8 @@ TRAIN_BAD = [
     (["--fade-kimg", "-1"], ["--fade-kimg", "'-1'"]),
     (["--stabilize-kimg", "0"], ["--stabilize-kimg", "'0'"]),
     (["--arch", "gan"], ["--arch", "'gan'"]),
+    (["--preset", "small"], ["train.preset 'small' is not a preset of stylegan2", "paper256"]),  # pggan's
+    (["--net", "{bogus: 1}"], ["train.net key 'bogus' is not a network setting of stylegan2", "z_dim"]),  # TypeError
 ]
 
 
@@ -218,6 +220,8 @@ def test_fid_refuses_bad_arguments(extra, says, tmp_path, capsys):
     (["--resolution", "128"], ["--resolution 128", "64²"]),
     (["--freeze-d", "2"], ["train.freeze_d 2 keeps a pretrained discriminator's first layers"]),
     (["--resume-from", "nowhere.pt"], ["--resume-from 'nowhere.pt' is not an existing file"]),
+    (["--preset", "bogus"], ["train.preset 'bogus' is not a preset of stylegan2"]),  # was queued
+    (["--net", "{bogus: 1}"], ["train.net key 'bogus' is not a network setting of stylegan2"]),
 ])
 def test_train_submit_refuses_bad_arguments(extra, says, data64, tmp_path, capsys):
     queue = tmp_path / "queue.sqlite"

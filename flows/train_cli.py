@@ -1,6 +1,7 @@
-"""`ganflow train --flow`: the train flow (stages, retries, progress in the Prefect UI) run in this process.
+"""`ganflow train`: plain, it trains in one go with a progress bar; with --flow it runs the train flow (stages,
+retries, progress in the Prefect UI) in this process.
 
-Plain `ganflow train` trains in one go; with --flow the same command runs flows/train.py's flow, which is how
+With --flow the same command runs flows/train.py's flow, which is how
 the training manager launches its attempts (`--request-id ID` tags the flow run `request:ID`, which the manager
 follows through the API). The training settings given go to the flow's `settings` parameter (one
 TrainOverrides, as the UI form fills it), the other options to its parameters of the same name.
@@ -9,7 +10,15 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import signal
+import sys
+
+from tqdm import tqdm
+
+from flows.options import given_settings
+from flows.validate import check_device_available, writable_folder
+from tasks.settings import TRAIN_FLOW_ONLY, TrainSettings
 
 # The train parser's own bookkeeping, never a flow parameter.
 _NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
@@ -81,3 +90,100 @@ def run_train_flow(args: argparse.Namespace) -> int:
     if samples:
         print(f"latest sample grid: {samples[-1]}")
     return 0
+
+
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GAN (StyleGAN2-ADA or PGGAN) on a curated dataset; "
+                                     "`train submit` / `train status`: queue runs for `ganflow manager`",
+                       epilog="ganflow train submit ... queues a request for `ganflow manager` instead; "
+                              "ganflow train status shows the queue (see `ganflow train submit --help`).",
+                       description="Train on DIR's shards until --kimg thousand images, writing "
+                                   "RUN/checkpoints/ckpt-<kimg>.pt every --snapshot-kimg. Running the same "
+                                   "command again continues from the newest checkpoint that loads. Options "
+                                   "not given come from params.yaml's `train` section.")
+    p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
+    p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
+                   help="run folder (checkpoints/ goes here)")
+    p.add_argument("--params", default="params.yaml", metavar="FILE",
+                   help="settings file: every option not given comes from its `train` section (default: params.yaml)")
+    p.add_argument("--restart-on-change", action="store_true",
+                   help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
+                        "and start afresh (default: refuse)")
+    # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
+    # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
+    add_train_setting_options(p)
+    add_flow_options(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    if args.flow or args.request_id:
+        return run_train_flow(args)
+    flow_only = ["--" + n.replace("_", "-") for n in TRAIN_FLOW_ONLY if getattr(args, n, None) is not None]
+    if flow_only:
+        raise ValueError(f"{', '.join(flow_only)}: the train flow's stage retries; add --flow (plain `ganflow train` "
+                         "trains in one go, without stage tasks)")
+    from models.run_dir import RunDir
+    from tasks.training.plan import plan_training
+    from tasks.training.run import run_training
+
+    # The train flow's plan for the same settings: params.yaml's `train` section with the options given on top.
+    plan = plan_training(args.params, given_settings(args, TrainSettings), check_device=lambda device:
+                         check_device_available(device, "--device" if args.device else "train.device"))
+    console = _TrainConsole(plan.total_kimg, plan.notes)  # total: train.kimg, or the stage plan's length
+    result = run_training(plan.config, args.data, args.run_dir, plan.total_kimg, resume_from=plan.resume_from,
+                          device=plan.device, progress_fn=console.progress, summary_fn=console.summary,
+                          restart_on_change=args.restart_on_change)
+    console.close()
+    if not console.lead:
+        return 0
+    if result.set_aside:
+        print(f"checkpoints of other settings or data moved to {result.set_aside}; trained afresh")
+    if result.resumed_from:
+        print(f"resumed from {result.resumed_from}")
+    if result.transferred_from:
+        print(f"started from the networks of {result.transferred_from}")
+    run = RunDir(args.run_dir)
+    print(f"trained to {result.stats.get('kimg', plan.total_kimg):g} kimg; checkpoints in {run.checkpoints}")
+    samples = run.newest_sample_grid()
+    if samples:
+        print(f"latest sample grid: {samples}")
+    return 0
+
+
+class _TrainConsole:
+    """What plain `ganflow train` shows while it trains: a progress bar, made when training starts (a refused run
+    prints its error line alone), and what the run trains. Under torchrun only the first process shows anything
+    (the others train the same steps in lockstep)."""
+
+    def __init__(self, total_kimg: float, notes: tuple[str, ...]) -> None:
+        self.total_kimg, self.notes = total_kimg, notes
+        self.lead = os.environ.get("RANK", "0") == "0"
+        self.bar: tqdm | None = None
+
+    def progress(self, stats: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=round(self.total_kimg * 1000), unit="img", desc="train", dynamic_ncols=True,
+                            file=sys.stderr, disable=not self.lead)
+        self.bar.n = round(stats["kimg"] * 1000)
+        grown = {"res": f"{stats['stage_resolution']}/{stats['alpha']:.2f}"} if "stage" in stats else {}
+        self.bar.set_postfix(D=f"{stats['loss_D']:.3f}", G=f"{stats['loss_G']:.3f}", p=f"{stats['augment_p']:.3f}",
+                             **grown, refresh=False)
+        self.bar.refresh()
+
+    def summary(self, info: dict) -> None:
+        if not self.lead:
+            return
+        if info["transferred_from"]:
+            for note in [*self.notes, *info["transfer_notes"]]:
+                tqdm.write(note, file=sys.stderr)
+        frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
+        tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
+                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                   f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
+                   f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
+                   f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -127,3 +127,20 @@ def existing_file(text: str) -> str:
     if not Path(text).expanduser().is_file():
         raise _bad(text, "an existing file")
     return text
+
+
+def check_device_available(name: str, option: str) -> None:
+    """Refuse a device this machine does not have, before any work (torch's own error comes mid-run)."""
+    from tasks.settings import DEVICE
+
+    if not DEVICE.check(name):  # the settings' one rule, before cuda:N is read as a number
+        raise ValueError(f"{option} {name!r} is not {DEVICE.text}")
+    import torch
+
+    if name.startswith("cuda"):
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ValueError(f"{option} {name}: this machine has {have} CUDA device(s); use cpu or auto")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} mps: this machine has no MPS device; use cpu or auto")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cli import build_parser, check_device_available, main
+from flows.cli import build_parser, main
+from flows.validate import check_device_available
 from flows.options import flag
 from tasks.settings import EvaluateSettings, ParamsError, load, rule
 from tests.conftest import PARAMS

@@ -246,8 +246,8 @@ def test_submit_and_manager_options_come_from_the_settings_and_keep_their_names(
 
     for command, model, names in (("train-submit", TrainSettings, SUBMIT_OPTIONS),
                                   ("manager", ManagerSettings, MANAGER_OPTIONS)):
-        actions = {a.dest: a for a in _command(command)._actions}
-        assert set(names) <= {s for a in actions.values() for s in a.option_strings}, command
+        actions = {a.dest: a for a in reversed(_command(command)._actions)}  # --xflip, not --no-xflip (same dest)
+        assert set(names) <= {s for a in _command(command)._actions for s in a.option_strings}, command
         for name, field in model.model_fields.items():
             action = actions[name]
             assert "--" + name.replace("_", "-") in action.option_strings and action.default is None, name

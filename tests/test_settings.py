@@ -266,8 +266,8 @@ def _train_parser():
 
 
 def test_train_options_come_from_the_settings_and_keep_their_names():
-    actions = {a.dest: a for a in _train_parser()._actions}
-    flags = {s for a in actions.values() for s in a.option_strings}
+    actions = {a.dest: a for a in reversed(_train_parser()._actions)}  # --xflip, not --no-xflip (same dest)
+    flags = {s for a in _train_parser()._actions for s in a.option_strings}  # --no-xflip shares --xflip's dest
     assert set(TRAIN_OPTIONS) <= flags
     for name, field in TrainSettings.model_fields.items():
         if name in TRAIN_FLOW_ONLY:

@@ -1,0 +1,28 @@
+"""`ganflow import`: an NVIDIA network pickle into a ganflow network file."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_import_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="convert an NVIDIA network pickle (StyleGAN2-ADA, StyleGAN3) into a ganflow network file",
+                       description="Read a network pickle written by NVlabs/stylegan2-ada-pytorch or NVlabs/stylegan3 "
+                                   "(network-snapshot-*.pkl or a published pretrained file) without running anything "
+                                   "from it, and write G, D and G_ema as ganflow networks with the architecture the "
+                                   "pickle records. `generate`, `morph`, `serve` and `train --resume-from` take FILE.")
+    p.add_argument("network", metavar="NETWORK.pkl", help="the pickle (a .pkl, or gzipped)")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the ganflow network file")
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from models.network_pickle import import_network_pickle, save_imported
+
+    state = import_network_pickle(args.network)
+    out = save_imported(state, args.out)
+    arch, net = state["arch"], state["arch"]["net"]
+    n = state["source"]["num_params"]
+    print(f"{arch['name']} {net['resolution']}x{net['resolution']}, z_dim {net['z_dim']}, w_dim {net['w_dim']}: "
+          f"G {n['G']:,} parameters, D {n['D']:,} (from {state['source']['file']})")
+    print(f"wrote {out}")
+    return 0

@@ -10,6 +10,7 @@ from flows.validate import check_device_available
 from flows.options import flag
 from tasks.settings import EvaluateSettings, ParamsError, load, rule
 from tests.conftest import PARAMS
+from tests.one_line import refused
 
 FIELDS = EvaluateSettings.model_fields
 # The evaluate settings each command takes as options (fid's --cache-dir is its own: no cache unless given).
@@ -27,18 +28,6 @@ def _help(command: str, capsys) -> str:
     with pytest.raises(SystemExit):
         main([command, "--help"])
     return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare the words
-
-
-def _refused(argv: list[str], capsys) -> str:
-    """main(argv) exits 2 with one stderr line; that line."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------- one declaration
@@ -88,7 +77,7 @@ def test_a_kid_subset_of_one_image_is_refused_in_params_yaml_too():
      "argument --metrics: 'fid,kid' is not a list of one or more of fid, fd_dinov2"),
 ])
 def test_a_bad_value_is_one_line_naming_the_option_the_value_and_the_bound(argv, says, capsys):
-    line = _refused(argv, capsys)
+    line = refused(argv, capsys)
     assert says in line, line
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from flows.cli import main
 from tests.conftest import ROOT, write_curated
+from tests.one_line import refused
 
 RUN_DIR = "runs/never-written"  # relative to tmp_path: no command below may create it
 
@@ -29,21 +30,6 @@ def snapshot(tmp_path_factory, one_torch_thread) -> Path:
     from tests.hostile.crafted import tiny_run
 
     return tiny_run(tmp_path_factory.mktemp("cli-run"))[1] / "best.pt"
-
-
-def refused(argv: list[str], capsys, *says: str) -> str:
-    """main(argv) exits 2 (argparse's SystemExit or the returned code) with exactly one stderr line holding `says`."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for text in says:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------------ train

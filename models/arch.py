@@ -54,6 +54,16 @@ def _pick(value, default, unset):
     return default if value == unset else value
 
 
+# Keys of the config dataclasses that a run sets itself: train.resolution, the data's RGB channels, and (but for
+# StyleGAN3, whose D takes it from net) the minibatch-std group, which the adapters clamp to the batch.
+_RUN_SETS = frozenset({"resolution", "channels"})
+_BATCH_SETS = frozenset({"mbstd_group"})
+
+
+def _fields(config: type, leave_out: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(config) if f.name not in leave_out)
+
+
 class StyleGAN2Arch:
     stats_in_d_step = False  # stylegan2-ada-pytorch moves w_avg in G's own training step
 
@@ -110,6 +120,20 @@ class StyleGAN2Arch:
 
         return Generator(StyleGAN2Config.from_dict(net))
 
+
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        """The preset names TrainConfig.preset may take, `auto` first."""
+        from models.stylegan2 import PRESETS
+
+        return PRESETS
+
+    @staticmethod
+    def net_keys() -> tuple[str, ...]:
+        """The keys TrainConfig.net may override: the config dataclass's fields but those the run sets."""
+        from models.stylegan2 import StyleGAN2Config
+
+        return _fields(StyleGAN2Config, _RUN_SETS | _BATCH_SETS)
 
 class PGGANArch:
     """PGGAN: G and D grow from 4x4; the stage and fade-in alpha are a pure function of images seen
@@ -170,6 +194,18 @@ class PGGANArch:
 
         return Generator(PGGANConfig.from_dict(net))
 
+
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        from models.pggan import PRESETS
+
+        return ("auto", *PRESETS)  # auto builds as paper
+
+    @staticmethod
+    def net_keys() -> tuple[str, ...]:
+        from models.pggan import PGGANConfig
+
+        return _fields(PGGANConfig, _RUN_SETS | _BATCH_SETS)
 
 class StyleGAN3Arch:
     """StyleGAN3-T/R generator with StyleGAN2's residual discriminator, set up as the reference's train.py
@@ -262,6 +298,20 @@ class StyleGAN3Arch:
         return Generator(StyleGAN3Config.from_dict(net))
 
 
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        return ("auto",)  # the reference's --cfg stylegan3-t|r is one configuration each
+
+    @staticmethod
+    def net_keys() -> tuple[str, ...]:
+        """G's config, D's (a StyleGAN2 one), and G widths off the --cfg rule (a network file's)."""
+        from models.stylegan2 import StyleGAN2Config
+        from models.stylegan3 import StyleGAN3Config
+
+        g_keys = _fields(StyleGAN3Config, _RUN_SETS)
+        return (*g_keys, *(k for k in _fields(StyleGAN2Config, _RUN_SETS) if k not in g_keys), "g_channel_base",
+                "g_channel_max")
+
 @dataclass(frozen=True)
 class Family:
     """One architecture as the code around the training loop sees it: what builds it, and the traits that decide
@@ -273,14 +323,22 @@ class Family:
     # at a stage it has grown. Otherwise trained in cycles of train.cycle_kimg, with ADA (train.ada_target).
     progressive: bool
     truncation: bool  # a mapping network: truncation psi applies, and a morph interpolates in W
+    # What a run may name beyond a setting's type (the settings check train.preset and train.net against these
+    # before any data is read): its presets, `auto` first, and the keys its `net` may override.
+    presets: Callable[[], tuple[str, ...]]
+    net_keys: Callable[[], tuple[str, ...]]
 
 
 # The one list of architectures (tasks.settings.Arch repeats the names as a Literal for pydantic; a test ties them).
 ARCHS: dict[str, Family] = {
-    "stylegan2": Family(StyleGAN2Arch, StyleGAN2Arch.generator, progressive=False, truncation=True),
-    "stylegan3-t": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True),
-    "stylegan3-r": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True),
-    "pggan": Family(PGGANArch, PGGANArch.generator, progressive=True, truncation=False),
+    "stylegan2": Family(StyleGAN2Arch, StyleGAN2Arch.generator, progressive=False, truncation=True,
+                        presets=StyleGAN2Arch.presets, net_keys=StyleGAN2Arch.net_keys),
+    "stylegan3-t": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True,
+                          presets=StyleGAN3Arch.presets, net_keys=StyleGAN3Arch.net_keys),
+    "stylegan3-r": Family(StyleGAN3Arch, StyleGAN3Arch.generator, progressive=False, truncation=True,
+                          presets=StyleGAN3Arch.presets, net_keys=StyleGAN3Arch.net_keys),
+    "pggan": Family(PGGANArch, PGGANArch.generator, progressive=True, truncation=False,
+                    presets=PGGANArch.presets, net_keys=PGGANArch.net_keys),
 }
 
 

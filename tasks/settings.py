@@ -250,18 +250,18 @@ class TrainSettings(Section):
 
     @model_validator(mode="after")
     def _preset_and_net_are_the_architectures(self) -> "TrainSettings":
-        # Checked against models' own tables (models/arch_options.py), which import torch: only when there is
+        # Checked against models' own tables (models.arch.ARCHS), which import torch: only when there is
         # something to check, so loading the default settings stays torch-free (auto is every family's).
         if self.preset == "auto" and not self.net:
             return self
-        from models.arch_options import net_keys, presets
+        from models.arch import family as registered
 
         # Started from a network file, the run's family is the file's (read later): any family's names pass here.
         archs, family = (ARCHS, "any family") if self.resume_from else ((self.arch,), self.arch)
-        allowed = _union(presets(a) for a in archs)
+        allowed = _union(registered(a).presets() for a in archs)
         if self.preset not in allowed:
             raise ValueError(f"train.preset {self.preset!r} is not a preset of {family} (known: {', '.join(allowed)})")
-        keys = _union(net_keys(a) for a in archs)
+        keys = _union(registered(a).net_keys() for a in archs)
         unknown = [k for k in self.net if k not in keys]
         if unknown:
             named = ", ".join(map(repr, unknown))

@@ -160,12 +160,19 @@ def _built_value(arch, key: str):
 
 
 def test_the_presets_and_net_keys_allowed_are_those_models_build():
-    """The names the settings accept come from models/ (models/arch_options.py): every preset allowed builds and
+    """The names the settings accept come from models/ (each models.arch.ARCHS family): every preset allowed builds and
     every other is refused, and every net key allowed builds (restating the value the network has) while an
     unknown one fails there too."""
     from models import pggan, stylegan2
     from models.arch import ARCHS, build_arch
-    from models.arch_options import net_keys, presets
+    from models.arch import family
+
+    def presets(arch: str) -> tuple[str, ...]:
+        return family(arch).presets()
+
+    def net_keys(arch: str) -> tuple[str, ...]:
+        return family(arch).net_keys()
+
     from models.trainer import TrainConfig
 
     assert presets("stylegan2") == stylegan2.PRESETS and presets("pggan") == ("auto", *pggan.PRESETS)

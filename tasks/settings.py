@@ -360,14 +360,16 @@ def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return data
 
 
-def load(model: type[S], path: str | Path = DEFAULT_PARAMS, **overrides: Any) -> S:
-    """One section of params.yaml as its settings model, with overrides (None = keep the file's value)."""
+def load(model: type[S], path: str | Path = DEFAULT_PARAMS, *, missing_ok: bool = False, **overrides: Any) -> S:
+    """One section of params.yaml as its settings model, with overrides (None = keep the file's value).
+    missing_ok: a file without the section gives the model's defaults (with the overrides)."""
     path = Path(path)
-    if model.section in OPTIONAL_SECTIONS and not path.is_file():
+    optional = missing_ok or model.section in OPTIONAL_SECTIONS
+    if optional and not path.is_file():
         section: Any = {}
     else:
         data = read_params(path)
-        if model.section not in data and model.section not in OPTIONAL_SECTIONS:
+        if model.section not in data and not optional:
             raise ParamsError(f"{path} has no '{model.section}' section")
         section = data.get(model.section) or {}
     if not isinstance(section, dict):

@@ -225,3 +225,10 @@ def test_hashtag_takes_params_max_posts_unless_the_run_names_one(prefect_api, tm
                     ingest_settings={"max_posts": 5}, session_file=session, **where)
     assert result["inputs"] == 5 and result["source"] == "instagram"
     assert sum(fake.downloads.values()) == 5 and max(fake.downloads.values()) == 1  # the first two were stored
+
+    del data["ingest"]  # a curate-only params file, as before max_posts was read from it: the defaults serve
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["curate", "--hashtag", TAG, "--max-posts", "3", "--out", str(tmp_path / "no-ingest"), "--params",
+                 str(params), "--session-file", session, "--raw-root", str(tmp_path / "raw-2"), "--cache-dir",
+                 where["cache_dir"]]) == 0
+    assert json.loads((tmp_path / "no-ingest" / "dataset.json").read_text())["inputs"] == 3

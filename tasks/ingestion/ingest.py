@@ -67,8 +67,10 @@ def scrape_hashtag(hashtag: str, raw_dir: Path, max_posts: int, session_file: st
 def hashtag_settings(params_path: str | Path, hashtag: str | None,
                      overrides: BaseModel | dict[str, Any] | None = None) -> IngestSettings:
     """The `ingest` settings of a scrape of #hashtag: params.yaml's section (max_posts) with a run's overrides
-    on top, for this hashtag whatever source the section names; a bad value is a one-line ParamsError."""
-    return load(IngestSettings, params_path, source="hashtag", hashtag=hashtag or "", **given(overrides))
+    on top, for this hashtag whatever source the section names; a bad value is a one-line ParamsError. A params
+    file without an `ingest` section (a curate-only one) gives the defaults: the run names the hashtag."""
+    return load(IngestSettings, params_path, missing_ok=True, source="hashtag", hashtag=hashtag or "",
+                **given(overrides))
 
 
 def ingest_source(source: str, raw_dir: str | Path, limits: MemberLimits, input_path: str | None = None,

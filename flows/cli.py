@@ -41,8 +41,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command(argv: list[str]) -> str | None:
-    """The command word of argv: the first word after the global options (--debug, --help)."""
-    return next((word for word in argv if not word.startswith("-")), None)
+    """The command word of argv: the first word after the global options; None (every command) for
+    `ganflow --help COMMAND`, whose help lists them all."""
+    word = next((w for w in argv if not w.startswith("-")), None)
+    return None if word is None or {"-h", "--help"} & set(argv[:argv.index(word)]) else word
 
 
 def route_train_verbs(argv: list[str] | None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -138,7 +139,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     from tasks.ingestion.sources.local import MemberLimits, check_input
     from tasks.ingestion.sources.raw import read_provenance
 
-    named = {}  # a source option given here replaces the params' source
+    named: dict[str, Any] = {}  # a source option given here replaces the params' source
     if args.demo or args.input or args.hashtag:
         named = {"source": "hashtag" if args.hashtag else "path" if args.input else "demo",
                  "input": args.input or "", "hashtag": args.hashtag or ""}

@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.eval_cli import EVALUATE_METAVARS
 from flows.options import add_setting_options
-from flows.validate import existing_folder, integer, torch_device
+from flows.validate import MAX_PORT, existing_folder, integer, torch_device
 from tasks.settings import EvaluateSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -25,7 +24,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--run-dir", metavar="R", help="a run folder: its best.pt and checkpoints, chosen in the page")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=integer(1, 65535), default=8000, help="port, 1 to 65535 (default 8000)")
+    p.add_argument("--port", type=integer(1, MAX_PORT), default=8000, help=f"port, 1 to {MAX_PORT} (default 8000)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; by default only the --host "
                         "address, or for 0.0.0.0 this machine's names; '*' turns the DNS-rebinding check off)")
@@ -38,9 +37,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="the curated dataset the run trained on: the page then shows the 3 training images nearest "
                         "each generated one (in DINOv2 features when evaluate.metrics has fd_dinov2, else Inception's)")
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (evaluate section)")
-    # For --data: Inception's without fd_dinov2 in evaluate.metrics, else DINOv2's; from EvaluateSettings, as
-    # `ganflow evaluate`'s (a given one comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS).
-    add_setting_options(p, EvaluateSettings, ["inception_weights", "dinov2_weights"], metavars=EVALUATE_METAVARS)
+    # From EvaluateSettings, as `ganflow evaluate`'s (a given one comes before $GANFLOW_INCEPTION_WEIGHTS /
+    # $GANFLOW_DINOV2_WEIGHTS); the group says which of the two --data uses.
+    weights = p.add_argument_group("the feature extractor for --data's neighbours",
+                                   "Inception's weights, or DINOv2's when evaluate.metrics has fd_dinov2")
+    add_setting_options(weights, EvaluateSettings, ["inception_weights", "dinov2_weights"],
+                        metavars={"inception_weights": "W", "dinov2_weights": "W"})
     p.set_defaults(func=_run_serve)
 
 

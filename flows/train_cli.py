@@ -16,7 +16,7 @@ import sys
 
 from tqdm import tqdm
 
-from flows.options import given_settings
+from flows.options import add_setting_options, given_settings
 from flows.validate import check_device_available, writable_folder
 from tasks.settings import TRAIN_FLOW_ONLY, TrainSettings
 
@@ -30,9 +30,6 @@ TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamm
 def add_train_setting_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:
     """One option per setting of params.yaml's `train` section (tasks.settings.TrainSettings), as `ganflow train`
     and `ganflow train submit` both take them; --gamma is the reference's name for --r1-gamma."""
-    from flows.options import add_setting_options
-    from tasks.settings import TrainSettings
-
     add_setting_options(p, TrainSettings, aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS,
                         required=required)
 
@@ -49,8 +46,7 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
 def flow_parameters(args: argparse.Namespace, accepted: set[str]) -> dict:
     """The given options as train flow parameters: the training settings as one `settings` (TrainOverrides), the
     others by name; an option the flow has no parameter for is an error."""
-    from flows.options import given_settings
-    from tasks.settings import TrainOverrides, TrainSettings
+    from tasks.settings import TrainOverrides
 
     settings = given_settings(args, TrainSettings)
     rest = {k: v for k, v in vars(args).items()

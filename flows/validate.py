@@ -2,8 +2,9 @@
 
 Each check turns the option's text into its value or raises ArgumentTypeError with the value and the rule;
 argparse prefixes the option's name, so the user reads e.g.
-`ganflow generate: error: argument --trunc: 'nan' is not a finite number from 0 to 2`. Everything here runs
-while the arguments are parsed, before any command imports torch or starts work.
+`ganflow generate: error: argument --trunc: 'nan' is not a finite number from 0 to 2`. These run while the
+arguments are parsed, before any command imports torch or starts work; check_device_available runs after, and
+asks torch which devices this machine has.
 """
 from __future__ import annotations
 
@@ -131,8 +132,6 @@ def existing_file(text: str) -> str:
 
 def check_device_available(name: str, option: str) -> None:
     """Refuse a device this machine does not have, before any work (torch's own error comes mid-run)."""
-    from tasks.settings import DEVICE
-
     if not DEVICE.check(name):  # the settings' one rule, before cuda:N is read as a number
         raise ValueError(f"{option} {name!r} is not {DEVICE.text}")
     import torch

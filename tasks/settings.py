@@ -68,7 +68,7 @@ def _power_of_two(lo: int, hi: int) -> Any:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-# The device rule, once: train.device's check, and the CLI's (flows/validate.py, flows/cli.py) read it from here.
+# The device rule, once: train.device's check, and the CLI's (flows/validate.py) read it from here.
 DEVICE = Rule("a device: auto, cpu, cuda, cuda:N or mps", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)))
 Device = Annotated[str, AfterValidator(DEVICE)]
 # -1 is "the family's" (a sentinel), anything else a real weight

@@ -30,6 +30,10 @@ def test_a_command_imports_its_own_code_only_and_help_still_lists_every_command(
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
                          check=True).stdout
     assert all(name in out for name in ("ingest", "manager", "evaluate", "datasets", "serve", "import"))
+    for before in (["--help", "train"], ["-h", "curate"]):  # the top-level help, whole, as argparse gives it
+        text = subprocess.run([sys.executable, "-m", "flows.cli", *before], capture_output=True, text=True, cwd=ROOT,
+                              check=True).stdout
+        assert all(name in text for name in ("ingest", "manager", "evaluate", "serve", "import")), text
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "curat"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "invalid choice: 'curat'" in bad.stderr and "serve" in bad.stderr, bad.stderr
 

@@ -121,9 +121,26 @@ def test_fid_kid_is_a_plain_switch_before_or_after_the_folders(argv, kid):
     assert (args.dir_a, args.dir_b, args.kid) == ("a", "b", kid)
 
 
-def test_serve_weights_options_reach_the_neighbour_extractor(tmp_path):
-    args = _parser("serve").parse_args(["--run-dir", "r", "--inception-weights", "i.pth", "--dinov2-weights", "d.pth"])
-    assert (args.inception_weights, args.dinov2_weights) == ("i.pth", "d.pth")
+def test_serve_weights_options_reach_the_neighbour_extractor(tmp_path, monkeypatch):
+    """--inception-weights goes to the neighbour search of `serve --data` (Inception's features), --dinov2-weights
+    when evaluate.metrics has fd_dinov2; an option not given leaves $ENV, then params.yaml, to name the file."""
+    import yaml
+
+    from flows.serve_cli import _neighbours
+
+    monkeypatch.delenv("GANFLOW_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("GANFLOW_DINOV2_WEIGHTS", raising=False)
+    (tmp_path / "i.pth").write_bytes(b"i")
+    (tmp_path / "d.pth").write_bytes(b"d")
+    params = yaml.safe_load(PARAMS.read_text())
+    argv = ["--run-dir", "r", "--data", str(tmp_path), "--inception-weights", str(tmp_path / "i.pth"),
+            "--dinov2-weights", str(tmp_path / "d.pth")]
+    for metrics, metric, weights in ((["fid"], "fid", "i.pth"), (["fid", "fd_dinov2"], "fd_dinov2", "d.pth")):
+        params["evaluate"]["metrics"] = metrics
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        args = _parser("serve").parse_args([*argv, "--params", str(tmp_path / "params.yaml")])
+        settings = _neighbours(args).settings
+        assert (settings.metric, settings.weights) == (metric, tmp_path / weights)
     assert _parser("serve").parse_args(["--run-dir", "r"]).inception_weights is None  # then $ENV, then params.yaml
 
 

@@ -1,7 +1,7 @@
 """What the curate flow returns: the dataset it wrote, where its inputs came from, and its DVC version.
 
-Typed here, turned into a plain dict only at the edge (the flow's return value) by to_dict(), whose keys are
-what the flow has always returned: out, raw_dir, matte_note, then dataset.json's fields, then version.
+Typed here, turned into a plain dict only at the edge (the flow's return value) by to_dict(): out, raw_dir,
+matte_note, then dataset.json's fields, then version (None when the run did not version the dataset).
 A caller of the flow reads that dict back with from_dict().
 """
 from __future__ import annotations

@@ -343,11 +343,11 @@ class Explorer:
         resolution = resolution or default_resolution(arch, self.limits)
         traits = family(arch["name"])
         if resolution not in offered:
-            what = "the stages this PGGAN has grown" if traits.progressive else "resampled sizes"
+            what = "the stages this network has grown" if traits.progressive else "resampled sizes"
             raise InputError(f"resolution {resolution} is not offered by {name} ({arch['name']}): choose one of "
                              f"{offered} ({what})")
         if not traits.truncation and truncation != 1.0:
-            raise InputError(f"{name} is a PGGAN, which has no truncation: leave truncation at 1 (got {truncation:g})")
+            raise InputError(f"{name} ({arch['name']}) has no truncation: leave truncation at 1 (got {truncation:g})")
         pixels = images * resolution * resolution
         if pixels > self.limits.max_pixels:
             raise InputError(f"{images} image(s) of {resolution}² is {pixels / 1e6:.1f} Mpx, over the cap of "

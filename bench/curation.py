@@ -239,7 +239,7 @@ def bench_cleanvision(folder: Path, n_jobs: int | None) -> dict:
 
 
 def _cheap_params(workers: int):
-    from tasks.settings import CurateSettings, load
+    from tasks.common.settings import CurateSettings, load
 
     return load(CurateSettings, PARAMS, workers=workers)
 

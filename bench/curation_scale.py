@@ -232,7 +232,7 @@ class PeakRSS:
 
 
 class StageClock:
-    """A tasks.progress reporter that records when each stage began and ended."""
+    """A tasks.common.progress reporter that records when each stage began and ended."""
 
     def __init__(self) -> None:
         self.spans: dict[str, list[float]] = {}
@@ -256,7 +256,7 @@ def bench_params(work: Path, cores: int) -> Path:
 
 def run_flow(folder: Path, n: int, work: Path, params: Path, dask_address: str | None) -> dict:
     from flows.curate import curate
-    from tasks import progress
+    from tasks.common import progress
 
     clock = StageClock()
     progress.install(clock)

@@ -12,13 +12,13 @@ from typing import NamedTuple
 from prefect import flow, get_run_logger
 
 from tasks.curation import pool
-from tasks import progress
+from tasks.common import progress
 from tasks.curation.cluster import Batches, dask_batches, local_batches
 from tasks.curation.dedup import dedup_task
 from tasks.ingestion.ingest import hashtag_settings, ingest_task, raw_name, scrape_hashtag_task
 from tasks.curation.matte import Matter, make_matter
-from tasks.outdir import check_dataset_dir, check_raw_dir, check_store_root
-from tasks.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource, given,
+from tasks.common.outdir import check_dataset_dir, check_raw_dir, check_store_root
+from tasks.common.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource, given,
                             load)
 from tasks.curation.publish import publish_task
 from tasks.curation.render import render_task

@@ -9,12 +9,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from flows.options import add_setting_options, given_settings
-from tasks.settings import CurateSettings, IngestSettings, IngestSource
+from flows.cli.options import add_setting_options, given_settings
+from tasks.common.settings import CurateSettings, IngestSettings, IngestSource
 
 
 class _Bars:
-    """A tqdm bar per pipeline stage, fed by tasks.progress from the flow's tasks."""
+    """A tqdm bar per pipeline stage, fed by tasks.common.progress from the flow's tasks."""
 
     def __init__(self) -> None:
         self.bars: dict[str, tqdm] = {}
@@ -57,7 +57,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--session-file", metavar="FILE",
                    help="Instagram session file from `instaloader --login USER` (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")
-    # One option per setting of params.yaml's `curate` section, from tasks.settings.CurateSettings; --dask is
+    # One option per setting of params.yaml's `curate` section, from tasks.common.settings.CurateSettings; --dask is
     # the name users know for --dask-address. The raw store and the cache must be at the same path on every worker.
     add_setting_options(p, CurateSettings, aliases={"dask_address": ["--dask"]}, metavars=CURATE_METAVARS)
     p.set_defaults(func=_run_curate)
@@ -66,8 +66,8 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 def _check_curate_args(args: argparse.Namespace) -> None:
     """Every curate option checked before Prefect starts: a bad one is one line naming it (exit 2)."""
     from tasks.ingestion.ingest import hashtag_settings
-    from tasks.outdir import check_dataset_dir, check_store_root, is_raw_store
-    from tasks.settings import load
+    from tasks.common.outdir import check_dataset_dir, check_store_root, is_raw_store
+    from tasks.common.settings import load
     from tasks.ingestion.sources.local import check_input
 
     load(CurateSettings, args.params, **given_settings(args, CurateSettings))
@@ -85,7 +85,7 @@ def _check_curate_args(args: argparse.Namespace) -> None:
 
 def _run_curate(args: argparse.Namespace) -> int:
     from flows.curate import curate
-    from tasks import progress
+    from tasks.common import progress
     from tasks.curation.report import summary_text
     from tasks.curation.publish import read_manifest
     from tasks.curation.result import CurationResult
@@ -132,10 +132,10 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    from tasks import progress
+    from tasks.common import progress
     from tasks.ingestion.ingest import ingest_source
-    from tasks.outdir import check_raw_dir
-    from tasks.settings import CurateSettings, IngestSettings, load
+    from tasks.common.outdir import check_raw_dir
+    from tasks.common.settings import CurateSettings, IngestSettings, load
     from tasks.ingestion.sources.local import MemberLimits, check_input
     from tasks.ingestion.sources.raw import read_provenance
 

@@ -6,10 +6,10 @@ import json
 import sys
 import warnings
 
-from flows.options import add_setting_options, given_settings
-from flows.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
+from flows.cli.options import add_setting_options, given_settings
+from flows.cli.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
                             writable_file, writable_folder)
-from tasks.settings import EvaluateSettings
+from tasks.common.settings import EvaluateSettings
 
 MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
 MAX_FRAMES = 3600     # frames in one morph (all are kept in memory to write the file)
@@ -27,7 +27,7 @@ FID_DEFAULTS = {"kid": False}
 def _settings(args: argparse.Namespace, names: list[str] | None = None) -> EvaluateSettings:
     """params.yaml's evaluate section with the settings given on the command line (those in `names`, default all;
     validated: ParamsError)."""
-    from tasks.settings import load
+    from tasks.common.settings import load
 
     given = given_settings(args, EvaluateSettings)
     return load(EvaluateSettings, args.params, **{k: v for k, v in given.items() if names is None or k in names})
@@ -41,7 +41,7 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
                                    "precision and recall (k=3) beside them. Prints JSON.")
     p.add_argument("dir_a", metavar="DIR_A")
     p.add_argument("dir_b", metavar="DIR_B")
-    # From tasks.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or --dinov2-weights
+    # From tasks.common.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or --dinov2-weights
     # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
     add_setting_options(p, EvaluateSettings, FID_SETTINGS, metavars=EVALUATE_METAVARS, defaults=FID_DEFAULTS,
                         switches=True)  # `fid --kid A B`: --kid takes no value here
@@ -89,7 +89,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> int:
     from tasks.serving.generation import write_seed_images
-    from tasks.outdir import check_generated_dir
+    from tasks.common.outdir import check_generated_dir
 
     check_generated_dir(args.out, "--out")  # never overwrite someone else's grid.png
     out = write_seed_images(args.snapshot, args.seeds, args.out, truncation_psi=args.trunc,
@@ -123,7 +123,7 @@ def _run_morph(args: argparse.Namespace) -> int:
     if args.frames < len(args.seeds):
         raise ValueError(f"--frames {args.frames}: a morph through {len(args.seeds)} seeds needs at least "
                          f"{len(args.seeds)} frames")
-    from tasks.outdir import check_morph_file
+    from tasks.common.outdir import check_morph_file
 
     check_morph_file(args.out, "--out")  # never overwrite someone else's file
     out = write_morph(args.snapshot, args.seeds, args.frames, args.out, fps=args.fps,
@@ -147,7 +147,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                           "FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (or a folder of real images)")
-    # One option per setting of params.yaml's `evaluate` section, from tasks.settings.EvaluateSettings. A given
+    # One option per setting of params.yaml's `evaluate` section, from tasks.common.settings.EvaluateSettings. A given
     # --inception-weights or --dinov2-weights comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS,
     # which come before params.yaml's.
     add_setting_options(p, EvaluateSettings, metavars=EVALUATE_METAVARS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.evaluation.evaluate import evaluate_task, weights_or_reason
-from tasks.settings import EvaluateOverrides, EvaluateSettings, given, load
+from tasks.common.settings import EvaluateOverrides, EvaluateSettings, given, load
 from tasks.training.results import EvaluationOutcome
 
 

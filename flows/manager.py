@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.manager.queue import Queue, queue_path
-from tasks.settings import ManagerOverrides, ManagerSettings, given, load
+from tasks.common.settings import ManagerOverrides, ManagerSettings, given, load
 
 
 @flow(name="manager")

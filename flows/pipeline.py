@@ -6,7 +6,7 @@ from prefect import flow
 from flows.curate import curate
 from flows.train import train_flow
 from tasks.curation.result import CurationResult
-from tasks.settings import CurateOverrides, IngestOverrides, IngestSource, TrainOverrides
+from tasks.common.settings import CurateOverrides, IngestOverrides, IngestSource, TrainOverrides
 
 
 @flow(name="pipeline")

@@ -9,11 +9,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from flows.options import add_setting_options, given_settings
+from flows.cli.options import add_setting_options, given_settings
 from flows.train_cli import add_train_setting_options
-from flows.validate import existing_folder, writable_folder
+from flows.cli.validate import existing_folder, writable_folder
 from tasks.manager.queue import Queue, queue_path
-from tasks.settings import ManagerSettings, TrainSettings, load
+from tasks.common.settings import ManagerSettings, TrainSettings, load
 
 MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
                     "max_running": "N", "deployment": "NAME"}

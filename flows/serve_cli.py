@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.options import add_setting_options
-from flows.validate import MAX_PORT, existing_folder, integer, torch_device
-from tasks.settings import EvaluateSettings
+from flows.cli.options import add_setting_options
+from flows.cli.validate import MAX_PORT, existing_folder, integer, torch_device
+from tasks.common.settings import EvaluateSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -52,7 +52,7 @@ def _neighbours(args: argparse.Namespace):
 
     from tasks.evaluation import dinov2
     from tasks.evaluation import metrics
-    from tasks.settings import EvaluateSettings, load
+    from tasks.common.settings import EvaluateSettings, load
     from tasks.evaluation.nearest import NeighbourSettings, TrainingNeighbours
 
     p = load(EvaluateSettings, args.params)

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
-from tasks.settings import TrainOverrides, given
+from tasks.common.settings import TrainOverrides, given
 from tasks.training.plan import plan_training
 from tasks.training.stages import done_kimg, train_stage_task
 from tasks.training.run import claim_run_dir

@@ -16,9 +16,9 @@ import sys
 
 from tqdm import tqdm
 
-from flows.options import add_setting_options, given_settings
-from flows.validate import check_device_available, writable_folder
-from tasks.settings import TRAIN_FLOW_ONLY, TrainSettings
+from flows.cli.options import add_setting_options, given_settings
+from flows.cli.validate import check_device_available, writable_folder
+from tasks.common.settings import TRAIN_FLOW_ONLY, TrainSettings
 
 # The train parser's own bookkeeping, never a flow parameter.
 _NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
@@ -28,7 +28,7 @@ TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamm
 
 
 def add_train_setting_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:
-    """One option per setting of params.yaml's `train` section (tasks.settings.TrainSettings), as `ganflow train`
+    """One option per setting of params.yaml's `train` section (tasks.common.settings.TrainSettings), as `ganflow train`
     and `ganflow train submit` both take them; --gamma is the reference's name for --r1-gamma."""
     add_setting_options(p, TrainSettings, aliases={"r1_gamma": ["--gamma"]}, metavars=TRAIN_METAVARS,
                         required=required)
@@ -46,7 +46,7 @@ def add_flow_options(p: argparse.ArgumentParser) -> None:
 def flow_parameters(args: argparse.Namespace, accepted: set[str]) -> dict:
     """The given options as train flow parameters: the training settings as one `settings` (TrainOverrides), the
     others by name; an option the flow has no parameter for is an error."""
-    from tasks.settings import TrainOverrides
+    from tasks.common.settings import TrainOverrides
 
     settings = given_settings(args, TrainSettings)
     rest = {k: v for k, v in vars(args).items()
@@ -105,7 +105,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart-on-change", action="store_true",
                    help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
                         "and start afresh (default: refuse)")
-    # One option per setting of params.yaml's `train` section, from tasks.settings.TrainSettings. The retry
+    # One option per setting of params.yaml's `train` section, from tasks.common.settings.TrainSettings. The retry
     # settings are the train flow's stage tasks' (TRAIN_FLOW_ONLY): they need --flow.
     add_train_setting_options(p)
     add_flow_options(p)

@@ -14,7 +14,7 @@ from models.checkpoint import save_atomic
 from models.generate import images_from_seeds, interpolation_frames, load_generator
 from models.trainer import TrainConfig
 from tasks.serving.app import Explorer, InputError
-from tasks.settings import TrainSettings
+from tasks.common.settings import TrainSettings
 from tasks.training.stages import plan_stages
 
 NET = dict(channel_base=256, channel_max=16, z_dim=16)

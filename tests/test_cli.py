@@ -147,7 +147,7 @@ def test_every_train_option_reaches_the_train_flow(tmp_path):
     from flows.cli import build_parser
     from flows.train import train_flow
     from flows.train_cli import flow_parameters
-    from tasks.settings import TrainSettings
+    from tasks.common.settings import TrainSettings
 
     accepted = set(inspect.signature(train_flow.fn).parameters)
     train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]

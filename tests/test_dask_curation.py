@@ -258,7 +258,7 @@ def _indexed(cands, d, monkeypatch):
 
 def test_dedup_finds_the_same_pairs_on_the_demos_planted_duplicates(tmp_path, monkeypatch):
     from tasks.curation.dedup import near_duplicates_scan
-    from tasks.settings import CurateSettings, load
+    from tasks.common.settings import CurateSettings, load
     from tasks.curation.per_image import screen_cheap_one
     from tasks.ingestion.sources.demo import write_demo
     from tasks.curation.verdicts import dedup_candidates
@@ -396,7 +396,7 @@ def test_screen_results_share_their_strings_across_images(tmp_path):
     from PIL import Image
 
     from tasks.curation.screen import screen_cheap
-    from tasks.settings import CurateSettings, load
+    from tasks.common.settings import CurateSettings, load
     from tests.conftest import ROOT
 
     params = load(CurateSettings, ROOT / "params.yaml", workers=1)

@@ -16,7 +16,7 @@ from tasks.curation.decode import DecodeError, decode
 from tasks.curation.dedup import Candidate, hamming, near_duplicates
 from tasks.curation.detectors import DETECT_SIDE, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict
-from tasks.settings import CurateSettings, load
+from tasks.common.settings import CurateSettings, load
 from tasks.ingestion.sources.demo import ACCEPTED, BOMB_SIZE, DEMO_REASONS, write_demo
 from tasks.ingestion.sources.local import MemberLimits, ingest_path
 

@@ -1,14 +1,14 @@
 """The evaluation options of `ganflow fid`, `ganflow evaluate` and `ganflow serve` are generated from
-tasks.settings.EvaluateSettings (one declaration of each bound, default and description; --metrics' names from the
+tasks.common.settings.EvaluateSettings (one declaration of each bound, default and description; --metrics' names from the
 evaluation registry); the evaluation after a training stage is a named type; the device rule is written once."""
 from __future__ import annotations
 
 import pytest
 
 from flows.cli import build_parser, main
-from flows.validate import check_device_available
-from flows.options import flag
-from tasks.settings import EvaluateSettings, ParamsError, load, rule
+from flows.cli.validate import check_device_available
+from flows.cli.options import flag
+from tasks.common.settings import EvaluateSettings, ParamsError, load, rule
 from tests.conftest import PARAMS
 from tests.one_line import refused
 
@@ -195,7 +195,7 @@ def test_evaluate_after_stage_says_skipped_or_failed_as_an_outcome(tmp_path, pre
 
 @pytest.mark.parametrize("name", ["gpu", "cuda:x", "cudax", ""])
 def test_the_train_device_check_uses_the_settings_rule(name):
-    from tasks.settings import DEVICE
+    from tasks.common.settings import DEVICE
 
     with pytest.raises(ValueError, match=r"^--device .* is not a device: auto, cpu, cuda, cuda:N or mps$"):
         check_device_available(name, "--device")
@@ -206,7 +206,7 @@ def test_the_train_device_check_uses_the_settings_rule(name):
 def test_torch_device_is_the_settings_rule_without_auto():
     import argparse
 
-    from flows.validate import torch_device
+    from flows.cli.validate import torch_device
 
     assert torch_device("cuda:1") == "cuda:1" and torch_device("cpu") == "cpu"  # syntax only
     for bad in ("auto", "gpu", "cuda:x"):

@@ -10,8 +10,8 @@ import yaml
 
 from flows.cli import main
 from tasks.evaluation.evaluate import choose_best, flag_diverged, flag_memorized, read_fid_csv
-from tasks.settings import EvaluateSettings as EvaluateParams
-from tasks.settings import ParamsError
+from tasks.common.settings import EvaluateSettings as EvaluateParams
+from tasks.common.settings import ParamsError
 
 
 def hist(fids, loss_d=None, loss_g=None):

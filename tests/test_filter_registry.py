@@ -13,7 +13,7 @@ from PIL import Image
 from tasks.curation import registry, screen
 from tasks.curation.detectors import ContentImage, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict, size_verdict
-from tasks.settings import CurateSettings, load
+from tasks.common.settings import CurateSettings, load
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

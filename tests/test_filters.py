@@ -18,7 +18,7 @@ from PIL import Image
 import tasks.curation.detectors as detectors
 from tasks.curation.detectors import Box, content_verdict, detect_faces, text_scores
 from tasks.curation.filters import cheap_scores, cheap_verdict, fit_short_side
-from tasks.settings import CurateSettings, load
+from tasks.common.settings import CurateSettings, load
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

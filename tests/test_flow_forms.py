@@ -70,7 +70,7 @@ def _settings_form(schema: dict, parameter: str) -> dict:
 def test_train_form_shows_every_training_setting_with_its_bounds_and_description():
     """The train deployment's form: one nested `settings` form made from TrainSettings, so a UI run can set
     everything the CLI can, within the same bounds; empty fields keep params.yaml's values."""
-    from tasks.settings import TrainSettings
+    from tasks.common.settings import TrainSettings
 
     train = next(d for d in DEPLOYMENTS if d["name"] == "train")
     form = _settings_form(_schema(train["entrypoint"]), "settings")
@@ -79,7 +79,7 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
     assert form["resolution"]["anyOf"][0]["maximum"] == 1024
     assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
     assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2"}  # valid for the form
-    from tasks.settings import TrainOverrides
+    from tasks.common.settings import TrainOverrides
 
     TrainOverrides(**train["parameters"]["settings"])
 
@@ -87,7 +87,7 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
 def test_curate_form_shows_every_curation_setting_with_its_bounds_and_description():
     """The curate deployment's form (and the pipeline's curate_settings): one nested form made from
     CurateSettings, in place of the loose resolution/matte/dask_address parameters it had."""
-    from tasks.settings import MAX_RESOLUTION, CurateSettings
+    from tasks.common.settings import MAX_RESOLUTION, CurateSettings
 
     curate = next(d for d in DEPLOYMENTS if d["name"] == "curate")
     schema = _schema(curate["entrypoint"])
@@ -104,7 +104,7 @@ def test_curate_form_shows_every_curation_setting_with_its_bounds_and_descriptio
 def test_curate_and_pipeline_forms_take_max_posts_from_the_ingest_settings():
     """max_posts is IngestSettings' field in both forms (a nested ingest_settings form, empty = params.yaml's
     ingest.max_posts), with its bound and description; the source choices are the ingest section's."""
-    from tasks.settings import IngestSettings
+    from tasks.common.settings import IngestSettings
 
     for name in ("curate", "pipeline"):
         deployment = next(d for d in DEPLOYMENTS if d["name"] == name)
@@ -119,7 +119,7 @@ def test_curate_and_pipeline_forms_take_max_posts_from_the_ingest_settings():
 
 def test_evaluate_flow_form_shows_every_evaluation_setting():
     """The evaluate flow (a subflow of train, or run from the UI): one settings form made from EvaluateSettings."""
-    from tasks.settings import EvaluateSettings
+    from tasks.common.settings import EvaluateSettings
 
     schema = _schema("flows/evaluate.py:evaluate_flow")
     assert not {"n_fake", "inception_weights", "dinov2_weights"} & set(schema["properties"])
@@ -131,7 +131,7 @@ def test_evaluate_flow_form_shows_every_evaluation_setting():
 def test_manager_form_shows_every_setting_of_a_pass():
     """The manager deployment's form: the queue, and one settings form made from ManagerSettings without the
     loop's interval (the deployment's schedule is the interval)."""
-    from tasks.settings import ManagerOverrides, ManagerSettings
+    from tasks.common.settings import ManagerOverrides, ManagerSettings
 
     manager = next(d for d in DEPLOYMENTS if d["name"] == "manager")
     schema = _schema(manager["entrypoint"])

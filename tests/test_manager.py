@@ -62,7 +62,7 @@ def _running_request(tmp_path: Path, api, state, host: str = "lost-machine", **e
 
 def _pass(params: Path, **overrides) -> list[str]:
     from flows.manager import manager_flow
-    from tasks.settings import ManagerOverrides
+    from tasks.common.settings import ManagerOverrides
 
     return manager_flow(params=str(params), settings=ManagerOverrides(**overrides))
 
@@ -422,7 +422,7 @@ def test_frozen_training_goes_stale_and_is_killed_before_its_restart(tmp_path, a
 def test_pass_report_is_one_table_row_per_request_whatever_the_detail_holds():
     from tasks.manager.actions import Outcome
     from tasks.manager.report import pass_markdown, pass_summary
-    from tasks.settings import ManagerSettings
+    from tasks.common.settings import ManagerSettings
 
     settings = ManagerSettings(queue="q", interval_seconds=120, stale_after_seconds=600, max_attempts=3,
                                max_running=0, deployment="train/train")

@@ -11,7 +11,7 @@ import pytest
 from tasks.evaluation import registry
 from tasks.evaluation.evaluate import choose_best, evaluate_run, fid_table_rows, flag_diverged, progress_line
 from tasks.evaluation.fid_table import parse_fid_csv, read_fid_csv
-from tasks.settings import EvaluateSettings
+from tasks.common.settings import EvaluateSettings
 from tests.test_evaluate import run  # noqa: F401  (the tiny two-snapshot run, trained once for this module)
 
 BUILTIN_CSV = ("kimg", "fid", "kid", "loss_D", "loss_G", "fd_dinov2", "precision", "recall", "memorized")

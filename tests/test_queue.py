@@ -8,7 +8,7 @@ import pytest
 
 from tasks.manager.queue import Queue, QueueError, queue_path
 from tasks.manager.supervise import Observation, decide
-from tasks.settings import ManagerSettings, load
+from tasks.common.settings import ManagerSettings, load
 from tests.conftest import PARAMS
 
 REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048, seed=0)
@@ -175,7 +175,7 @@ def test_the_manager_launches_ganflow_train_with_every_setting_of_the_request(tm
     from flows.train import train_flow
     from flows.train_cli import flow_parameters
     from tasks.manager.launch import train_command
-    from tasks.settings import TrainOverrides, TrainSettings
+    from tasks.common.settings import TrainOverrides, TrainSettings
 
     (tmp_path / "d").mkdir()
     req = {**REQ, "data": str(tmp_path / "d"), "run_dir": str(tmp_path / "r"), "params": "/p.yaml",
@@ -242,7 +242,7 @@ def _help(argv: list[str], capsys) -> str:
 
 
 def test_submit_and_manager_options_come_from_the_settings_and_keep_their_names():
-    from tasks.settings import TrainSettings
+    from tasks.common.settings import TrainSettings
 
     for command, model, names in (("train-submit", TrainSettings, SUBMIT_OPTIONS),
                                   ("manager", ManagerSettings, MANAGER_OPTIONS)):
@@ -317,7 +317,7 @@ def test_a_bad_manager_or_submit_option_is_one_line_with_exit_2(argv, says, tmp_
 
 
 def test_manager_options_given_reach_the_settings():
-    from flows.options import given_settings
+    from flows.cli.options import given_settings
 
     args = _command("manager").parse_args(["--once", "--interval", "5", "--stale-after", "30", "--max-running",
                                            "0", "--deployment", "", "--queue", "q.sqlite"])
@@ -349,7 +349,7 @@ def test_submit_queues_the_settings_given_as_the_train_flow_takes_them(tmp_path,
     from flows.train import train_flow
     from flows.train_cli import flow_parameters
     from tasks.manager.launch import train_command
-    from tasks.settings import TrainOverrides
+    from tasks.common.settings import TrainOverrides
     from tests.conftest import write_curated
 
     monkeypatch.delenv("GANFLOW_QUEUE", raising=False)

@@ -1,4 +1,4 @@
-"""tasks/settings.py: every params.yaml setting is declared once, with bounds, and every way of giving a bad value
+"""tasks/common/settings.py: every params.yaml setting is declared once, with bounds, and every way of giving a bad value
 (params.yaml or `dvc exp run -S`, a CLI option, a flow parameter from the Prefect UI) is a one-line error naming the
 key, the value and the bound."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import (SECTIONS, TRAIN_FLOW_ONLY, CurateSettings, EvaluateSettings, IngestSettings, ParamsError,
+from tasks.common.settings import (SECTIONS, TRAIN_FLOW_ONLY, CurateSettings, EvaluateSettings, IngestSettings, ParamsError,
                             TrainSettings, load)
 from tests.conftest import PARAMS, ROOT
 
@@ -302,7 +302,7 @@ def test_a_bad_option_is_one_line_with_exit_2(tmp_path, capsys, argv, says):
 
 
 def test_options_given_reach_the_settings(tmp_path):
-    from flows.options import given_settings
+    from flows.cli.options import given_settings
 
     args = _train_parser().parse_args(["--data", "d", "--run-dir", str(tmp_path / "r"), "--gamma", "0.5",
                                        "--net", "{z_dim: 32}", "--cycles", "2", "--fade-kimg", "0"])
@@ -316,9 +316,9 @@ def test_xflip_is_one_training_setting(tmp_path):
     """--xflip was an option of plain `ganflow train` only: no params.yaml key, no UI field, refused with --flow.
     It is a setting like the others, and `--xflip` alone still means true."""
     from flows.cli import build_parser
-    from flows.options import given_settings
+    from flows.cli.options import given_settings
     from flows.cli import route_train_verbs
-    from tasks.settings import TrainOverrides
+    from tasks.common.settings import TrainOverrides
     from tasks.training.stages import train_config
 
     assert FILE["train"]["xflip"] is False and "xflip" in TrainOverrides.model_fields
@@ -366,7 +366,7 @@ def test_a_bad_setting_from_the_ui_is_refused_by_the_flows_parameter_validation(
 def test_the_settings_offer_exactly_the_architectures_models_build():
     """train.arch's choices (the CLI's, the UI form's) are the families models/arch.py can build."""
     from models.arch import ARCHS as BUILT
-    from tasks.settings import ARCHS
+    from tasks.common.settings import ARCHS
 
     assert tuple(ARCHS) == tuple(BUILT)
 
@@ -383,9 +383,9 @@ def _parser(command: str):
 @pytest.mark.parametrize("command,model,by_hand", [("curate", "CurateSettings", set()),
                                                     ("evaluate", "EvaluateSettings", set())])
 def test_curate_and_evaluate_options_come_from_their_sections(command, model, by_hand):
-    import tasks.settings
+    import tasks.common.settings
 
-    fields = getattr(tasks.settings, model).model_fields
+    fields = getattr(tasks.common.settings, model).model_fields
     actions = {a.dest: a for a in reversed(_parser(command)._actions)}  # --kid's, not --no-kid's (same dest)
     for name, field in fields.items():
         if name in by_hand:
@@ -399,8 +399,8 @@ def test_curate_and_evaluate_options_come_from_their_sections(command, model, by
 
 
 def test_curate_and_evaluate_options_given_reach_the_settings(tmp_path):
-    from flows.options import given_settings
-    from tasks.settings import CurateSettings, EvaluateSettings
+    from flows.cli.options import given_settings
+    from tasks.common.settings import CurateSettings, EvaluateSettings
 
     args = _parser("curate").parse_args(["--demo", "--out", "o", "--dask", "tcp://h:8786", "--workers", "2",
                                          "--resolution", "64", "--matte", "none", "--blur-min-var", "10"])
@@ -431,12 +431,12 @@ def test_a_bad_curate_or_evaluate_setting_from_the_ui_is_refused():
 # ------------------------------------------------------------------------------------------- metric names
 
 def test_importing_and_loading_the_settings_imports_no_torch():
-    """The CLI builds its parsers and checks settings before any command imports torch: tasks.settings (and the
+    """The CLI builds its parsers and checks settings before any command imports torch: tasks.common.settings (and the
     evaluation registry it asks for metric names) must not pull it in, not even when evaluate.metrics is checked."""
     import subprocess
     import sys
 
-    code = ("import sys; import tasks.settings as s; "
+    code = ("import sys; import tasks.common.settings as s; "
             "p = s.load(s.EvaluateSettings, 'params.yaml', metrics=['fid', 'fd_dinov2']); "
             "s.load(s.TrainSettings, 'params.yaml'); "
             "print(p.metrics, 'torch' in sys.modules)")

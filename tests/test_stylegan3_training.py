@@ -99,7 +99,7 @@ def test_r_blurs_reals_and_fakes_before_d_until_the_fade_ends(tiny_dataset, tmp_
 def test_stages_and_params_for_stylegan3(tmp_path):
     """The DVC train stage and the flows read train.arch / train.r1_gamma from params.yaml."""
     from tasks.training.stages import plan_stages, train_config
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import TrainSettings, load
 
     params = yaml.safe_load(open("params.yaml"))
     params["train"].update(arch="stylegan3-r", r1_gamma=0.5, cycles=2, cycle_kimg=100)

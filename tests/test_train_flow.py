@@ -90,7 +90,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_stage_plans_follow_params_and_growth_schedule():
     from models.pggan import GrowthSchedule
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import TrainSettings, load
     from tasks.training.stages import pggan_stages, plan_stages, stylegan2_stages
 
     p = load(TrainSettings, PARAMS)
@@ -136,7 +136,7 @@ def test_stage_report_is_a_table_of_the_stage_result():
 
 
 def test_train_params_errors_name_the_key(tmp_path):
-    from tasks.settings import ParamsError, TrainSettings, load
+    from tasks.common.settings import ParamsError, TrainSettings, load
 
     with pytest.raises(ParamsError, match=r"^train.snapshot_kimg 0 is not a finite number > 0$"):
         load(TrainSettings, tiny_params(tmp_path, snapshot_kimg=0))
@@ -154,7 +154,7 @@ def test_train_params_errors_name_the_key(tmp_path):
 def test_flow_trains_through_all_stages_with_artifacts(tmp_path, api, arch, resolution, extra, stages):
     from flows.train import train_flow
     from models.checkpoint import latest_checkpoint
-    from tasks.settings import TrainOverrides
+    from tasks.common.settings import TrainOverrides
 
     data = write_curated(tmp_path / "data")
     run_dir = tmp_path / "run"
@@ -207,7 +207,7 @@ def test_failed_stage_is_retried_and_resumes_from_its_checkpoint(tmp_path, api):
     from models.checkpoint import latest_checkpoint, list_checkpoints
     from tasks.training.results import StageResult
     from tasks.training.stages import Stage, run_stage, train_config, train_stage_task
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import TrainSettings, load
 
     data = write_curated(tmp_path / "data")
     p = load(TrainSettings, tiny_params(tmp_path))
@@ -246,7 +246,7 @@ def test_a_missing_dataset_fails_the_stage_at_once_without_retries(tmp_path, api
 
     from models.data import DatasetError
     from tasks.training.stages import Stage, train_config, train_stage_task
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import TrainSettings, load
 
     p = load(TrainSettings, tiny_params(tmp_path))
     cfg = train_config(p, "stylegan2", 32)
@@ -268,7 +268,7 @@ def test_sigterm_outside_prefect_checkpoints_raises_preempted_and_restores_the_h
     """run_stage called plainly (no flow, so no Prefect SIGTERM bridge): its own handler sets the flag."""
     from models.checkpoint import list_checkpoints
     from tasks.training.stages import Preempted, run_stage, train_config
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import TrainSettings, load
 
     data = write_curated(tmp_path / "data")
     cfg = train_config(load(TrainSettings, tiny_params(tmp_path)), "stylegan2", 32)

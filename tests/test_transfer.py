@@ -226,8 +226,8 @@ def test_bad_network_files_get_one_line_errors(work):
 
 
 def test_freeze_d_needs_a_network_to_keep(params):
-    from tasks.settings import ParamsError
-    from tasks.settings import TrainSettings, load
+    from tasks.common.settings import ParamsError
+    from tasks.common.settings import TrainSettings, load
 
     with pytest.raises(ParamsError, match="train.freeze_d 3 keeps a pretrained discriminator's first layers"):
         load(TrainSettings, params, freeze_d=3)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from tasks import progress
+from tasks.common import progress
 
 
 class ClusterError(ValueError):

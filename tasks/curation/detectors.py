@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from tasks.curation.registry import first_reason, register, registered
-from tasks.settings import CurateSettings
+from tasks.common.settings import CurateSettings
 
 # Detection runs on a bounded downscale: enough for faces and captions, bounded cost on big photos.
 DETECT_SIDE = 640

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.curation.registry import first_reason, register, registered
-from tasks.settings import CurateSettings
+from tasks.common.settings import CurateSettings
 
 
 # fit_short_side never makes an image longer than this many short sides: a 300000x1 strip scaled to a short

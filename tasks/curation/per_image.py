@@ -11,7 +11,7 @@ from tasks.curation.decode import DecodeError, decode, probe
 from tasks.curation.detectors import DETECT_SIDE, Box, content_verdict
 from tasks.curation.filters import cheap_scores, cheap_verdict, size_verdict
 from tasks.curation.matte import crop_and_matte, make_matter
-from tasks.settings import CurateSettings
+from tasks.common.settings import CurateSettings
 
 
 def screen_cheap_one(path: str, params: CurateSettings) -> dict:

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.outdir import GENERATOR
+from tasks.common.outdir import GENERATOR
 
 MANIFEST = "manifest.jsonl"
 DATASET = "dataset.json"

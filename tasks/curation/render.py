@@ -6,10 +6,10 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import progress
+from tasks.common import progress
 from tasks.curation import registry
 from tasks.curation.cache import StageCache
-from tasks.settings import CurateSettings
+from tasks.common.settings import CurateSettings
 from tasks.curation.per_image import render_one
 from tasks.curation.cluster import BatchResult, batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker

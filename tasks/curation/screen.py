@@ -11,10 +11,10 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import progress
+from tasks.common import progress
 from tasks.curation.cache import StageCache
 from tasks.curation.registry import stage_keys
-from tasks.settings import CurateSettings
+from tasks.common.settings import CurateSettings
 from tasks.curation.per_image import screen_cheap_one, screen_content_one
 from tasks.curation.cluster import BatchResult, batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker

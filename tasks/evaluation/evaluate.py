@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from models.run_dir import BEST, RunDir
 from tasks.evaluation import registry
 from tasks.evaluation.fid_table import read_fid_csv, row_note, write_fid_csv
-from tasks.settings import EvaluateSettings
+from tasks.common.settings import EvaluateSettings
 
 
 # ------------------------------------------------------------------ divergence monitor and best snapshot

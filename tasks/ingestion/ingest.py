@@ -11,11 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
-from tasks import progress
-from tasks.retry import retry_unless_setup_error
+from tasks.common import progress
+from tasks.common.retry import retry_unless_setup_error
 from tasks.ingestion.sources.local import MemberLimits, ingest_path
 from tasks.ingestion.sources.raw import sanitize_name
-from tasks.settings import IngestSettings, given, load
+from tasks.common.settings import IngestSettings, given, load
 
 _ARCHIVE_EXT = re.compile(r"\.(zip|tar|tgz|tar\.(gz|bz2|xz))$", re.IGNORECASE)
 

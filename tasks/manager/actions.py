@@ -20,7 +20,7 @@ from tasks.manager.launch import kill_local, launch_local, process_state
 from tasks.manager.queue import Queue, Request
 from tasks.manager.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
 from tasks.manager.supervise import Observation, decide
-from tasks.settings import ManagerSettings, TrainSettings
+from tasks.common.settings import ManagerSettings, TrainSettings
 
 
 class ManagerError(ValueError):

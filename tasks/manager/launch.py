@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.run_dir import RunDir
-from tasks.settings import TrainSettings
+from tasks.common.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models.trainer import TrainConfig
-from tasks.settings import TrainSettings, load
+from tasks.common.settings import TrainSettings, load
 from tasks.training.stages import Stage, plan_stages, resolve_device, run_config
 
 

@@ -38,8 +38,8 @@ from models.arch import ARCHS as FAMILIES
 from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
-from tasks.settings import ARCHS, TrainSettings
-from tasks.retry import retry_unless_setup_error
+from tasks.common.settings import ARCHS, TrainSettings
+from tasks.common.retry import retry_unless_setup_error
 from tasks.training.results import StageResult
 from tasks.training.run import TrainResult, run_training
 from tasks.training.transfer import transfer_config

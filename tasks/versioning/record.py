@@ -23,7 +23,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.versioning.history import DATASET, VersioningError, git, project_root
-from tasks.retry import retry_unless_setup_error
+from tasks.common.retry import retry_unless_setup_error
 
 WRITER_LOCK = "ganflow-dvc-writer.lock"  # under .dvc/tmp/, which DVC keeps out of git
 POLL_SECONDS = 0.5

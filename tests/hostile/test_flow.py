@@ -6,7 +6,7 @@ import hashlib
 import pytest
 
 from flows.curate import curate
-from tasks.outdir import PathError
+from tasks.common.outdir import PathError
 from tasks.curation.publish import read_manifest
 from tasks.ingestion.sources.raw import FILES
 from tests.hostile import build

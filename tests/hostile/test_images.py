@@ -11,7 +11,7 @@ from PIL import Image
 
 from tasks.curation.decode import decode, probe
 from tasks.curation.filters import FIT_MAX_ASPECT, fit_short_side
-from tasks.settings import CurateSettings, load
+from tasks.common.settings import CurateSettings, load
 from tasks.curation.per_image import screen_cheap_one
 from tests.conftest import PARAMS, ROOT
 from tests.hostile import build
@@ -88,7 +88,7 @@ def test_float_tiff_with_nan_and_inf_decodes(tmp_path):
 
 _MEASURE = """
 import json, sys
-from tasks.settings import CurateSettings, load
+from tasks.common.settings import CurateSettings, load
 from tasks.curation.per_image import screen_cheap_one, render_one
 
 def status(key):  # kB, from the kernel's own accounting of this process

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tasks.outdir import PathError, check_dataset_dir, is_curated_dataset
+from tasks.common.outdir import PathError, check_dataset_dir, is_curated_dataset
 from tasks.curation.publish import write_dataset
 from tests.conftest import PARAMS, ROOT
 
@@ -184,7 +184,7 @@ def test_generate_never_writes_over_a_folder_it_did_not_write(scratch, tmp_path,
 
 
 def test_a_folder_generate_wrote_is_accepted(tmp_path):
-    from tasks.outdir import check_generated_dir
+    from tasks.common.outdir import check_generated_dir
 
     (tmp_path / "seeds").mkdir()
     for name in ("seed0001.png", "seed0002.png", "grid.png"):

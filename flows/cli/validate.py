@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from tasks.settings import DEVICE, MAX_SEED
+from tasks.common.settings import DEVICE, MAX_SEED
 
 MAX_SEEDS = 10_000          # seeds one `generate`/`morph` call takes (each image is kept in memory for the grid)
 MAX_PORT = 65535
@@ -71,7 +71,7 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 
 def torch_device(text: str) -> str:
-    """A device for evaluation and generation: train.device's rule (tasks.settings.DEVICE), without auto (syntax
+    """A device for evaluation and generation: train.device's rule (tasks.common.settings.DEVICE), without auto (syntax
     only: whether this machine has it is checked where it is used)."""
     if text == "auto" or not DEVICE.check(text):
         raise _bad(text, "a device: cpu, cuda, cuda:N or mps")

@@ -1,4 +1,4 @@
-"""Command-line options generated from a settings model (tasks/settings.py): one option per setting.
+"""Command-line options generated from a settings model (tasks/common/settings.py): one option per setting.
 
 The flag is the key in kebab case (`snapshot_kimg` → `--snapshot-kimg`), the help is the field's description
 with its bound and default, and the value is checked against the field's type and bounds while argparse parses,
@@ -19,7 +19,7 @@ import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from tasks.settings import Section, rule
+from tasks.common.settings import Section, rule
 
 
 def flag(name: str) -> str:

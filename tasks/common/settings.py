@@ -2,7 +2,7 @@
 
 A field gives a setting's type, its bounds (Field ge/gt/le/lt, Literal choices or a named rule) and a one-line
 description; params.yaml gives its value (tests/test_settings.py keeps the two in step). The CLI's options
-(flows/options.py) and the train, curate and evaluate flows' UI forms (`TrainOverrides`, `CurateOverrides`,
+(flows/cli/options.py) and the train, curate and evaluate flows' UI forms (`TrainOverrides`, `CurateOverrides`,
 `EvaluateOverrides`) are generated from these fields, so a new setting is one line below plus its value in
 params.yaml.
 
@@ -68,7 +68,7 @@ def _power_of_two(lo: int, hi: int) -> Any:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-# The device rule, once: train.device's check, and the CLI's (flows/validate.py) read it from here.
+# The device rule, once: train.device's check, and the CLI's (flows/cli/validate.py) read it from here.
 DEVICE = Rule("a device: auto, cpu, cuda, cuda:N or mps", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)))
 Device = Annotated[str, AfterValidator(DEVICE)]
 # -1 is "the family's" (a sentinel), anything else a real weight

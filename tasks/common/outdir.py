@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 # The ganflow checkout: never an output folder (its params.yaml, dvc.yaml and data/ live there).
-_CHECKOUT = Path(__file__).resolve().parents[1]
+_CHECKOUT = Path(__file__).resolve().parents[2]
 # dataset.json's marker: a folder whose dataset.json says this was written by ganflow curate.
 GENERATOR = "ganflow"
 

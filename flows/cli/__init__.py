@@ -1,5 +1,6 @@
 """The `ganflow` command line: one subcommand per flow, each with its own --help, in its own module
-(flows/*_cli.py); this one dispatches and turns a user's mistake into one line."""
+(flows/*_cli.py). This package holds what they share: the dispatcher here (which also turns a user's mistake into
+one line), options generated from the settings (options.py) and argument checks (validate.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import os
 import sys
 import warnings
 
-from flows.validate import OneLineParser
+from flows.cli.validate import OneLineParser
 
 
 # Each command's parser, in `ganflow --help`'s order, by the "module:function" that adds it. A command's module is
@@ -87,7 +88,3 @@ def main(argv: list[str] | None = None) -> int:
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())  # never a multi-line message
     return text if len(text) <= 600 else text[:600] + " ..."
-
-
-if __name__ == "__main__":
-    sys.exit(main())

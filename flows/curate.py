@@ -18,8 +18,8 @@ from tasks.curation.dedup import dedup_task
 from tasks.ingestion.ingest import hashtag_settings, ingest_task, raw_name, scrape_hashtag_task
 from tasks.curation.matte import Matter, make_matter
 from tasks.common.outdir import check_dataset_dir, check_raw_dir, check_store_root
-from tasks.common.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource, given,
-                            load)
+from tasks.common.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource,
+                                   given, load)
 from tasks.curation.publish import publish_task
 from tasks.curation.render import render_task
 from tasks.curation.report import report_task, summary_text

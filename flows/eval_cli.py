@@ -8,7 +8,7 @@ import warnings
 
 from flows.cli.options import add_setting_options, given_settings
 from flows.cli.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
-                            writable_file, writable_folder)
+                                writable_file, writable_folder)
 from tasks.common.settings import EvaluateSettings
 
 MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
@@ -41,8 +41,8 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
                                    "precision and recall (k=3) beside them. Prints JSON.")
     p.add_argument("dir_a", metavar="DIR_A")
     p.add_argument("dir_b", metavar="DIR_B")
-    # From tasks.common.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or --dinov2-weights
-    # comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, which come before params.yaml's.
+    # From tasks.common.settings.EvaluateSettings, as `ganflow evaluate`'s. A given --inception-weights or
+    # --dinov2-weights comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS, then params.yaml's.
     add_setting_options(p, EvaluateSettings, FID_SETTINGS, metavars=EVALUATE_METAVARS, defaults=FID_DEFAULTS,
                         switches=True)  # `fid --kid A B`: --kid takes no value here
     p.add_argument("--cache-dir", metavar="DIR", type=writable_folder,

@@ -329,7 +329,8 @@ class Family:
     net_keys: Callable[[], tuple[str, ...]]
 
 
-# The one list of architectures (tasks.common.settings.Arch repeats the names as a Literal for pydantic; a test ties them).
+# The one list of architectures (tasks.common.settings.Arch repeats the names as a Literal for pydantic; a test
+# ties them).
 ARCHS: dict[str, Family] = {
     "stylegan2": Family(StyleGAN2Arch, StyleGAN2Arch.generator, progressive=False, truncation=True,
                         presets=StyleGAN2Arch.presets, net_keys=StyleGAN2Arch.net_keys),

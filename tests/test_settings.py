@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.common.settings import (SECTIONS, TRAIN_FLOW_ONLY, CurateSettings, EvaluateSettings, IngestSettings, ParamsError,
-                            TrainSettings, load)
+from tasks.common.settings import (SECTIONS, TRAIN_FLOW_ONLY, CurateSettings, EvaluateSettings, IngestSettings,
+                                   ParamsError, TrainSettings, load)
 from tests.conftest import PARAMS, ROOT
 
 FILE = yaml.safe_load(PARAMS.read_text())

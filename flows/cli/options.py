@@ -61,20 +61,19 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
         if name in metavars:
             extra["metavar"] = metavars[name]
-        if field.annotation is bool and switches:
+        switch = field.annotation is bool and switches
+        if switch:
             extra.update(action="store_const", const=True)
         elif field.annotation is bool:
             extra.update(nargs="?", const=True, type=_parse(model, name))  # `--xflip` alone is `--xflip true`
             extra.setdefault("metavar", "BOOL")
         else:
             extra.update(type=_parse(model, name))
+        bound = "" if switch else _bound(field)  # a plain switch takes no value to bound
         default = ("required" if name in required else f"default: {_shown(defaults[name])}" if name in defaults
                    else f"default: {model.section}.{name}")
         parser.add_argument(flag(name), *aliases.get(name, []), dest=name, default=defaults.get(name),
-                            required=name in required,
-                            help=f"{field.description} ({'' if switches and field.annotation is bool else _bound(field)}"
-                                 f"{default})",
-                            **extra)
+                            required=name in required, help=f"{field.description} ({bound}{default})", **extra)
         if field.annotation is bool:
             parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=False,
                                 help=f"the opposite of {flag(name)}" if switches else f"as {flag(name)} false")

@@ -74,7 +74,9 @@ def test_ganflow_fid_fd_dinov2_equals_torch_fidelity_on_the_official_features(we
 
     stats = [fid_features_to_statistics(torch.from_numpy(reference[k])) for k in ("a", "b")]
     fd_ref = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
-    assert fd_ref == pytest.approx(RECORD["fd_torch_fidelity"], rel=1e-9)
+    # scipy's sqrtm runs on the machine's BLAS kernels, chosen per CPU: 1.4e-7 apart between the machine that recorded
+    # it and an AMD EPYC with AVX-512 (2026-12-07); the parity that matters is ours against it on this machine, below.
+    assert fd_ref == pytest.approx(RECORD["fd_torch_fidelity"], rel=1e-6)
     # our Fréchet distance on the same features (torch-fidelity keeps the means in float32: ~1e-8 apart)
     assert fid_from_stats(Stats.of(reference["a"]), Stats.of(reference["b"])) == pytest.approx(fd_ref, rel=1e-6)
 

@@ -48,7 +48,7 @@ def screen_content_one(path: str, params: CurateSettings) -> dict:
 
 def render_one(job: tuple[str, dict | None], params: CurateSettings) -> tuple[bytes, dict]:
     path, face_box = job
-    matter = make_matter(params.matte, params.rembg_model)  # cached per process: one rembg session
+    matter = make_matter(params.matte, params.rembg_model, params.matte_mask)  # cached per process: one rembg session
     # Decoded at no less than the output side (JPEG draft, else a box reduction): memory follows the
     # resolution, not the input's size. The face box comes in full-size pixels.
     d = decode(path, min_side=params.resolution)

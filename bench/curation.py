@@ -368,6 +368,33 @@ def bench_flow(paths: list[Path], work: Path, server: dict, out: str = "out", fr
     }
 
 
+_NO_AHEAD = "import flows.curate_cli as c; c._ahead_of_the_server = lambda *a: None; "
+
+
+def bench_cli(paths: list[Path], work: Path, ahead: bool, *options: str) -> dict:
+    """`ganflow curate --input` in a fresh process with a fresh Prefect home, so it starts its own ephemeral server:
+    wall time from the command to its exit, with the work ahead of the server (the default) or without it."""
+    import subprocess
+
+    folder = work / "input"
+    folder.mkdir(parents=True)
+    for p in paths:
+        os.link(p, folder / p.name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    env["PREFECT_HOME"] = str(work / "prefect-home")
+    argv = ["curate", "--input", str(folder), "--out", str(work / "out"), "--raw-root", str(work / "raw"),
+            "--cache-dir", str(work / "cache"), "--params", str(PARAMS), *options]
+    code = ("" if ahead else _NO_AHEAD) + f"from flows.cli import main; raise SystemExit(main({argv!r}))"
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if done.returncode:
+        raise RuntimeError(f"ganflow curate failed: {done.stderr[-2000:]}")
+    manifest = (work / "out" / "manifest.jsonl").read_text()
+    return {**_rate(len(paths), seconds), "work_ahead_of_server": ahead, "options": list(options),
+            "manifest_sha256": __import__("hashlib").sha256(manifest.encode()).hexdigest()}
+
+
 def bench_flows(paths: list[Path], work: Path) -> dict:
     """The default flow, a rerun of it with a stricter blur threshold, and the flow with the reduced matte."""
     from tasks.curation import pool
@@ -409,6 +436,9 @@ def summarize(r: dict) -> dict:
               "met_warm": ratios["ganflow_cheap_warm/cleanvision"] >= TARGET,
               "met_cold": ratios["ganflow_cheap_cold/cleanvision"] >= TARGET}
     decode = r["pillow_full_decode"]["img_per_s"]
+    if "cli_work_ahead" in r:
+        ratios["cli_work_ahead/cli_server_wait"] = _ratio(r["cli_work_ahead"]["img_per_s"],
+                                                          r["cli_server_wait"]["img_per_s"])
     for row in ("curate_flow", "curate_flow_reduced_matte", "curate_rerun_blur"):
         if row in r:
             ratios[f"{row}/pillow_full_decode"] = _ratio(r[row]["img_per_s"], decode)
@@ -431,12 +461,16 @@ def print_table(r: dict) -> None:
         rows.append((f"curate flow end to end, {r['curate_flow']['images']} images", r["curate_flow"]))
         rows.append((f"  rerun, blur_min_var {RERUN_BLUR:g} (same cache)", r["curate_rerun_blur"]))
         rows.append(("  fresh, matte_mask reduced", r["curate_flow_reduced_matte"]))
+    if "cli_work_ahead" in r:
+        rows.append((f"ganflow curate (new process), {r['cli_work_ahead']['images']} img, waits for server",
+                     r["cli_server_wait"]))
+        rows.append(("  the same, working while the server starts", r["cli_work_ahead"]))
     m = r["machine"]
     print(f"\n{r['images']} images {SIDE}x{SIDE} JPEG q{QUALITY}, {m['cpu_count']} cores, load average "
           f"{m['loadavg_1m_start']} -> {m['loadavg_1m_end']} (other work on the machine slows every row)\n")
-    print(f"{'measurement':<44}{'img/s':>10}{'seconds':>10}")
+    print(f"{'measurement':<56}{'img/s':>10}{'seconds':>10}")
     for name, row in rows:
-        print(f"{name:<44}{row['img_per_s']:>10.1f}{row['seconds']:>10.2f}")
+        print(f"{name:<56}{row['img_per_s']:>10.1f}{row['seconds']:>10.2f}")
     print(f"\nganflow pool start-up (cold - warm): {r['ganflow_cheap']['pool_startup_s']} s")
     if "curate_flow" in r:
         f = r["curate_flow"]
@@ -473,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="images the end-to-end flow runs on, the first of the n (default 50; 0: all n). "
                          "Rendering (GrabCut) makes it ~1 img/s on 2 cores")
     ap.add_argument("--skip-flow", action="store_true", help="leave out the end-to-end flow")
+    ap.add_argument("--cli-n", type=int, default=20,
+                    help="images for `ganflow curate` in a fresh process (its own server start-up), with and "
+                         "without the work ahead of the server (reduced matte; default 20; 0: leave out)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs for the fast measurements")
     ap.add_argument("--skip-cleanvision-1job", action="store_true", help="leave out cleanvision with n_jobs=1")
     args = ap.parse_args(argv)
@@ -501,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         print("ganflow cheap done", flush=True)
         if not args.skip_flow:
             r.update(bench_flows(paths[:args.flow_n or args.n], tmp / "flow"))
+            print("flows done", flush=True)
+        if args.cli_n:
+            cli = paths[:args.cli_n]
+            r["cli_server_wait"] = bench_cli(cli, tmp / "cli-wait", False, "--matte-mask", "reduced")
+            r["cli_work_ahead"] = bench_cli(cli, tmp / "cli-ahead", True, "--matte-mask", "reduced")
         r["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
         r["summary"] = summarize(r)
 

@@ -49,7 +49,8 @@ def server_starting() -> threading.Thread | None:
 
 def work_ahead(params: CurateSettings, cache_dir: str, busy: Callable[[], bool], source: str = "path",
                input_path: str | None = None, raw_root: str = "data/raw", raw_dir: str | None = None) -> int:
-    """While busy(), do the curate flow's per-image work into cache_dir; returns the images rendered.
+    """While busy(), do the curate flow's per-image work into cache_dir; returns the images rendered (0 when
+    stopped before the last render).
 
     Only what a later flow run repeats exactly: no hashtag scrape (Instagram is the flow's, with its retries) and
     nothing on a Dask cluster. Any error is left for the flow, which meets it again and records it.

@@ -81,8 +81,11 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool."""
+def imap(fn: Callable[[T], R], items: Iterable[T], workers: int, help_start: bool = False) -> Iterator[R]:
+    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool.
+
+    help_start: while no worker of the pool is up yet, this process does the first items itself. Only for work
+    that loads no model (the cheap checks): faces/text or rembg would load theirs here for a few images."""
     items = list(items)
     if on_dask_worker():
         _one_opencv_thread()  # the worker's threads are the cores, as the pool's processes are
@@ -93,7 +96,7 @@ def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
         return
     pool, started = _pool(workers)
     done = 0
-    while done < len(items) - 1 and not any(f.done() for f in started):
+    while help_start and done < len(items) - 1 and not any(f.done() for f in started):
         yield fn(items[done])  # no worker is up yet (about a second, cold): this process works meanwhile
         done += 1
     rest = items[done:]

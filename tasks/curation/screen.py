@@ -44,9 +44,9 @@ def shared_strings(value):
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateSettings,
-                cache_dir: str, decide=None) -> dict[str, dict]:
+                cache_dir: str, decide=None, help_start: bool = False) -> dict[str, dict]:
     """fn's result per item, from the cache where it holds one (through decide(cached, params), when given: None
-    there means measure again); results keep only their reason and scores."""
+    there means measure again); results keep only their reason and scores. help_start: see pool.imap."""
     cache = StageCache(cache_dir, kind, cache_key(kind, params))
     results: dict[str, dict] = {}
     todo = []
@@ -59,7 +59,8 @@ def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateSetti
         else:
             results[image_id] = shared_strings(hit)
     progress.advance(kind, len(items) - len(todo))
-    for (image_id, _), result in zip(todo, imap(partial(fn, params=params), [p for _, p in todo], params.workers)):
+    for (image_id, _), result in zip(todo, imap(partial(fn, params=params), [p for _, p in todo], params.workers,
+                                                  help_start)):
         cache.put_json(image_id, result)
         result.pop("header", None)  # cached for redecide_cheap, not part of the verdict
         results[image_id] = shared_strings(result)
@@ -68,7 +69,7 @@ def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateSetti
 
 
 def screen_cheap(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:
-    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir, decide=redecide_cheap)
+    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir, decide=redecide_cheap, help_start=True)
 
 
 def screen_content(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:

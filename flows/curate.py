@@ -97,7 +97,7 @@ def curate(
     elif not (Path(raw_dir) / PROVENANCE).is_file():
         raise FileNotFoundError(f"{raw_dir} is not a raw store (no {PROVENANCE}): run `ganflow ingest` first")
     inputs = read_provenance(Path(raw_dir))
-    matter = make_matter(params.matte, params.rembg_model)
+    matter = make_matter(params.matte, params.rembg_model, params.matte_mask)
     found = _screen_and_render(params, inputs, Path(raw_dir), cache_dir, matter)
     dataset = _publish(out, inputs, found, params, matter)
     result = CurationResult(out=str(Path(out).resolve()), raw_dir=raw_dir, matte_note=matter.note, dataset=dataset,

@@ -1,5 +1,6 @@
-"""The filter registry: filters run in their registered order, and a stage's cache key covers every curate
-setting its filters read, so a new filter (or a new threshold) can never be answered by a stale cached verdict."""
+"""The filter registry: filters run in their registered order, and a new filter (or a new threshold) can never be
+answered by a stale cached verdict: the content stage's cache key covers every curate setting its filters read, and
+the cheap stage caches only its measurements, judged anew by the registered filters on every read."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,36 +95,38 @@ def test_filter_keys_are_curate_settings():
 
 
 def test_cache_key_derives_from_the_registered_filters(params):
-    """The digest of exactly the registered filters' keys (plus the thumbnail size) and the code version:
-    for the built-in filters, the key of the caches written before the registry existed."""
-    before = ("resolution", "min_side_fraction", "blur_size", "blur_min_var", "gray_max_chroma", "max_aspect")
-    assert screen.cache_key("cheap", params) == screen.SCREEN_VERSION + "-" + params.digest(*before)
+    """Content: the digest of exactly the registered filters' keys and the code version (for the built-in filters,
+    the key of the caches written before the registry existed). Cheap: only the thumbnail's size, which is all its
+    measurements depend on (its verdicts are not cached)."""
+    assert screen.cache_key("cheap", params) == screen.SCREEN_VERSION + "-" + params.digest("blur_size")
+    assert screen.cache_key("cheap", params.updated(blur_min_var=1.0, min_side_fraction=0.1)) == \
+        screen.cache_key("cheap", params)
     content = ("face_mode", "face_min_fraction", "face_min_neighbors", "text_min_confidence", "text_min_chars",
                "text_max_area", "text_max_boxes")
     assert screen.cache_key("content", params) == screen.SCREEN_VERSION + "-" + params.digest(*content)
 
 
 def test_registering_a_filter_that_reads_a_new_key_changes_the_cache_key(params):
-    key = screen.cache_key("cheap", params)
+    key = screen.cache_key("content", params)
     unrelated = params.updated(max_member_bytes=params.max_member_bytes + 1)
-    assert screen.cache_key("cheap", unrelated) == key  # no cheap filter reads it yet
+    assert screen.cache_key("content", unrelated) == key  # no content filter reads it yet
 
-    @registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=25, header=True)
-    def huge(scores, p):
+    @registry.register("huge", stage="content", keys=("max_member_bytes",), order=25)
+    def huge(image, p):
         return None
 
     try:
-        assert "max_member_bytes" in registry.stage_keys("cheap")
-        assert screen.cache_key("cheap", params) != key
-        assert screen.cache_key("cheap", unrelated) != screen.cache_key("cheap", params)  # now it matters
+        assert "max_member_bytes" in registry.stage_keys("content")
+        assert screen.cache_key("content", params) != key
+        assert screen.cache_key("content", unrelated) != screen.cache_key("content", params)  # now it matters
     finally:
         registry.unregister("huge")
-    assert screen.cache_key("cheap", params) == key
+    assert screen.cache_key("content", params) == key
 
 
-def test_a_new_filter_is_not_answered_from_the_cache(params, extra_filter, tmp_path):
+def test_a_new_filter_is_not_answered_from_the_cache(params, extra_filter, tmp_path, monkeypatch):
     """Real files screened into a cache, then a filter is added and its threshold moved: each time the verdicts
-    are the new ones, never the cached ones."""
+    are the new ones, never the cached ones, judged on the cached measurements without decoding again."""
     paths = []
     for name in ("rocket", "astronaut"):
         path = tmp_path / f"{name}.png"
@@ -133,10 +136,13 @@ def test_a_new_filter_is_not_answered_from_the_cache(params, extra_filter, tmp_p
     registry.unregister("huge")
     assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
     registry.register("huge", stage="cheap", keys=("max_member_bytes",), order=35, header=True)(extra_filter)
+    import tasks.curation.per_image
+
+    monkeypatch.setattr(tasks.curation.per_image, "decode", lambda *a, **k: pytest.fail("decoded again"))
     small = params.updated(max_member_bytes=1000)
     assert {r["reason"] for r in screen.screen_cheap(paths, small, cache).values()} == {"huge"}
     assert {r["reason"] for r in screen.screen_cheap(paths, params, cache).values()} == {None}
-    assert len(list((tmp_path / "cache" / "cheap").iterdir())) == 3  # three settings, three cache folders
+    assert len(list((tmp_path / "cache" / "cheap").iterdir())) == 1  # one thumbnail size: one cache folder
 
 
 def test_header_checks_run_before_decoding_whatever_their_order(params, extra_filter):
@@ -189,3 +195,42 @@ def test_the_render_cache_key_covers_the_face_filter_settings_as_registered(para
     assert registry.registered("content") == builtin and key(unrelated) == key(params)
     with pytest.raises(registry.FilterError, match="no filter named 'faces'"):
         registry.filter_keys("faces")
+
+
+def test_a_threshold_change_is_redecided_from_cached_scores(params, tmp_path, monkeypatch):
+    """A rerun with other thresholds gives exactly a fresh run's verdicts and scores, and decodes only the images
+    whose pixels were never measured (rejected from the header before, not now)."""
+    import cv2
+
+    import tasks.curation.per_image as per_image
+
+    rocket = skimage.data.rocket()
+    files = {"rocket": rocket, "coffee": skimage.data.coffee(), "camera": skimage.data.camera(),
+             "blurred": cv2.GaussianBlur(rocket, (0, 0), 6)}
+    items = []
+    for name, img in files.items():
+        Image.fromarray(img).save(tmp_path / f"{name}.jpg", quality=92)
+        items.append((name, str(tmp_path / f"{name}.jpg")))
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "rocket.jpg").read_bytes()[:3000])  # header read, pixels fail
+    items.append(("cut", str(tmp_path / "cut.jpg")))
+    cache = str(tmp_path / "cache")
+    first = screen.screen_cheap(items, params, cache)
+    assert {n: r["reason"] for n, r in first.items()} == {"rocket": None, "coffee": "too_small", "camera": "grayscale",
+                                                         "blurred": "blurry", "cut": "truncated"}
+    decoded: list[str] = []
+    real_decode = per_image.decode
+
+    def counted(path, **kwargs):
+        decoded.append(Path(path).stem)
+        return real_decode(path, **kwargs)
+
+    monkeypatch.setattr(per_image, "decode", counted)
+    for changed, measured in [(dict(blur_min_var=1e9), []),                     # all blurry now, no decode
+                              (dict(min_side_fraction=1.5), []),                # all too small from the header
+                              (dict(min_side_fraction=0.5), ["coffee"]),        # coffee's pixels are new
+                              (dict(gray_max_chroma=0.0, min_side_fraction=0.5), [])]:
+        decoded.clear()
+        new = params.updated(**changed)
+        again = screen.screen_cheap(items, new, cache)
+        assert decoded == measured, changed
+        assert again == screen.screen_cheap(items, new, str(tmp_path / f"fresh-{len(changed)}-{new.digest(*changed)}"))

@@ -301,3 +301,60 @@ def test_face_box_crop_is_then_matted(model_file):
     assert all(is_white(c) for c in corners(out)) and red_mask(out[54:74, 54:74]).all()
     x, y, w, h = info["subject_box"]                        # reported in source pixels
     assert abs(x + w / 2 - 560) <= 3 and abs(y + h / 2 - 300) <= 3
+
+
+# ---- GrabCut's mask at a reduced size (curate.matte_mask: reduced) -------------------------------------------------
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0.5, b > 0.5
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_reduced_mask_is_refined_onto_the_subjects_edge_at_full_size():
+    """The mask is found at 160 px, but its edge is placed at the render size by the guided filter: on a disc the
+    matte matches the true disc better than the 160 px mask upsampled (0.980) and as well as the full mask."""
+    h = w = 540
+    img = disc_image(h, w, r=150)
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= 150 ** 2).astype(np.float32)
+    reduced, why = make_matter("grabcut", mask="reduced").estimate(img)
+    full, _ = make_matter("grabcut").estimate(img)
+    assert why is None and reduced.shape == (h, w)
+    assert iou(reduced, disc) >= 0.998 and iou(full, disc) >= 0.99
+    assert iou(reduced, full) >= 0.98
+
+
+def test_reduced_mask_agrees_with_the_full_one_on_single_subject_photos():
+    """The demo's photos with one clear subject (the cup, the retina at its render decode size): the reduced mask
+    agrees with today's full one, IoU >= 0.95 per image (measured 0.989 and 0.989).
+
+    Not asserted on the scene photos (rocket 0.58, astronaut 0.83, hubble 0.50, chelsea 0.18): GrabCut from a
+    rectangle has no stable answer there, even at full size (the full mask at 300 px against 320 px: rocket 0.68,
+    hubble 0.68), which is why `full` stays the default (README, benchmarks)."""
+    retina = cv2.resize(data.retina(), (706, 706), interpolation=cv2.INTER_AREA)  # draft decode for 512² output
+    got = {}
+    for name, img in (("coffee", data.coffee()), ("retina", retina)):
+        full, _ = make_matter("grabcut").estimate(img)
+        reduced, why = make_matter("grabcut", mask="reduced").estimate(img)
+        assert why is None and full is not None
+        got[name] = round(iou(reduced, full), 3)
+    print("IoU of the reduced mask against the full one:", got)
+    assert all(v >= 0.95 for v in got.values()), got
+
+
+def test_reduced_mask_is_its_own_setting_and_cache_key(tmp_path):
+    from tasks.common.settings import CurateSettings
+    from tasks.curation.render import render_cache
+
+    m = make_matter("grabcut", mask="reduced")
+    assert isinstance(m, matte.GrabCutMatter) and m.mask == "reduced"
+    assert m.note == "matte: grabcut (as configured; mask at reduced size, guided edges)"
+    assert make_matter("grabcut").note == "matte: grabcut (as configured)"
+    with pytest.raises(ValueError, match="full\\|reduced"):
+        make_matter("grabcut", mask="tiny")
+    full, reduced = CurateSettings(), CurateSettings(matte_mask="reduced")
+    assert full.matte_mask == "full"  # the default output is unchanged
+    key = {p.matte_mask: render_cache(p, str(tmp_path), "grabcut").dir.name for p in (full, reduced)}
+    assert key["reduced"] == key["full"] + "-reduced"
+    # rembg ignores it: renders cached with rembg stay valid
+    assert render_cache(reduced, str(tmp_path), "rembg").dir == render_cache(full, str(tmp_path), "rembg").dir

@@ -6,6 +6,11 @@ Matting modes (params.yaml `curate.matte`):
   auto     rembg when the model file is there, GrabCut otherwise; `Matter.note` says which and why
   none     no matte: a centre crop with the background kept
 
+GrabCut's mask (params.yaml `curate.matte_mask`):
+  full     computed at GRABCUT_SIDE (320) on the long side, upsampled and feathered (the original output)
+  reduced  computed at REDUCED_SIDE (160): about 6x less CPU (GrabCut's cost grows faster than its pixels),
+           upsampled, and its edge snapped to the image's own edges by a guided filter at the render size
+
 rembg's `new_session("u2net")` checks the file's hash and downloads on a mismatch, which fails offline;
 here the file is found first and loaded through rembg's `u2net_custom` session (`model_path=`), which
 applies the same pre/post-processing as `u2net` (320², ImageNet mean/std, min-max saliency) without a hash
@@ -28,12 +33,16 @@ from PIL import Image
 from tasks.curation.detectors import Box
 
 MODES = ("auto", "rembg", "grabcut", "none")
+MASKS = ("full", "reduced")
 
 GRABCUT_SIDE = 320       # GrabCut runs on a downscale with this long side (cost ~ pixels x iterations)
 GRABCUT_ITERS = 3        # GrabCut iterations: masks at 3 and 5 barely differ; 3 costs ~30% less
 GRABCUT_MARGIN = 0.03    # rect init: this fraction of each side is taken as definite background
 MIN_PART = 0.05          # GrabCut specks: foreground parts smaller than this x the largest are dropped
 FEATHER = 0.6            # Gaussian sigma of the upscaled mask's edge, in downscale pixels
+REDUCED_SIDE = 160       # matte_mask=reduced: GrabCut's long side (cost 130 against 950 ms at 320 on 540² photos)
+GUIDE_RADIUS = 2.0       # reduced: guided filter window radius, in reduced-mask pixels (covers its blocky edge)
+GUIDE_EPS = 1e-3         # reduced: guided filter regularizer on [0, 1] luma: edges weaker than ~0.03 are smoothed
 REMBG_SIDE = {"u2net_custom": 640, "dis_custom": 1024}  # rembg predicts on a downscale this long (2x its input)
 MIN_FG, MAX_FG = 0.002, 0.99   # a mask with less (more) foreground than this is empty (full): no matte
 SUBJECT_MARGIN = 0.08    # subject square: this fraction of the subject's long side added on each side
@@ -134,12 +143,32 @@ class Matter:
         return f"<{type(self).__name__} {self.note!r}>"
 
 
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter with a grey guide (float32 HxW, both): `src` smoothed except across the guide's
+    edges, so an upsampled mask's blocky edge moves onto the image's own. Box filters only: O(pixels)."""
+    size = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+
+    mean_i, mean_p = box(guide), box(src)
+    a = (box(guide * src) - mean_i * mean_p) / (box(guide * guide) - mean_i * mean_i + eps)
+    b = mean_p - a * mean_i
+    return box(a) * guide + box(b)
+
+
 class GrabCutMatter(Matter):
     name = "grabcut"
 
+    def __init__(self, note: str, mask: str = "full"):
+        super().__init__(note)
+        if mask not in MASKS:
+            raise ValueError(f"matte_mask must be one of {'|'.join(MASKS)}, not {mask!r}")
+        self.mask = mask
+
     def estimate(self, rgb):
         h, w = rgb.shape[:2]
-        small, k = _downscale(rgb, GRABCUT_SIDE)
+        small, k = _downscale(rgb, GRABCUT_SIDE if self.mask == "full" else REDUCED_SIDE)
         sh, sw = small.shape[:2]
         mx, my = max(1, round(sw * GRABCUT_MARGIN)), max(1, round(sh * GRABCUT_MARGIN))
         rect = (mx, my, sw - 2 * mx, sh - 2 * my)
@@ -157,7 +186,11 @@ class GrabCutMatter(Matter):
             return None, "full_mask"   # everything inside the rect: GrabCut found no background
         fg = _drop_specks(fg)
         alpha = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) if k < 1 else fg
-        alpha = cv2.GaussianBlur(alpha, (0, 0), FEATHER / k)
+        if self.mask == "full":
+            alpha = cv2.GaussianBlur(alpha, (0, 0), FEATHER / k)
+        else:
+            luma = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+            alpha = guided_filter(luma, alpha, max(1, round(GUIDE_RADIUS / k)), GUIDE_EPS)
         return _checked(np.clip(alpha, 0.0, 1.0))
 
 
@@ -181,27 +214,34 @@ class RembgMatter(Matter):
         return _checked(alpha)
 
 
-def make_matter(mode: str, model_name: str = "u2net") -> Matter:
-    """The matter for `curate.matte` / `curate.rembg_model`, cached per process (one rembg session).
+def make_matter(mode: str, model_name: str = "u2net", mask: str = "full") -> Matter:
+    """The matter for `curate.matte` / `curate.rembg_model` / `curate.matte_mask` (GrabCut's), cached per process
+    (one rembg session).
 
-    Raises ValueError for an unknown mode, MatteModelMissing for mode=rembg without a loadable model file.
+    Raises ValueError for an unknown mode or mask, MatteModelMissing for mode=rembg without a loadable model file.
     """
     if mode not in MODES:
         raise ValueError(f"matte mode must be one of {'|'.join(MODES)}, not {mode!r}")
-    return _make_matter(mode, model_name, u2net_home())
+    if mask not in MASKS:
+        raise ValueError(f"matte_mask must be one of {'|'.join(MASKS)}, not {mask!r}")
+    return _make_matter(mode, model_name, u2net_home(), mask)
+
+
+def _grabcut_note(why: str, mask: str) -> str:
+    return f"matte: grabcut ({why}{'' if mask == 'full' else '; mask at reduced size, guided edges'})"
 
 
 @functools.lru_cache(maxsize=8)
-def _make_matter(mode: str, model_name: str, home: str) -> Matter:
+def _make_matter(mode: str, model_name: str, home: str, mask: str = "full") -> Matter:
     if mode == "none":
         return Matter()
     if mode == "grabcut":
-        return GrabCutMatter("matte: grabcut (as configured)")
+        return GrabCutMatter(_grabcut_note("as configured", mask), mask)
     fname = f"{model_name}.onnx"
     path = find_model(model_name, home)
     if path is None:
         if mode == "auto":
-            return GrabCutMatter(f"matte: grabcut (no {fname} in {home}; put the file there to use rembg)")
+            return GrabCutMatter(_grabcut_note(f"no {fname} in {home}; put the file there to use rembg", mask), mask)
         raise MatteModelMissing(
             f"matte=rembg needs {os.path.join(home, fname)}, which is not there: put {fname} "
             f"(from {_RELEASES}/{fname}) in {home}, or set U2NET_HOME to the folder that holds it; "
@@ -211,7 +251,7 @@ def _make_matter(mode: str, model_name: str, home: str) -> Matter:
         return RembgMatter(f"matte: rembg ({model_name} from {path})", kind, path)
     except Exception as e:  # a truncated or foreign file: onnxruntime's error says what is wrong with it
         if mode == "auto":
-            return GrabCutMatter(f"matte: grabcut ({path} could not be loaded: {e}; replace it to use rembg)")
+            return GrabCutMatter(_grabcut_note(f"{path} could not be loaded: {e}; replace it to use rembg", mask), mask)
         if isinstance(e, MatteModelMissing):
             raise
         raise MatteModelMissing(f"matte=rembg could not load {path}: {e}") from e

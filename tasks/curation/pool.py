@@ -12,13 +12,14 @@ import multiprocessing
 import os
 import sys
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _pools: dict[int, ProcessPoolExecutor] = {}
+_started: dict[int, list[Future]] = {}  # per pool: one no-op per worker, done once that worker has started
 _lock = threading.Lock()
 
 
@@ -51,19 +52,22 @@ def _preload() -> None:
     _one_opencv_thread()
 
 
-def _pool(workers: int) -> Executor:
+def _pool(workers: int) -> tuple[ProcessPoolExecutor, list[Future]]:
+    """The shared pool and its start-up futures. A spawn pool starts a process per submitted task while none is
+    idle, so one no-op per worker starts them all at once (one would start one)."""
     with _lock:
         if workers not in _pools:
             ctx = multiprocessing.get_context("spawn")
-            _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_preload)
-        return _pools[workers]
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_preload)
+            _pools[workers], _started[workers] = pool, [pool.submit(os.getpid) for _ in range(workers)]
+        return _pools[workers], _started[workers]
 
 
 def warm(workers: int) -> None:
-    """Start the worker processes now (they spawn all at once), so their start-up overlaps other work."""
+    """Start the worker processes now, so their start-up overlaps other work."""
     workers = resolve_workers(workers)
     if workers > 1:
-        _pool(workers).submit(int)
+        _pool(workers)
 
 
 def shutdown() -> None:
@@ -71,13 +75,17 @@ def shutdown() -> None:
         for pool in _pools.values():
             pool.shutdown(cancel_futures=True)
         _pools.clear()
+        _started.clear()
 
 
 atexit.register(shutdown)
 
 
-def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool."""
+def imap(fn: Callable[[T], R], items: Iterable[T], workers: int, help_start: bool = False) -> Iterator[R]:
+    """Ordered results of fn over items: inline for one worker or one item, else in the shared pool.
+
+    help_start: while no worker of the pool is up yet, this process does the first items itself. Only for work
+    that loads no model (the cheap checks): faces/text or rembg would load theirs here for a few images."""
     items = list(items)
     if on_dask_worker():
         _one_opencv_thread()  # the worker's threads are the cores, as the pool's processes are
@@ -86,4 +94,10 @@ def imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     if workers == 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    yield from _pool(workers).map(fn, items, chunksize=max(1, len(items) // (4 * workers)))
+    pool, started = _pool(workers)
+    done = 0
+    while help_start and done < len(items) - 1 and not any(f.done() for f in started):
+        yield fn(items[done])  # no worker is up yet (about a second, cold): this process works meanwhile
+        done += 1
+    rest = items[done:]
+    yield from pool.map(fn, rest, chunksize=max(1, len(rest) // (4 * workers)))

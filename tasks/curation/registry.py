@@ -2,8 +2,9 @@
 
 A filter is a function decorated with `@register(...)` next to the scores it judges (tasks/curation/filters.py:
 the cheap checks, tasks/curation/detectors.py: the content checks). Screening runs the registered filters of a
-stage in their order, and a stage's cache key is a digest of the settings its filters read, so a new filter's
-settings are in the key as soon as it is registered: a changed threshold can never serve a stale cached verdict.
+stage in their order. The cheap stage caches only its scores and judges them anew on every read; the content stage's
+cache key is a digest of the settings its filters read, so a new filter's settings are in the key as soon as it is
+registered. Either way a changed threshold can never serve a stale cached verdict.
 
 Adding a filter: its threshold in params.yaml's `curate` section and in CurateSettings, and one decorated function
 in a module that tasks/curation/per_image.py imports (the pool's worker processes import only that module, so a

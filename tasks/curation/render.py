@@ -21,6 +21,8 @@ def render_cache(params: CurateSettings, cache_dir: str, matte_name: str) -> Sta
     # The resolved matte (auto → rembg or grabcut) is part of the key: adding a model file re-renders.
     # The face filter's settings (as registered) decide the crop box in face_mode=crop.
     digest = params.digest("resolution", "rembg_model", *registry.filter_keys("face")) + "-" + matte_name
+    if matte_name == "grabcut" and params.matte_mask != "full":
+        digest += "-" + params.matte_mask  # only GrabCut reads it; the full mask keeps the key renders had before it
     return StageCache(cache_dir, "render", f"{RENDER_VERSION}-{digest}", suffix=".png")
 
 

@@ -13,9 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.common import progress
 from tasks.curation.cache import StageCache
-from tasks.curation.registry import stage_keys
+from tasks.curation.registry import STAGE_KEYS, stage_keys
 from tasks.common.settings import CurateSettings
-from tasks.curation.per_image import screen_cheap_one, screen_content_one
+from tasks.curation.per_image import redecide_cheap, screen_cheap_one, screen_content_one
 from tasks.curation.cluster import BatchResult, batch_folders, require_folders
 from tasks.curation.pool import imap, on_dask_worker
 
@@ -23,9 +23,13 @@ SCREEN_VERSION = "4"  # bump when the scoring code changes meaning (3: header-fi
 
 
 def cache_key(kind: str, params: CurateSettings) -> str:
-    """What a stage's cached results are filed under: they are reused exactly while the settings its registered
-    filters read (tasks.curation.registry.stage_keys) and the scoring code's version stay the same."""
-    return SCREEN_VERSION + "-" + params.digest(*stage_keys(kind))
+    """What a stage's cached results are filed under, with the scoring code's version.
+
+    cheap: the measurements on the blur_size thumbnail, which depend on STAGE_KEYS only; the cheap filters judge
+    those scores and are re-run on every read (redecide_cheap), so a changed threshold decodes nothing.
+    content: the content filters measure as they judge, so every setting they read (registry.stage_keys)."""
+    keys = STAGE_KEYS["cheap"] if kind == "cheap" else stage_keys(kind)
+    return SCREEN_VERSION + "-" + params.digest(*keys)
 
 
 def shared_strings(value):
@@ -40,26 +44,32 @@ def shared_strings(value):
 
 
 def _run_cached(kind: str, fn, items: list[tuple[str, str]], params: CurateSettings,
-                cache_dir: str) -> dict[str, dict]:
+                cache_dir: str, decide=None, help_start: bool = False) -> dict[str, dict]:
+    """fn's result per item, from the cache where it holds one (through decide(cached, params), when given: None
+    there means measure again); results keep only their reason and scores. help_start: see pool.imap."""
     cache = StageCache(cache_dir, kind, cache_key(kind, params))
     results: dict[str, dict] = {}
     todo = []
     for image_id, path in items:
         hit = cache.get_json(image_id)
+        if hit is not None and decide is not None:
+            hit = decide(hit, params)
         if hit is None:
             todo.append((image_id, path))
         else:
             results[image_id] = shared_strings(hit)
     progress.advance(kind, len(items) - len(todo))
-    for (image_id, _), result in zip(todo, imap(partial(fn, params=params), [p for _, p in todo], params.workers)):
+    for (image_id, _), result in zip(todo, imap(partial(fn, params=params), [p for _, p in todo], params.workers,
+                                                  help_start)):
         cache.put_json(image_id, result)
+        result.pop("header", None)  # cached for redecide_cheap, not part of the verdict
         results[image_id] = shared_strings(result)
         progress.advance(kind)
     return results
 
 
 def screen_cheap(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:
-    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir)
+    return _run_cached("cheap", screen_cheap_one, items, params, cache_dir, decide=redecide_cheap, help_start=True)
 
 
 def screen_content(items: list[tuple[str, str]], params: CurateSettings, cache_dir: str) -> dict[str, dict]:

@@ -1,0 +1,43 @@
+"""The shared process pool: all workers start at once, results come back in order, and while a cold pool starts
+this process works through the first items itself (issue 29: the pool's start-up off the critical path)."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from tasks.curation import pool
+
+
+def square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+@pytest.fixture
+def cold():
+    pool.shutdown()
+    yield
+    pool.shutdown()
+
+
+def test_warm_starts_every_worker(cold):
+    before = len(multiprocessing.active_children())
+    pool.warm(2)
+    assert len(multiprocessing.active_children()) - before == 2
+
+
+def test_a_cold_pool_gives_ordered_results_and_this_process_works_while_it_starts(cold):
+    out = list(pool.imap(square_and_pid, range(40), 2, help_start=True))
+    assert [r for r, _ in out] == [x * x for x in range(40)]
+    pids = [p for _, p in out]
+    here = [p == os.getpid() for p in pids]
+    assert here[0], "nothing was done while the workers started"   # spawning takes far longer than one item
+    assert not here[-1] and here == sorted(here, reverse=True)     # a prefix here, the rest in the workers
+    warm = [p for _, p in pool.imap(square_and_pid, range(40), 2, help_start=True)]
+    assert os.getpid() not in warm                                 # a started pool does it all
+
+
+def test_work_that_loads_models_waits_for_the_workers(cold):
+    out = [p for _, p in pool.imap(square_and_pid, range(8), 2)]
+    assert os.getpid() not in out

@@ -83,24 +83,6 @@ def _check_curate_args(args: argparse.Namespace) -> None:
         check_input(args.input)
 
 
-def _ahead_of_the_server(args: argparse.Namespace, source: IngestSource) -> None:
-    """With an ephemeral Prefect server (no PREFECT_API_URL), start it in a thread and curate into the cache while
-    it starts (flows/curate_ahead.py); the flow, run after, finds that work done."""
-    from flows.curate_ahead import server_starting, work_ahead
-    from tasks.common.settings import load
-
-    server = server_starting()
-    if server is None:
-        return
-    try:
-        params = load(CurateSettings, args.params, **given_settings(args, CurateSettings))
-    except Exception:  # noqa: BLE001  (the flow loads them again and reports the error)
-        pass
-    else:
-        work_ahead(params, args.cache_dir, server.is_alive, source, args.input, args.raw_root, args.raw)
-    server.join()
-
-
 def _run_curate(args: argparse.Namespace) -> int:
     from flows.curate import curate
     from tasks.common import progress
@@ -110,7 +92,6 @@ def _run_curate(args: argparse.Namespace) -> int:
 
     _check_curate_args(args)
     source: IngestSource = "hashtag" if args.hashtag else "path" if args.input else "demo"
-    _ahead_of_the_server(args, source)
     progress.install(_Bars())
     try:
         result = CurationResult.from_dict(curate(

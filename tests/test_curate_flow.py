@@ -232,35 +232,3 @@ def test_hashtag_takes_params_max_posts_unless_the_run_names_one(prefect_api, tm
                  str(params), "--session-file", session, "--raw-root", str(tmp_path / "raw-2"), "--cache-dir",
                  where["cache_dir"]]) == 0
     assert json.loads((tmp_path / "no-ingest" / "dataset.json").read_text())["inputs"] == 3
-
-
-def test_work_done_while_the_server_starts_is_what_the_flow_finds(prefect_api, tmp_path, params_file, monkeypatch):
-    """`ganflow curate` curates into the cache while the ephemeral server starts (flows/curate_ahead.py): the flow
-    run after it decodes nothing, records its tasks as always, and writes exactly what a run without it writes."""
-    from flows.curate_ahead import work_ahead
-    from tasks.common.settings import CurateSettings, load
-
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("rocket", "astronaut", "camera"):
-        _jpeg(getattr(skimage.data, name)(), src / f"{name}.jpg")
-    (src / "rocket copy.jpg").write_bytes((src / "rocket.jpg").read_bytes())
-    params = params_file(workers=1, resolution=128)  # inline: the patch below reaches the work
-    plain = tmp_path / "plain"
-    _run(src, plain, params)
-
-    ahead = tmp_path / "ahead"
-    settings = load(CurateSettings, params)
-    assert work_ahead(settings, str(ahead / "cache"), lambda: False, "path", str(src), str(ahead / "raw")) == 0
-    assert not (ahead / "cache").exists() or not any((ahead / "cache").rglob("*.json"))  # stopped at once
-    assert work_ahead(settings, str(ahead / "cache"), lambda: True, "path", str(src), str(ahead / "raw")) == 1
-
-    import tasks.curation.per_image
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the flow decoded an image the work ahead had done")
-
-    monkeypatch.setattr(tasks.curation.per_image, "decode", no_work)
-    _run(src, ahead, params)
-    files = ["manifest.jsonl", "dataset.json", "shards"]
-    assert sha256_files(ahead / "out", files) == sha256_files(plain / "out", files)

@@ -266,8 +266,9 @@ def _time_reference(ref, reference: ReferenceStep, reals: torch.Tensor, kinds: l
 def _measured(fn, batch: int) -> dict:
     try:
         r = fn()
-    except torch.cuda.OutOfMemoryError as e:
-        return {"error": f"out of memory: {str(e)[:200]}"}
+    except Exception as e:  # noqa: BLE001  (out of memory, a reference op that did not compile: a result too)
+        _free(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     r["s_per_kimg"] = round(r["cycle_seconds"] / (CYCLE * batch) * 1000, 3)
     return r
 

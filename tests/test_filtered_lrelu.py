@@ -43,7 +43,7 @@ def layer_cases(kind: str, resolution: int) -> list[tuple]:
     return cases
 
 
-def random_cases(n: int = 12) -> list[tuple]:
+def random_cases(n: int = 10) -> list[tuple]:
     rng = random.Random(1)
     cases = []
     for i in range(n):
@@ -62,7 +62,7 @@ def random_cases(n: int = 12) -> list[tuple]:
     return cases
 
 
-CASES = layer_cases("stylegan3-t", 64) + layer_cases("stylegan3-r", 64) + layer_cases("stylegan3-t", 256)[:6] \
+CASES = layer_cases("stylegan3-t", 64) + layer_cases("stylegan3-r", 64) + layer_cases("stylegan3-t", 256)[3:6] \
     + random_cases()
 
 

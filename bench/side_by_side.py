@@ -256,11 +256,30 @@ def _time_reference(ref, reference: ReferenceStep, reals: torch.Tensor, kinds: l
     torch.backends.cudnn.benchmark = True  # the reference's training loop sets these
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ref.conv2d_gradfix.enabled = ref.grid_sample_gradfix.enabled = True
+    gradfix_note = _check_grid_sample_gradfix(ref, device)
     try:
-        return _measured(lambda: time_cycle(lambda i: reference.step(i, reals, nimg), kinds, reps, device),
-                         reference.batch)
+        result = _measured(lambda: time_cycle(lambda i: reference.step(i, reals, nimg), kinds, reps, device),
+                           reference.batch)
+        if gradfix_note:
+            result["note"] = gradfix_note
+        return result
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults again
+
+
+def _check_grid_sample_gradfix(ref, device: torch.device) -> str | None:
+    """The reference's grid_sample_gradfix calls a private aten op that newer torch may have changed; R1 through
+    its augment pipe needs it. Tried once on a tiny input: if it fails, torch's own grid_sample is used, and said."""
+    x = torch.randn(1, 1, 4, 4, device=device, requires_grad=True)
+    grid = torch.rand(1, 4, 4, 2, device=device) * 2 - 1
+    try:
+        y = ref.grid_sample_gradfix.grid_sample(x, grid)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+        return None
+    except Exception as e:  # noqa: BLE001
+        ref.grid_sample_gradfix.enabled = False
+        return f"the reference's grid_sample_gradfix failed on this torch ({type(e).__name__}: {str(e)[:150]}): off"
 
 
 def _measured(fn, batch: int) -> dict:

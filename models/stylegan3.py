@@ -3,8 +3,9 @@
 Alias-free generator: a mapping network (2 layers), Fourier-feature input with a learned rotation and
 translation (SynthesisInput), then layers that each run a modulated convolution and a *filtered* leaky
 ReLU: upsample with a low-pass FIR filter, apply the nonlinearity at the higher rate, low-pass and
-downsample again. The op is the reference's non-CUDA `_filtered_lrelu_ref` (bias, upfirdn2d, bias_act,
-upfirdn2d), so nothing is compiled. Each layer tracks the magnitude of its input (magnitude EMA) and divides
+downsample again. The op (models.filtered_lrelu) computes the reference's non-CUDA `_filtered_lrelu_ref`
+(bias, upfirdn2d, bias_act, upfirdn2d) in plain torch, so nothing is compiled, and keeps one byte per
+upsampled sample for its backward pass instead of the upsampled maps. Each layer tracks the magnitude of its input (magnitude EMA) and divides
 by it. StyleGAN3-R is the same network with 1x1 convolutions, twice the channels and radially symmetric
 (jinc) downsampling filters. The discriminator is StyleGAN2's (models.stylegan2.Discriminator).
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import ops
+from models.filtered_lrelu import filtered_lrelu, upfirdn
 from models.stylegan2 import NOISE_MODES, _full_precision, _precision
 
 Tensor = torch.Tensor
@@ -101,36 +103,6 @@ def preset(resolution: int, kind: str = "stylegan3-t", channels: int = 3, batch:
 # --------------------------------------------------------------------------- filtered leaky ReLU
 
 
-def _upfirdn_1d(x: Tensor, f: Tensor | None, up: int, down: int, pad: tuple[int, int, int, int],
-                gain: float) -> Tensor:
-    """The reference's upfirdn2d for a separable (1-D) or 2-D filter: zero-stuff by `up`, pad (negative =
-    crop) [x0, x1, y0, y1], convolve (true convolution), keep every `down`-th sample."""
-    n, c, h, w = x.shape
-    if up > 1:
-        x = x.reshape(n, c, h, 1, w, 1)
-        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    x0, x1, y0, y1 = pad
-    x = F.pad(x, [max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)])
-    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
-    if f is None:
-        return (x * gain if gain != 1 else x)[:, :, ::down, ::down]
-    f = (f * gain ** (f.ndim / 2)).to(x.dtype).flip(list(range(f.ndim)))
-    if f.ndim == 2:
-        return F.conv2d(x, f[None, None].expand(c, 1, *f.shape), stride=down, groups=c)
-    fk = f[None, None].expand(c, 1, f.shape[0])
-    x = F.conv2d(x, fk.unsqueeze(2), stride=(1, down), groups=c)     # along width
-    return F.conv2d(x, fk.unsqueeze(3), stride=(down, 1), groups=c)  # along height
-
-
-def filtered_lrelu(x: Tensor, fu: Tensor | None, fd: Tensor | None, b: Tensor, up: int, down: int,
-                   padding: list[int], gain: float, slope: float, clamp: float | None) -> Tensor:
-    """Bias, upsample with fu, leaky ReLU x gain (+ clamp), downsample with fd: `_filtered_lrelu_ref`."""
-    x = x + b.reshape(1, -1, 1, 1).to(x.dtype)
-    x = _upfirdn_1d(x, fu, up, 1, tuple(padding), gain=up ** 2)  # type: ignore[arg-type]  # 4 ints
-    x = ops.bias_act(x, None, act="lrelu", alpha=slope, gain=gain, clamp=clamp)
-    return _upfirdn_1d(x, fd, 1, down, (0, 0, 0, 0), gain=1.0)
-
-
 def blur(images: Tensor, sigma: float) -> Tensor:
     """Gaussian blur of std `sigma` pixels (3 sigma each side, zero padding), as the reference's run_D blurs
     what StyleGAN3-R's discriminator sees early in training; sigma < 1/3 leaves the images as they are."""
@@ -138,7 +110,7 @@ def blur(images: Tensor, sigma: float) -> Tensor:
     if size <= 0:
         return images
     f = torch.arange(-size, size + 1, device=images.device).div(sigma).square().neg().exp2()
-    return _upfirdn_1d(images, f / f.sum(), 1, 1, (size, size, size, size), gain=1.0)
+    return upfirdn(images, f / f.sum(), 1, 1, (size, size, size, size), gain=1.0)
 
 
 def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,

@@ -14,6 +14,7 @@ from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
 from tasks.common.settings import TrainOverrides, given
+from tasks.training.lease import run_dir_lease
 from tasks.training.plan import plan_training
 from tasks.training.stages import done_kimg, train_stage_task
 from tasks.training.run import claim_run_dir
@@ -48,28 +49,31 @@ def train_flow(
         logger.info(note)
     cfg, stages, total, dev, p = plan.config, plan.stages, plan.total_kimg, plan.device, plan.settings
     arch, resolution = cfg.arch, cfg.resolution
-    # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
-    set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
-    if set_aside:
-        logger.info("%s held another run's checkpoints: moved to %s, starting afresh", run_dir, set_aside)
-    start = done_kimg(run_dir)
-    resumed = train_report.note_resumed_attempt(run_dir)
-    if resumed:
-        logger.info(resumed)
-    progress = train_report.progress_for_run(start, total)
-    logger.info("%s %s² to %g kimg in %d stage(s) on %s%s", arch, resolution, total, len(stages), dev,
-                f", resuming at {start:g} kimg" if start else "")
+    # One writer per run folder, for the whole run (stages, evaluation, setting aside): another live run there
+    # is refused at once; this run's stages enter the same lease (tasks/training/lease.py).
+    with run_dir_lease(run_dir, command="train flow"):
+        # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
+        set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
+        if set_aside:
+            logger.info("%s held another run's checkpoints: moved to %s, starting afresh", run_dir, set_aside)
+        start = done_kimg(run_dir)
+        resumed = train_report.note_resumed_attempt(run_dir)
+        if resumed:
+            logger.info(resumed)
+        progress = train_report.progress_for_run(start, total)
+        logger.info("%s %s² to %g kimg in %d stage(s) on %s%s", arch, resolution, total, len(stages), dev,
+                    f", resuming at {start:g} kimg" if start else "")
 
-    results: list[TrainedStage] = []
-    for stage in stages:
-        if stage.end_kimg <= start:
-            logger.info("%s: done before this run (%g kimg), skipped", stage.label, stage.end_kimg)
-            continue
-        stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
-        trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=plan.resume_from,
-                             progress_artifact=str(progress))
-        evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
-        results.append(TrainedStage(stage.label, trained, evaluated))
-    # A plain dict at the flow's edge (the run's result, the pipeline flow's and the CLI's input): TrainRun's keys.
-    return TrainRun(run_dir, arch, resolution, total, done_kimg(run_dir), tuple(results)).to_dict()
+        results: list[TrainedStage] = []
+        for stage in stages:
+            if stage.end_kimg <= start:
+                logger.info("%s: done before this run (%g kimg), skipped", stage.label, stage.end_kimg)
+                continue
+            stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
+            trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=plan.resume_from,
+                                 progress_artifact=str(progress))
+            evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
+            results.append(TrainedStage(stage.label, trained, evaluated))
+        # A plain dict at the flow's edge (the run's result, the pipeline flow's and the CLI's input): TrainRun's keys.
+        return TrainRun(run_dir, arch, resolution, total, done_kimg(run_dir), tuple(results)).to_dict()
 

@@ -241,6 +241,43 @@ def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
     assert missing.returncode == 2 and "no training request 'nope'" in missing.stderr
 
 
+def test_status_reads_each_running_attempt_from_the_api_not_the_last_pass(tmp_path, api, manager_params, capsys):
+    """`ganflow train status` asks the API: a restarted request's attempt 2 shows its own flow run and state (not
+    attempt 1's reason, nor `-` before a manager pass recorded its run), and once that run Completed the request
+    is done, though its process is gone and no manager pass has run since."""
+    from prefect.states import Completed, Running
+
+    from flows.cli import main
+
+    q, rid, run1 = _running_request(tmp_path, api, Running())
+    q.record_launch(rid, 1, flow_run_id=run1)  # what the manager's pass that restarted it had recorded
+    assert q.claim(rid, "running", 1, reason="attempt 1: flow run crashed: killed") == 2  # the manager's restart
+    run2 = str(api.create_flow_run(_stub_flow(), tags=[request_tag(rid)], state=Running()).id)
+    status = ["train", "status", "--queue", str(tmp_path / "queue.sqlite"), "--params", str(manager_params())]
+
+    def row(*args: str) -> tuple[str, list[str]]:
+        assert main([*status, *args]) == 0
+        out = capsys.readouterr().out.splitlines()
+        return next(line for line in out if line.startswith(rid)), out
+
+    line, _ = row()
+    assert line.split()[1] == "running" and line.endswith("attempt 2: flow run running"), line
+    _, detail = row(rid)
+    assert detail[2].startswith("  attempt 1: started") and f"flow run {run1}; ended " in detail[2]
+    assert detail[2].endswith(": attempt 1: flow run crashed: killed"), detail  # attempt 1's reason, on its line
+    assert f"flow run {run2}; now running" in detail[3], detail
+
+    from uuid import UUID
+
+    api.set_flow_run_state(UUID(run2), Completed(), force=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    q.record_launch(rid, 2, pid=int(gone.stdout))  # its process has exited, as a finished one does
+    line, _ = row()
+    assert line.split()[1] == "done" and line.endswith(f"attempt 2 completed (flow run {run2}); the manager's next "
+                                                       "pass records it"), line
+    assert q.get(rid).state == "running"  # status only reads
+
+
 def _tiny_train_params(make_params) -> Path:
     """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
     path = make_params()

@@ -278,6 +278,42 @@ def test_status_reads_each_running_attempt_from_the_api_not_the_last_pass(tmp_pa
     assert q.get(rid).state == "running"  # status only reads
 
 
+def test_a_crashed_deployment_run_that_was_never_queued_is_rescheduled_to_resume(tmp_path, api, manager_params):
+    """A SIGTERM that reaches the train flow's engine process (not its `prefect flow-run execute` supervisor) leaves a
+    deployment run Crashed, which Prefect never reschedules: the manager does (AwaitingRetry, the run's state message
+    naming the checkpoint it resumes from), up to manager.max_attempts executions of the run, then leaves it."""
+    from uuid import UUID
+
+    from prefect.states import Crashed, Running
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt-000000.250.pt").write_bytes(b"")  # the checkpoint the SIGTERM wrote
+    deployment = api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="unqueued-test",
+                                       entrypoint="flows/train.py:train_flow", tags=["ganflow", "train"])
+    run = api.create_flow_run_from_deployment(deployment, parameters={"run_dir": str(run_dir)},
+                                              tags=["ganflow", "train"])
+    sigterm = "Execution was aborted by a termination signal."
+    for state in (Running(), Crashed(message=sigterm)):
+        api.set_flow_run_state(run.id, state, force=True)
+    params = manager_params(max_attempts=2)
+    [line] = _pass(params)
+    ckpt = run_dir / "checkpoints" / "ckpt-000000.250.pt"
+    assert line == (f"run {run.name}  restarted preempted or lost (attempt 1: flow run crashed: {sigterm}); "
+                    f"rescheduled to resume from {ckpt} (0.25 kimg)")
+    state = _state(api, str(run.id))
+    assert (state.type.name, state.name) == ("SCHEDULED", "AwaitingRetry") and str(ckpt) in state.message
+    assert "| **restarted** |" in _manager_artifact(api)
+
+    for state in (Running(), Crashed(message=sigterm)):  # the worker ran it again, and it was preempted again
+        api.set_flow_run_state(run.id, state, force=True)
+    assert api.read_flow_run(run.id).run_count == 2
+    [line] = _pass(params)
+    assert line.startswith(f"run {run.name}  failed    gave up after 2 of 2 attempts; last: flow run crashed")
+    assert _state(api, str(UUID(str(run.id)))).type.name == "CRASHED"
+    assert _pass(params) == []  # given up on: later passes leave it alone
+
+
 def _tiny_train_params(make_params) -> Path:
     """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
     path = make_params()

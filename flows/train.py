@@ -13,11 +13,12 @@ from prefect import flow, get_run_logger
 from flows.evaluate import evaluate_after_stage
 from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
+from tasks.common.run_labels import GANFLOW, curate_run_of, dataset_tag, label_this_run, train_run_name
 from tasks.common.settings import TrainOverrides, given
 from tasks.training.lease import run_dir_lease
 from tasks.training.plan import plan_training
 from tasks.training.stages import done_kimg, train_stage_task
-from tasks.training.run import claim_run_dir
+from tasks.training.run import claim_run_dir, dataset_meta
 
 
 @flow(name="train")
@@ -49,6 +50,14 @@ def train_flow(
         logger.info(note)
     cfg, stages, total, dev, p = plan.config, plan.stages, plan.total_kimg, plan.device, plan.settings
     arch, resolution = cfg.arch, cfg.resolution
+    # The run says what it is, whoever started it: ganflow's tags, a name from its data and settings, and the
+    # dataset (content hash) with the curate run that wrote it.
+    meta = dataset_meta(data)
+    content = meta.get("content_hash", "")
+    label_this_run([GANFLOW, "train", *([dataset_tag(content)] if content else [])],
+                   train_run_name(data, arch, resolution, content))
+    if content:
+        train_report.publish_dataset(data, meta, curate_run_of(content))
     # One writer per run folder, for the whole run (stages, evaluation, setting aside): another live run there
     # is refused at once; this run's stages enter the same lease (tasks/training/lease.py).
     with run_dir_lease(run_dir, command="train flow"):

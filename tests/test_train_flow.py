@@ -426,3 +426,13 @@ def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
     names = {api.read_flow(r.flow_id).name: r.state.type.name for r in children}
     assert names == {"curate": "COMPLETED", "train": "COMPLETED"}
+    # Each run says what it is (whatever started it): ganflow's tags, the dataset's content hash, and the train run's
+    # name from its data and settings, with the curate run that wrote its data linked.
+    runs = {api.read_flow(r.flow_id).name: api.read_flow_run(r.id) for r in children}
+    content = result["dataset"]["content_hash"]
+    assert {"ganflow", "curate", f"dataset:{content[:12]}"} <= set(runs["curate"].tags)
+    assert {"ganflow", "train", f"dataset:{content[:12]}"} <= set(runs["train"].tags)
+    assert runs["train"].name == f"train-curated-sg2-32-{content[:4]}"
+    [link] = [a for a in _artifacts(api, runs["train"].id) if a.type == "markdown" and a.data.startswith("### Dataset")]
+    assert f"| content hash | `{content}` |" in link.data and runs["curate"].name in link.data
+    assert str(runs["curate"].id) in link.data

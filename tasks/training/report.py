@@ -203,3 +203,23 @@ def publish_stage(run_dir: str | Path, stage_label: str, result: StageResult, to
 
     create_markdown_artifact(stage_markdown(stage_label, result, total_kimg), key=artifact_key(run_dir),
                              description=f"{stage_label}: {result.kimg:g} / {total_kimg:g} kimg")
+
+
+def dataset_markdown(data: str | Path, meta: dict, curate: tuple[str, str] | None, ui_url: str | None = None) -> str:
+    """What the train run trains on: the dataset by content hash, and the curate run that wrote it (a link)."""
+    if curate is None:
+        made_by = "– (no curate run with this content hash is known to this server)"
+    else:
+        run_id, name = curate
+        made_by = f"[{name}]({ui_url.rstrip('/')}/runs/flow-run/{run_id})" if ui_url else f"{name} (`{run_id}`)"
+    rows = [("folder", f"`{data}`"), ("content hash", f"`{meta.get('content_hash', '')}`"),
+            ("images", f"{meta.get('count', '?')} at {meta.get('resolution', '?')}²"), ("curate run", made_by)]
+    return "\n".join(["### Dataset", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]) + "\n"
+
+
+def publish_dataset(data: str | Path, meta: dict, curate: tuple[str, str] | None) -> None:
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.settings import PREFECT_UI_URL
+
+    create_markdown_artifact(dataset_markdown(data, meta, curate, PREFECT_UI_URL.value()),
+                             description=f"dataset {meta.get('content_hash', '')[:12]}")

@@ -83,6 +83,15 @@ def check_resolution(data_dir: str | Path, resolution: int) -> None:
                          f"({Path(data_dir) / 'dataset.json'}): train at {native} or less, or curate at {resolution}")
 
 
+def dataset_meta(data_dir: str | Path) -> dict:
+    """dataset.json's contents, {} when there is none or it does not parse (load_images says what is wrong)."""
+    try:
+        meta = json.loads((Path(data_dir) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def dataset_hash(data_dir: str | Path) -> str:
     """The curated dataset's content hash; a folder without dataset.json is a DatasetError (not worth a retry)."""
     meta = Path(data_dir) / "dataset.json"

@@ -21,7 +21,7 @@ from tasks.training.stages import done_kimg, train_stage_task
 from tasks.training.run import claim_run_dir, dataset_meta
 
 
-@flow(name="train")
+@flow(name="train", on_crashed=[train_report.reschedule_if_preempted])  # a SIGTERM to the engine alone: rescheduled
 def train_flow(
     data: str,
     run_dir: str,

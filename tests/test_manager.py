@@ -314,6 +314,27 @@ def test_a_crashed_deployment_run_that_was_never_queued_is_rescheduled_to_resume
     assert _pass(params) == []  # given up on: later passes leave it alone
 
 
+def test_a_deployment_run_left_pending_by_a_stopped_worker_is_rescheduled(tmp_path, api, manager_params):
+    """serve.sh stopped mid-run: the run was rescheduled, then picked up (Pending) by the worker that was shutting
+    down, which died before starting it. Nobody would ever run it: once it is Pending for stale_after_seconds, the
+    manager sets it AwaitingRetry, for the next worker."""
+    from prefect.states import Pending, Running
+
+    deployment = api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="pending-test",
+                                       entrypoint="flows/train.py:train_flow", tags=["ganflow", "train"])
+    run = api.create_flow_run_from_deployment(deployment, parameters={"run_dir": str(tmp_path / "run")},
+                                              tags=["ganflow", "train"])
+    for state in (Running(), Pending()):
+        api.set_flow_run_state(run.id, state, force=True)
+    params = manager_params()
+    assert _pass(params, stale_after_seconds=600) == []  # just picked up: left to its worker
+    time.sleep(3)
+    [line] = _pass(params, stale_after_seconds=2)
+    assert line.startswith(f"run {run.name}  restarted preempted or lost (attempt 1: pending for ")
+    assert "with no worker executing it); rescheduled to resume from its run folder's newest checkpoint" in line
+    assert _state(api, str(run.id)).name == "AwaitingRetry"
+
+
 def _tiny_train_params(make_params) -> Path:
     """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
     path = make_params()

@@ -62,7 +62,7 @@ def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: se
 def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
     state = run.state
     times: list[datetime | None] = []
-    if state is not None and state.is_running():
+    if state is not None and (state.is_running() or state.is_pending()):  # entering either is a sign of life
         times.append(state.timestamp)
     times.append(_last_heartbeat(client, run))
     numbers = _last_event(client, run, PROGRESS_EVENT)

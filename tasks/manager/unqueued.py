@@ -31,10 +31,10 @@ GAVE_UP = "ganflow manager: gave up"
 
 
 def unqueued_runs(client) -> list[FlowRun]:
-    """Deployment train runs that are Crashed or Running, without a request tag, newest first."""
+    """Deployment train runs that are Crashed, Running or Pending, without a request tag."""
     runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
         tags=FlowRunFilterTags(all_=list(TRAIN_TAGS)), deployment_id=FlowRunFilterDeploymentId(is_null_=False),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.RUNNING]))),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.RUNNING, StateType.PENDING]))),
         limit=200)
     return [r for r in runs if not any(t.startswith(request_tag("")) for t in r.tags)
             and not (r.state and (r.state.message or "").startswith(GAVE_UP))]

@@ -4,7 +4,9 @@
 
 Every stage task resumes from the run dir's newest checkpoint, so a retry, a rescheduled run or a
 restart by the training manager continues where the last one stopped; stages already done are skipped.
-SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for how that meets Prefect).
+SIGTERM checkpoints at once and ends the run (see tasks/training/stages.py for how that meets Prefect); a deployment
+run that Prefect ends Crashed for it is rescheduled by the on_crashed hook (tasks/training/report.py). The run holds
+its run folder's lease throughout (tasks/training/lease.py): one writer per run folder.
 """
 from __future__ import annotations
 

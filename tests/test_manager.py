@@ -335,6 +335,26 @@ def test_a_deployment_run_left_pending_by_a_stopped_worker_is_rescheduled(tmp_pa
     assert _state(api, str(run.id)).name == "AwaitingRetry"
 
 
+def test_a_queued_request_whose_run_folder_another_run_holds_waits(tmp_path, api, manager_params):
+    """Starting it would be refused at once (one writer per run folder): the manager holds it in the queue instead,
+    saying who holds the folder, and starts it on a later pass."""
+    from tests.test_run_lease import HOLD
+
+    q = Queue(tmp_path / "queue.sqlite")
+    req = q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), arch="stylegan2", resolution=32,
+                        kimg=0.048))
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        [line] = _pass(manager_params())
+    finally:
+        other.kill()
+        other.wait()
+    assert line.startswith(f"{req.id}  held      its run folder is in use by pid {other.pid} on ")
+    assert q.get(req.id).state == "queued"
+
+
 def _tiny_train_params(make_params) -> Path:
     """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
     path = make_params()

@@ -18,6 +18,7 @@ from tasks.curation.dedup import dedup_task
 from tasks.ingestion.ingest import hashtag_settings, ingest_task, raw_name, scrape_hashtag_task
 from tasks.curation.matte import Matter, make_matter
 from tasks.common.outdir import check_dataset_dir, check_raw_dir, check_store_root
+from tasks.common.run_labels import GANFLOW, dataset_tag, label_this_run
 from tasks.common.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource,
                                    given, load)
 from tasks.curation.publish import publish_task
@@ -100,6 +101,8 @@ def curate(
     matter = make_matter(params.matte, params.rembg_model, params.matte_mask)
     found = _screen_and_render(params, inputs, Path(raw_dir), cache_dir, matter)
     dataset = _publish(out, inputs, found, params, matter)
+    # ganflow's tags whoever started the run, and the dataset's content hash, which train runs on it carry too.
+    label_this_run([GANFLOW, "curate", dataset_tag(dataset["content_hash"])])
     result = CurationResult(out=str(Path(out).resolve()), raw_dir=raw_dir, matte_note=matter.note, dataset=dataset,
                             version=_version(out) if version else None)
     return result.to_dict()  # a plain dict at the flow's edge: the run's result, read back with from_dict

@@ -3,7 +3,8 @@
 Each pass starts queued requests (up to manager.max_running at once) and checks the running ones
 through the Prefect API: Completed → done; Crashed, Failed, or Running with a stale heartbeat (its
 process was killed or its machine vanished) → restarted from the newest checkpoint with the remaining
-kimg, until manager.max_attempts, then failed with the reason. Each pass logs its decisions and writes a
+kimg, until manager.max_attempts, then failed with the reason. Deployment train runs that were not queued are
+watched too: a Crashed or silent one is rescheduled (AwaitingRetry) and resumes from its checkpoint. Each pass logs its decisions and writes a
 markdown artifact (key ganflow-manager): per request, what it saw and what it did. Run it every few minutes (a scheduled
 deployment), or with `ganflow manager` (a loop) / `ganflow manager --once` (one pass).
 """
@@ -17,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
+from tasks.manager.unqueued import watch_unqueued_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.manager.queue import Queue, queue_path
 from tasks.common.settings import ManagerOverrides, ManagerSettings, given, load
@@ -46,6 +48,11 @@ def manager_flow(
         outcomes.append(_isolated(check_task, path, req.id, manager))
     for req in Queue(path).list(("queued",)):
         outcomes.append(_isolated(start_task, path, req.id, manager))
+    # Deployment train runs not queued here (the UI, a schedule, the pipeline): a crashed or silent one is
+    # rescheduled to resume from its checkpoint (tasks/manager/unqueued.py).
+    watched = watch_unqueued_task(manager, return_state=True)
+    outcomes += watched.result() if watched.is_completed() else [
+        Outcome("deployment runs", "error", f"{watched.name}: {watched.message}")]
     for o in outcomes:
         logger.info("%s (saw: %s)", o.line(), o.seen or "-")
     if not outcomes:

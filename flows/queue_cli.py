@@ -119,32 +119,93 @@ def _run_status(args: argparse.Namespace) -> int:
     if not requests:
         print(f"no training requests in {queue.path}")
         return 0
-    print(status_table(requests, max_attempts))
+    now = _attempts_now(requests)
+    print(status_table(requests, max_attempts, now))
     for r in requests:
         if r.state not in STATES:  # written by another version, or by hand: shown, never hidden
             print(f"ganflow train status: warning: request {r.id} is in state {r.state!r}, which this version does "
                   f"not know ({', '.join(STATES)}); the manager leaves it alone", file=sys.stderr)
     if args.request:
-        for a in requests[0].history:
-            ended = f"{_clock(a.ended)} {a.outcome}" if a.ended else "-"
+        r = requests[0]
+        for a in r.history:
+            flow_run = a.flow_run_id
+            if a is r.current and r.id in now:
+                flow_run = now[r.id].flow_run_id or flow_run
+            if a.ended:
+                ended = f"ended {_clock(a.ended)}: {a.outcome}"
+            elif r.id in now and now[r.id].state:
+                ended = f"now {now[r.id].state.lower()}" + (f" ({now[r.id].message})" if now[r.id].message else "")
+            else:
+                ended = "not ended"
             print(f"  attempt {a.n}: started {_clock(a.started)} on {a.host}"
                   f"{f' pid {a.pid}' if a.pid else ''}, from {a.start_kimg:g} kimg; flow run "
-                  f"{a.flow_run_id or '-'}; ended {ended}" + (f"; log {a.log}" if a.log else ""))
+                  f"{flow_run or '-'}; {ended}" + (f"; log {a.log}" if a.log else ""))
     return 0
 
 
-def status_table(requests: list, max_attempts: int | None) -> str:
+def _attempts_now(requests: list) -> dict:
+    """The running requests' current attempts as the Prefect API shows them now (tasks.manager.runs.AttemptNow), when
+    a server is configured (PREFECT_API_URL); {} without one, or when it does not answer (said in one line)."""
+    if not any(r.state == "running" for r in requests):
+        return {}
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.manager.runs import current_attempts
+
+    url = PREFECT_API_URL.value()
+    if not url:  # no server configured: Prefect would start a temporary one, which knows no runs
+        return {}
+    try:
+        with get_client(sync_client=True) as client:
+            return current_attempts(client, requests)
+    except Exception as e:  # an unreachable server: the queue and the run folders still say something
+        print(f"ganflow train status: warning: the Prefect API at {url} did not answer "
+              f"({type(e).__name__}); showing the queue as the manager's last pass left it", file=sys.stderr)
+        return {}
+
+
+def status_table(requests: list, max_attempts: int | None, now: dict | None = None) -> str:
+    """One row per request. `now`: the running ones' current attempts from the Prefect API (_attempts_now), which
+    beat the queue's record: a Completed attempt is done, a Crashed or Failed one lost, before the manager's pass."""
     rows = [("id", "state", "kimg done/target", "attempts", "last checkpoint", "ETA", "reason")]
     for r in requests:
         done, rate, ckpt = _progress(r)
         target = "?" if r.kimg_target is None else f"{r.kimg_target:g}"
-        lost = _lost(r)
-        eta = "-" if lost else _eta(r, done, rate)
-        rows.append((r.id, "lost" if lost else r.state, f"{done:g} / {target}",
+        state, reason = _state_now(r, (now or {}).get(r.id), done)
+        eta = _eta(r, done, rate) if state == "running" else "-"
+        rows.append((r.id, state, f"{done:g} / {target}",
                      f"{r.attempts}/{max_attempts}" if max_attempts else str(r.attempts),
-                     Path(ckpt).name if ckpt else "-", eta, lost or r.reason or ""))
+                     Path(ckpt).name if ckpt else "-", eta, reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows).rstrip()
+
+
+_NEXT_PASS = "the manager's next pass records it"
+
+
+def _state_now(r, live, done: float) -> tuple[str, str]:
+    """(state, reason) of a request as they are now: the queue's, corrected for a running request by its current
+    attempt's flow run (live, from the API) and its process (on this machine). The reason is the current attempt's;
+    earlier attempts' reasons are in `ganflow train status ID`."""
+    if r.state != "running" or r.current is None:
+        return r.state, r.reason or ""
+    n = r.current.n
+    if live is not None and live.state == "COMPLETED":
+        return "done", f"attempt {n} completed (flow run {live.flow_run_id}); {_NEXT_PASS}"
+    if live is not None and live.state in ("CRASHED", "FAILED"):
+        message = f": {live.message}" if live.message else ""
+        return "lost", f"attempt {n}: flow run {live.state.lower()}{message}; restart on next manager pass"
+    if live is not None and live.state == "CANCELLED":
+        return "cancelled", f"attempt {n} cancelled in Prefect; {_NEXT_PASS} (failed, not restarted)"
+    lost = _lost(r)
+    if lost:
+        if live is None and r.kimg_target and done >= r.kimg_target:  # no API to ask: its checkpoints say it finished
+            return "done", f"attempt {n}: its run folder reached the target; {_NEXT_PASS}"
+        return "lost", lost
+    if live is not None:
+        return "running", f"attempt {n}: flow run {(live.state or 'not created yet').lower()}"
+    return "running", f"attempt {n}" if n > 1 else ""
 
 
 def _lost(r) -> str:

@@ -73,7 +73,8 @@ def run_train_flow(args: argparse.Namespace) -> int:
     # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
     # it found: exit through SystemExit then, so cleanup runs (a temporary Prefect server is stopped, not leaked).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    run_tags = [f"request:{args.request_id}"] if args.request_id else []
+    # ganflow's tags from the run's creation (the manager finds a request's run by its request tag at once).
+    run_tags = ["ganflow", "train", *([f"request:{args.request_id}"] if args.request_id else [])]
     with tags(*run_tags):  # the tag is on the flow run from its creation: the manager finds it at once
         result = train_flow(**parameters)
     for s in result["stages"]:

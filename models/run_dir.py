@@ -7,6 +7,7 @@
     RUN/best.pt                      G_ema + arch of the best snapshot
     RUN/superseded/<n>/              checkpoints/ and samples/ of an earlier run, set aside (restart_on_change)
     RUN/attempt-<n>.log              output of the training manager's n-th detached attempt
+    RUN/lease/<generation>.json      who writes into the run folder now (tasks/training/lease.py)
 
 Users, dvc.yaml's outs and the README rely on these names: they never change. <kimg> is written with three
 decimals, zero-padded to ten characters, so names sort in training order.
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINTS, SAMPLES, SUPERSEDED = "checkpoints", "samples", "superseded"
+CHECKPOINTS, SAMPLES, SUPERSEDED, LEASE = "checkpoints", "samples", "superseded", "lease"
 BEST, FID_CSV, METRICS_JSON = "best.pt", "fid.csv", "metrics.json"
 CHECKPOINT_GLOB, SAMPLES_GLOB = "ckpt-*.pt", "fakes-*.png"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+(?:\.\d+)?)\.pt$")
@@ -108,6 +109,10 @@ class RunDir:
     # ------------------------------------------------------------------ restarts
     def attempt_log(self, attempt: int) -> Path:
         return self.path / f"attempt-{attempt}.log"
+
+    @property
+    def lease(self) -> Path:
+        return self.path / LEASE
 
     @property
     def superseded(self) -> Path:

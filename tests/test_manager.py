@@ -241,6 +241,120 @@ def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):
     assert missing.returncode == 2 and "no training request 'nope'" in missing.stderr
 
 
+def test_status_reads_each_running_attempt_from_the_api_not_the_last_pass(tmp_path, api, manager_params, capsys):
+    """`ganflow train status` asks the API: a restarted request's attempt 2 shows its own flow run and state (not
+    attempt 1's reason, nor `-` before a manager pass recorded its run), and once that run Completed the request
+    is done, though its process is gone and no manager pass has run since."""
+    from prefect.states import Completed, Running
+
+    from flows.cli import main
+
+    q, rid, run1 = _running_request(tmp_path, api, Running())
+    q.record_launch(rid, 1, flow_run_id=run1)  # what the manager's pass that restarted it had recorded
+    assert q.claim(rid, "running", 1, reason="attempt 1: flow run crashed: killed") == 2  # the manager's restart
+    run2 = str(api.create_flow_run(_stub_flow(), tags=[request_tag(rid)], state=Running()).id)
+    status = ["train", "status", "--queue", str(tmp_path / "queue.sqlite"), "--params", str(manager_params())]
+
+    def row(*args: str) -> tuple[str, list[str]]:
+        assert main([*status, *args]) == 0
+        out = capsys.readouterr().out.splitlines()
+        return next(line for line in out if line.startswith(rid)), out
+
+    line, _ = row()
+    assert line.split()[1] == "running" and line.endswith("attempt 2: flow run running"), line
+    _, detail = row(rid)
+    assert detail[2].startswith("  attempt 1: started") and f"flow run {run1}; ended " in detail[2]
+    assert detail[2].endswith(": attempt 1: flow run crashed: killed"), detail  # attempt 1's reason, on its line
+    assert f"flow run {run2}; now running" in detail[3], detail
+
+    from uuid import UUID
+
+    api.set_flow_run_state(UUID(run2), Completed(), force=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    q.record_launch(rid, 2, pid=int(gone.stdout))  # its process has exited, as a finished one does
+    line, _ = row()
+    assert line.split()[1] == "done" and line.endswith(f"attempt 2 completed (flow run {run2}); the manager's next "
+                                                       "pass records it"), line
+    assert q.get(rid).state == "running"  # status only reads
+
+
+def test_a_crashed_deployment_run_that_was_never_queued_is_rescheduled_to_resume(tmp_path, api, manager_params):
+    """A SIGTERM that reaches the train flow's engine process (not its `prefect flow-run execute` supervisor) leaves a
+    deployment run Crashed, which Prefect never reschedules: the manager does (AwaitingRetry, the run's state message
+    naming the checkpoint it resumes from), up to manager.max_attempts executions of the run, then leaves it."""
+    from uuid import UUID
+
+    from prefect.states import Crashed, Running
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "ckpt-000000.250.pt").write_bytes(b"")  # the checkpoint the SIGTERM wrote
+    deployment = api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="unqueued-test",
+                                       entrypoint="flows/train.py:train_flow", tags=["ganflow", "train"])
+    run = api.create_flow_run_from_deployment(deployment, parameters={"run_dir": str(run_dir)},
+                                              tags=["ganflow", "train"])
+    sigterm = "Execution was aborted by a termination signal."
+    for state in (Running(), Crashed(message=sigterm)):
+        api.set_flow_run_state(run.id, state, force=True)
+    params = manager_params(max_attempts=2)
+    [line] = _pass(params)
+    ckpt = run_dir / "checkpoints" / "ckpt-000000.250.pt"
+    assert line == (f"run {run.name}  restarted preempted or lost (attempt 1: flow run crashed: {sigterm}); "
+                    f"rescheduled to resume from {ckpt} (0.25 kimg)")
+    state = _state(api, str(run.id))
+    assert (state.type.name, state.name) == ("SCHEDULED", "AwaitingRetry") and str(ckpt) in state.message
+    assert "| **restarted** |" in _manager_artifact(api)
+
+    for state in (Running(), Crashed(message=sigterm)):  # the worker ran it again, and it was preempted again
+        api.set_flow_run_state(run.id, state, force=True)
+    assert api.read_flow_run(run.id).run_count == 2
+    [line] = _pass(params)
+    assert line.startswith(f"run {run.name}  failed    gave up after 2 of 2 attempts; last: flow run crashed")
+    assert _state(api, str(UUID(str(run.id)))).type.name == "CRASHED"
+    assert _pass(params) == []  # given up on: later passes leave it alone
+
+
+def test_a_deployment_run_left_pending_by_a_stopped_worker_is_rescheduled(tmp_path, api, manager_params):
+    """serve.sh stopped mid-run: the run was rescheduled, then picked up (Pending) by the worker that was shutting
+    down, which died before starting it. Nobody would ever run it: once it is Pending for stale_after_seconds, the
+    manager sets it AwaitingRetry, for the next worker."""
+    from prefect.states import Pending, Running
+
+    deployment = api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="pending-test",
+                                       entrypoint="flows/train.py:train_flow", tags=["ganflow", "train"])
+    run = api.create_flow_run_from_deployment(deployment, parameters={"run_dir": str(tmp_path / "run")},
+                                              tags=["ganflow", "train"])
+    for state in (Running(), Pending()):
+        api.set_flow_run_state(run.id, state, force=True)
+    params = manager_params()
+    assert _pass(params, stale_after_seconds=600) == []  # just picked up: left to its worker
+    time.sleep(3)
+    [line] = _pass(params, stale_after_seconds=2)
+    assert line.startswith(f"run {run.name}  restarted preempted or lost (attempt 1: pending for ")
+    assert "with no worker executing it); rescheduled to resume from its run folder's newest checkpoint" in line
+    assert _state(api, str(run.id)).name == "AwaitingRetry"
+
+
+def test_a_queued_request_whose_run_folder_another_run_holds_waits(tmp_path, api, manager_params):
+    """Starting it would be refused at once (one writer per run folder): the manager holds it in the queue instead,
+    saying who holds the folder, and starts it on a later pass."""
+    from tests.test_run_lease import HOLD
+
+    q = Queue(tmp_path / "queue.sqlite")
+    req = q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), arch="stylegan2", resolution=32,
+                        kimg=0.048))
+    other = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        [line] = _pass(manager_params())
+    finally:
+        other.kill()
+        other.wait()
+    assert line.startswith(f"{req.id}  held      its run folder is in use by pid {other.pid} on ")
+    assert q.get(req.id).state == "queued"
+
+
 def _tiny_train_params(make_params) -> Path:
     """The repo's params with a tiny CPU training config (test_trainer's _cfg) in the `train` section."""
     path = make_params()

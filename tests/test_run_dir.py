@@ -140,7 +140,7 @@ def test_training_writes_where_the_layout_says(tmp_path, one_torch_thread):
     run = RunDir(tmp_path / "run")
     run_training(CFG, data, run.path, 0.008)
     assert sorted(p.relative_to(run.path).as_posix() for p in run.path.rglob("*") if p.is_file()) == [
-        "checkpoints/ckpt-000000.004.pt", "checkpoints/ckpt-000000.008.pt",
+        "checkpoints/ckpt-000000.004.pt", "checkpoints/ckpt-000000.008.pt", "lease/00000001.json",
         "samples/fakes-000000.004.png", "samples/fakes-000000.008.png"]
     assert list_checkpoints(run.path) == run.checkpoint_files() == [(0.004, run.checkpoint(0.004)),
                                                                     (0.008, run.checkpoint(0.008))]

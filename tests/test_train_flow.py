@@ -401,6 +401,47 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert any(level == 30 and m == PREEMPTED_LOG for level, m in lines), lines
 
 
+def test_sigterm_to_the_engine_process_alone_reschedules_and_the_run_resumes(tmp_path, api):
+    """A shutdown that signals the flow's own process (`python -m prefect.engine`, the child of `prefect flow-run
+    execute`) and not, or not first, its supervisor: Prefect alone would end the run Crashed for good. The train
+    flow's on_crashed hook sets it AwaitingRetry, saying which checkpoint it resumes from; executed again, it does."""
+    from flows.train import train_flow
+    from models.checkpoint import list_checkpoints
+
+    data = write_curated(tmp_path / "data")
+    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
+    run_dir = tmp_path / "run"
+    deployment = api.create_deployment(
+        flow_id=api.create_flow(train_flow), name="sigterm-engine-test", entrypoint="flows/train.py:train_flow",
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
+    run = api.create_flow_run_from_deployment(deployment, parameters=dict(
+        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
+    execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
+    env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule")
+    proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    _wait_for_stage(api, FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), proc)
+    time.sleep(2)
+    [engine] = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(engine), signal.SIGTERM)
+    proc.communicate(timeout=120)
+    (kimg, ckpt), = list_checkpoints(run_dir)
+    state = api.read_flow_run(run.id).state
+    assert (state.type.name, state.name) == ("SCHEDULED", "AwaitingRetry"), state
+    assert state.message == f"Preempted (SIGTERM): rescheduled to resume from {ckpt} ({kimg:g} kimg)"
+
+    api.update_flow_run(run.id, parameters={**run.parameters, "settings": {"resolution": 32, "kimg": kimg + 0.008}})
+    again = subprocess.run(execute, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert api.read_flow_run(run.id).state.is_completed()
+    progress = [a for a in _artifacts(api, run.id) if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0
+    lines = _logs(api, run.id)
+    assert any(m == state.message for _, m in lines), lines[-12:]  # the Logs tab says it, not only the worker's terminal
+    assert any(f"attempt 2 of this flow run resumes from {ckpt}" in m for _, m in lines), lines
+
+
 def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
     from PIL import Image
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
@@ -426,3 +467,13 @@ def test_pipeline_curates_then_trains_as_subflows(tmp_path, api):
         parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
     names = {api.read_flow(r.flow_id).name: r.state.type.name for r in children}
     assert names == {"curate": "COMPLETED", "train": "COMPLETED"}
+    # Each run says what it is (whatever started it): ganflow's tags, the dataset's content hash, and the train run's
+    # name from its data and settings, with the curate run that wrote its data linked.
+    runs = {api.read_flow(r.flow_id).name: api.read_flow_run(r.id) for r in children}
+    content = result["dataset"]["content_hash"]
+    assert {"ganflow", "curate", f"dataset:{content[:12]}"} <= set(runs["curate"].tags)
+    assert {"ganflow", "train", f"dataset:{content[:12]}"} <= set(runs["train"].tags)
+    assert runs["train"].name == f"train-curated-sg2-32-{content[:4]}"
+    [link] = [a for a in _artifacts(api, runs["train"].id) if a.type == "markdown" and a.data.startswith("### Dataset")]
+    assert f"| content hash | `{content}` |" in link.data and runs["curate"].name in link.data
+    assert str(runs["curate"].id) in link.data

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
 from models.run_dir import RunDir
+from tasks.training.lease import holder as lease_holder
 from tasks.manager.launch import kill_local, launch_local, process_state
 from tasks.manager.queue import Queue, Request
 from tasks.manager.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
@@ -71,6 +72,9 @@ def start(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
     start_kimg = found[0] if found else req.kimg_done
     # Compare with "queued", never with the state just read: another manager may have started it since.
     seen = "queued" + (f"; its run dir has a checkpoint at {found[0]:g} kimg" if found else "")
+    busy = lease_holder(req.params["run_dir"])  # another live run writes there (seen when the folder is visible here)
+    if busy is not None:
+        return Outcome(req.id, "held", f"its run folder is in use by {busy.describe()}", seen)
     n = queue.claim(req.id, "queued", req.attempts, start_kimg=start_kimg,
                     max_attempts=settings.max_attempts, max_running=settings.max_running)
     if n is None:

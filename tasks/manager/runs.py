@@ -62,7 +62,7 @@ def find_run(client: SyncPrefectClient, tag: str, known: str | None, exclude: se
 def view_run(client: SyncPrefectClient, run: FlowRun) -> RunView:
     state = run.state
     times: list[datetime | None] = []
-    if state is not None and state.is_running():
+    if state is not None and (state.is_running() or state.is_pending()):  # entering either is a sign of life
         times.append(state.timestamp)
     times.append(_last_heartbeat(client, run))
     numbers = _last_event(client, run, PROGRESS_EVENT)
@@ -142,3 +142,28 @@ def start_deployment(name: str, parameters: dict[str, Any], tag: str, idempotenc
     run = run_deployment(name, parameters=parameters, tags=[tag], timeout=0, as_subflow=False,
                          idempotency_key=idempotency_key)
     return str(run.id)  # type: ignore[union-attr]  # called sync: a FlowRun
+
+
+@dataclass(frozen=True)
+class AttemptNow:
+    """A running request's current attempt as the Prefect API shows it at this moment."""
+    flow_run_id: str | None     # None: no flow run found yet (a local launch that has not created it)
+    state: str | None           # StateType name; None with no flow run
+    message: str = ""
+
+
+def current_attempts(client: SyncPrefectClient, requests: list) -> dict[str, AttemptNow]:
+    """For each running request (tasks.manager.queue.Request), its current attempt's flow run and state now:
+    what `ganflow train status` shows, instead of what the manager's last pass wrote to the queue."""
+    found: dict[str, AttemptNow] = {}
+    for r in requests:
+        attempt = r.current
+        if r.state != "running" or attempt is None:
+            continue
+        earlier = {a.flow_run_id for a in r.history[:-1] if a.flow_run_id}
+        run = find_run(client, r.tag, attempt.flow_run_id, earlier)
+        state = run.state if run is not None else None
+        found[r.id] = AttemptNow(str(run.id) if run is not None else None,
+                                 state.type.name if state is not None else ("PENDING" if run is not None else None),
+                                 (state.message or "") if state is not None else "")
+    return found

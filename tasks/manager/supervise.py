@@ -66,3 +66,24 @@ def decide(obs: Observation, attempt: int, max_attempts: int, stale_after: float
     if attempt < max_attempts:
         return Decision("restart", f"attempt {attempt}: {reason}", live_in_api)
     return Decision("fail", f"gave up after {attempt} of {max_attempts} attempts; last: {reason}", live_in_api)
+
+
+def decide_unqueued(obs: Observation, run_count: int, max_attempts: int, stale_after: float) -> Decision:
+    """A deployment's train run that was not queued through the manager (started from the UI, a schedule, the
+    pipeline): a Crashed one (a SIGTERM that reached the flow's own process, a SIGKILL), a silent Running one
+    (a lost machine) or one Pending that long (its worker stopped before starting it) is rescheduled, and resumes from its newest checkpoint, up to max_attempts executions of the
+    run. A Failed one failed for a reason a rerun would repeat, and is left alone, as is anything else."""
+    if obs.run_state == "PENDING":
+        # Picked up by a worker that stopped before it started the run (serve.sh stopped mid-run): nobody will.
+        if obs.since_alive is None or obs.since_alive <= stale_after:
+            return Decision("wait")
+        reason, live_in_api = f"pending for {obs.since_alive:.0f} s with no worker executing it", False
+    elif obs.run_state not in ("CRASHED", "RUNNING"):
+        return Decision("wait")
+    elif (lost := lost_reason(obs, stale_after)) is None:
+        return Decision("wait")
+    else:
+        reason, live_in_api = lost
+    if run_count < max_attempts:
+        return Decision("restart", f"attempt {run_count}: {reason}", live_in_api)
+    return Decision("fail", f"gave up after {run_count} of {max_attempts} attempts; last: {reason}", live_in_api)

@@ -203,3 +203,59 @@ def publish_stage(run_dir: str | Path, stage_label: str, result: StageResult, to
 
     create_markdown_artifact(stage_markdown(stage_label, result, total_kimg), key=artifact_key(run_dir),
                              description=f"{stage_label}: {result.kimg:g} / {total_kimg:g} kimg")
+
+
+def dataset_markdown(data: str | Path, meta: dict, curate: tuple[str, str] | None, ui_url: str | None = None) -> str:
+    """What the train run trains on: the dataset by content hash, and the curate run that wrote it (a link)."""
+    if curate is None:
+        made_by = "– (no curate run with this content hash is known to this server)"
+    else:
+        run_id, name = curate
+        made_by = f"[{name}]({ui_url.rstrip('/')}/runs/flow-run/{run_id})" if ui_url else f"{name} (`{run_id}`)"
+    rows = [("folder", f"`{data}`"), ("content hash", f"`{meta.get('content_hash', '')}`"),
+            ("images", f"{meta.get('count', '?')} at {meta.get('resolution', '?')}²"), ("curate run", made_by)]
+    return "\n".join(["### Dataset", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]) + "\n"
+
+
+def publish_dataset(data: str | Path, meta: dict, curate: tuple[str, str] | None) -> None:
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.settings import PREFECT_UI_URL
+
+    create_markdown_artifact(dataset_markdown(data, meta, curate, PREFECT_UI_URL.value()),
+                             description=f"dataset {meta.get('content_hash', '')[:12]}")
+
+
+def reschedule_if_preempted(flow, flow_run, state) -> None:
+    """The train flow's on_crashed hook: a deployment run that a SIGTERM stopped (the stage has checkpointed) goes
+    back to its work pool at once, AwaitingRetry, saying from which checkpoint it resumes. That is what `prefect
+    flow-run execute` does when the signal reaches it first; this covers a SIGTERM that reached the flow's own
+    process (`python -m prefect.engine`) first or alone, which Prefect ends Crashed for good. Runs without a
+    deployment (a lone `ganflow train --flow`) have no worker to resume them: the manager restarts queued ones.
+    Capped at manager.max_attempts executions of the run, as the manager's restarts are."""
+    from prefect import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.loggers import flow_run_logger
+    from prefect.states import AwaitingRetry
+
+    from models.run_dir import RunDir
+    from tasks.common.settings import ManagerSettings, load
+
+    if PREFECT_SIGTERM_CRASH not in (state.message or "") or flow_run.deployment_id is None:
+        return
+    logger = flow_run_logger(flow_run, flow)
+    parameters = flow_run.parameters or {}
+    try:
+        cap = load(ManagerSettings, parameters.get("params") or "params.yaml").max_attempts
+    except (OSError, ValueError):
+        cap = ManagerSettings().max_attempts
+    if int(flow_run.run_count or 1) >= cap:
+        logger.warning("Preempted (SIGTERM) in execution %s of %s (manager.max_attempts): not rescheduled",
+                       flow_run.run_count, cap)
+        return
+    newest = RunDir(parameters.get("run_dir", "")).newest_checkpoint() if parameters.get("run_dir") else None
+    ckpt = f"{newest[1]} ({newest[0]:g} kimg)" if newest else "the start (no checkpoint yet)"
+    message = f"Preempted (SIGTERM): rescheduled to resume from {ckpt}"
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, AwaitingRetry(message=message), force=True)
+    logger.warning(message)
+    APILogHandler().flush()  # the process exits right after this hook: the line must reach the run's Logs tab

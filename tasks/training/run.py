@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 from models import distributed as dd
 from models.checkpoint import latest_checkpoint
@@ -19,6 +24,7 @@ from models.distributed import init_from_env
 from models.run_dir import RunDir
 from models.trainer import TrainConfig, Trainer
 from models.transfer import TransferError, file_sha256, load_networks
+from tasks.training.lease import guarded, run_dir_lease
 from tasks.training.transfer import transfer_config
 
 
@@ -77,6 +83,15 @@ def check_resolution(data_dir: str | Path, resolution: int) -> None:
                          f"({Path(data_dir) / 'dataset.json'}): train at {native} or less, or curate at {resolution}")
 
 
+def dataset_meta(data_dir: str | Path) -> dict:
+    """dataset.json's contents, {} when there is none or it does not parse (load_images says what is wrong)."""
+    try:
+        meta = json.loads((Path(data_dir) / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def dataset_hash(data_dir: str | Path) -> str:
     """The curated dataset's content hash; a folder without dataset.json is a DatasetError (not worth a retry)."""
     meta = Path(data_dir) / "dataset.json"
@@ -128,6 +143,24 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     tasks.training.transfer.transfer_config (which refuses contradicting options); otherwise it is prepared here."""
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
     device = init_from_env(device)
+    # One writer per run folder (tasks/training/lease.py): the first process holds the lease for the group.
+    with run_dir_lease(run_dir, command=_command_line()) if dd.rank() == 0 else nullcontext() as lease:
+        if lease is not None:
+            progress_fn = guarded(lease, progress_fn)
+        return _train_held(cfg, data_dir, run_dir, target_kimg, resume_from, device, progress_fn, abort_fn,
+                           summary_fn, restart_on_change)
+
+
+def _command_line() -> str:
+    """What the holder of a lease runs, for the refusal's message (shortened)."""
+    text = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+    return text if len(text) <= 160 else text[:160] + " ..."
+
+
+def _train_held(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, target_kimg: float,
+                resume_from: str | Path | None, device: str | torch.device, progress_fn: Callable[[dict], None] | None,
+                abort_fn: Callable[[], bool] | None, summary_fn: Callable[[dict], None] | None,
+                restart_on_change: bool) -> TrainResult:
     resume_from = resume_from or cfg.transfer_from or None
     if resume_from and not (cfg.transfer_sha256 and cfg.transfer_from == str(resume_from)):
         cfg, _ = transfer_config(cfg, resume_from)

@@ -16,8 +16,13 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_import(args: argparse.Namespace) -> int:
+    from models.checkpoint import is_ganflow_file
     from models.network_pickle import import_network_pickle, save_imported
+    from tasks.common.outdir import check_output_file
 
+    # Before the pickle is read: --out is a new file, or a network file ganflow wrote (a rerun), never
+    # something else (a README, the input pickle, a device, a file in a dataset).
+    check_output_file(args.out, "--out", is_ganflow_file, "a ganflow network file")
     state = import_network_pickle(args.network)
     out = save_imported(state, args.out)
     arch, net = state["arch"], state["arch"]["net"]

@@ -59,6 +59,12 @@ def check_replaceable(path: Path, owned: Callable[[Path], bool] | None, what: st
                           "replaces a file it did not write)")
 
 
+def is_png(path: Path) -> bool:
+    """A PNG (generate's images, the sample grids): a file of another kind under such a name is never replaced."""
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove this folder's temp files whose writer is gone (its lock released); returns them."""
     removed: list[Path] = []

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from flows.cli.validate import shown
 from tasks.common.settings import ParamsError, Section, bounded_yaml, rule
 
 
@@ -41,7 +42,7 @@ def _parse(model: type[Section], name: str):
                 value = [item.strip() for item in text.split(",") if item.strip()]
             return adapter.validate_python(value)
         except (ValidationError, ParamsError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {rule(field)}") from None
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {rule(field)}") from None
 
     parse.__name__ = name
     return parse

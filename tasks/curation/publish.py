@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from models.atomic_file import disk_full_error, disk_full_in
 from tasks.common.outdir import GENERATOR
 from tasks.curation.dataset_swap import new_version
 
@@ -107,6 +108,17 @@ def write_dataset(out_dir: str | Path, records: list[Record], pngs: dict[str, Pa
     missing = [i for i in accepted if i not in pngs]
     if missing:
         raise ValueError(f"{len(missing)} accepted images have no rendered PNG, e.g. {missing[0]}")
+    try:
+        return _write_version(out, records, pngs, accepted, resolution, shard_size, extra)
+    except OSError as e:
+        if disk_full_in(e) is None:
+            raise
+        needed = sum(pngs[i].stat().st_size for i in accepted)  # the shards hold the PNGs and a little more
+        raise disk_full_error(out, needed) from None
+
+
+def _write_version(out: Path, records: list[Record], pngs: dict[str, Path], accepted: list[str], resolution: int,
+                   shard_size: int, extra: dict | None) -> dict:
     with new_version(out) as version:
         stage = version.folder
         (stage / SHARDS).mkdir()

@@ -6,17 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.atomic_file import publish
+from models.atomic_file import is_png, publish
 from models.generate import GIF_COMMENT, grid, images_from_seeds, interpolation_frames, load_generator, save_gif
-
-_PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def is_png(path: Path) -> bool:
-    """generate's own files are PNGs: one of another kind named seed<N>.png or grid.png is never replaced."""
-    with open(path, "rb") as f:
-        return f.read(8) == _PNG
-
 
 def is_ganflow_gif(path: Path) -> bool:
     """A GIF `ganflow morph` wrote (its comment says so): the only file at --out that a rerun replaces."""

@@ -137,3 +137,31 @@ def test_a_dask_scheduler_that_never_answers_is_one_line_within_seconds(silent_p
 def test_a_tls_dask_address_without_certificates_is_one_line(tmp_path, capsys):
     refused(["curate", "--demo", "--dask", "tls://127.0.0.1:1", "--out", str(tmp_path / "new"),
              "--params", str(PARAMS)], capsys, "is tls:// but Dask's configuration names no certificates")
+
+
+def test_a_5001_digit_option_is_one_short_line_naming_the_option(train_args, capsys):
+    line = refused([*train_args, "--batch", "9" * 5001], capsys, "argument --batch", "(5,001 characters)")
+    assert len(line) < 300
+
+
+def test_a_full_disk_while_curating_names_the_dataset_once_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import tasks.curation.publish as publish
+    from models.atomic_file import DiskFullError
+    from tests.hostile.test_outputs import _leftovers, dataset
+
+    out = tmp_path / "out"
+    dataset(out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(path, members):
+        path.write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a full disk, simulated: a tiny tmpfs needs root
+
+    monkeypatch.setattr(publish, "_write_tar", full)
+    with pytest.raises(DiskFullError) as e:
+        dataset(out, n=3, seed=1)
+    assert str(e.value).count(str(out)) == 1 and "the disk is full (about" in str(e.value) and "needed" in str(e.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before and not _leftovers(tmp_path)

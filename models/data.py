@@ -22,7 +22,7 @@ class DatasetError(ValueError):
     """The folder is not a curated dataset (no dataset.json or no images)."""
 
 
-def _shard_entries(data_dir: Path, meta) -> list[tuple[Path, str, int]]:
+def shard_entries(data_dir: Path, meta) -> list[tuple[Path, str, int]]:
     """(path, sha256, count) of every shard dataset.json lists, each a file inside the dataset."""
     shards = meta.get("shards") if isinstance(meta, dict) else None
     if not isinstance(shards, list):
@@ -71,7 +71,7 @@ def load_images(data_dir: str | Path, resolution: int) -> torch.Tensor:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{meta_path} is not readable JSON ({type(e).__name__})") from None
     images = []
-    for path, sha, count in _shard_entries(data_dir, meta):
+    for path, sha, count in shard_entries(data_dir, meta):
         found = 0
         with open_verified_shard(path, sha) as f, tarfile.open(fileobj=f) as tf:
             for member in tf.getmembers():

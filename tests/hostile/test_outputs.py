@@ -233,6 +233,10 @@ def test_train_refuses_shards_that_do_not_match_dataset_json(tmp_path):
     shutil.copy(other / "shards" / "shard-000000.tar", shard)  # a valid tar, not the one dataset.json names
     with pytest.raises(DatasetError, match="does not match the sha256 dataset.json records"):
         load_images(out, 8)
+    from tasks.evaluation.metrics import dataset_batches
+
+    with pytest.raises(DatasetError, match="shard-000001.tar does not match"):  # FID's real statistics too
+        list(dataset_batches(out))
 
 
 @pytest.mark.parametrize("where", ["the dataset", "its shards", "another dataset"])

@@ -133,7 +133,10 @@ class Version:
             elif stat.S_ISDIR(mode):
                 dst.mkdir()
             elif stat.S_ISREG(mode):
-                os.link(src, dst)
+                try:
+                    os.link(src, dst)
+                except OSError:  # a filesystem without hard links: a copy keeps it just as well
+                    shutil.copy2(src, dst)
             elif stat.S_ISFIFO(mode):
                 os.mkfifo(dst, stat.S_IMODE(mode))
             else:

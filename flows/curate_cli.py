@@ -70,7 +70,11 @@ def _check_curate_args(args: argparse.Namespace) -> None:
     from tasks.common.settings import load
     from tasks.ingestion.sources.local import check_input
 
-    load(CurateSettings, args.params, **given_settings(args, CurateSettings))
+    params = load(CurateSettings, args.params, **given_settings(args, CurateSettings))
+    if params.dask_address:  # a scheduler that does not answer: one line after seconds, before Prefect starts
+        from tasks.curation.cluster import probe_scheduler
+
+        probe_scheduler(params.dask_address)
     if args.hashtag is not None:  # a scrape reads params.yaml's ingest.max_posts unless --max-posts names one
         hashtag_settings(args.params, args.hashtag, {"max_posts": args.max_posts})
     check_dataset_dir(args.out, "--out")

@@ -93,7 +93,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if "*" in hosts:
         print("ganflow serve: note: --allow-host '*': any Host header is answered (no DNS-rebinding check)",
               file=sys.stderr)
-    uvicorn.run(create_app(explorer, hosts), host=args.host, port=args.port, log_level="warning")
+    app = create_app(explorer, hosts, port=args.port, proxied=frozenset(args.allow_host) - {"*"})
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -114,6 +114,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from tasks.training.run import check_run_dir_outside_data
+
+    check_run_dir_outside_data(args.data, args.run_dir)  # before Prefect starts or a network file is read
     if args.flow or args.request_id:
         return run_train_flow(args)
     flow_only = ["--" + n.replace("_", "-") for n in TRAIN_FLOW_ONLY if getattr(args, n, None) is not None]

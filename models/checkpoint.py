@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.atomic_file import publish
 from models.run_dir import RunDir
 
 
@@ -43,34 +43,46 @@ def checkpoint_path(run_dir: str | Path, kimg: float) -> Path:
     return RunDir(run_dir).checkpoint(kimg)
 
 
-def save_atomic(state: dict[str, Any], path: str | Path, tmp_prefix: str | None = None) -> Path:
-    """torch.save(state) to `path` so a reader sees the old file or the whole new one: temp file in the same
-    folder, fsync, rename, fsync the folder. A file object, not a path: the bytes do not depend on the name."""
-    path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=tmp_prefix or f".{path.name}.", suffix=".tmp")
+def is_ganflow_file(path: str | Path) -> bool:
+    """A torch file ganflow wrote (a checkpoint, best.pt, `ganflow import`'s network): it loads with
+    weights_only (tensors mapped, not read) as a dict that records its architecture. What save_atomic may replace."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        state = load_checkpoint(path, mmap=True, follow_links=False)
+    except (CheckpointError, OSError):
+        return False
+    return isinstance(state.get("arch"), dict)
+
+
+def _tensor_bytes(state: Any) -> int:
+    """The bytes of the tensors in a (nested) state: about what torch.save writes."""
+    total, stack, seen = 0, [state], 0
+    while stack and seen < 1_000_000:
+        x, seen = stack.pop(), seen + 1
+        if isinstance(x, torch.Tensor):
+            total += x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return total
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """torch.save(state) to `path` by models.atomic_file.publish: a reader sees the old file or the whole new one,
+    and a file there that ganflow did not write (is_ganflow_file), a link or a special file is never replaced.
+    A file object, not a path: the bytes do not depend on the name."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
-    return path
+
+    return publish(path, write, owned=is_ganflow_file, what="a ganflow network or checkpoint file",
+                   needed=_tensor_bytes(state))
 
 
 def save_checkpoint(run_dir: str | Path, kimg: float, state: dict[str, Any]) -> Path:
     """Write run_dir/checkpoints/ckpt-<kimg>.pt atomically (save_atomic)."""
-    return save_atomic(state, checkpoint_path(run_dir, kimg), tmp_prefix=".ckpt-")
+    return save_atomic(state, checkpoint_path(run_dir, kimg))
 
 
 class CheckpointError(ValueError):

@@ -19,9 +19,11 @@ import collections
 import gzip
 import hashlib
 import io
+import math
 import pickle
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,11 @@ def _np_dtype(*args):
 def _np_reconstruct(subtype, shape, dtype):
     if subtype is not np.ndarray:
         raise NetworkPickleError("a numpy array subclass")
+    # numpy pickles an array as an empty one filled by __setstate__ from bytes in the file: a shape here that asks
+    # for memory would allocate what the file never holds
+    if not isinstance(shape, tuple) or len(shape) > 32 or \
+            any(not isinstance(n, int) or n < 0 for n in shape) or math.prod(shape) > 1024:
+        raise NetworkPickleError("a numpy array whose pickle asks for memory its bytes do not hold")
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -208,25 +215,74 @@ def _json_like(x):
     return repr(x)
 
 
+# Memory follows the file, not its claims. A gzipped pickle of network weights (random-looking floats) shrinks
+# by a few percent; one that inflates past this ratio (and past a floor for tiny files) is a bomb, stopped as
+# the bytes come out. No network ganflow trains (at most 1024², widths at most 4096) needs more than the cap.
+MAX_INFLATION, INFLATION_FLOOR, MAX_NETWORK_BYTES = 16, 64 << 20, 4 << 30
+# Nesting of the pickle's objects (networks in networks, kwargs in kwargs): NVIDIA's are about 6 deep.
+MAX_DEPTH = 64
+
+
+def _inflate(raw: bytes, name: str) -> bytes:
+    """gzip-decompress in blocks, stopping at min(MAX_NETWORK_BYTES, max(floor, MAX_INFLATION x the file))."""
+    cap = min(MAX_NETWORK_BYTES, max(INFLATION_FLOOR, MAX_INFLATION * len(raw)))
+    out, size = io.BytesIO(), 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while block := f.read(1 << 20):
+                size += len(block)
+                if size > cap:
+                    raise NetworkPickleError(f"{name}: inflates to more than {cap >> 20} MiB from {len(raw):,} bytes "
+                                             "(a compression bomb, not a network pickle)")
+                out.write(block)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NetworkPickleError(f"{name}: a damaged gzip file ({_one_line(e)})") from None
+    return out.getvalue()
+
+
+def _check_depth(obj, name: str) -> None:
+    """Refuse objects nested deeper than MAX_DEPTH, walked without recursion (what follows recurses)."""
+    stack = [(obj, 0)]
+    seen: set[int] = set()
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise NetworkPickleError(f"{name}: objects nested more than {MAX_DEPTH} deep (NVIDIA's networks nest "
+                                     "about 6): not a network pickle")
+        if id(x) in seen:
+            continue
+        if isinstance(x, Persistent):
+            seen.add(id(x))
+            stack += [(v, depth + 1) for v in (x.init_args, x.init_kwargs, x.attrs, *x.modules.values())]
+        elif isinstance(x, dict):
+            seen.add(id(x))
+            stack += [(v, depth + 1) for kv in x.items() for v in kv]
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            seen.add(id(x))
+            stack += [(v, depth + 1) for v in x]
+
+
 def read_network_pickle(path: str | Path) -> tuple[dict, str]:
     """(the pickle's top-level dict with networks as Persistent records, sha256 of the file). A gzipped
-    pickle is read too. Anything else raises NetworkPickleError."""
+    pickle is read too (inflated in blocks, with a cap). Anything else raises NetworkPickleError."""
     path = Path(path)
     if not path.is_file():
         raise NetworkPickleError(f"{path}: no such file")
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise NetworkPickleError(f"{path.name}: a damaged gzip file ({e})") from None
+        raw = _inflate(raw, path.name)
     if raw[:4] == b"PK\x03\x04":
         raise NetworkPickleError(f"{path.name}: a zip file (a torch.save checkpoint?), not a network pickle")
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw)).load()
+        del raw
+        _check_depth(obj, path.name)
     except NetworkPickleError as e:
-        raise NetworkPickleError(f"{path.name}: {e}") from None
+        raise NetworkPickleError(f"{path.name}: {e}".replace(f"{path.name}: {path.name}: ", f"{path.name}: ")) from None
+    except (RecursionError, MemoryError) as e:
+        raise NetworkPickleError(f"{path.name}: {'nested too deep' if isinstance(e, RecursionError) else 'asks for more memory than there is'} "
+                                 "to be a network pickle") from None
     except Exception as e:  # any malformed stream: pickle, torch or numpy raise their own types
         if isinstance(e, EOFError) or "truncated" in str(e):
             raise NetworkPickleError(f"{path.name}: truncated (the pickle ends early)") from None
@@ -245,10 +301,14 @@ def read_network_pickle(path: str | Path) -> tuple[dict, str]:
 # --------------------------------------------------------------------------- ganflow networks from the records
 
 
-def import_network_pickle(path: str | Path) -> dict:
+def import_network_pickle(path: str | Path, allow_nonfinite: bool = False) -> dict:
     """A ganflow network file's content from an NVIDIA pickle: G, D, G_ema state dicts of ganflow's networks
     built from the recorded init kwargs, `arch`, `source` (file name, sha256, training_set_kwargs) and
-    `format`. Loads with torch.load(weights_only=True) once saved (save_imported)."""
+    `format`. Loads with torch.load(weights_only=True) once saved (save_imported).
+
+    Nothing is allocated on the file's word: the kwargs are checked (types, ranges, powers of two) and the networks
+    built on the meta device and compared with the file's tensors first. Weights holding NaN or inf are refused
+    unless allow_nonfinite (they generate black images and train on NaN)."""
     from models import nvidia_arch
 
     nets, digest = read_network_pickle(path)
@@ -257,12 +317,22 @@ def import_network_pickle(path: str | Path) -> dict:
         arch, build_g, build_d = nvidia_arch.architecture(nets["G_ema"], nets["D"])
         if nvidia_arch.architecture(nets["G"], nets["D"])[0] != arch:
             raise NetworkPickleError("G and G_ema were built with different kwargs")
+        for who, build in (("G", build_g), ("D", build_d), ("G_ema", build_g)):
+            nvidia_arch.check_sizes(build, nets[who], who)
         taps = {"G": arch["net"].get("resample_filter"), "D": arch.get("d_net", arch["net"])["resample_filter"]}
         out: dict[str, Any] = {"G": nvidia_arch.load_tensors(build_g(), nets["G"], "G", taps["G"]),
                "D": nvidia_arch.load_tensors(build_d(), nets["D"], "D", taps["D"]),
                "G_ema": nvidia_arch.load_tensors(build_g(), nets["G_ema"], "G_ema", taps["G"])}
-    except (NetworkPickleError, ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed network
+    except (NetworkPickleError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:  # malformed
         raise NetworkPickleError(f"{name}: {_one_line(e)}") from None
+    except (RecursionError, MemoryError, RuntimeError) as e:  # torch's allocator and shape errors included
+        raise NetworkPickleError(f"{name}: its networks cannot be built ({type(e).__name__}: {_one_line(e)[:160]})") \
+            from None
+    if not allow_nonfinite:
+        bad = next(filter(None, (nvidia_arch.nonfinite(out[k], k) for k in ("G", "D", "G_ema"))), None)
+        if bad:
+            raise NetworkPickleError(f"{name}: weights hold NaN or inf ({bad}): refused (`ganflow import "
+                                     "--allow-nonfinite` takes them as they are)")
     tsk = nets.get("training_set_kwargs")
     out.update({
         "arch": arch,

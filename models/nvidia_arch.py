@@ -10,6 +10,7 @@ ganflow implements; anything else is refused by name, so an import never silentl
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -106,9 +107,9 @@ def _generator_top(G: Persistent) -> tuple[dict, _Kwargs, _Kwargs]:
 
 def _mapping_fields(m: _Kwargs, w_dim: int, defaults: dict) -> dict:
     beta = m.take("w_avg_beta", defaults["w_avg_beta"])
-    out = {"mapping_layers": int(m.take("num_layers", defaults["num_layers"])),
-           "mapping_lr": float(m.take("lr_multiplier", defaults["lr_multiplier"])),
-           "w_avg_beta": 1.0 if beta is None else float(beta)}  # None (not tracked) = a w_avg that never moves
+    out = {"mapping_layers": _int(m.take("num_layers", defaults["num_layers"])),
+           "mapping_lr": _float(m.take("lr_multiplier", defaults["lr_multiplier"])),
+           "w_avg_beta": 1.0 if beta is None else _float(beta)}  # None (not tracked) = a w_avg that never moves
     m.require("layer_features", (None, w_dim), None)
     m.require("activation", "lrelu", "lrelu")
     m.take("embed_features")  # used only with labels (c_dim > 0, refused above)
@@ -117,20 +118,84 @@ def _mapping_fields(m: _Kwargs, w_dim: int, defaults: dict) -> dict:
 
 
 def _clamp(v) -> float | None:
-    return None if v is None else float(v)
+    return None if v is None else _float(v)
+
+
+def _bool(v) -> bool:
+    if not isinstance(v, (bool, numbers.Integral)) or v not in (0, 1):
+        raise NetworkPickleError(f"a recorded value {str(v)[:40]!r} that is not true or false")
+    return bool(v)
+
+
+def _taps(v) -> list:
+    if not isinstance(v, (list, tuple)):
+        raise NetworkPickleError(f"a recorded resample filter {str(v)[:40]!r} that is not a list of numbers")
+    return list(v)
+
+
+def _int(v) -> int:
+    """A recorded integer: an int (numpy's too) or a float without a fraction; never a bool, text or inf."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
+            (not isinstance(v, numbers.Integral) and not (math.isfinite(v) and float(v).is_integer())):
+        raise NetworkPickleError(f"a recorded value {str(v)[:40]!r} that is not an integer")
+    return int(float(v)) if not isinstance(v, numbers.Integral) else int(v)
+
+
+def _float(v) -> float:
+    """A recorded number: finite (an inf learning-rate multiplier would make every weight inf)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise NetworkPickleError(f"a recorded value {str(v)[:40]!r} that is not a finite number")
+    return float(v)
+
+
+# What a recorded architecture may say, checked before any network is built (an allocation follows from these):
+# field → (lowest, highest) or a rule. Widths and resolutions as ganflow trains them (models.arch, TrainSettings).
+_POW2 = "pow2"
+BOUNDS: dict[str, tuple] = {
+    "resolution": (_POW2, 4, 1024), "channels": (1, 4), "z_dim": (1, 4096), "w_dim": (1, 4096),
+    "channel_base": (1, 1 << 20), "channel_max": (1, 4096), "num_fp16_res": (0, 10), "mapping_layers": (1, 32),
+    "mapping_lr": (1e-6, 100.0), "w_avg_beta": (0.0, 1.0), "conv_clamp": (1e-6, 1e6), "mbstd_group": (0, 1024),
+    "mbstd_channels": (1, 64), "num_layers": (1, 64), "num_critical": (0, 64), "first_cutoff": (1e-6, 1e6),
+    "first_stopband": (1e-6, 1e6), "last_stopband_rel": (1e-6, 1e6), "margin_size": (0, 256),
+    "output_scale": (-1e6, 1e6), "conv_kernel": (1, 15), "filter_size": (1, 64), "lrelu_upsampling": (1, 16),
+    "magnitude_ema_beta": (0.0, 1.0),
+}
+
+
+def check_fields(fields: dict, who: str) -> dict:
+    """Every recorded field within BOUNDS, the resample filter 1 to 16 finite taps with a non-zero sum; else a
+    NetworkPickleError naming the field, its value and the rule."""
+    for key, value in fields.items():
+        bound = BOUNDS.get(key)
+        if bound is None or value is None:
+            continue
+        pow2 = bound[0] == _POW2
+        lo, hi = bound[1:] if pow2 else bound
+        if not lo <= value <= hi or (pow2 and value & (value - 1)):
+            rule = f"a power of two from {lo} to {hi}" if pow2 else f"from {lo} to {hi}"
+            raise NetworkPickleError(f"{who} records {key} {value!r}: not {rule}")
+    taps = fields.get("resample_filter")
+    if taps is not None:
+        if not isinstance(taps, list) or not 1 <= len(taps) <= 16:
+            raise NetworkPickleError(f"{who} records a resample filter of {len(taps) if isinstance(taps, list) else 0} "
+                                     "taps: not 1 to 16")
+        values = [_float(t) for t in taps]
+        if abs(sum(values)) < 1e-8:
+            raise NetworkPickleError(f"{who} records a resample filter {values} whose taps sum to 0")
+    return fields
 
 
 def stylegan2_config(G: Persistent) -> dict:
     """ganflow StyleGAN2Config fields of the generator (its D fields come from stylegan2_d_fields)."""
     defaults = _SG2_DEFAULTS[_flavor(G)]
     top, mapping, syn = _generator_top(G)
-    out = {"resolution": int(top["resolution"]), "channels": int(top["channels"]), "z_dim": int(top["z_dim"]),
-           "w_dim": int(top["w_dim"]), **_mapping_fields(mapping, top["w_dim"], defaults),
-           "channel_base": int(syn.take("channel_base", defaults["channel_base"])),
-           "channel_max": int(syn.take("channel_max", defaults["channel_max"])),
-           "num_fp16_res": int(syn.take("num_fp16_res", defaults["num_fp16_res"])),
+    out = {"resolution": _int(top["resolution"]), "channels": _int(top["channels"]), "z_dim": _int(top["z_dim"]),
+           "w_dim": _int(top["w_dim"]), **_mapping_fields(mapping, top["w_dim"], defaults),
+           "channel_base": _int(syn.take("channel_base", defaults["channel_base"])),
+           "channel_max": _int(syn.take("channel_max", defaults["channel_max"])),
+           "num_fp16_res": _int(syn.take("num_fp16_res", defaults["num_fp16_res"])),
            "conv_clamp": _clamp(syn.take("conv_clamp", defaults["conv_clamp"])),
-           "resample_filter": list(syn.take("resample_filter", [1, 3, 3, 1]))}
+           "resample_filter": _taps(syn.take("resample_filter", [1, 3, 3, 1]))}
     syn.require("architecture", "skip", "skip")
     syn.require("use_noise", True, True)
     syn.require("activation", "lrelu", "lrelu")
@@ -138,6 +203,7 @@ def stylegan2_config(G: Persistent) -> dict:
     fused = syn.take("fused_modconv_default", defaults["fused_modconv_default"])
     out["fused_modconv"] = None if fused in (None, "inference_only") else bool(fused)
     syn.done()
+    check_fields(out, "G")
     _check_recorded(G, "G", {"mapping": {"w_avg_beta": out["w_avg_beta"], "num_layers": out["mapping_layers"]},
                              "synthesis.b4.conv1": {"conv_clamp": out["conv_clamp"]}})
     return out
@@ -151,25 +217,26 @@ def stylegan2_d_fields(D: Persistent, flavor: str) -> dict:
     kw = _Kwargs("D", _kwargs(D, _D_POSITIONAL))
     if kw.take("c_dim", 0):
         raise NetworkPickleError("a conditional discriminator (c_dim > 0): ganflow's networks are unconditional")
-    out = {"resolution": int(kw.take("img_resolution")), "channels": int(kw.take("img_channels")),
+    out = {"resolution": _int(kw.take("img_resolution")), "channels": _int(kw.take("img_channels")),
            "d_architecture": kw.require("architecture", ("resnet", "orig"), "resnet"),
-           "channel_base": int(kw.take("channel_base", defaults["channel_base"])),
-           "channel_max": int(kw.take("channel_max", defaults["channel_max"])),
-           "num_fp16_res": int(kw.take("num_fp16_res", defaults["d_num_fp16_res"])),
+           "channel_base": _int(kw.take("channel_base", defaults["channel_base"])),
+           "channel_max": _int(kw.take("channel_max", defaults["channel_max"])),
+           "num_fp16_res": _int(kw.take("num_fp16_res", defaults["d_num_fp16_res"])),
            "conv_clamp": _clamp(kw.take("conv_clamp", defaults["d_conv_clamp"]))}
     kw.take("cmap_dim")
     kw.take("mapping_kwargs")  # the label mapping network, unused without labels
     block = _Kwargs("D.block_kwargs", kw.take("block_kwargs"))
     block.require("activation", "lrelu", "lrelu")
-    out["resample_filter"] = list(block.take("resample_filter", [1, 3, 3, 1]))
+    out["resample_filter"] = _taps(block.take("resample_filter", [1, 3, 3, 1]))
     block.done()
     epi = _Kwargs("D.epilogue_kwargs", kw.take("epilogue_kwargs"))
     group = epi.take("mbstd_group_size", 4)
-    out["mbstd_group"] = 0 if group is None else int(group)  # None = the whole batch
-    out["mbstd_channels"] = int(epi.take("mbstd_num_channels", 1))
+    out["mbstd_group"] = 0 if group is None else _int(group)  # None = the whole batch
+    out["mbstd_channels"] = _int(epi.take("mbstd_num_channels", 1))
     epi.require("activation", "lrelu", "lrelu")
     epi.done()
     kw.done()
+    check_fields(out, "D")
     _check_recorded(D, "D", {"b4.conv": {"conv_clamp": out["conv_clamp"]}})
     return out
 
@@ -232,18 +299,20 @@ def stylegan3_config(G: Persistent) -> dict:
     """StyleGAN3Config fields from networks_stylegan3.Generator's kwargs (its defaults where absent)."""
     top, mapping, syn = _generator_top(G)
     defaults = {"num_layers": 2, "lr_multiplier": 0.01, "w_avg_beta": 0.998}
-    out = {"resolution": int(top["resolution"]), "channels": int(top["channels"]), "z_dim": int(top["z_dim"]),
-           "w_dim": int(top["w_dim"]), **_mapping_fields(mapping, top["w_dim"], defaults)}
-    for key, default, cast in (
-            ("channel_base", 32768, int), ("channel_max", 512, int), ("num_layers", 14, int),
-            ("num_critical", 2, int), ("first_cutoff", 2, float), ("first_stopband", 2 ** 2.1, float),
-            ("last_stopband_rel", 2 ** 0.3, float), ("margin_size", 10, int), ("output_scale", 0.25, float),
-            ("num_fp16_res", 4, int), ("conv_kernel", 3, int), ("filter_size", 6, int),
-            ("lrelu_upsampling", 2, int), ("use_radial_filters", False, bool),
-            ("magnitude_ema_beta", 0.999, float)):
+    out = {"resolution": _int(top["resolution"]), "channels": _int(top["channels"]), "z_dim": _int(top["z_dim"]),
+           "w_dim": _int(top["w_dim"]), **_mapping_fields(mapping, top["w_dim"], defaults)}
+    fields: tuple[tuple[str, Any, Callable[[Any], Any]], ...] = (
+            ("channel_base", 32768, _int), ("channel_max", 512, _int), ("num_layers", 14, _int),
+            ("num_critical", 2, _int), ("first_cutoff", 2, _float), ("first_stopband", 2 ** 2.1, _float),
+            ("last_stopband_rel", 2 ** 0.3, _float), ("margin_size", 10, _int), ("output_scale", 0.25, _float),
+            ("num_fp16_res", 4, _int), ("conv_kernel", 3, _int), ("filter_size", 6, _int),
+            ("lrelu_upsampling", 2, _int), ("use_radial_filters", False, _bool),
+            ("magnitude_ema_beta", 0.999, _float))
+    for key, default, cast in fields:
         out[key] = cast(syn.take(key, default))
     out["conv_clamp"] = _clamp(syn.take("conv_clamp", 256))
     syn.done()
+    check_fields(out, "G")
     recorded = {"mapping": {"w_avg_beta": out["w_avg_beta"], "num_layers": out["mapping_layers"]},
                 "synthesis": {k: out[k] for k in ("num_layers", "num_critical", "margin_size", "output_scale")}}
     layers = G.child("synthesis").attrs.get("layer_names") or []  # type: ignore[union-attr]  # family() checked it
@@ -254,6 +323,30 @@ def stylegan3_config(G: Persistent) -> dict:
 
 
 # --------------------------------------------------------------------------- tensors
+
+
+def check_sizes(build: Callable[[], torch.nn.Module], rec: Persistent, what: str) -> None:
+    """Build the network on the meta device (no memory) and check every tensor it would allocate has a tensor of
+    that shape in the file, and the parameter counts agree: what is then built for real is no larger than the
+    file's own tensors, whatever the kwargs claimed."""
+    with torch.device("meta"):
+        module = build()
+    ref = rec.state_dict()
+    wrong = [f"{k} {list(v.shape)}" + (f" (file {list(ref[k].shape)})" if k in ref else " (not in the file)")
+             for k, v in module.state_dict().items() if k not in ref or tuple(ref[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise NetworkPickleError(f"{what}'s kwargs describe tensors the file does not hold: {', '.join(wrong[:3])}"
+                                 f"{' ...' if len(wrong) > 3 else ''}")
+    have, claimed = rec.num_params(), sum(p.numel() for p in module.parameters())
+    if have != claimed:
+        raise NetworkPickleError(f"{what}'s kwargs imply {claimed:,} parameters and the file holds {have:,}")
+
+
+def nonfinite(state: dict[str, torch.Tensor], what: str) -> str | None:
+    """'what.name' of the first tensor holding NaN or inf (and how many such tensors), or None."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    return f"{what}.{bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad else None
 
 
 def load_tensors(module: torch.nn.Module, rec: Persistent, what: str,

@@ -24,6 +24,7 @@ from models import checkpoint as ck
 from models import distributed as dd
 from models import losses, ops
 from models.arch import Arch, build_arch
+from models.atomic_file import is_png, publish
 from models.augment import AdaController, AugmentPipe
 from models.transfer import Networks, TransferError, arch_differences, freeze_discriminator
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
@@ -213,10 +214,10 @@ class Trainer:
         rng = torch.get_rng_state()  # sampling must not move the training RNG (exact resume)
         images = images_from_seeds(self.G_ema, self.describe_arch(), list(seeds))
         torch.set_rng_state(rng)
-        path = RunDir(self.run_dir).sample_grid(self.nimg / 1000)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid(images).save(path)
-        return path
+        picture = grid(images)
+        # models.atomic_file's rule: a PNG that is not a link or special file, whole or not at all
+        return publish(RunDir(self.run_dir).sample_grid(self.nimg / 1000), lambda tmp: picture.save(tmp, "PNG"),
+                       owned=is_png, what="a sample grid")
 
     # ------------------------------------------------------------------ steps
     def _share(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,7 +317,7 @@ class Trainer:
               abort_fn: Callable[[], bool] | None = None) -> dict:
         """Train until target_kimg, checkpointing every snapshot_kimg and at the end. Returns last stats."""
         target = round(target_kimg * 1000)
-        every = round(self.cfg.snapshot_kimg * 1000)
+        every = max(1, round(self.cfg.snapshot_kimg * 1000))  # at least one image (TrainSettings bounds it too)
         stats: dict = {}
         t0, n0 = time.perf_counter(), self.nimg
         self.G.train(), self.D.train()

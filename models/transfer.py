@@ -39,14 +39,21 @@ class Networks:
     arch: dict           # {"name", "net", ...}: the architecture these state dicts belong to
 
 
-def load_networks(path: str | Path, mmap: bool = False) -> Networks:
+# Set to 1, a run starts from (`train --resume-from`) a network whose weights hold NaN or inf; by default refused.
+ALLOW_NONFINITE_ENV = "GANFLOW_ALLOW_NONFINITE"
+
+
+def load_networks(path: str | Path, mmap: bool = False, allow_nonfinite: bool | None = None) -> Networks:
     """The networks and architecture record of a network file (see the module docstring). With mmap, a .pt's
-    tensors stay on disk until touched: cheap when only the record is wanted."""
+    tensors stay on disk until touched: cheap when only the record is wanted. Loaded whole (not mmap), weights
+    holding NaN or inf are a TransferError unless allow_nonfinite (None: $GANFLOW_ALLOW_NONFINITE=1)."""
     path = Path(path)
+    if allow_nonfinite is None:
+        allow_nonfinite = os.environ.get(ALLOW_NONFINITE_ENV) == "1"
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
     if path.name.lower().endswith(PICKLE_SUFFIXES):
-        state = _import_pickle(path)
+        state = _import_pickle(path, allow_nonfinite)
     elif path.suffix.lower() in TORCH_SUFFIXES:
         try:
             state = load_checkpoint(path, mmap=mmap)
@@ -59,17 +66,26 @@ def load_networks(path: str | Path, mmap: bool = False) -> Networks:
     if not isinstance(state, dict) or not isinstance(state.get("arch"), dict) or "G_ema" not in state:
         raise TransferError(f"{path} holds no networks with their architecture (expected G_ema and arch, as "
                             "ganflow's checkpoints, best.pt and `ganflow import` write)")
-    return Networks(G=state.get("G"), D=state.get("D"), G_ema=state["G_ema"], arch=state["arch"])
+    nets = Networks(G=state.get("G"), D=state.get("D"), G_ema=state["G_ema"], arch=state["arch"])
+    if not mmap and not allow_nonfinite:
+        from models.nvidia_arch import nonfinite
+
+        bad = next(filter(None, (nonfinite(sd, k) for k, sd in (("G", nets.G), ("D", nets.D), ("G_ema", nets.G_ema))
+                                 if isinstance(sd, dict))), None)
+        if bad:
+            raise TransferError(f"{path}: weights hold NaN or inf ({bad}): a run started from them trains on NaN; "
+                                f"refused ({ALLOW_NONFINITE_ENV}=1 starts from them anyway)")
+    return nets
 
 
-def _import_pickle(path: Path) -> dict:
+def _import_pickle(path: Path, allow_nonfinite: bool = False) -> dict:
     try:
         from models.network_pickle import NetworkPickleError, import_network_pickle
     except ImportError:
         raise TransferError(f"{path}: reading NVIDIA network pickles needs models/network_pickle.py "
                             "(`ganflow import`), which this installation lacks") from None
     try:
-        return import_network_pickle(path)
+        return import_network_pickle(path, allow_nonfinite=allow_nonfinite)
     except NetworkPickleError as e:
         raise TransferError(f"{path}: {e}") from None
 

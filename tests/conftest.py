@@ -68,8 +68,11 @@ def write_curated(folder: Path, n: int = 12, side: int = 32, seed: int = 0) -> P
             info = tarfile.TarInfo(f"{i:04d}.png")
             info.size = len(buf.getvalue())
             tf.addfile(info, io.BytesIO(buf.getvalue()))
+    import hashlib
+
+    sha = hashlib.sha256((folder / "shards" / "shard-000000.tar").read_bytes()).hexdigest()
     (folder / "dataset.json").write_text(json.dumps(
-        {"count": n, "resolution": side, "shards": [{"file": "shards/shard-000000.tar", "count": n}]}))
+        {"count": n, "resolution": side, "shards": [{"file": "shards/shard-000000.tar", "count": n, "sha256": sha}]}))
     return folder
 
 

@@ -196,7 +196,7 @@ def test_max_posts_is_the_ingest_setting_with_its_bound_and_a_bad_one_is_one_lin
     for command in ("curate", "ingest"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        assert "hashtag: posts to take (an integer >= 1; default: ingest.max_posts)" in " ".join(
+        assert "hashtag: posts to take (an integer from 1 to 1000000; default: ingest.max_posts)" in " ".join(
             capsys.readouterr().out.split())
     where = ["--raw-root", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")]
     for args in (["curate", "--hashtag", "cats", "--out", str(tmp_path / "out"), *where],
@@ -204,7 +204,7 @@ def test_max_posts_is_the_ingest_setting_with_its_bound_and_a_bad_one_is_one_lin
         with pytest.raises(SystemExit) as exit_:
             main([*args, "--max-posts", "0"])
         assert exit_.value.code == 2 and capsys.readouterr().err.splitlines() == [
-            f"ganflow {args[0]}: error: argument --max-posts: '0' is not an integer >= 1 "
+            f"ganflow {args[0]}: error: argument --max-posts: '0' is not an integer from 1 to 1000000 "
             f"(see `ganflow {args[0]} --help`)"]
     params = yaml.safe_load(PARAMS.read_text())
     params["ingest"]["max_posts"] = 0
@@ -212,5 +212,5 @@ def test_max_posts_is_the_ingest_setting_with_its_bound_and_a_bad_one_is_one_lin
     bad.write_text(yaml.safe_dump(params))
     code = main(["curate", "--hashtag", "cats", "--out", str(tmp_path / "out"), "--params", str(bad), *where])
     assert code == 2 and capsys.readouterr().err.splitlines() == [
-        "ganflow curate: error: ingest.max_posts 0 is not an integer >= 1"]
+        "ganflow curate: error: ingest.max_posts 0 is not an integer from 1 to 1000000"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "raw").exists()

@@ -75,7 +75,7 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
     train = next(d for d in DEPLOYMENTS if d["name"] == "train")
     form = _settings_form(_schema(train["entrypoint"]), "settings")
     _assert_settings_form(form, TrainSettings)
-    assert form["kimg"]["anyOf"][0]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert form["kimg"]["anyOf"][0]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["minimum"] == 0.001
     assert form["resolution"]["anyOf"][0]["maximum"] == 1024
     assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
     assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2"}  # valid for the form
@@ -140,7 +140,7 @@ def test_manager_form_shows_every_setting_of_a_pass():
     assert list(form) == ["stale_after_seconds", "max_attempts", "max_running", "deployment"]
     _assert_settings_form(form, ManagerSettings, names=list(ManagerOverrides.model_fields))
     assert form["max_attempts"]["anyOf"][0]["minimum"] == 1
-    assert form["stale_after_seconds"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert form["stale_after_seconds"]["anyOf"][0]["minimum"] == 1
 
 
 def test_curate_deployment_does_not_version_unless_asked():

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from tasks.common.settings import Section, rule
+from flows.cli.validate import shown
+from tasks.common.settings import ParamsError, Section, bounded_yaml, rule
 
 
 def flag(name: str) -> str:
@@ -36,12 +36,13 @@ def _parse(model: type[Section], name: str):
 
     def parse(text: str):
         try:
-            value: Any = yaml.safe_load(text) if mapping else text  # a mapping is written as YAML: {z_dim: 32}
+            # a mapping is written as YAML: {z_dim: 32}; bounded like a params file's
+            value: Any = bounded_yaml(text, flag(name)) if mapping else text
             if _is_list(field):
                 value = [item.strip() for item in text.split(",") if item.strip()]
             return adapter.validate_python(value)
-        except (ValidationError, yaml.YAMLError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {rule(field)}") from None
+        except (ValidationError, ParamsError):
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not {rule(field)}") from None
 
     parse.__name__ = name
     return parse

@@ -26,8 +26,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def shown(text: str) -> str:
+    """An argument as the user wrote it, cut short when long (a 5001-digit number is not echoed whole)."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= 80 else f"{quoted[:60]}... ({len(text):,} characters)"
+
+
 def _bad(text: str, rule: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+    return argparse.ArgumentTypeError(f"{shown(text)} is not {rule}")
 
 
 def integer(lo: int | None = None, hi: int | None = None, rule: str | None = None):

@@ -75,9 +75,10 @@ def is_raw_store(folder: Path) -> bool:
     return (folder / "provenance.jsonl").is_file() or (folder / "files").is_dir()
 
 
-def _check_folder(value: str, option: str, owned, what: str) -> Path:
+def _check_folder(value: str, option: str, owned, what: str, dataset: bool = False) -> Path:
     path = _expand(value, option)
     _refuse_shared_places(path, value, option, cwd_too=True)
+    _refuse_inside_dataset(path, value, option, itself_ok=dataset)
     if path.is_symlink() and not path.exists():
         raise PathError(f"{option} {value!r} is a broken link")
     if path.exists() and not path.is_dir():
@@ -91,7 +92,8 @@ def _check_folder(value: str, option: str, owned, what: str) -> Path:
 
 def check_dataset_dir(value: str, option: str = "--out") -> Path:
     """A curated dataset's folder: missing, empty, or a dataset ganflow curate wrote. Returns it (~ expanded)."""
-    return _check_folder(value, option, is_curated_dataset, "a dataset ganflow curate wrote (no dataset.json of it)")
+    return _check_folder(value, option, is_curated_dataset, "a dataset ganflow curate wrote (no dataset.json of it)",
+                         dataset=True)
 
 
 def is_generated_dir(folder: Path) -> bool:
@@ -107,22 +109,44 @@ def check_generated_dir(value: str, option: str = "--out") -> Path:
 def check_morph_file(value: str, option: str = "--out") -> Path:
     """`ganflow morph`'s output: a new file, or a GIF ganflow wrote before (its comment says so); never another
     file of that name (an MP4 carries no such mark: an existing one is refused)."""
-    from PIL import Image
-
-    from models.generate import GIF_COMMENT
+    from tasks.serving.generation import is_ganflow_gif
 
     path = _expand(value, option)
-    if not path.exists():
-        return path
-    if path.is_file() and not path.is_symlink():
-        try:
-            with Image.open(path) as im:
-                if im.format == "GIF" and im.info.get("comment") == GIF_COMMENT:
-                    return path
-        except (OSError, ValueError):
-            pass
-    raise PathError(f"{option} {value!r} exists and is not a morph ganflow wrote: choose a new file name "
-                    f"(ganflow never overwrites a file it did not write)")
+    owned = is_ganflow_gif if path.suffix.lower() == ".gif" else (lambda _p: False)
+    return check_output_file(value, option, owned, "a morph")
+
+
+def check_output_file(value: str, option: str, owned, what: str) -> Path:
+    """An output file (import's network, morph's GIF): outside any dataset, and missing or a regular file that
+    `owned` recognizes as ganflow's (models.atomic_file's rule, which publish checks again when it writes)."""
+    from models.atomic_file import OutputError, check_replaceable
+
+    path = _expand(value, option)
+    _refuse_inside_dataset(path, value, option)
+    try:
+        check_replaceable(path, owned, what)
+    except OutputError as e:
+        raise PathError(f"{option} {value!r}: {e}") from None
+    _check_writable(path.parent, value, option)
+    return path
+
+
+def dataset_around(path: Path) -> Path | None:
+    """The curated dataset `path` is in (itself or a folder above it), or None."""
+    p = path.absolute()
+    for folder in (p, *p.parents):
+        if (folder / "dataset.json").is_file() and is_curated_dataset(folder):
+            return folder
+    return None
+
+
+def _refuse_inside_dataset(path: Path, value: str, option: str, itself_ok: bool = False) -> None:
+    """Nothing but `ganflow curate` writes into a curated dataset (its files are checked against dataset.json)."""
+    found = dataset_around(path)
+    if found is not None and not (itself_ok and found == path.absolute()):
+        where = "is" if found == path.absolute() else f"is inside {found},"
+        raise PathError(f"{option} {value!r} {where} a curated dataset: ganflow writes nothing else there; "
+                        "name a folder outside it")
 
 
 def check_raw_dir(value: str, option: str = "--raw-dir") -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from collections.abc import Callable
@@ -29,6 +30,13 @@ DEFAULT_PARAMS = Path("params.yaml")
 # Above this side a dataset is not a GAN dataset but a typo (`--resolution 100000` would ask for 30 GB per image).
 MAX_RESOLUTION = 4096
 MAX_SEED = 2 ** 32 - 1      # numpy's RandomState takes seeds up to 2**32 - 1
+# Bounds that keep every run finite: a kimg interval is at least one image (a snapshot or cycle that rounds to zero
+# images never advances), a run at most 10^6 kimg (40 times StyleGAN3's longest) in at most 10^4 stage tasks.
+MIN_KIMG, MAX_KIMG, MAX_STAGES = 0.001, 1e6, 10_000
+MAX_COUNT = 1_000_000       # any other count (images per batch or shard, posts, boxes): far above a real value
+# A params file is read only when it is small, and its YAML only when its aliases expand to few nodes and it nests
+# shallowly ("billion laughs", a list nested thousands deep): checked on the parser's events, before any object is built.
+MAX_PARAMS_BYTES, MAX_YAML_NODES, MAX_YAML_DEPTH, MAX_YAML_SCALAR = 1 << 20, 100_000, 64, 4096
 
 Arch = Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
 ARCHS: tuple[str, ...] = get_args(Arch)
@@ -74,6 +82,10 @@ Device = Annotated[str, AfterValidator(DEVICE)]
 # -1 is "the family's" (a sentinel), anything else a real weight
 R1Gamma = Annotated[float, AfterValidator(Rule("-1 (the family's) or a finite number >= 0",
                                                lambda v: v == -1 or v >= 0))]
+# A hashtag's rule, once: the ingest settings check it before any work, and the Instagram source (validate_tag) too.
+HASHTAG_NAME = re.compile(r"#?[A-Za-z0-9_]{1,100}")
+Hashtag = Annotated[str, AfterValidator(Rule("1 to 100 ASCII letters, digits or '_' (a leading '#' allowed)",
+                                             lambda v: v == "" or bool(HASHTAG_NAME.fullmatch(v))))]
 DaskAddress = Annotated[str, AfterValidator(Rule("a scheduler address like tcp://host:8786 (or empty)",
                                                  lambda v: not any(ch.isspace() for ch in v)))]
 
@@ -131,8 +143,8 @@ class IngestSettings(Section):
                                            "demo, path or hashtag")
     input: str = setting("", "path: a folder, .zip or .tar (DVC does not watch it: `dvc repro -f -s ingest` after "
                              "it changes)")
-    hashtag: str = setting("", "hashtag: without '#'; needs $GANFLOW_IG_SESSIONFILE and $GANFLOW_IG_USER")
-    max_posts: int = setting(200, "hashtag: posts to take", ge=1)
+    hashtag: Hashtag = setting("", "hashtag: without '#'; needs $GANFLOW_IG_SESSIONFILE and $GANFLOW_IG_USER")
+    max_posts: int = setting(200, "hashtag: posts to take", ge=1, le=MAX_COUNT)
 
     @model_validator(mode="after")
     def _source_named(self) -> "IngestSettings":
@@ -147,26 +159,26 @@ class CurateSettings(Section):
     section: ClassVar[str] = "curate"
 
     resolution: int = setting(512, "side of the square output images", ge=8, le=MAX_RESOLUTION)
-    batch_size: int = setting(64, "images per mapped Prefect task (never one task per image)", ge=1)
-    workers: int = setting(0, "processes for CPU work inside a batch; 0 = all cores", ge=0)
-    min_side_fraction: float = setting(0.8, "too_small: min side < fraction x resolution", ge=0)
+    batch_size: int = setting(64, "images per mapped Prefect task (never one task per image)", ge=1, le=MAX_COUNT)
+    workers: int = setting(0, "processes for CPU work inside a batch; 0 = all cores", ge=0, le=4096)
+    min_side_fraction: float = setting(0.8, "too_small: min side < fraction x resolution", ge=0, le=1)
     blur_size: int = setting(256, "blurry: Laplacian variance measured on this fixed-size downscale (short side)",
-                             ge=1)
-    blur_min_var: float = setting(60.0, "blurry below this variance", ge=0)
+                             ge=1, le=MAX_RESOLUTION)
+    blur_min_var: float = setting(60.0, "blurry below this variance", ge=0, le=1e9)
     gray_max_chroma: float = setting(12.0, "grayscale: 99th percentile of per-pixel max channel difference below "
-                                           "this", ge=0)
+                                           "this", ge=0, le=255)
     face_mode: Literal["reject", "crop"] = setting("reject", "reject, or crop (to the largest face, for face "
                                                              "datasets)")
     face_min_fraction: float = setting(0.08, "faces smaller than this fraction of the short side are ignored",
                                        ge=0, le=1)
     face_min_neighbors: int = setting(8, "Haar cascade minNeighbors (6 found faces in 7 of 24 cloud textures, 8 in 3)",
-                                      ge=0)
+                                      ge=0, le=1000)
     text_min_confidence: float = setting(0.6, "recognition confidence under which a detected text box is dropped",
                                          ge=0, le=1)
-    text_min_chars: int = setting(2, "boxes reading fewer letters/digits are shapes, not text", ge=0)
+    text_min_chars: int = setting(2, "boxes reading fewer letters/digits are shapes, not text", ge=0, le=1000)
     text_max_area: float = setting(0.02, "text: reject when text boxes cover more than this fraction of the image",
                                    ge=0, le=1)
-    text_max_boxes: int = setting(3, "text: or when there are more confident boxes than this", ge=0)
+    text_max_boxes: int = setting(3, "text: or when there are more confident boxes than this", ge=0, le=MAX_COUNT)
     dup_max_distance: int = setting(6, "near-duplicate: perceptual-hash Hamming distance at or below this",
                                     ge=0, le=64)
     matte: Literal["auto", "rembg", "grabcut", "none"] = setting("auto", "background removal: auto (rembg if its "
@@ -176,16 +188,17 @@ class CurateSettings(Section):
     matte_mask: Literal["full", "reduced"] = setting("full", "GrabCut's mask: full (320 px long side, feathered) or "
                                                              "reduced (160 px, edges refined at the render size "
                                                              "with a guided filter; about 6x faster)")
-    shard_size: int = setting(1000, "accepted images per tar shard", ge=1)
-    max_aspect: float = setting(4.0, "aspect: long side / short side above this is rejected before any resize", ge=1)
+    shard_size: int = setting(1000, "accepted images per tar shard", ge=1, le=MAX_COUNT)
+    max_aspect: float = setting(4.0, "aspect: long side / short side above this is rejected before any resize", ge=1,
+                                le=MAX_RESOLUTION)
     max_member_bytes: int = setting(268435456, "bomb: a file or archive member above this many bytes is never "
-                                               "written to the raw store", ge=1)
+                                               "written to the raw store", ge=1, le=1 << 40)
     max_compression_ratio: float = setting(200.0, "bomb: an archive member inflating more than this per "
-                                                  "compressed byte (past 1 MiB)", ge=1)
+                                                  "compressed byte (past 1 MiB)", ge=1, le=1e6)
     dask_address: DaskAddress = setting("", "Dask scheduler (tcp://host:8786) to run the batch tasks on; "
                                             "empty = this machine")
     dask_batch_size: int = setting(256, "images per batch task on a Dask cluster, where each task also pays "
-                                         "Prefect's run set-up on the worker (about 0.3 CPU s)", ge=1)
+                                         "Prefect's run set-up on the worker (about 0.3 CPU s)", ge=1, le=MAX_COUNT)
 
     @property
     def min_side(self) -> int:
@@ -205,20 +218,21 @@ class TrainSettings(Section):
     resolution: Annotated[int, _power_of_two(4, 1024)] = setting(
         256, "training resolution (a power of two from 4 to 1024, at most the dataset's)", ge=4, le=1024)
     kimg: float = setting(0.0, "total kimg; 0 = the stage plan's (stylegan2/3: cycles x cycle_kimg; pggan: full "
-                               "growth)", ge=0)
+                               "growth)", ge=0, le=MAX_KIMG)
     seed: int = setting(0, "seed for weights, data order and noise", ge=0, le=MAX_SEED)
-    cycle_kimg: float = setting(5000.0, "StyleGAN2/3: kimg per stage task (a cycle)", gt=0)
+    cycle_kimg: float = setting(5000.0, "StyleGAN2/3: kimg per stage task (a cycle)", ge=MIN_KIMG, le=MAX_KIMG)
     cycles: int = setting(5, "StyleGAN2/3: cycles when the run names no total kimg (total = cycles x cycle_kimg)",
-                          ge=1)
+                          ge=1, le=MAX_STAGES)
     fade_kimg: float = setting(800.0, "PGGAN: kimg over which each new resolution fades in (the paper's 800; 0 = "
-                                      "no fade-in)", ge=0)
+                                      "no fade-in)", ge=0, le=MAX_KIMG)
     stabilize_kimg: float = setting(800.0, "PGGAN: kimg per resolution once faded in; one stage task per "
-                                           "resolution", gt=0)
-    snapshot_kimg: float = setting(50.0, "checkpoint + sample grid every this many kimg", gt=0)
+                                           "resolution", ge=MIN_KIMG, le=MAX_KIMG)
+    snapshot_kimg: float = setting(50.0, "checkpoint + sample grid every this many kimg (at least one image)",
+                                   ge=MIN_KIMG, le=MAX_KIMG)
     retries: int = setting(3, "retries of a failed stage task; each attempt resumes from the newest checkpoint",
-                           ge=0)
+                           ge=0, le=100)
     retry_delay_seconds: float = setting(30.0, "wait before a retry (a transient disk or CUDA error may clear)",
-                                         ge=0)
+                                         ge=0, le=86400)
     batch: int = setting(0, "images per step over all GPUs; 0 = the preset's (from the resolution)", ge=0, le=65536)
     channel_base: int = setting(0, "feature-map budget; 0 = the preset's (smaller = faster, for CPU runs)",
                                 ge=0, le=1 << 20)
@@ -243,6 +257,16 @@ class TrainSettings(Section):
                                    "must agree); name it again to continue the run")
     freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
                                "reference's --freezed (needs resume_from)", ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _stages_are_few(self) -> "TrainSettings":
+        # Each StyleGAN cycle is a stage task (and a Prefect task run): kimg against cycle_kimg bounds their number.
+        total = self.kimg or self.cycles * self.cycle_kimg
+        if total / self.cycle_kimg > MAX_STAGES:
+            raise ValueError(f"train.kimg {total:g} in cycles of train.cycle_kimg {self.cycle_kimg:g} is "
+                             f"{math.ceil(total / self.cycle_kimg):,} stage tasks, more than {MAX_STAGES:,}: "
+                             "raise cycle_kimg or lower kimg")
+        return self
 
     @model_validator(mode="after")
     def _freeze_needs_a_network(self) -> "TrainSettings":
@@ -289,11 +313,13 @@ class ManagerSettings(Section):
     queue: str = setting("runs/queue.sqlite", "training request queue (SQLite); $GANFLOW_QUEUE or --queue override "
                                               "it", min_length=1)
     interval_seconds: float = setting(120.0, "`ganflow manager` without --once: one pass every this many seconds",
-                                      gt=0)
+                                      ge=1, le=86400)
     stale_after_seconds: float = setting(600.0, "a Running run with no heartbeat, progress or state change for this "
-                                                "long lost its machine", gt=0)
-    max_attempts: int = setting(3, "attempts per request (first run + restarts); then it is marked failed", ge=1)
-    max_running: int = setting(1, "requests training at once; 0 = no limit (the work pool's limit decides)", ge=0)
+                                                "long lost its machine", ge=1, le=30 * 86400)
+    max_attempts: int = setting(3, "attempts per request (first run + restarts); then it is marked failed", ge=1,
+                                le=1000)
+    max_running: int = setting(1, "requests training at once; 0 = no limit (the work pool's limit decides)", ge=0,
+                               le=MAX_COUNT)
     deployment: str = setting("", "empty = start training processes on this machine; train/NAME = run that "
                                   "deployment (GPU work pools)")
 
@@ -307,8 +333,8 @@ class EvaluateSettings(Section):
     inception_sha256: str = setting("", "expected sha256 of that file; empty = only the weights_only check")
     n_fake: int = setting(10000, "generated images per snapshot (the papers use 50000; below 2048 FID is biased)",
                           ge=2, le=1_000_000)
-    n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0)
-    batch: int = setting(64, "images per extractor batch", ge=1)
+    n_real: int = setting(0, "real images for the statistics; 0 = all of the dataset", ge=0, le=100_000_000)
+    batch: int = setting(64, "images per extractor batch", ge=1, le=65536)
     kid: bool = setting(True, "also KID (mean, std over random subsets)")
     # KID's unbiased MMD needs 2 images a subset (1 fails after the extraction). The upper bounds catch a typo:
     # a subset is capped at the image count, which n_fake caps at 10^6, and 10^5 subsets are hours of kernels.
@@ -316,8 +342,8 @@ class EvaluateSettings(Section):
     kid_subset_size: int = setting(1000, "images per KID subset, capped at the image count", ge=2, le=1_000_000)
     cache_dir: str = setting("data/cache/fid", "real-data statistics, keyed by the dataset's content hash and the "
                                                "weights' sha256")
-    diverge_fid_rises: int = setting(3, "divergence: FID rose this many snapshots in a row (0 = off)", ge=0)
-    diverge_d_loss: float = setting(0.05, "divergence: D loss below this while G loss climbs", ge=0)
+    diverge_fid_rises: int = setting(3, "divergence: FID rose this many snapshots in a row (0 = off)", ge=0, le=1000)
+    diverge_d_loss: float = setting(0.05, "divergence: D loss below this while G loss climbs", ge=0, le=1e6)
     metrics: Metrics = setting(("fid",), "Fréchet distances to compute, each in its extractor's features (and "
                                          "precision/recall in DINOv2's when computed, else Inception's); best = "
                                          "lowest fid, else fd_dinov2")
@@ -344,23 +370,87 @@ OPTIONAL_SECTIONS = {"evaluate"}
 # ------------------------------------------------------------------------------------------- loading
 
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """params.yaml as a dict of sections, or a one-line ParamsError."""
+    """params.yaml as a dict of sections, or a one-line ParamsError. A file above MAX_PARAMS_BYTES is refused
+    before it is read, and its YAML (bounded_yaml) before any object is built."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path} (run from the project root or pass --params)")
     try:
-        with path.open(encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:  # one line: where the YAML broke, not a parser traceback
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
+        with path.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+        if len(raw) > MAX_PARAMS_BYTES:
+            raise ParamsError(f"params file {path} is larger than {MAX_PARAMS_BYTES // 1024} KiB: not a settings file")
+        data = bounded_yaml(raw.decode("utf-8"), f"params file {path}") or {}
     except (OSError, UnicodeDecodeError) as e:
         raise ParamsError(f"params file {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of sections")
     return data
+
+
+def bounded_yaml(text: str, what: str) -> Any:
+    """yaml.safe_load(text) once the parser's events show the document is small: its aliases expand to at most
+    MAX_YAML_NODES nodes, it nests at most MAX_YAML_DEPTH deep, and no value is longer than MAX_YAML_SCALAR
+    characters (a 5001-digit integer). Each refusal is a ParamsError naming the setting (section.key) and the rule;
+    invalid YAML names the line and column."""
+    try:
+        _check_yaml_events(text, what)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # one line: where the YAML broke, not a parser traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ParamsError(f"{what} is not valid YAML{where}: {problem}") from None
+
+
+def _check_yaml_events(text: str, what: str) -> None:
+    # Per open collection: [anchor, nodes so far, is a mapping, next scalar is a key, current key]
+    stack: list[list[Any]] = []
+    sizes: dict[str, int] = {}
+    total = 0
+
+    def key_path() -> str:
+        keys = [str(f[4]) for f in stack if f[2] and f[4] is not None]
+        return ".".join(keys) or "the document"
+
+    def add(nodes: int, anchor: str | None) -> None:
+        nonlocal total
+        if anchor:
+            sizes[anchor] = nodes
+        if stack:
+            stack[-1][1] += nodes
+        else:
+            total += nodes
+        if total + sum(f[1] for f in stack) > MAX_YAML_NODES:
+            raise ParamsError(f"{what}: {key_path()} expands to more than {MAX_YAML_NODES:,} values (YAML aliases "
+                              "repeating others: not a settings file)")
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        parent = stack[-1] if stack else None
+        as_key = parent is not None and parent[2] and parent[3]
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise ParamsError(f"{what}: {key_path()} nests more than {MAX_YAML_DEPTH} levels deep")
+            if parent is not None and parent[2]:
+                parent[3] = not parent[3]
+            stack.append([event.anchor, 0, isinstance(event, yaml.MappingStartEvent), True, None])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, nodes = stack.pop()[:2]
+            add(nodes + 1, anchor)
+        elif isinstance(event, yaml.ScalarEvent):
+            if len(event.value) > MAX_YAML_SCALAR:
+                where = key_path() + (f" (a key of {len(event.value):,} characters)" if as_key else "")
+                raise ParamsError(f"{what}: {where} holds a value of {len(event.value):,} characters (at most "
+                                  f"{MAX_YAML_SCALAR:,})")
+            if parent is not None and parent[2]:
+                if parent[3]:
+                    parent[4] = event.value
+                parent[3] = not parent[3]
+            add(1, event.anchor)
+        elif isinstance(event, yaml.AliasEvent):
+            if parent is not None and parent[2]:
+                parent[3] = not parent[3]
+            add(sizes.get(event.anchor or "", 1), None)
 
 
 def load(model: type[S], path: str | Path = DEFAULT_PARAMS, *, missing_ok: bool = False, **overrides: Any) -> S:
@@ -396,8 +486,14 @@ def _problem(model: type[Section], err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return f"{key} is not a setting (known: {', '.join(model.model_fields)})"
     if err["type"] == "value_error":  # a named rule's or a list check's own words: "is not ..."
-        return f"{key} {err['input']!r} {str(err['msg']).removeprefix('Value error, ')}"
-    return f"{key} {err['input']!r} is not {rule(model.model_fields[loc[0]])}"
+        return f"{key} {_shown_input(err['input'])} {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{key} {_shown_input(err['input'])} is not {rule(model.model_fields[loc[0]])}"
+
+
+def _shown_input(value: Any) -> str:
+    """The value as the user wrote it, cut short when long (a 10,000-character hashtag is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 def rule(field: FieldInfo) -> str:

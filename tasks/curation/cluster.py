@@ -138,15 +138,61 @@ def _addressed_runner(address: str):
 CLIENT_LOG_LENGTH = 16
 
 
+# A scheduler must answer within this: a port that accepts and never speaks (or a firewall that swallows packets)
+# is a one-line error after seconds, not a silent wait of minutes that SIGTERM cannot cut short.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Connect to `address` and ask the scheduler who it is, all within `timeout` seconds; ClusterError (one line)
+    when it does not answer so, or a tls:// address has no certificates in Dask's configuration."""
+    import asyncio
+    import concurrent.futures
+
+    import dask
+
+    timeout = timeout or CONNECT_TIMEOUT_S
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    if scheme == "tls" and not dask.config.get("distributed.comm.tls.ca-file", None):
+        raise ClusterError(f"the Dask scheduler address {address} is tls:// but Dask's configuration names no "
+                           "certificates: set distributed.comm.tls.ca-file, .client.cert and .client.key (e.g. "
+                           "DASK_DISTRIBUTED__COMM__TLS__CA_FILE), or use tcp://")
+
+    async def identity() -> None:
+        from distributed.comm import connect
+        from distributed.security import Security
+
+        comm = await connect(address, timeout=timeout, **Security().get_connection_args("client"))
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # its own event loop, whatever runs in this thread
+    try:
+        pool.submit(asyncio.run, identity()).result(timeout=2 * timeout + 5)
+    except (OSError, TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError) as e:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                           f"({' '.join(str(e).split()) or type(e).__name__})") from None
+    except Exception as e:  # a bad address, a TLS setup distributed refuses: its own one line
+        raise ClusterError(f"cannot talk to the Dask scheduler at {address}: {type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 @contextmanager
 def dask_batches(address: str, folders: dict[str, str]) -> Iterator[Batches]:
     """Connect to the scheduler at `address`, check every worker sees `folders`, yield Batches on it."""
     import dask
 
+    probe_scheduler(address)
     runner = _addressed_runner(address)
     with _flow_api_for_workers(), runner:
         try:
-            with dask.config.set({"distributed.admin.low-level-log-length": CLIENT_LOG_LENGTH}):
+            with dask.config.set({"distributed.admin.low-level-log-length": CLIENT_LOG_LENGTH,
+                                  "distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
                 client = runner.client  # connects here: its comm's log length is read now
         except (OSError, TimeoutError) as e:
             raise ClusterError(f"cannot reach the Dask scheduler at {address}: {e}") from None

@@ -191,13 +191,16 @@ def folder_batches(folder: str | Path, batch: int = 64, limit: int | None = None
 
 
 def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
-    """A curated dataset's images (dataset.json + tar shards), shard by shard, at their stored size."""
+    """A curated dataset's images (dataset.json + tar shards), shard by shard, at their stored size; each shard
+    checked against dataset.json's sha256 first (the statistics are cached under its content hash)."""
+    from models.data import open_verified_shard, shard_entries
+
     data_dir = Path(data_dir)
     meta = json.loads((data_dir / "dataset.json").read_text())
     buf: list[np.ndarray] = []
     seen = 0
-    for shard in meta["shards"]:
-        with tarfile.open(data_dir / shard["file"]) as tf:
+    for path, sha256, _count in shard_entries(data_dir, meta):
+        with open_verified_shard(path, sha256) as f, tarfile.open(fileobj=f) as tf:
             for member in tf.getmembers():
                 if not member.isfile() or not member.name.lower().endswith(".png"):
                     continue

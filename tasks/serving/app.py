@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import stat
 import threading
@@ -153,6 +154,47 @@ def host_of(header: str) -> str:
     if header.startswith("["):
         return header[1:header.find("]")] if "]" in header else header
     return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
+
+
+_AUTHORITY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?)(?::(\d{1,5}))?")
+_ORIGIN = re.compile(r"(https?)://(.+)")
+_DEFAULT_PORTS = (None, 80, 443)  # what a reverse proxy's Host and Origin name: its scheme's port
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """'Example.com:8000' → ('example.com', 8000), '[::1]' → ('::1', None); None unless the value is exactly a host
+    and an optional port: a user@, a path, a space or anything after the port makes it no authority at all."""
+    m = _AUTHORITY.fullmatch(value.strip().lower())
+    if m is None:
+        return None
+    host = m.group(1).strip("[]").rstrip(".")
+    return host, int(m.group(2)) if m.group(2) else None
+
+
+def served_authority(host: str, port: int | None, allowed: frozenset[str], served_port: int | None,
+                     proxied: frozenset[str]) -> bool:
+    """Whether HOST:PORT is this server: an allowed name on the served port (when the app knows it), or a name
+    added with --allow-host (what a reverse proxy passes) on its scheme's default port."""
+    if host not in allowed:
+        return False
+    return served_port is None or port == served_port or (host in proxied and port in _DEFAULT_PORTS)
+
+
+def origin_refusal(origin: str, allowed: frozenset[str], port: int | None, proxied: frozenset[str] = frozenset()) \
+        -> str | None:
+    """Why an Origin header is not this server's (None when it is): exactly http://HOST[:PORT] of a served authority
+    (https only through a --allow-host name, a proxy's); `null` (a sandboxed frame, a file:// page) is nobody's."""
+    m = _ORIGIN.fullmatch(origin.strip().lower())
+    parsed = parse_authority(m.group(2)) if m else None
+    if m is None or parsed is None:
+        return "an Origin that is not http://host[:port]" if origin.strip().lower() != "null" else "Origin null"
+    host, given = parsed
+    default = 443 if m.group(1) == "https" else 80
+    if m.group(1) == "https" and host not in proxied:
+        return "an https origin: ganflow serve speaks http"
+    if not served_authority(host, given or default, allowed, port, proxied):
+        return "another site's origin"
+    return None
 
 
 def allowed_hosts(bind: str, extra: list[str] | tuple[str, ...] = ()) -> frozenset[str]:
@@ -503,18 +545,28 @@ ERROR_HANDLERS = {InputError: input_error, Busy: busy, RequestValidationError: v
 
 
 async def check_host(request: Request, call_next):
-    """Middleware: a Host outside app.state.allowed_hosts is answered 400 (a DNS-rebinding page), an Origin outside
-    them 403 (another site's script); None allows any."""
-    allowed = request.app.state.allowed_hosts
+    """Middleware: a Host that is not exactly an allowed name (and the served port, when the app knows it) is answered
+    400 (a DNS-rebinding page); an Origin that is not exactly this server's 403 (another site's script, `null`).
+    allowed_hosts None allows any. HEAD is answered as GET, without the body."""
+    allowed, port, proxied = request.app.state.allowed_hosts, request.app.state.port, request.app.state.proxied
     if allowed is not None:
-        host = host_of(request.headers.get("host", ""))
-        if host not in allowed:
-            return JSONResponse({"detail": f"Host {host[:100]!r} is not served here: this server answers to "
-                                           f"{sorted(allowed)} (ganflow serve --allow-host NAME adds one)"},
-                                status_code=400)
+        raw = request.headers.get("host", "")
+        parsed = parse_authority(raw)
+        if parsed is None or not served_authority(parsed[0], parsed[1], allowed, port, proxied):
+            shown = (parsed[0] if parsed else raw)[:100]
+            return JSONResponse({"detail": f"Host {shown!r} is not served here: this server answers to "
+                                           f"{sorted(allowed)}{f' on port {port}' if port else ''} "
+                                           "(ganflow serve --allow-host NAME adds one)"}, status_code=400)
         origin = request.headers.get("origin")
-        if origin and origin != "null" and host_of(origin.split("://", 1)[-1]) not in allowed:
-            return JSONResponse({"detail": "cross-origin requests are not served"}, status_code=403)
+        why = origin_refusal(origin, allowed, port, proxied) if origin is not None else None
+        if why:
+            return JSONResponse({"detail": f"cross-origin requests are not served ({why})"}, status_code=403)
+    if request.method == "HEAD":  # FastAPI's GET routes do not answer HEAD: the GET's status and headers
+        request.scope["method"] = "GET"
+        response = await call_next(request)
+        async for _ in response.body_iterator:
+            pass
+        return Response(status_code=response.status_code, headers=dict(response.headers))
     return await call_next(request)
 
 
@@ -643,17 +695,21 @@ def generation_routes(limits: Limits) -> APIRouter:
     return router
 
 
-def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = None) -> FastAPI:
+def create_app(explorer: Explorer, hosts: frozenset[str] | set[str] | None = None, port: int | None = None,
+               proxied: frozenset[str] | set[str] = frozenset()) -> FastAPI:
     """The FastAPI app: GET / (the page) and GET /api/... (JSON, PNG, GIF), documented at /docs.
 
     `hosts`: the names a request's Host (and Origin, when sent) may carry, from allowed_hosts(); anything else is
     answered 400 (a DNS-rebinding page) or 403 (another site's script). None checks nothing: for an app mounted
-    behind a server that checks Host itself. `ganflow serve` always passes them."""
+    behind a server that checks Host itself. `port`: the port they must name; `proxied`: names (--allow-host, a
+    reverse proxy's) also answered on their scheme's default port and over https. `ganflow serve` passes them all."""
     app = FastAPI(title="ganflow serve", version="1",
                   description="Images, neighbour grids and morphs from a trained ganflow snapshot, and its run's "
                               "FID table. Every image endpoint takes `snapshot` (a name from /api/snapshots).")
     app.state.explorer = explorer  # for the routes (served), and whoever embeds the app: snapshots, limits, gate
     app.state.allowed_hosts = None if hosts is None or "*" in hosts else frozenset(hosts)
+    app.state.port = port  # the port Host and Origin must name (None: any, for an app mounted elsewhere)
+    app.state.proxied = frozenset(host_of(h) for h in proxied)
     for error, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(error, handler)  # type: ignore[arg-type]  # each takes its own exception type
     app.middleware("http")(check_host)

@@ -6,7 +6,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.generate import grid, images_from_seeds, interpolation_frames, load_generator, save_gif
+from models.atomic_file import is_png, publish
+from models.generate import GIF_COMMENT, grid, images_from_seeds, interpolation_frames, load_generator, save_gif
+
+def is_ganflow_gif(path: Path) -> bool:
+    """A GIF `ganflow morph` wrote (its comment says so): the only file at --out that a rerun replaces."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "GIF" and im.info.get("comment") == GIF_COMMENT
+    except (OSError, ValueError):
+        return False
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    return publish(path, lambda tmp: image.save(tmp, "PNG"), owned=is_png, what="a PNG")
 
 
 def parse_seeds(text: str, max_count: int | None = None, max_seed: int = 2 ** 32 - 1) -> list[int]:
@@ -51,11 +64,8 @@ def write_seed_images(snapshot: str | Path, seeds: list[int], out: str | Path, t
     images = images_from_seeds(G, arch, seeds, truncation_psi=truncation_psi, resolution=resolution, batch=batch)
     paths = []
     for seed, img in zip(seeds, images):
-        path = out / seed_image_name(seed)
-        Image.fromarray(img).save(path)
-        paths.append(path)
-    grid_path = out / "grid.png"
-    grid(images).save(grid_path)
+        paths.append(_save_png(Image.fromarray(img), out / seed_image_name(seed)))
+    grid_path = _save_png(grid(images), out / "grid.png")
     return {"images": [str(p) for p in paths], "grid": str(grid_path), "arch": arch["name"],
             "resolution": int(images.shape[1])}
 
@@ -88,9 +98,8 @@ def write_morph(snapshot: str | Path, seeds: list[int], frames: int, out: str | 
         raise ValueError(f"--out must end in .gif or .mp4, not {out.name!r}")
     G, arch = load_generator(snapshot)
     video = interpolation_frames(G, arch, seeds, frames, truncation_psi=truncation_psi, resolution=resolution)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".gif":
-        save_gif(video, out, fps)
-    else:
-        _write_mp4(video, out, fps)
+        publish(out, lambda tmp: save_gif(video, tmp, fps), owned=is_ganflow_gif, what="a morph")
+    else:  # an MP4 carries no mark of ours: only a new file is written
+        publish(out, lambda tmp: _write_mp4(video, tmp, fps), owned=lambda _p: False, what="a morph")
     return {"out": str(out), "frames": len(video), "seeds": seeds, "arch": arch["name"]}

@@ -100,11 +100,28 @@ def dataset_hash(data_dir: str | Path) -> str:
     return json.loads(meta.read_text()).get("content_hash", "")
 
 
+def check_run_dir_outside_data(data_dir: str | Path, run_dir: str | Path) -> None:
+    """A run folder never lies in a dataset (the data itself, its shards/, or any curated dataset): checkpoints
+    written there would be files the dataset's reader and DVC do not expect."""
+    from tasks.common.outdir import dataset_around
+
+    run, data = Path(run_dir).absolute(), Path(data_dir).absolute()
+    if run == data or run.is_relative_to(data):
+        where = "is the dataset --data names" if run == data else f"is inside the dataset {data_dir}"
+        raise ValueError(f"--run-dir {str(run_dir)!r} {where}: checkpoints never go into a dataset; name a run "
+                         "folder outside it")
+    found = dataset_around(run)
+    if found is not None:
+        raise ValueError(f"--run-dir {str(run_dir)!r} is inside the curated dataset {found}: checkpoints never go "
+                         "into a dataset; name a run folder outside it")
+
+
 def claim_run_dir(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path,
                   restart_on_change: bool = False) -> str | None:
     """Before a run plans its stages from run_dir's checkpoints: those of another run (other settings or data)
     are an error, or with restart_on_change are moved aside (returns where to); None when the run dir is
-    empty or this run's own."""
+    empty or this run's own. A run folder in a dataset is refused first (check_run_dir_outside_data)."""
+    check_run_dir_outside_data(data_dir, run_dir)
     found = latest_checkpoint(run_dir)
     if found is None:
         return None
@@ -141,6 +158,7 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     resume_from: a network file (tasks.training.transfer) a new run starts from: G, D and G_ema, with the file's
     architecture; counters and optimizers start afresh. cfg may already be prepared by
     tasks.training.transfer.transfer_config (which refuses contradicting options); otherwise it is prepared here."""
+    check_run_dir_outside_data(data_dir, run_dir)
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
     device = init_from_env(device)
     # One writer per run folder (tasks/training/lease.py): the first process holds the lease for the group.

@@ -221,3 +221,63 @@ def test_waiting_requests_are_bounded_and_served_in_turn(run):
         ex.gate.__exit__(None, None, None)
     waiter.join()
     assert results["a"].status_code == 200
+
+
+# ------------------------------------------------------------------ issue 28, point 5: the exact origin, HEAD
+def served_on(run: Path, port: int = 8000) -> TestClient:
+    """The app as `ganflow serve --host 127.0.0.1 --port 8000` makes it (Host and Origin must name that port)."""
+    return TestClient(create_app(Explorer(run_dir=run), allowed_hosts("127.0.0.1"), port=port), base_url=LOCAL,
+                      raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("header, value", [
+    ("origin", "null"),                              # a sandboxed frame or a file:// page
+    ("origin", "http://127.0.0.1:9999"),             # another port on this machine: another site
+    ("origin", "http://127.0.0.1"),                  # port 80, not the served 8000
+    ("origin", "https://127.0.0.1:8000"),            # https: the page is served over http
+    ("origin", "http://evil.com@127.0.0.1:8000"),
+    ("origin", "http://127.0.0.1:8000@evil.com"),
+    ("origin", "http://127.0.0.1:8000.evil.com"),
+    ("origin", "http://127.0.0.1.evil.com:8000"),
+    ("origin", "http://127.0.0.1:8000/path"),
+    ("origin", "ftp://127.0.0.1:8000"),
+    ("host", "127.0.0.1:9999"),
+    ("host", "127.0.0.1"),
+    ("host", "evil.com@127.0.0.1:8000"),
+    ("host", "127.0.0.1:8000@evil.com"),
+    ("host", "127.0.0.1:8000.evil.com"),
+    ("host", "127.0.0.1.evil.com:8000"),
+    ("host", "localhost:8000 extra"),
+])
+def test_only_the_exact_origin_it_serves_is_answered(run, header, value):
+    r = served_on(run).get("/api/info", headers={header: value})
+    assert r.status_code == (403 if header == "origin" else 400), (value, r.status_code)
+
+
+@pytest.mark.parametrize("header, value", [("origin", "http://127.0.0.1:8000"), ("origin", "http://localhost:8000"),
+                                           ("origin", "http://[::1]:8000"), ("host", "LOCALHOST:8000"),
+                                           ("host", "[::1]:8000"), ("host", "localhost.:8000")])
+def test_the_served_origin_in_any_of_its_names_is_answered(run, header, value):
+    assert served_on(run).get("/api/info", headers={header: value}).status_code == 200
+
+
+def test_head_answers_like_get_without_a_body(run):
+    c = served_on(run)
+    for path, params in [("/", {}), ("/api/info", {}), ("/api/image.png", {"seed": 3})]:
+        got, head = c.get(path, params=params), c.head(path, params=params)
+        assert head.status_code == got.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers.get("content-length") == got.headers.get("content-length")
+    assert c.head("/api/info", headers={"origin": "null"}).status_code == 403
+
+
+def test_a_proxied_name_is_answered_on_its_default_port_and_only_it(run):
+    c = TestClient(create_app(Explorer(run_dir=run), allowed_hosts("127.0.0.1", ["gan.example"]), port=8000,
+                              proxied={"gan.example"}), base_url=LOCAL)
+    for host, origin in (("gan.example", "https://gan.example"), ("gan.example:443", "http://gan.example"),
+                         ("gan.example:8000", "http://gan.example:8000")):
+        assert c.get("/api/info", headers={"host": host, "origin": origin}).status_code == 200, (host, origin)
+    assert c.get("/api/info", headers={"host": "gan.example:9999"}).status_code == 400
+    assert c.get("/api/info", headers={"origin": "https://gan.example:9999"}).status_code == 403
+    assert c.get("/api/info", headers={"host": "127.0.0.1"}).status_code == 400  # a bound name: the served port only
+    assert c.get("/api/info", headers={"origin": "https://127.0.0.1:8000"}).status_code == 403

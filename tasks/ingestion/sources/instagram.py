@@ -29,6 +29,7 @@ from instaloader import (BadResponseException, ConnectionException, FrozenNodeIt
                          QueryReturnedNotFoundException, TooManyRequestsException)
 from instaloader.instaloader import get_default_session_filename
 
+from tasks.common.settings import HASHTAG_NAME
 from tasks.ingestion.sources.raw import RawItem, read_provenance, store_stream, write_provenance
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ USER_ENV = "GANFLOW_IG_USER"
 RESUME = "resume"
 THROTTLE_RETRIES = 3  # our own waits once instaloader's retries give up; then the caller's retry takes over
 
-_TAG = re.compile(r"[A-Za-z0-9_]{1,100}")  # ASCII, like the raw dir name tasks.ingestion.ingest.raw_name derives
+# ASCII, like the raw dir name tasks.ingestion.ingest.raw_name derives; the rule is the ingest settings' own
+_TAG = HASHTAG_NAME
 _SHORTCODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOWTO = (f"Instagram serves hashtags only to a logged-in session. Create one with `instaloader --login USER` "
           f"(it asks for the password once and writes a session file, by default "
@@ -105,7 +107,7 @@ class BackoffRateController(instaloader.RateController):
 def validate_tag(tag: str) -> str:
     """The hashtag without its leading '#', lowercased; ValueError unless letters, digits and '_' only."""
     name = tag[1:] if tag.startswith("#") else tag
-    if not _TAG.fullmatch(name):
+    if not _TAG.fullmatch(tag):
         raise ValueError(f"not a hashtag: {tag[:60]!r} (1-100 ASCII letters, digits or '_', optional leading '#')")
     return name.lower()
 

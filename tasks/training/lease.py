@@ -173,8 +173,9 @@ class _Files:
 class Lease:
     """A held lease; its heartbeat thread renews it until release(). `lost` is set when it was taken over."""
 
-    def __init__(self, files: _Files, gen: int, rec: LeaseRecord, beat_s: float) -> None:
+    def __init__(self, files: _Files, gen: int, rec: LeaseRecord, beat_s: float, made_run_dir: bool = False) -> None:
         self.files, self.gen, self.record = files, gen, rec
+        self.made_run_dir = made_run_dir  # the run folder did not exist before this lease
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(beat_s,), name="ganflow-run-lease", daemon=True)
@@ -209,6 +210,21 @@ class Lease:
         if not self.lost.is_set() and self.files.generations()[-1:] == [self.gen]:
             self.record.released, self.record.heartbeat = True, time.time()
             self.files.overwrite(self.gen, self.record)
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """A run refused before it wrote anything (bad settings, data too small) leaves no folder behind: the
+        folder this lease made goes again when the lease is all it holds."""
+        run_dir = self.files.folder.parent
+        if not self.made_run_dir or [p.name for p in run_dir.iterdir()] != [self.files.folder.name]:
+            return
+        for p in self.files.folder.iterdir():
+            p.unlink(missing_ok=True)
+        for folder in (self.files.folder, run_dir):
+            try:
+                folder.rmdir()
+            except OSError:  # somebody wrote there meanwhile: leave it
+                return
 
 
 # Leases this process holds, by run folder: a flow holds its run folder's lease for its whole run, and each of its
@@ -228,6 +244,7 @@ def holder(run_dir: str | Path) -> LeaseRecord | None:
 def acquire(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Lease:
     """Take run_dir's lease, or raise RunDirBusy naming its live holder (see the module docstring)."""
     files = _Files(run_dir)
+    made_run_dir = not Path(run_dir).exists()
     flow_run_id, flow_run_name = _flow_run()
     waited_until = time.time() + ttl_s
     while True:
@@ -248,7 +265,7 @@ def acquire(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Lea
                            command=command)
         if files.create(gen + 1, mine):
             files.prune(gen)  # keep the previous holder's record beside ours, for whoever looks
-            return Lease(files, gen + 1, mine, ttl_s / BEATS_PER_TTL)
+            return Lease(files, gen + 1, mine, ttl_s / BEATS_PER_TTL, made_run_dir)
         # Another writer created that generation first: read it, and most likely be refused.
 
 

@@ -269,7 +269,8 @@ class StyleGAN3Arch:
         self.pl_weight = _pick(cfg.pl_weight, 0.0, -1.0)
         self.style_mixing = _pick(cfg.style_mixing, 0.0, -1.0)
         r = cfg.arch == "stylegan3-r"
-        self.blur_init_sigma = 10.0 if r else 0.0
+        # A run from a pretrained network does not blur, as the reference's --resume (blur_init_sigma 0).
+        self.blur_init_sigma = 10.0 if r and not cfg.transfer_from else 0.0
         self.blur_fade_kimg = self.batch * 200 / 32 if r else 0.0
 
     def generate(self, G, z, nimg, update_stats=True, return_ws=False):

@@ -268,9 +268,14 @@ class Trainer:
         return {name: self._share(part).to(self.device) for name, part in zip(phases, z.split(self.arch.batch))}
 
     def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module, loss: torch.Tensor) -> None:
+        """One phase's step. NaN and infinite gradients become 0 and +-1e5 first, as the reference's loop does,
+        so one bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
         dd.average_gradients(net.parameters())
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
         opt.step()
 
     def _d_step(self, reals: torch.Tensor, zs: dict[str, torch.Tensor] | None = None) -> dict:

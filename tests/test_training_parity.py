@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.arch import StyleGAN3Arch, build_arch
 from models.augment import AdaController, AugmentPipe
 from models.trainer import TrainConfig, Trainer
 from models.transfer import arch_settings, load_networks
@@ -194,9 +195,35 @@ def test_a_transfer_run_takes_its_first_step_as_the_references_resume(tmp_path, 
                       seed=5, snapshot_kimg=1000.0, amp="off", net=net, ema_rampup=0.0)
     trainer = Trainer(cfg, rec["images"], tmp_path / "run")
     trainer.start_from(nets)
+    # ADA's statistics (p stays 0 for this one step: D's draws are unchanged) count Dreg's pass over the reals
+    # too, as the reference's collector of every 'Loss/signs/real' report.
+    trainer.ada = AdaController(target=0.6, interval=4, ada_kimg=100, batch=4)
     rec["settings"] = {**s, "batch": 4, "torch_seed": 1234, "run_seed": 5}
     trainer, recorder = _train(rec, tmp_path, trainer)
     _check(rec, recorder, trainer)
+    assert (trainer.ada.steps, float(trainer.ada._count)) == (2, 8.0)
+
+
+def test_a_run_from_a_pretrained_network_does_not_blur_as_the_references_resume():
+    """train.py --resume sets blur_init_sigma 0: StyleGAN3-R fine-tuning shows D unblurred images from the start."""
+    def sigma(**kw):
+        arch = build_arch(TrainConfig(arch="stylegan3-r", resolution=16, batch=4, **kw))
+        assert isinstance(arch, StyleGAN3Arch)
+        return arch.blur_sigma(0)
+
+    assert (sigma(), sigma(transfer_from="pretrained.pkl")) == (10.0, 0.0)
+
+
+def test_a_nan_gradient_is_zeroed_before_adam_as_the_reference(tmp_path, one_torch_thread):
+    """The reference's loop runs nan_to_num(nan=0, posinf=1e5, neginf=-1e5) on every phase's gradients: a NaN
+    batch must not turn Adam's moments, and every later step, into NaN."""
+    rec = _load("sg2-freezed")
+    arch, net = _net_config(rec["settings"])
+    trainer = Trainer(TrainConfig(arch=arch, resolution=16, batch=4, amp="off", net=net), rec["images"], tmp_path)
+    weight = trainer.D.b4.out.weight
+    trainer._optimizer_step(trainer.opt_D, trainer.D, weight.sum() * float("nan"))
+    assert torch.isfinite(weight).all() and all(torch.isfinite(v).all() for st in trainer.opt_D.state.values()
+                                                for v in st.values())
 
 
 def test_ada_p_follows_the_references_heuristic():

@@ -35,9 +35,10 @@ def g_wgan_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, **d_kwargs) -> torch.Tensor:
-    """WGAN-GP: (||grad D(mix)|| - 1)^2 on random interpolates of real and fake."""
+    """WGAN-GP: (||grad D(mix)|| - 1)^2 on random interpolates of real and fake (mix = lerp(real, fake, u), u
+    uniform per image: the paper's code's direction, so the same draw gives the same mix)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    mix = torch.lerp(real, fake, eps).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(mix, **d_kwargs).sum(), mix, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 

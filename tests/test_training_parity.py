@@ -241,3 +241,71 @@ def test_ada_p_follows_the_references_heuristic():
         ps.append(ada.p)
     assert ps == pytest.approx(rec["p"].tolist(), abs=1e-6)  # the reference keeps p in float32
     assert min(ps) == 0 and ps[-1] > 0
+
+
+@pytest.mark.parametrize("nimg, stage, alpha", [(12, 1, 0.5), (20, 1, 1.0)])
+def test_pggan_steps_follow_the_papers_formulas(nimg, stage, alpha, tmp_path, one_torch_thread):
+    """No PyTorch reference of the paper's code runs here (tkarras/progressive_growing_of_gans is TensorFlow 1), so
+    one fade-in step (alpha 0.5) and one stabilize step are checked against its formulas, written out from its
+    loss.py and networks.py: D's loss D(fake) - D(real) + 10 (||grad D(lerp(real, fake, u))|| - 1)^2 +
+    0.001 D(real)^2, G's -D(fake); reals lerped from their 2x pooled-and-upsampled version by alpha (process_reals),
+    G's image from the nearest-upsampled previous ToRGB, D's features from the previous FromRGB of the pooled
+    image. The trainer's gradients of D and G must equal these formulas' on the same draws."""
+    import torch.nn.functional as F
+
+    rec = _load("sg2-freezed")  # its real images
+    cfg = TrainConfig(arch="pggan", resolution=16, batch=4, loss="wgan", amp="off", fade_kimg=0.008,
+                      stabilize_kimg=0.008, net={"channel_base": 256, "channel_max": 16, "z_dim": 16})
+    trainer = Trainer(cfg, rec["images"], tmp_path)
+    trainer.nimg = nimg
+    assert trainer.arch.progress(nimg)["stage"] == stage and trainer.arch.progress(nimg)["alpha"] == alpha
+    grads: dict[str, dict] = {}
+
+    def keep_grads(name: str, net: torch.nn.Module):  # in place of the optimizer's step: the gradients, kept
+        return lambda *args, **kwargs: grads.setdefault(
+            name, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None})
+
+    trainer.opt_G.step = keep_grads("G", trainer.G)
+    trainer.opt_D.step = keep_grads("D", trainer.D)
+    index = trainer.sampler.take(4)
+    trainer.sampler.state.index -= 4  # the trainer takes the same images
+    zs = trainer._phase_latents()
+    torch.manual_seed(0)
+    trainer._g_step(zs)
+    trainer._d_step(trainer._reals(), zs)
+
+    G, D = trainer.G, trainer.D
+    full = rec["images"][index].float() / 127.5 - 1
+    reals = F.avg_pool2d(full, 16 // (4 * 2 ** stage))
+    reals = reals + (F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2.0) - reals) * (1 - alpha)
+
+    def g(z):
+        x = G.blocks[0](z)
+        for s in range(1, stage):
+            x = G.blocks[s](x)
+        new = G.to_rgb[stage](G.blocks[stage](x))
+        return new + (F.interpolate(G.to_rgb[stage - 1](x), scale_factor=2.0) - new) * (1 - alpha)
+
+    def d(img):
+        x = D.blocks[stage](D.from_rgb[stage](img))
+        x = x + (D.from_rgb[stage - 1](F.avg_pool2d(img, 2)) - x) * (1 - alpha)
+        for s in range(stage - 1, -1, -1):
+            x = D.blocks[s](x)
+        return x
+
+    expected_g = torch.autograd.grad((-d(g(zs["Gboth"]))).mean(), list(G.parameters()), allow_unused=True)
+    torch.manual_seed(0)  # the trainer drew u after G's step, which draws nothing
+    fakes = g(zs["Dboth"]).detach()
+    real_scores, fake_scores = d(reals), d(fakes)
+    u = torch.rand([4, 1, 1, 1])
+    mixed = (reals + (fakes - reals) * u).requires_grad_(True)
+    (mixed_grads,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
+    penalty = (mixed_grads.square().sum(dim=[1, 2, 3]).sqrt() - 1).square() * 10
+    loss = fake_scores - real_scores + penalty[:, None] + 0.001 * real_scores.square()
+    expected_d = torch.autograd.grad(loss.mean(), list(D.parameters()), allow_unused=True)
+    for name, net, expected in (("G", G, expected_g), ("D", D, expected_d)):
+        for (k, _), e in zip(net.named_parameters(), expected):
+            if e is None or not e.any():
+                assert k not in grads[name] or not grads[name][k].any(), f"{name}.{k}: the formula has no gradient"
+                continue
+            assert torch.allclose(grads[name][k], e, rtol=1e-4, atol=1e-6 * float(e.abs().max())), f"{name}.{k}"

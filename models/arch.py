@@ -26,6 +26,7 @@ class Arch(Protocol):
     lazy_r1: bool
     r1_gamma: float
     ema_kimg: float
+    ema_rampup: float  # G_ema's half-life is at most this fraction of the images seen; 0 = no ramp-up
     z_dim: int
     ada_target: float
     pl_weight: float
@@ -89,6 +90,8 @@ class StyleGAN2Arch:
         gamma = 0.0002 * cfg.resolution ** 2 / self.batch if auto else defaults.r1_gamma
         self.r1_gamma = _pick(cfg.r1_gamma, gamma, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
+        # The reference ramps G_ema up in its auto and cifar configs only (cfg_specs' ramp).
+        self.ema_rampup = cfg.ema_rampup if defaults.ema_rampup else 0.0
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
         # The reference's StyleGAN2Loss defaults (off in its cifar config only).
@@ -167,6 +170,7 @@ class PGGANArch:
         self.lazy_r1 = self.loss == "logistic"
         self.r1_gamma = _pick(cfg.r1_gamma, 10.0, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, defaults.ema_kimg(self.batch), -1.0)
+        self.ema_rampup = 0.0  # the paper's G_ema: beta 0.999 from the first step
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
         self.pl_weight = self.style_mixing = 0.0  # StyleGAN2's regularizers need its mapping network
@@ -264,6 +268,7 @@ class StyleGAN3Arch:
         self.lazy_r1 = self.loss == "logistic"
         self.r1_gamma = _pick(cfg.r1_gamma, cfg.resolution ** 2 / 32768, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32, -1.0)
+        self.ema_rampup = cfg.ema_rampup  # training_loop.py's 0.05, which train.py keeps but for --resume
         self.z_dim = self.net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
         self.pl_weight = _pick(cfg.pl_weight, 0.0, -1.0)

@@ -48,7 +48,7 @@ class TrainConfig:
     style_mixing: float = -1.0       # StyleGAN2 style-mixing probability; -1 = the arch's (0.9), 0 = off
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
-    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
+    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen) where the reference ramps up; 0 = off
     ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
@@ -336,8 +336,8 @@ class Trainer:
     def _update_ema(self) -> None:
         """G_ema after a step, at the images seen before it (the reference's cur_nimg): its ramp-up starts at 0."""
         ema_nimg = self.arch.ema_kimg * 1000
-        if self.cfg.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        if self.arch.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.nimg * self.arch.ema_rampup)
         beta = 0.5 ** (self.arch.batch / max(ema_nimg, 1e-8))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.lerp(p_ema, beta))

@@ -309,3 +309,24 @@ def test_pggan_steps_follow_the_papers_formulas(nimg, stage, alpha, tmp_path, on
                 assert k not in grads[name] or not grads[name][k].any(), f"{name}.{k}: the formula has no gradient"
                 continue
             assert torch.allclose(grads[name][k], e, rtol=1e-4, atol=1e-6 * float(e.abs().max())), f"{name}.{k}"
+
+
+def test_g_ema_ramps_up_where_the_reference_does(tmp_path, one_torch_thread):
+    """stylegan2-ada-pytorch ramps G_ema up (0.05) in its auto and cifar configs only, stylegan3's train.py for
+    every --cfg but --resume, the PGGAN paper never (beta 0.999 from the first step)."""
+    def rampup(arch, **kw):
+        return build_arch(TrainConfig(arch=arch, resolution=16, batch=4, **kw)).ema_rampup
+
+    assert [rampup("stylegan2"), rampup("stylegan2", preset="cifar"), rampup("stylegan2", preset="paper256"),
+            rampup("stylegan3-t"), rampup("stylegan3-t", ema_rampup=0.0), rampup("pggan")] == [0.05, 0.05, 0, 0.05, 0, 0]
+    cfg = TrainConfig(arch="pggan", resolution=16, batch=4, amp="off", net={"channel_base": 256, "channel_max": 16,
+                                                                             "z_dim": 16})
+    trainer = Trainer(cfg, _load("sg2-freezed")["images"], tmp_path)
+    trainer.nimg = 4
+    with torch.no_grad():
+        for p in trainer.G.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in trainer.G_ema.parameters()]
+    trainer._update_ema()
+    for old, new, p in zip(before, trainer.G_ema.parameters(), trainer.G.parameters()):
+        assert torch.allclose(new, p.lerp(old, 0.999), atol=1e-6)

@@ -224,10 +224,6 @@ class Trainer:
         """This process's part of a global batch."""
         return x[self.rank::self.world] if self.world > 1 else x
 
-    def _latents(self) -> torch.Tensor:
-        z = torch.randn(self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
-        return self._share(z).to(self.device)
-
     def _reals(self) -> torch.Tensor:
         idx = self._share(self.sampler.take(self.arch.batch))
         reals = to_float(self.images[idx]).to(self.device)

@@ -6,6 +6,8 @@ a scratch checkout, on the CPU, with this repository on the path as well (for th
     git --git-dir=<mirror of NVlabs/stylegan3> worktree add /work/ref/stylegan3   # or git clone / archive
     PYTHONPATH=$PWD:/work/ref/stylegan3 .venv/bin/python tests/data/training_parity/record_training_parity.py
 
+Recorded from NVlabs/stylegan3 at c233a91 with torch 2.14.1 on x86-64, one thread.
+
 Each case builds small networks from the kwargs the reference's train.py assembles for its --cfg (16x16, a few
 channels), perturbs every tensor away from its initial constant (so noise strengths, biases and w_avg matter),
 and runs the lines of the reference's training/training_loop.py on them: the phases Gmain, Greg, Dmain, Dreg (or

@@ -29,7 +29,7 @@ from models.transfer import Networks, TransferError, arch_differences, freeze_di
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 from models.run_dir import RunDir
 
-CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
+CODE_VERSION = "ganflow-train-3"  # bump when the checkpoint layout or the step changes
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrainConfig:
     style_mixing: float = -1.0       # StyleGAN2 style-mixing probability; -1 = the arch's (0.9), 0 = off
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
-    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
+    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen) where the reference ramps up; 0 = off
     ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
@@ -97,7 +97,7 @@ class Trainer:
                                      batch=self.arch.batch)
         # Lazy regularization: the reference scales lr and betas so a regularized net takes the same steps.
         self.opt_G = _adam(self.G, self.arch.lr, cfg.betas, cfg.pl_interval if self.arch.pl_weight > 0 else 0)
-        self.opt_D = _adam(self.D, self.arch.lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
+        self.opt_D = _adam(self.D, self.arch.d_lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
         self.pl_mean = torch.zeros([], device=self.device)  # running mean of path lengths
         if cfg.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, not {cfg.amp!r}")
@@ -182,6 +182,7 @@ class Trainer:
         count = ops.count_parameters
         return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
                 "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
+                "d_lr": self.arch.d_lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
                 "device": str(self.device), "freeze_d": self.cfg.freeze_d}
@@ -223,10 +224,6 @@ class Trainer:
         """This process's part of a global batch."""
         return x[self.rank::self.world] if self.world > 1 else x
 
-    def _latents(self) -> torch.Tensor:
-        z = torch.randn(self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
-        return self._share(z).to(self.device)
-
     def _reals(self) -> torch.Tensor:
         idx = self._share(self.sampler.take(self.arch.batch))
         reals = to_float(self.images[idx]).to(self.device)
@@ -246,61 +243,97 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _D(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits in fp32 (losses and penalties are computed in full precision)."""
+        """D's logits in fp32 (losses and penalties are computed in full precision), without augmentation."""
         return self.arch.discriminate(self.D, images, self.nimg).float()
 
-    def _d_step(self, reals: torch.Tensor) -> dict:
-        z = self._latents()
+    def _run_D(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits on what the reference's run_D shows it: StyleGAN3-R's blur, then ADA's augmentation."""
+        return self.arch.discriminate(self.D, images, self.nimg, augment=self._aug).float()
+
+    def _phases(self) -> tuple[str, ...]:
+        """The reference's training phases: with lazy regularization, a main and a reg phase, each its own
+        optimizer step (G's only when path length is on), else one 'both' phase."""
+        g = ("Gmain", "Greg") if self.arch.pl_weight > 0 else ("Gboth",)
+        return g + (("Dmain", "Dreg") if self.arch.lazy_r1 else ("Dboth",))
+
+    def _phase_latents(self) -> dict[str, torch.Tensor]:
+        """One draw of [phases * batch, z_dim] per step, split per phase, as the reference's all_gen_z (from the
+        run's own latent generator: every process draws the same global batch)."""
+        phases = self._phases()
+        z = torch.randn(len(phases) * self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
+        return {name: self._share(part).to(self.device) for name, part in zip(phases, z.split(self.arch.batch))}
+
+    def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module, loss: torch.Tensor) -> None:
+        """One phase's step. NaN and infinite gradients become 0 and +-1e5 first, as the reference's loop does,
+        so one bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dd.average_gradients(net.parameters())
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+        opt.step()
+
+    def _d_step(self, reals: torch.Tensor, zs: dict[str, torch.Tensor] | None = None) -> dict:
+        """D's phases: Dmain (logistic loss on fakes and reals), then on R1 steps Dreg (R1 alone, its own step)."""
+        zs = zs if zs is not None else self._phase_latents()
+        z = zs["Dmain"] if "Dmain" in zs else zs["Dboth"]
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
         with self._autocast():
             with torch.no_grad():
                 fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
-            real_in = self._aug(reals).detach().requires_grad_(do_r1)
-            real_logits = self._D(real_in)
-            fake_logits = self._D(self._aug(fakes))
+            fake_logits = self._run_D(fakes)  # fakes first, then reals: the reference's order of draws
+            real_logits = self._run_D(reals)
             loss = self.d_loss_fn(real_logits, fake_logits)
             stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
-            if do_r1:
-                r1 = losses.d_r1_penalty(real_logits, real_in)
-                loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
-                stats["r1"] = r1.item()
             if self.arch.loss == "wgan":
                 loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals, fakes)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        dd.average_gradients(self.D.parameters())
-        self.opt_D.step()
+        self._optimizer_step(self.opt_D, self.D, loss)
         if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
             dd.average_buffers(self.G)
         if self.ada:
             self.ada.accumulate(real_logits.detach())
+        if do_r1:
+            # R1 on the reals as they come, through the blur and the augmentation (the reference's Dreg), at gamma/2
+            # times the interval.
+            with self._autocast():
+                real_in = reals.detach().requires_grad_(True)
+                real_logits = self._run_D(real_in)
+                r1 = losses.d_r1_penalty(real_logits, real_in)
+                stats["r1"] = r1.item()
+            self._optimizer_step(self.opt_D, self.D, r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval)
+            if self.ada:  # the reference's ADA statistics count Dreg's pass over the reals too
+                self.ada.accumulate(real_logits.detach())
         return stats
 
-    def _g_step(self) -> dict:
-        z = self._latents()
+    def _g_step(self, zs: dict[str, torch.Tensor] | None = None) -> dict:
+        """G's phases: Gmain (non-saturating loss), then on path-length steps Greg (the penalty alone, its own
+        step, on half of its own latents)."""
+        zs = zs if zs is not None else self._phase_latents()
+        z = zs["Gmain"] if "Gmain" in zs else zs["Gboth"]
         with self._autocast():
             fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
-            loss = self.g_loss_fn(self._D(self._aug(fakes)))
+            loss = self.g_loss_fn(self._run_D(fakes))
             stats = {"loss_G": loss.item()}
-            if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
+        self._optimizer_step(self.opt_G, self.G, loss)
+        if "Greg" in zs and self.step % self.cfg.pl_interval == 0:
+            z = zs["Greg"]
+            with self._autocast():
                 # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
                 images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
                                                 update_stats=False, return_ws=True)
                 penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
                 self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
-                loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
                 stats["pl_penalty"] = penalty.item()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        dd.average_gradients(self.G.parameters())
-        self.opt_G.step()
+            self._optimizer_step(self.opt_G, self.G, penalty * self.arch.pl_weight * self.cfg.pl_interval)
         return stats
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        """G_ema after a step, at the images seen before it (the reference's cur_nimg): its ramp-up starts at 0."""
         ema_nimg = self.arch.ema_kimg * 1000
-        if self.cfg.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        if self.arch.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.nimg * self.arch.ema_rampup)
         beta = 0.5 ** (self.arch.batch / max(ema_nimg, 1e-8))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.lerp(p_ema, beta))
@@ -321,15 +354,16 @@ class Trainer:
         t0, n0 = time.perf_counter(), self.nimg
         self.G.train(), self.D.train()
         while self.nimg < target:
-            stats = self._d_step(self._reals())
-            stats.update(self._g_step())
+            reals, zs = self._reals(), self._phase_latents()
+            stats = self._g_step(zs)  # G's phases first, then D's, as the reference's loop
+            stats.update(self._d_step(reals, zs))
+            self._update_ema()
             self.nimg += self.arch.batch
             self.step += 1
             if self._entered_new_stage():
                 # A new PGGAN resolution: fresh Adam moments, as the reference (reset_opt_for_new_lod).
                 self.opt_G.state.clear()
                 self.opt_D.state.clear()
-            self._update_ema()
             if self.ada and self.step % self.cfg.ada_interval == 0:
                 self.augment.p.fill_(self.ada.update(float(self.augment.p)))  # type: ignore[union-attr]  # ADA implies the pipe
             elapsed = time.perf_counter() - t0

@@ -17,16 +17,18 @@ from models.data import load_images
 from models.trainer import TrainConfig, Trainer
 from tests.conftest import ROOT
 
-# Style mixing and path-length regularization draw per process (as the reference's do), so they are off here.
+# Style mixing, path-length regularization and noise inputs draw per process (as the reference's do), so they are
+# off here (G steps first, as the reference's loop: D's fakes then carry its noise at the strengths G just moved).
 SG2 = dict(arch="stylegan2", resolution=32, net=dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32,
-                                                     mapping_layers=2), r1_interval=1, style_mixing=0, pl_weight=0)
+                                                     mapping_layers=2, use_noise=False), r1_interval=1,
+           style_mixing=0, pl_weight=0)
 # WGAN-GP draws its interpolation points per process, so the PGGAN comparison uses the least-squares loss.
 PGGAN = dict(arch="pggan", resolution=16, loss="lsgan", fade_kimg=0.004, stabilize_kimg=0.004,
              net=dict(channel_base=256, channel_max=64, z_dim=32))
 # StyleGAN3-T: its running statistics move in D's pass per process, then are averaged over processes.
 SG3T = dict(arch="stylegan3-t", resolution=16, net=dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16),
             r1_interval=1)
-# The largest single-weight gap allowed, in Adam steps (lr). G's step runs through D after D's update, whose
+# The largest single-weight gap allowed, in Adam steps (lr). D's step runs on fakes of G after G's update, whose
 # near-eps gradients already differ by a part of lr (see below); StyleGAN3's 16 layers hold more G weights
 # with gradients near Adam's eps (|g| ~ 1e-8 at init), where that moves their first step by up to ~0.2 lr.
 MAX_GAP = {"stylegan2": 0.05, "pggan": 0.05, "stylegan3-t": 0.5}

@@ -38,6 +38,8 @@ class TrainConfig:
     resolution: int = 256            # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
+    batch_gpu: int = 0               # images per forward/backward pass on each process (NVIDIA's --batch-gpu): the
+                                     # step runs in rounds whose gradients add up; 0 = the process's whole share
     lr: float = 0.0                  # Adam learning rate; 0 = the preset's
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
     loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
@@ -81,6 +83,7 @@ class Trainer:
         self.rank, self.world = dd.rank(), dd.world_size()
         if self.arch.batch % self.world:
             raise ValueError(f"batch {self.arch.batch} does not split evenly over {self.world} processes")
+        self.rounds = _rounds(self.arch.batch // self.world, cfg.batch_gpu, self.arch.batch, self.world)
         self.latent_rng = torch.Generator().manual_seed(cfg.seed)
         own_seed = cfg.seed + 1_000_003 * self.rank
         if self.rank:
@@ -249,52 +252,75 @@ class Trainer:
         """D's logits in fp32 (losses and penalties are computed in full precision)."""
         return self.arch.discriminate(self.D, images, self.nimg).float()
 
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """This process's share of a phase in rounds of batch_gpu (gradient accumulation), strided as the share
+        itself is: round r takes images r, r + rounds, ... So the minibatch-std groups (group n % (batch / group))
+        and path length's first half are the whole batch's, and whole or in rounds a step sees the same images."""
+        return [x] if self.rounds == 1 else [x[r::self.rounds] for r in range(self.rounds)]
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Add one round's gradient: its loss is a mean over the round, so 1/rounds of it makes the sum over rounds
+        the whole batch's mean (NVIDIA adds the rounds' means, a gradient `rounds` times larger, which Adam
+        undoes but for its eps)."""
+        (loss / self.rounds if self.rounds > 1 else loss).backward()
+
     def _d_step(self, reals: torch.Tensor) -> dict:
         z = self._latents()
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
-        with self._autocast():
-            with torch.no_grad():
-                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
-            real_in = self._aug(reals).detach().requires_grad_(do_r1)
-            real_logits = self._D(real_in)
-            fake_logits = self._D(self._aug(fakes))
-            loss = self.d_loss_fn(real_logits, fake_logits)
-            stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
-            if do_r1:
-                r1 = losses.d_r1_penalty(real_logits, real_in)
-                loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
-                stats["r1"] = r1.item()
-            if self.arch.loss == "wgan":
-                loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals, fakes)
         self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
+        rounds, real_signs = [], []
+        for z_r, reals_r in zip(self._split(z), self._split(reals)):
+            with self._autocast():
+                with torch.no_grad():
+                    fakes = self.arch.generate(self.G, z_r, self.nimg,
+                                               update_stats=self.arch.stats_in_d_step).float()
+                real_in = self._aug(reals_r).detach().requires_grad_(do_r1)
+                real_logits = self._D(real_in)
+                fake_logits = self._D(self._aug(fakes))
+                loss = self.d_loss_fn(real_logits, fake_logits)
+                stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(),
+                         "D_fake": fake_logits.mean().item()}
+                if do_r1:
+                    r1 = losses.d_r1_penalty(real_logits, real_in)
+                    loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
+                    stats["r1"] = r1.item()
+                if self.arch.loss == "wgan":
+                    loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals_r, fakes)
+            self._backward(loss)
+            rounds.append(stats)
+            real_signs.append(real_logits.detach())
         dd.average_gradients(self.D.parameters())
         self.opt_D.step()
         if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
             dd.average_buffers(self.G)
-        if self.ada:
-            self.ada.accumulate(real_logits.detach())
-        return stats
+        if self.ada:  # one step's D(real) signs, every round's
+            self.ada.accumulate(real_signs[0] if self.rounds == 1 else torch.cat(real_signs))
+        return _mean(rounds)
 
     def _g_step(self) -> dict:
         z = self._latents()
-        with self._autocast():
-            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
-            loss = self.g_loss_fn(self._D(self._aug(fakes)))
-            stats = {"loss_G": loss.item()}
-            if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
-                # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
-                images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
-                                                update_stats=False, return_ws=True)
-                penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
-                self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
-                loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
-                stats["pl_penalty"] = penalty.item()
+        do_pl = self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
         self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
+        rounds = []
+        for z_r in self._split(z):
+            with self._autocast():
+                fakes = self.arch.generate(self.G, z_r, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
+                loss = self.g_loss_fn(self._D(self._aug(fakes)))
+                stats = {"loss_G": loss.item()}
+                if do_pl:
+                    # Path-length regularization on half of each round (the reference's pl_batch_shrink 2, applied
+                    # per round as its accumulate_gradients does); the running mean moves once per round too.
+                    images, ws = self.arch.generate(self.G, z_r[:max(len(z_r) // 2, 1)], self.nimg,
+                                                    update_stats=False, return_ws=True)
+                    penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
+                    self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
+                    loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
+                    stats["pl_penalty"] = penalty.item()
+            self._backward(loss)
+            rounds.append(stats)
         dd.average_gradients(self.G.parameters())
         self.opt_G.step()
-        return stats
+        return _mean(rounds)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -355,6 +381,20 @@ def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_inte
     parameters (Freeze-D) are left out."""
     c = lazy_interval / (lazy_interval + 1) if lazy_interval else 1.0
     return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
+
+
+def _rounds(share: int, batch_gpu: int, batch: int, world: int) -> int:
+    """How many passes of batch_gpu images make a process's share of the batch (1: batch_gpu 0, the whole share)."""
+    if batch_gpu < 0 or (batch_gpu and share % batch_gpu):
+        processes = f"over {world} processes" if world > 1 else "in one process"
+        raise ValueError(f"batch_gpu {batch_gpu} must divide each process's batch, {share} (batch {batch} "
+                         f"{processes}): use a divisor of {share}, or 0 for the whole {share}")
+    return share // batch_gpu if batch_gpu else 1
+
+
+def _mean(rounds: list[dict]) -> dict:
+    """The step's statistics: each the mean over its rounds (equal-sized, so the whole batch's mean)."""
+    return rounds[0] if len(rounds) == 1 else {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
 
 
 def _plain(value):

@@ -24,7 +24,7 @@ from tasks.common.settings import TRAIN_FLOW_ONLY, TrainSettings
 _NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
 TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamma": "G", "resume_from": "FILE",
                   "freeze_d": "N", "net": "YAML", "cycle_kimg": "K", "cycles": "N", "fade_kimg": "K",
-                  "stabilize_kimg": "K", "batch": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
+                  "stabilize_kimg": "K", "batch": "N", "batch_gpu": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
 
 
 def add_train_setting_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:

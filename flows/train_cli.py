@@ -174,8 +174,11 @@ class _TrainConsole:
             for note in [*self.notes, *info["transfer_notes"]]:
                 tqdm.write(note, file=sys.stderr)
         frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
+        share = info["batch"] // info["processes"]
+        rounds = f" in rounds of {info['batch_gpu']}" if info.get("batch_gpu", share) < share else ""
         tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
-                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es)"
+                   f"{rounds}, "
                    f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
                    f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
                    f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)

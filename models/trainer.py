@@ -184,7 +184,8 @@ class Trainer:
         """What this run trains, for a log line: parameter counts and the settings the preset chose."""
         count = ops.count_parameters
         return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
-                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
+                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world,
+                "batch_gpu": self.arch.batch // self.world // self.rounds, "lr": self.arch.lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
                 "device": str(self.device), "freeze_d": self.cfg.freeze_d}

@@ -121,3 +121,19 @@ def test_a_batch_gpu_that_does_not_divide_the_batch_is_one_line(tiny_dataset, tm
                "--batch", "8", "--batch-gpu", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "train.batch_gpu 3 does not divide train.batch 8" in err[0], err
+
+
+def test_ganflow_train_batch_gpu_reaches_the_trainer(tmp_path, capsys, one_torch_thread):
+    """The option as users type it: through the settings into the run's checkpoint, and the run says it."""
+    from flows.cli import main
+    from models.checkpoint import latest_checkpoint
+    from tests.conftest import write_curated
+
+    data = write_curated(tmp_path / "data", n=4, side=16)
+    rc = main(["train", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--params", str(PARAMS),
+               "--arch", "stylegan2", "--resolution", "16", "--kimg", "0.004", "--snapshot-kimg", "0.004",
+               "--batch", "4", "--batch-gpu", "2", "--channel-base", "64", "--channel-max", "16",
+               "--net", "{z_dim: 8, w_dim: 8}", "--device", "cpu"])
+    assert rc == 0
+    assert "batch 4 over 1 process(es) in rounds of 2," in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "run")[1]["config"]["batch_gpu"] == 2

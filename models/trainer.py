@@ -269,7 +269,7 @@ class Trainer:
         z = self._latents()
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
         self.opt_D.zero_grad(set_to_none=True)
-        rounds, real_signs = [], []
+        per_round, real_signs = [], []
         for z_r, reals_r in zip(self._split(z), self._split(reals)):
             with self._autocast():
                 with torch.no_grad():
@@ -288,7 +288,7 @@ class Trainer:
                 if self.arch.loss == "wgan":
                     loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals_r, fakes)
             self._backward(loss)
-            rounds.append(stats)
+            per_round.append(stats)
             real_signs.append(real_logits.detach())
         dd.average_gradients(self.D.parameters())
         self.opt_D.step()
@@ -296,13 +296,13 @@ class Trainer:
             dd.average_buffers(self.G)
         if self.ada:  # one step's D(real) signs, every round's
             self.ada.accumulate(real_signs[0] if self.rounds == 1 else torch.cat(real_signs))
-        return _mean(rounds)
+        return _mean(per_round)
 
     def _g_step(self) -> dict:
         z = self._latents()
         do_pl = self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0
         self.opt_G.zero_grad(set_to_none=True)
-        rounds = []
+        per_round = []
         for z_r in self._split(z):
             with self._autocast():
                 fakes = self.arch.generate(self.G, z_r, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
@@ -318,10 +318,10 @@ class Trainer:
                     loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
                     stats["pl_penalty"] = penalty.item()
             self._backward(loss)
-            rounds.append(stats)
+            per_round.append(stats)
         dd.average_gradients(self.G.parameters())
         self.opt_G.step()
-        return _mean(rounds)
+        return _mean(per_round)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -27,7 +27,7 @@ def _cfg(**kw) -> TrainConfig:
 def _train(cfg: TrainConfig, images, run_dir, steps: int) -> Trainer:
     trainer = Trainer(cfg, images, run_dir)
     trainer.snapshot = lambda: None  # compare the steps, not the checkpoints
-    trainer.train(steps * BATCH / 1000)
+    trainer.train(steps * cfg.batch / 1000)
     return trainer
 
 
@@ -79,8 +79,8 @@ def test_rounds_make_the_whole_batch_step(tiny_dataset, tmp_path, monkeypatch, o
 
 def test_path_length_runs_per_round_as_the_reference(tiny_dataset, tmp_path, monkeypatch, one_torch_thread):
     """The reference's accumulate_gradients regularizes path length on the first 1/pl_batch_shrink of each round
-    and moves the running mean there, once per round: in rounds of 8, two penalties of 4 images, the second
-    starting from the mean the first left, and the step's mean is the last one."""
+    and moves the running mean there, once per round: a batch of 8 in rounds of 4 has two penalties of 2 images,
+    the second starting from the mean the first left, and the step's mean is the last one."""
     calls = []
     penalty = losses.path_length_penalty
 
@@ -91,9 +91,9 @@ def test_path_length_runs_per_round_as_the_reference(tiny_dataset, tmp_path, mon
 
     monkeypatch.setattr(losses, "path_length_penalty", spy)
     images = load_images(tiny_dataset, 32)
-    for batch_gpu, sizes in ((0, [8]), (8, [4, 4]), (4, [2, 2, 2, 2])):
+    for batch_gpu, sizes in ((0, [4]), (4, [2, 2]), (2, [1, 1, 1, 1])):
         calls.clear()
-        trainer = _train(_cfg(batch_gpu=batch_gpu, pl_interval=4), images, tmp_path / f"bg{batch_gpu}", steps=1)
+        trainer = _train(_cfg(batch=8, batch_gpu=batch_gpu), images, tmp_path / f"bg{batch_gpu}", steps=1)
         assert [n for n, _, _ in calls] == sizes
         assert calls[0][1] == 0 and all(after[1] == before[2] for before, after in zip(calls, calls[1:]))
         assert trainer.pl_mean.item() == calls[-1][2] > 0

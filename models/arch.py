@@ -50,9 +50,10 @@ class Arch(Protocol):
     def describe(self) -> dict: ...
 
 
-def _process_batch(batch: int) -> int:
-    """Images each process sees per step when the global batch is split over torchrun's processes."""
-    return max(batch // world_size(), 1)
+def _pass_batch(batch: int, batch_gpu: int) -> int:
+    """Images in one forward pass of a process: batch_gpu (gradient accumulation, checked by the trainer), else its
+    whole share of the global batch split over torchrun's processes."""
+    return batch_gpu or max(batch // world_size(), 1)
 
 
 def _pick(value, default, unset):
@@ -77,8 +78,10 @@ class StyleGAN2Arch:
 
         net, defaults = preset(cfg.resolution, gpus=world_size(), kind=cfg.preset)  # auto scales with GPUs
         self.batch = cfg.batch or defaults.minibatch
-        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
-        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _process_batch(self.batch)), **cfg.net)
+        # The minibatch-std group must divide each pass's batch; the reference clamps it the same way (its layer takes
+        # min(group, batch_gpu)).
+        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _pass_batch(self.batch, cfg.batch_gpu)),
+                                  **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
         self.lr = cfg.lr or defaults.lr
@@ -158,8 +161,8 @@ class PGGANArch:
         kind = "paper" if cfg.preset == "auto" else cfg.preset
         net, defaults = preset(cfg.resolution, kind=kind)
         self.batch = cfg.batch or paper_minibatch(cfg.resolution)
-        # Minibatch-std groups must divide each process's batch: the largest of at most the preset's that does.
-        local = _process_batch(self.batch)
+        # Minibatch-std groups must divide each pass's batch: the largest of at most the preset's that does.
+        local = _pass_batch(self.batch, cfg.batch_gpu)
         group = next(g for g in range(min(net.mbstd_group, local), 0, -1) if local % g == 0)
         net = dataclasses.replace(net, mbstd_group=group, **cfg.net)
         self.net = net
@@ -229,7 +232,7 @@ class StyleGAN3Arch:
 
     The reference makes --gamma and --batch mandatory. Defaults here: R1 gamma resolution^2 / 32768 (the
     values of its recommended configs: 0.5 at 128, 2 at 256, 8 at 512, 32 at 1024) and the StyleGAN2 'auto'
-    minibatch (32 up to 128x128, halved per doubling above, as ganflow has no gradient accumulation).
+    minibatch (32 up to 128x128, halved per doubling above; train.batch_gpu trains a larger one in less memory).
     As in the reference's loss, G's running statistics (w_avg, magnitude EMAs) move in D's pass over fakes.
     R's blur runs in discriminate(), before ADA's augmentation (the reference blurs, then augments), and R1's
     gradient is taken on the reals before both (as the reference's).
@@ -257,9 +260,10 @@ class StyleGAN3Arch:
             raise ValueError(f"unknown {cfg.arch} network setting(s): {', '.join(unknown)}")
         g_net = preset(cfg.resolution, kind=cfg.arch, batch=self.batch, channel_base=cbase, channel_max=cmax)
         self.net = dataclasses.replace(g_net, **{k: v for k, v in net.items() if k in g_keys}, **g_widths)
-        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
+        # The minibatch-std group must divide each pass's batch; the reference clamps it the same way.
+        group = min(mbstd, _pass_batch(self.batch, cfg.batch_gpu))
         self.d_net = StyleGAN2Config(resolution=cfg.resolution, channels=self.net.channels, channel_base=cbase,
-                                     channel_max=cmax, mbstd_group=min(mbstd, _process_batch(self.batch)),
+                                     channel_max=cmax, mbstd_group=group,
                                      **{k: v for k, v in net.items() if k in d_keys})
         self.G, self.D = Generator(self.net), Discriminator(self.d_net)
         self.lr = cfg.lr or 0.0025

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ class TrainConfig:
     resolution: int = 256            # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
+    batch_gpu: int = 0               # images per forward/backward pass on each process (NVIDIA's --batch-gpu): the
+                                     # step runs in rounds whose gradients add up; 0 = the process's whole share
     lr: float = 0.0                  # Adam learning rate; 0 = the preset's
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
     loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
@@ -81,6 +83,7 @@ class Trainer:
         self.rank, self.world = dd.rank(), dd.world_size()
         if self.arch.batch % self.world:
             raise ValueError(f"batch {self.arch.batch} does not split evenly over {self.world} processes")
+        self.rounds = _rounds(self.arch.batch // self.world, cfg.batch_gpu, self.arch.batch, self.world)
         self.latent_rng = torch.Generator().manual_seed(cfg.seed)
         own_seed = cfg.seed + 1_000_003 * self.rank
         if self.rank:
@@ -181,7 +184,8 @@ class Trainer:
         """What this run trains, for a log line: parameter counts and the settings the preset chose."""
         count = ops.count_parameters
         return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
-                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
+                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world,
+                "batch_gpu": self.arch.batch // self.world // self.rounds, "lr": self.arch.lr,
                 "d_lr": self.arch.d_lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
@@ -263,11 +267,24 @@ class Trainer:
         z = torch.randn(len(phases) * self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
         return {name: self._share(part).to(self.device) for name, part in zip(phases, z.split(self.arch.batch))}
 
-    def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module, loss: torch.Tensor) -> None:
-        """One phase's step. NaN and infinite gradients become 0 and +-1e5 first, as the reference's loop does,
-        so one bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """This process's share of a phase (its reals, its own latents) in rounds of batch_gpu (gradient
+        accumulation), strided as the share itself is: round r takes images r, r + rounds, ... So the minibatch-std
+        groups (group n % (batch / group)) are the whole batch's, and whole or in rounds a phase sees the same
+        images."""
+        return [x] if self.rounds == 1 else [x[r::self.rounds] for r in range(self.rounds)]
+
+    def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module,
+                        losses: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """One phase's step: the gradients of its rounds' losses added up (an iterable computes each round after
+        the previous round's backward freed its graph; one tensor is the whole share in one pass), one all-reduce,
+        then one Adam step. Each round's loss is a mean over the round, so 1/rounds of it makes the sum the whole
+        batch's mean (NVIDIA adds the rounds' means, a gradient `rounds` times larger, which Adam undoes but for its
+        eps). NaN and infinite gradients become 0 and +-1e5 before the step, as the reference's loop does, so one
+        bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
+            (loss / self.rounds if self.rounds > 1 else loss).backward()
         dd.average_gradients(net.parameters())
         for p in net.parameters():
             if p.grad is not None:
@@ -275,57 +292,94 @@ class Trainer:
         opt.step()
 
     def _d_step(self, reals: torch.Tensor, zs: dict[str, torch.Tensor] | None = None) -> dict:
-        """D's phases: Dmain (logistic loss on fakes and reals), then on R1 steps Dreg (R1 alone, its own step)."""
+        """D's phases: Dmain (logistic loss on fakes and reals), then on R1 steps Dreg (R1 alone, its own step);
+        each in rounds of batch_gpu, with ADA's statistics from every round."""
         zs = zs if zs is not None else self._phase_latents()
         z = zs["Dmain"] if "Dmain" in zs else zs["Dboth"]
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
-        with self._autocast():
-            with torch.no_grad():
-                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
-            fake_logits = self._run_D(fakes)  # fakes first, then reals: the reference's order of draws
-            real_logits = self._run_D(reals)
-            loss = self.d_loss_fn(real_logits, fake_logits)
-            stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
-            if self.arch.loss == "wgan":
-                loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals, fakes)
-        self._optimizer_step(self.opt_D, self.D, loss)
+        main: list[dict] = []
+        main_signs: list[torch.Tensor] = []
+
+        def main_rounds() -> Iterator[torch.Tensor]:
+            for z_r, reals_r in zip(self._split(z), self._split(reals)):
+                with self._autocast():
+                    with torch.no_grad():
+                        fakes = self.arch.generate(self.G, z_r, self.nimg,
+                                                   update_stats=self.arch.stats_in_d_step).float()
+                    fake_logits = self._run_D(fakes)  # fakes first, then reals: the reference's order of draws
+                    real_logits = self._run_D(reals_r)
+                    loss = self.d_loss_fn(real_logits, fake_logits)
+                    main.append({"loss_D": loss.item(), "D_real": real_logits.mean().item(),
+                                 "D_fake": fake_logits.mean().item()})
+                    if self.arch.loss == "wgan":
+                        loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals_r, fakes)
+                main_signs.append(real_logits.detach())
+                yield loss
+
+        self._optimizer_step(self.opt_D, self.D, main_rounds())
         if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
             dd.average_buffers(self.G)
         if self.ada:
-            self.ada.accumulate(real_logits.detach())
+            self.ada.accumulate(_cat(main_signs))
+        stats = _mean(main)
         if do_r1:
-            # R1 on the reals as they come, through the blur and the augmentation (the reference's Dreg), at gamma/2
-            # times the interval.
-            with self._autocast():
-                real_in = reals.detach().requires_grad_(True)
-                real_logits = self._run_D(real_in)
-                r1 = losses.d_r1_penalty(real_logits, real_in)
-                stats["r1"] = r1.item()
-            self._optimizer_step(self.opt_D, self.D, r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval)
+            reg: list[dict] = []
+            reg_signs: list[torch.Tensor] = []
+
+            def reg_rounds() -> Iterator[torch.Tensor]:
+                # R1 on the reals as they come, through the blur and the augmentation (the reference's Dreg), at
+                # gamma/2 times the interval.
+                for reals_r in self._split(reals):
+                    with self._autocast():
+                        real_in = reals_r.detach().requires_grad_(True)
+                        real_logits = self._run_D(real_in)
+                        r1 = losses.d_r1_penalty(real_logits, real_in)
+                        reg.append({"r1": r1.item()})
+                    reg_signs.append(real_logits.detach())
+                    yield r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
+
+            self._optimizer_step(self.opt_D, self.D, reg_rounds())
+            stats.update(_mean(reg))
             if self.ada:  # the reference's ADA statistics count Dreg's pass over the reals too
-                self.ada.accumulate(real_logits.detach())
+                self.ada.accumulate(_cat(reg_signs))
         return stats
 
     def _g_step(self, zs: dict[str, torch.Tensor] | None = None) -> dict:
         """G's phases: Gmain (non-saturating loss), then on path-length steps Greg (the penalty alone, its own
-        step, on half of its own latents)."""
+        step, on its own latents); each in rounds of batch_gpu."""
         zs = zs if zs is not None else self._phase_latents()
         z = zs["Gmain"] if "Gmain" in zs else zs["Gboth"]
-        with self._autocast():
-            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
-            loss = self.g_loss_fn(self._run_D(fakes))
-            stats = {"loss_G": loss.item()}
-        self._optimizer_step(self.opt_G, self.G, loss)
+        main: list[dict] = []
+
+        def main_rounds() -> Iterator[torch.Tensor]:
+            for z_r in self._split(z):
+                with self._autocast():
+                    fakes = self.arch.generate(self.G, z_r, self.nimg,
+                                               update_stats=not self.arch.stats_in_d_step).float()
+                    loss = self.g_loss_fn(self._run_D(fakes))
+                    main.append({"loss_G": loss.item()})
+                yield loss
+
+        self._optimizer_step(self.opt_G, self.G, main_rounds())
+        stats = _mean(main)
         if "Greg" in zs and self.step % self.cfg.pl_interval == 0:
-            z = zs["Greg"]
-            with self._autocast():
-                # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
-                images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
-                                                update_stats=False, return_ws=True)
-                penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
-                self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
-                stats["pl_penalty"] = penalty.item()
-            self._optimizer_step(self.opt_G, self.G, penalty * self.arch.pl_weight * self.cfg.pl_interval)
+            reg: list[dict] = []
+
+            def reg_rounds() -> Iterator[torch.Tensor]:
+                for z_r in self._split(zs["Greg"]):
+                    with self._autocast():
+                        # Path-length regularization on the first half of each round (the reference's
+                        # pl_batch_shrink 2, applied per round as its accumulate_gradients does); the running mean
+                        # moves once per round too.
+                        images, ws = self.arch.generate(self.G, z_r[:max(len(z_r) // 2, 1)], self.nimg,
+                                                        update_stats=False, return_ws=True)
+                        penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
+                        self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
+                        reg.append({"pl_penalty": penalty.item()})
+                    yield penalty * self.arch.pl_weight * self.cfg.pl_interval
+
+            self._optimizer_step(self.opt_G, self.G, reg_rounds())
+            stats.update(_mean(reg))
         return stats
 
     @torch.no_grad()
@@ -389,6 +443,25 @@ def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_inte
     parameters (Freeze-D) are left out."""
     c = lazy_interval / (lazy_interval + 1) if lazy_interval else 1.0
     return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
+
+
+def _rounds(share: int, batch_gpu: int, batch: int, world: int) -> int:
+    """How many passes of batch_gpu images make a process's share of the batch (1: batch_gpu 0, the whole share)."""
+    if batch_gpu < 0 or (batch_gpu and share % batch_gpu):
+        processes = f"over {world} processes" if world > 1 else "in one process"
+        raise ValueError(f"batch_gpu {batch_gpu} must divide each process's batch, {share} (batch {batch} "
+                         f"{processes}): use a divisor of {share}, or 0 for the whole {share}")
+    return share // batch_gpu if batch_gpu else 1
+
+
+def _cat(rounds: list[torch.Tensor]) -> torch.Tensor:
+    """A phase's D(real) logits, every round's."""
+    return rounds[0] if len(rounds) == 1 else torch.cat(rounds)
+
+
+def _mean(rounds: list[dict]) -> dict:
+    """The step's statistics: each the mean over its rounds (equal-sized, so the whole batch's mean)."""
+    return rounds[0] if len(rounds) == 1 else {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
 
 
 def _plain(value):

@@ -5,7 +5,6 @@ batch shrink and running mean, the running statistics); a batch_gpu that does no
 from __future__ import annotations
 
 import pytest
-import torch
 
 from models import losses
 from models.data import load_images
@@ -24,41 +23,56 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def _train(cfg: TrainConfig, images, run_dir, steps: int) -> Trainer:
+def _train(cfg: TrainConfig, images, run_dir, steps: int, phase_grads: list | None = None) -> Trainer:
+    """`steps` steps; `phase_grads`, if given, gets every phase's gradients of the first step, as each phase's one
+    optimizer step sees them (Gboth, Dmain, Dreg with lazy R1 and no path length)."""
     trainer = Trainer(cfg, images, run_dir)
     trainer.snapshot = lambda: None  # compare the steps, not the checkpoints
+    if phase_grads is not None:
+        for opt, name in ((trainer.opt_G, "G"), (trainer.opt_D, "D")):
+            opt.step = _recording(trainer, opt.step, name, phase_grads)
     trainer.train(steps * cfg.batch / 1000)
     return trainer
 
 
-def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": p.grad.clone() for name in ("G", "D")
-            for key, p in getattr(trainer, name).named_parameters() if p.grad is not None}
+def _recording(trainer: Trainer, step, name: str, phase_grads: list):
+    def wrapped(*args, **kwargs):
+        if trainer.step == 0:
+            net = getattr(trainer, name)
+            phase_grads.append({f"{name}.{key}": p.grad.clone() for key, p in net.named_parameters()
+                                if p.grad is not None})
+        return step(*args, **kwargs)
+    return wrapped
 
 
 def test_rounds_make_the_whole_batch_step(tiny_dataset, tmp_path, monkeypatch, one_torch_thread):
-    """In rounds of 8 and of 4, a step's gradients are the whole batch's up to float summation order (the first
-    step, with lazy R1), and after a second step G, D, G_ema and ADA's p (from every round's signs of D on reals)
-    are too. The draws that cannot follow the images are off: a split step draws its random numbers in another
-    order, so the per-pixel noise (networks without noise inputs, the reference's use_noise=False), style mixing
-    and augmentation (p is 0 until ADA's first update, after the second step) would differ by their draws, not by
-    the accumulation."""
+    """In rounds of 8 and of 4, every phase's gradients (Gboth, Dmain, and Dreg's R1, each phase's own rounds
+    added up before its one optimizer step) are the whole batch's up to float summation order on the first step,
+    and after a second step G, D, G_ema and ADA's p (from every round's signs of D on reals) are too. The draws that
+    cannot follow the images are off: a split step draws its random numbers in another order, so the per-pixel
+    noise (networks without noise inputs, the reference's use_noise=False), style mixing and augmentation (p is 0
+    until ADA's first update, after the second step) would differ by their draws, not by the accumulation."""
     monkeypatch.setattr(SynthesisLayer, "noise", lambda self, x, noise_mode: None)
     images = load_images(tiny_dataset, 32)
     kw = dict(r1_interval=2, pl_weight=0, style_mixing=0, ada_target=0.2, ada_interval=2, ada_kimg=0.1)
-    whole = _train(_cfg(**kw), images, tmp_path / "whole", steps=1)
-    expected = _grads(whole)
+    expected: list[dict] = []
+    whole = _train(_cfg(**kw), images, tmp_path / "whole", steps=1, phase_grads=expected)
+    assert [sorted({k.split(".")[0] for k in g}) for g in expected] == [["G"], ["D"], ["D"]]  # Gboth, Dmain, Dreg
     whole.train(2 * BATCH / 1000)
     assert float(whole.augment.p) > 0  # ADA moved p from the two steps' signs (r_t above the target)
     lr = whole.arch.lr
     for batch_gpu in (8, 4):
-        split = _train(_cfg(**kw, batch_gpu=batch_gpu), images, tmp_path / f"bg{batch_gpu}", steps=1)
-        assert split.rounds == BATCH // batch_gpu
+        got: list[dict] = []
+        split = _train(_cfg(**kw, batch_gpu=batch_gpu), images, tmp_path / f"bg{batch_gpu}", steps=1,
+                       phase_grads=got)
+        assert split.rounds == BATCH // batch_gpu and len(got) == len(expected)
         # float32 sums in another order: a relative error of about 1e-6 (measured: 2e-6 at most); a gradient
         # scaled otherwise (NVIDIA's sum of the rounds' means) or a round left out is off by a whole part.
-        for key, grad in _grads(split).items():
-            error = (grad - expected[key]).norm() / expected[key].norm().clamp_min(1e-30)
-            assert error.item() <= 1e-4, (batch_gpu, key, error.item())
+        for phase, (grads, want) in enumerate(zip(got, expected)):
+            assert grads.keys() == want.keys()
+            for key, grad in grads.items():
+                error = (grad - want[key]).norm() / want[key].norm().clamp_min(1e-30)
+                assert error.item() <= 1e-4, (batch_gpu, phase, key, error.item())
         split.train(2 * BATCH / 1000)
         assert float(split.augment.p) == float(whole.augment.p) and split.ada.r_t == whole.ada.r_t
         for name in ("G", "D", "G_ema"):

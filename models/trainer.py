@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -275,7 +275,7 @@ class Trainer:
         return [x] if self.rounds == 1 else [x[r::self.rounds] for r in range(self.rounds)]
 
     def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module,
-                        losses: torch.Tensor | Iterable[torch.Tensor]) -> None:
+                        round_losses: torch.Tensor | Iterable[torch.Tensor]) -> None:
         """One phase's step: the gradients of its rounds' losses added up (an iterable computes each round after
         the previous round's backward freed its graph; one tensor is the whole share in one pass), one all-reduce,
         then one Adam step. Each round's loss is a mean over the round, so 1/rounds of it makes the sum the whole
@@ -283,7 +283,7 @@ class Trainer:
         eps). NaN and infinite gradients become 0 and +-1e5 before the step, as the reference's loop does, so one
         bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
         opt.zero_grad(set_to_none=True)
-        for loss in [losses] if isinstance(losses, torch.Tensor) else losses:
+        for loss in [round_losses] if isinstance(round_losses, torch.Tensor) else round_losses:
             (loss / self.rounds if self.rounds > 1 else loss).backward()
         dd.average_gradients(net.parameters())
         for p in net.parameters():

@@ -24,7 +24,7 @@ from tasks.common.settings import TRAIN_FLOW_ONLY, TrainSettings
 _NOT_SETTINGS = {"command", "debug", "func", "flow", "request_id"}
 TRAIN_METAVARS = {"resolution": "N", "kimg": "K", "snapshot_kimg": "S", "r1_gamma": "G", "resume_from": "FILE",
                   "freeze_d": "N", "net": "YAML", "cycle_kimg": "K", "cycles": "N", "fade_kimg": "K",
-                  "stabilize_kimg": "K", "batch": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
+                  "stabilize_kimg": "K", "batch": "N", "batch_gpu": "N", "channel_base": "N", "channel_max": "N", "ada_target": "T"}
 
 
 def add_train_setting_options(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:
@@ -178,8 +178,11 @@ class _TrainConsole:
             for note in [*self.notes, *info["transfer_notes"]]:
                 tqdm.write(note, file=sys.stderr)
         frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
+        share = info["batch"] // info["processes"]
+        rounds = f" in rounds of {info['batch_gpu']}" if info.get("batch_gpu", share) < share else ""
         tqdm.write(f"{info['arch']} {info['resolution']}²: G {info['G_params']:,} parameters, "
-                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es), "
+                   f"D {info['D_params']:,}; batch {info['batch']} over {info['processes']} process(es)"
+                   f"{rounds}, "
                    f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
                    f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
                    f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)

@@ -21,10 +21,12 @@ class Arch(Protocol):
     D: nn.Module
     batch: int
     lr: float
+    d_lr: float  # D's Adam learning rate (the reference's --dlr; StyleGAN3's differs from G's)
     loss: str
     lazy_r1: bool
     r1_gamma: float
     ema_kimg: float
+    ema_rampup: float  # G_ema's half-life is at most this fraction of the images seen; 0 = no ramp-up
     z_dim: int
     ada_target: float
     pl_weight: float
@@ -39,15 +41,19 @@ class Arch(Protocol):
     @overload
     def generate(self, G: nn.Module, z: torch.Tensor, nimg: int, update_stats: bool = True, *,
                  return_ws: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int) -> torch.Tensor: ...
+    # D's logits; `augment` (ADA's pipe) runs on what D would see, after any input filter of the family's
+    # (StyleGAN3-R's blur), as the reference's run_D.
+    def discriminate(self, D: nn.Module, images: torch.Tensor, nimg: int,
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor: ...
     def prepare_reals(self, reals: torch.Tensor, nimg: int) -> torch.Tensor: ...
     def progress(self, nimg: int) -> dict: ...
     def describe(self) -> dict: ...
 
 
-def _process_batch(batch: int) -> int:
-    """Images each process sees per step when the global batch is split over torchrun's processes."""
-    return max(batch // world_size(), 1)
+def _pass_batch(batch: int, batch_gpu: int) -> int:
+    """Images in one forward pass of a process: batch_gpu (gradient accumulation, checked by the trainer), else its
+    whole share of the global batch split over torchrun's processes."""
+    return batch_gpu or max(batch // world_size(), 1)
 
 
 def _pick(value, default, unset):
@@ -65,18 +71,21 @@ def _fields(config: type, leave_out: frozenset[str]) -> tuple[str, ...]:
 
 
 class StyleGAN2Arch:
-    stats_in_d_step = False  # stylegan2-ada-pytorch moves w_avg in G's own training step
+    stats_in_d_step = True  # w_avg moves in D's pass over fakes, as NVlabs/stylegan3's loss (update_emas in Dgen)
 
     def __init__(self, cfg):
         from models.stylegan2 import Discriminator, Generator, preset
 
         net, defaults = preset(cfg.resolution, gpus=world_size(), kind=cfg.preset)  # auto scales with GPUs
         self.batch = cfg.batch or defaults.minibatch
-        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
-        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _process_batch(self.batch)), **cfg.net)
+        # The minibatch-std group must divide each pass's batch; the reference clamps it the same way (its layer takes
+        # min(group, batch_gpu)).
+        net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _pass_batch(self.batch, cfg.batch_gpu)),
+                                  **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
         self.lr = cfg.lr or defaults.lr
+        self.d_lr = self.lr
         self.loss = cfg.loss or "logistic"
         self.lazy_r1 = self.loss == "logistic"
         # 'auto' scales gamma and EMA with the minibatch, so recompute them for an overridden batch.
@@ -84,6 +93,8 @@ class StyleGAN2Arch:
         gamma = 0.0002 * cfg.resolution ** 2 / self.batch if auto else defaults.r1_gamma
         self.r1_gamma = _pick(cfg.r1_gamma, gamma, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
+        # The reference ramps G_ema up in its auto and cifar configs only (cfg_specs' ramp).
+        self.ema_rampup = cfg.ema_rampup if defaults.ema_rampup else 0.0
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
         # The reference's StyleGAN2Loss defaults (off in its cifar config only).
@@ -91,19 +102,22 @@ class StyleGAN2Arch:
         self.style_mixing = _pick(cfg.style_mixing, 0.9, -1.0)
 
     def generate(self, G, z, nimg, update_stats=True, return_ws=False):
-        # w_avg (the truncation centre) follows G's own training step only, as in the reference.
         ws = G.mapping(z, update_w_avg=update_stats)
         if self.style_mixing > 0:
             # Style mixing: with this probability the batch switches to a second latent's ws from a random
             # layer on (one cutoff per batch, as the reference), so styles do not rely on their neighbours.
-            cutoff = int(torch.randint(1, ws.shape[1], ()))
-            if float(torch.rand(())) < self.style_mixing:
-                ws = torch.cat([ws[:, :cutoff], G.mapping(torch.randn_like(z), update_w_avg=False)[:, cutoff:]], 1)
+            # Drawn as the reference draws them (cutoff, coin, second latent, the latent even when the coin
+            # says no), so one torch stream gives both codes the same mixes.
+            cutoff = int(torch.empty([], dtype=torch.int64).random_(1, ws.shape[1]))
+            mix = float(torch.rand([])) < self.style_mixing
+            z2 = torch.randn_like(z)
+            if mix:
+                ws = torch.cat([ws[:, :cutoff], G.mapping(z2, update_w_avg=False)[:, cutoff:]], 1)
         images = G.synthesis(ws)
         return (images, ws) if return_ws else images
 
-    def discriminate(self, D, images, nimg):
-        return D(images)
+    def discriminate(self, D, images, nimg, augment=None):
+        return D(augment(images) if augment is not None else images)
 
     def prepare_reals(self, reals, nimg):
         return reals
@@ -147,17 +161,19 @@ class PGGANArch:
         kind = "paper" if cfg.preset == "auto" else cfg.preset
         net, defaults = preset(cfg.resolution, kind=kind)
         self.batch = cfg.batch or paper_minibatch(cfg.resolution)
-        # Minibatch-std groups must divide each process's batch: the largest of at most the preset's that does.
-        local = _process_batch(self.batch)
+        # Minibatch-std groups must divide each pass's batch: the largest of at most the preset's that does.
+        local = _pass_batch(self.batch, cfg.batch_gpu)
         group = next(g for g in range(min(net.mbstd_group, local), 0, -1) if local % g == 0)
         net = dataclasses.replace(net, mbstd_group=group, **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
         self.lr = cfg.lr or defaults.lr
+        self.d_lr = self.lr
         self.loss = cfg.loss or defaults.loss
         self.lazy_r1 = self.loss == "logistic"
         self.r1_gamma = _pick(cfg.r1_gamma, 10.0, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, defaults.ema_kimg(self.batch), -1.0)
+        self.ema_rampup = 0.0  # the paper's G_ema: beta 0.999 from the first step
         self.z_dim = net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
         self.pl_weight = self.style_mixing = 0.0  # StyleGAN2's regularizers need its mapping network
@@ -171,9 +187,9 @@ class PGGANArch:
         stage, alpha = self.schedule.at(nimg)
         return G(z, stage=stage, alpha=alpha)
 
-    def discriminate(self, D, images, nimg):
+    def discriminate(self, D, images, nimg, augment=None):
         stage, alpha = self.schedule.at(nimg)
-        return D(images, stage=stage, alpha=alpha)
+        return D(augment(images) if augment is not None else images, stage=stage, alpha=alpha)
 
     def prepare_reals(self, reals, nimg):
         from models.pggan import fade_reals
@@ -210,16 +226,16 @@ class PGGANArch:
 class StyleGAN3Arch:
     """StyleGAN3-T/R generator with StyleGAN2's residual discriminator, set up as the reference's train.py
     sets --cfg stylegan3-t|r: channel_base 32768 / channel_max 512 for both nets (cfg.net's channel_base and
-    channel_max are its --cbase/--cmax; R's generator doubles them), mapping depth 2, lr 0.0025, EMA
+    channel_max are its --cbase/--cmax; R's generator doubles them), mapping depth 2, lr 0.0025 (D 0.002), EMA
     batch * 10 / 32 kimg, magnitude EMA half-life 20 kimg, no path-length regularization or style mixing,
     and for R the discriminator's input blurred (sigma 10, fading to 0 over batch * 200 / 32 kimg).
 
     The reference makes --gamma and --batch mandatory. Defaults here: R1 gamma resolution^2 / 32768 (the
     values of its recommended configs: 0.5 at 128, 2 at 256, 8 at 512, 32 at 1024) and the StyleGAN2 'auto'
-    minibatch (32 up to 128x128, halved per doubling above, as ganflow has no gradient accumulation).
+    minibatch (32 up to 128x128, halved per doubling above; train.batch_gpu trains a larger one in less memory).
     As in the reference's loss, G's running statistics (w_avg, magnitude EMAs) move in D's pass over fakes.
-    R's blur runs in discriminate(), so it comes after ADA's augmentation (the reference blurs, then
-    augments) and R1's gradient is taken on the unblurred image (as the reference's).
+    R's blur runs in discriminate(), before ADA's augmentation (the reference blurs, then augments), and R1's
+    gradient is taken on the reals before both (as the reference's).
     """
 
     stats_in_d_step = True
@@ -244,30 +260,36 @@ class StyleGAN3Arch:
             raise ValueError(f"unknown {cfg.arch} network setting(s): {', '.join(unknown)}")
         g_net = preset(cfg.resolution, kind=cfg.arch, batch=self.batch, channel_base=cbase, channel_max=cmax)
         self.net = dataclasses.replace(g_net, **{k: v for k, v in net.items() if k in g_keys}, **g_widths)
-        # The minibatch-std group must divide each process's batch; the reference clamps it the same way.
+        # The minibatch-std group must divide each pass's batch; the reference clamps it the same way.
+        group = min(mbstd, _pass_batch(self.batch, cfg.batch_gpu))
         self.d_net = StyleGAN2Config(resolution=cfg.resolution, channels=self.net.channels, channel_base=cbase,
-                                     channel_max=cmax, mbstd_group=min(mbstd, _process_batch(self.batch)),
+                                     channel_max=cmax, mbstd_group=group,
                                      **{k: v for k, v in net.items() if k in d_keys})
         self.G, self.D = Generator(self.net), Discriminator(self.d_net)
         self.lr = cfg.lr or 0.0025
+        self.d_lr = cfg.lr or 0.002  # train.py's --dlr default; its --glr for StyleGAN3 is 0.0025
         self.loss = cfg.loss or "logistic"
         self.lazy_r1 = self.loss == "logistic"
         self.r1_gamma = _pick(cfg.r1_gamma, cfg.resolution ** 2 / 32768, -1.0)
         self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32, -1.0)
+        self.ema_rampup = cfg.ema_rampup  # training_loop.py's 0.05, which train.py keeps but for --resume
         self.z_dim = self.net.z_dim
         self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
         self.pl_weight = _pick(cfg.pl_weight, 0.0, -1.0)
         self.style_mixing = _pick(cfg.style_mixing, 0.0, -1.0)
         r = cfg.arch == "stylegan3-r"
-        self.blur_init_sigma = 10.0 if r else 0.0
+        # A run from a pretrained network does not blur, as the reference's --resume (blur_init_sigma 0).
+        self.blur_init_sigma = 10.0 if r and not cfg.transfer_from else 0.0
         self.blur_fade_kimg = self.batch * 200 / 32 if r else 0.0
 
     def generate(self, G, z, nimg, update_stats=True, return_ws=False):
         ws = G.mapping(z, update_w_avg=update_stats)
         if self.style_mixing > 0:  # off unless asked for: the reference's StyleGAN3 configs do not mix
-            cutoff = int(torch.randint(1, ws.shape[1], ()))
-            if float(torch.rand(())) < self.style_mixing:
-                ws = torch.cat([ws[:, :cutoff], G.mapping(torch.randn_like(z))[:, cutoff:]], 1)
+            cutoff = int(torch.empty([], dtype=torch.int64).random_(1, ws.shape[1]))  # drawn as StyleGAN2Arch's
+            mix = float(torch.rand([])) < self.style_mixing
+            z2 = torch.randn_like(z)
+            if mix:
+                ws = torch.cat([ws[:, :cutoff], G.mapping(z2, update_w_avg=False)[:, cutoff:]], 1)
         images = G.synthesis(ws, update_emas=update_stats)
         return (images, ws) if return_ws else images
 
@@ -277,10 +299,11 @@ class StyleGAN3Arch:
             return 0.0
         return max(1 - nimg / (self.blur_fade_kimg * 1e3), 0) * self.blur_init_sigma
 
-    def discriminate(self, D, images, nimg):
+    def discriminate(self, D, images, nimg, augment=None):
         from models.stylegan3 import blur
 
-        return D(blur(images, self.blur_sigma(nimg)))
+        images = blur(images, self.blur_sigma(nimg))  # blurred, then augmented: the reference's run_D
+        return D(augment(images) if augment is not None else images)
 
     def prepare_reals(self, reals, nimg):
         return reals

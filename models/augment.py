@@ -21,8 +21,8 @@ Differences from the reference:
   (reflect at the borders), for every image that drew no general geometric transform. The reference
   resamples them through its filtered path like any other transform: close to, not exactly, a pixel
   permutation (an x-flip through the asymmetric sym6 filter is off by up to ~3e-2).
-- The random draws are made in a different order, so a seed gives other augmentations than the
-  reference's with the same seed (the distributions are the same).
+- The random draws are the reference's, in its order and shapes: from the same torch RNG state both pipes
+  draw the same augmentations (tests/test_training_parity.py replays the reference's stream through it).
 - `resample="sym6"` (the default) resamples as the reference does: reflect-pad, 2× upsample with the sym6
   wavelet low-pass, bilinear sample, low-pass and 2× downsample, which suppresses aliasing when an image is
   shrunk or rotated; it matches the reference's output to ~1e-6 (tests/test_augment.py holds reference

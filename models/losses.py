@@ -35,9 +35,10 @@ def g_wgan_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, **d_kwargs) -> torch.Tensor:
-    """WGAN-GP: (||grad D(mix)|| - 1)^2 on random interpolates of real and fake."""
+    """WGAN-GP: (||grad D(mix)|| - 1)^2 on random interpolates of real and fake (mix = lerp(real, fake, u), u
+    uniform per image: the paper's code's direction, so the same draw gives the same mix)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    mix = torch.lerp(real, fake, eps).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(mix, **d_kwargs).sum(), mix, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
@@ -53,11 +54,14 @@ def g_lsgan_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 def path_length_penalty(images: torch.Tensor, ws: torch.Tensor, mean_path_length: torch.Tensor,
                         decay: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """StyleGAN2 path-length regularizer: returns (penalty, updated running mean of path lengths)."""
+    """StyleGAN2 path-length regularizer: returns (penalty, updated running mean of path lengths).
+
+    The updated mean is not detached: the penalty's gradient includes its `decay` share of this batch, as
+    NVIDIA's (TF and PyTorch) implementations; detach it before keeping it."""
     noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
     (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
     lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
-    new_mean = mean_path_length + decay * (lengths.mean().detach() - mean_path_length)
+    new_mean = mean_path_length.lerp(lengths.mean(), decay)
     return (lengths - new_mean).square().mean(), new_mean
 
 

@@ -167,10 +167,16 @@ class _BiasLeakyReLU(torch.autograd.Function):
             y.clamp_(-clamp, clamp)
         ctx.save_for_backward(y)
         ctx.alpha, ctx.gain, ctx.clamp, ctx.has_bias = alpha, gain, clamp, b is not None
+        # No gradient in is no gradient out (not zeros): a double backward (path length) that reaches y with
+        # none would otherwise give the bias a zero gradient, and Adam steps a parameter with a zero gradient
+        # (its moments decay, its step count grows) where it skips one with None, as the reference's does.
+        ctx.set_materialize_grads(False)
         return y
 
     @staticmethod
-    def backward(ctx, dy: Tensor):
+    def backward(ctx, dy: Tensor | None):
+        if dy is None:
+            return None, None, None, None, None
         (y,) = ctx.saved_tensors
         alpha, gain, clamp = ctx.alpha, ctx.gain, ctx.clamp
         if alpha == 1.0:

@@ -47,6 +47,7 @@ class StyleGAN2Config:
     d_architecture: str = "resnet"          # discriminator blocks: 'resnet' or 'orig'
     resample_filter: tuple[int, ...] = (1, 3, 3, 1)  # low-pass FIR taps for up/downsampling
     fused_modconv: bool | None = None       # grouped-conv modulation; None = at inference only (see SynthesisBlock)
+    use_noise: bool = True                  # per-pixel noise inputs in G's layers (the reference's use_noise)
     channels_last: bool = False             # run convolutions on channels_last activations
     num_fp16_res: int = 4                   # under autocast, only the N highest resolutions run in half
                                             # precision; the rest, mapping and D's head stay fp32 (train.py: 4)
@@ -356,7 +357,7 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  resample_filter: tuple[int, ...] = (1, 3, 3, 1), conv_clamp: float | None = None,
-                 channels_last: bool = False, use_fp16: bool = False):
+                 channels_last: bool = False, use_fp16: bool = False, use_noise: bool = True):
         super().__init__()
         self.in_channels, self.resolution, self.img_channels = in_channels, resolution, img_channels
         self.channels_last, self.use_fp16 = channels_last, use_fp16
@@ -365,10 +366,11 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2, use_noise=use_noise,
                                         resample_filter=resample_filter, conv_clamp=conv_clamp)
             self.num_conv += 1
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp,
+                                    use_noise=use_noise)
         self.num_conv += 1
         self.torgb = ToRGB(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_torgb = 1
@@ -412,7 +414,8 @@ class SynthesisNetwork(nn.Module):
             in_ch = cfg.channels_at(res // 2) if res > 4 else 0
             block = SynthesisBlock(in_ch, cfg.channels_at(res), cfg.w_dim, res, cfg.channels,
                                    resample_filter=cfg.resample_filter, conv_clamp=cfg.conv_clamp,
-                                   channels_last=cfg.channels_last, use_fp16=res >= cfg.fp16_resolution)
+                                   channels_last=cfg.channels_last, use_fp16=res >= cfg.fp16_resolution,
+                                   use_noise=cfg.use_noise)
             self.num_ws += block.num_conv
             setattr(self, f"b{res}", block)
         self.num_ws += 1  # the last block's ToRGB; earlier ToRGBs share the next block's first w

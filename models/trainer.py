@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from models.transfer import Networks, TransferError, arch_differences, freeze_di
 from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 from models.run_dir import RunDir
 
-CODE_VERSION = "ganflow-train-2"  # bump when the checkpoint layout or the step changes
+CODE_VERSION = "ganflow-train-3"  # bump when the checkpoint layout or the step changes
 
 
 @dataclass
@@ -39,6 +39,8 @@ class TrainConfig:
     resolution: int = 256            # training resolution
     preset: str = "auto"             # network/training preset (see models.arch)
     batch: int = 0                   # images per step; 0 = the preset's
+    batch_gpu: int = 0               # images per forward/backward pass on each process (NVIDIA's --batch-gpu): the
+                                     # step runs in rounds whose gradients add up; 0 = the process's whole share
     lr: float = 0.0                  # Adam learning rate; 0 = the preset's
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
     loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
@@ -49,7 +51,7 @@ class TrainConfig:
     style_mixing: float = -1.0       # StyleGAN2 style-mixing probability; -1 = the arch's (0.9), 0 = off
     gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
     ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
-    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen); 0 = off
+    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen) where the reference ramps up; 0 = off
     ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
     ada_interval: int = 4            # ADA: adjust p every this many steps
     ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
@@ -82,6 +84,7 @@ class Trainer:
         self.rank, self.world = dd.rank(), dd.world_size()
         if self.arch.batch % self.world:
             raise ValueError(f"batch {self.arch.batch} does not split evenly over {self.world} processes")
+        self.rounds = _rounds(self.arch.batch // self.world, cfg.batch_gpu, self.arch.batch, self.world)
         self.latent_rng = torch.Generator().manual_seed(cfg.seed)
         own_seed = cfg.seed + 1_000_003 * self.rank
         if self.rank:
@@ -98,7 +101,7 @@ class Trainer:
                                      batch=self.arch.batch)
         # Lazy regularization: the reference scales lr and betas so a regularized net takes the same steps.
         self.opt_G = _adam(self.G, self.arch.lr, cfg.betas, cfg.pl_interval if self.arch.pl_weight > 0 else 0)
-        self.opt_D = _adam(self.D, self.arch.lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
+        self.opt_D = _adam(self.D, self.arch.d_lr, cfg.betas, cfg.r1_interval if self.arch.lazy_r1 else 0)
         self.pl_mean = torch.zeros([], device=self.device)  # running mean of path lengths
         if cfg.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, not {cfg.amp!r}")
@@ -182,7 +185,9 @@ class Trainer:
         """What this run trains, for a log line: parameter counts and the settings the preset chose."""
         count = ops.count_parameters
         return {"arch": self.cfg.arch, "resolution": self.cfg.resolution, "G_params": count(self.G),
-                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world, "lr": self.arch.lr,
+                "D_params": count(self.D), "batch": self.arch.batch, "processes": self.world,
+                "batch_gpu": self.arch.batch // self.world // self.rounds, "lr": self.arch.lr,
+                "d_lr": self.arch.d_lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
                 "device": str(self.device), "freeze_d": self.cfg.freeze_d}
@@ -224,10 +229,6 @@ class Trainer:
         """This process's part of a global batch."""
         return x[self.rank::self.world] if self.world > 1 else x
 
-    def _latents(self) -> torch.Tensor:
-        z = torch.randn(self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
-        return self._share(z).to(self.device)
-
     def _reals(self) -> torch.Tensor:
         idx = self._share(self.sampler.take(self.arch.batch))
         reals = to_float(self.images[idx]).to(self.device)
@@ -247,61 +248,147 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _D(self, images: torch.Tensor) -> torch.Tensor:
-        """D's logits in fp32 (losses and penalties are computed in full precision)."""
+        """D's logits in fp32 (losses and penalties are computed in full precision), without augmentation."""
         return self.arch.discriminate(self.D, images, self.nimg).float()
 
-    def _d_step(self, reals: torch.Tensor) -> dict:
-        z = self._latents()
+    def _run_D(self, images: torch.Tensor) -> torch.Tensor:
+        """D's logits on what the reference's run_D shows it: StyleGAN3-R's blur, then ADA's augmentation."""
+        return self.arch.discriminate(self.D, images, self.nimg, augment=self._aug).float()
+
+    def _phases(self) -> tuple[str, ...]:
+        """The reference's training phases: with lazy regularization, a main and a reg phase, each its own
+        optimizer step (G's only when path length is on), else one 'both' phase."""
+        g = ("Gmain", "Greg") if self.arch.pl_weight > 0 else ("Gboth",)
+        return g + (("Dmain", "Dreg") if self.arch.lazy_r1 else ("Dboth",))
+
+    def _phase_latents(self) -> dict[str, torch.Tensor]:
+        """One draw of [phases * batch, z_dim] per step, split per phase, as the reference's all_gen_z (from the
+        run's own latent generator: every process draws the same global batch)."""
+        phases = self._phases()
+        z = torch.randn(len(phases) * self.arch.batch, self.arch.z_dim, generator=self.latent_rng)
+        return {name: self._share(part).to(self.device) for name, part in zip(phases, z.split(self.arch.batch))}
+
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """This process's share of a phase (its reals, its own latents) in rounds of batch_gpu (gradient
+        accumulation), strided as the share itself is: round r takes images r, r + rounds, ... So the minibatch-std
+        groups (group n % (batch / group)) are the whole batch's, and whole or in rounds a phase sees the same
+        images."""
+        return [x] if self.rounds == 1 else [x[r::self.rounds] for r in range(self.rounds)]
+
+    def _optimizer_step(self, opt: torch.optim.Optimizer, net: torch.nn.Module,
+                        round_losses: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """One phase's step: the gradients of its rounds' losses added up (an iterable computes each round after
+        the previous round's backward freed its graph; one tensor is the whole share in one pass), one all-reduce,
+        then one Adam step. Each round's loss is a mean over the round, so 1/rounds of it makes the sum the whole
+        batch's mean (NVIDIA adds the rounds' means, a gradient `rounds` times larger, which Adam undoes but for its
+        eps). NaN and infinite gradients become 0 and +-1e5 before the step, as the reference's loop does, so one
+        bad batch cannot turn Adam's moments (and with them every later step) into NaN."""
+        opt.zero_grad(set_to_none=True)
+        for loss in [round_losses] if isinstance(round_losses, torch.Tensor) else round_losses:
+            (loss / self.rounds if self.rounds > 1 else loss).backward()
+        dd.average_gradients(net.parameters())
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+        opt.step()
+
+    def _d_step(self, reals: torch.Tensor, zs: dict[str, torch.Tensor] | None = None) -> dict:
+        """D's phases: Dmain (logistic loss on fakes and reals), then on R1 steps Dreg (R1 alone, its own step);
+        each in rounds of batch_gpu, with ADA's statistics from every round."""
+        zs = zs if zs is not None else self._phase_latents()
+        z = zs["Dmain"] if "Dmain" in zs else zs["Dboth"]
         do_r1 = self.arch.lazy_r1 and self.arch.r1_gamma > 0 and self.step % self.cfg.r1_interval == 0
-        with self._autocast():
-            with torch.no_grad():
-                fakes = self.arch.generate(self.G, z, self.nimg, update_stats=self.arch.stats_in_d_step).float()
-            real_in = self._aug(reals).detach().requires_grad_(do_r1)
-            real_logits = self._D(real_in)
-            fake_logits = self._D(self._aug(fakes))
-            loss = self.d_loss_fn(real_logits, fake_logits)
-            stats = {"loss_D": loss.item(), "D_real": real_logits.mean().item(), "D_fake": fake_logits.mean().item()}
-            if do_r1:
-                r1 = losses.d_r1_penalty(real_logits, real_in)
-                loss = loss + r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
-                stats["r1"] = r1.item()
-            if self.arch.loss == "wgan":
-                loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals, fakes)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        dd.average_gradients(self.D.parameters())
-        self.opt_D.step()
+        main: list[dict] = []
+        main_signs: list[torch.Tensor] = []
+
+        def main_rounds() -> Iterator[torch.Tensor]:
+            for z_r, reals_r in zip(self._split(z), self._split(reals)):
+                with self._autocast():
+                    with torch.no_grad():
+                        fakes = self.arch.generate(self.G, z_r, self.nimg,
+                                                   update_stats=self.arch.stats_in_d_step).float()
+                    fake_logits = self._run_D(fakes)  # fakes first, then reals: the reference's order of draws
+                    real_logits = self._run_D(reals_r)
+                    loss = self.d_loss_fn(real_logits, fake_logits)
+                    main.append({"loss_D": loss.item(), "D_real": real_logits.mean().item(),
+                                 "D_fake": fake_logits.mean().item()})
+                    if self.arch.loss == "wgan":
+                        loss = loss + self.cfg.gp_gamma * losses.gradient_penalty(self._D, reals_r, fakes)
+                main_signs.append(real_logits.detach())
+                yield loss
+
+        self._optimizer_step(self.opt_D, self.D, main_rounds())
         if self.arch.stats_in_d_step:  # G's statistics moved per process: follow the global batch in G's step too
             dd.average_buffers(self.G)
         if self.ada:
-            self.ada.accumulate(real_logits.detach())
+            self.ada.accumulate(_cat(main_signs))
+        stats = _mean(main)
+        if do_r1:
+            reg: list[dict] = []
+            reg_signs: list[torch.Tensor] = []
+
+            def reg_rounds() -> Iterator[torch.Tensor]:
+                # R1 on the reals as they come, through the blur and the augmentation (the reference's Dreg), at
+                # gamma/2 times the interval.
+                for reals_r in self._split(reals):
+                    with self._autocast():
+                        real_in = reals_r.detach().requires_grad_(True)
+                        real_logits = self._run_D(real_in)
+                        r1 = losses.d_r1_penalty(real_logits, real_in)
+                        reg.append({"r1": r1.item()})
+                    reg_signs.append(real_logits.detach())
+                    yield r1 * (self.arch.r1_gamma / 2) * self.cfg.r1_interval
+
+            self._optimizer_step(self.opt_D, self.D, reg_rounds())
+            stats.update(_mean(reg))
+            if self.ada:  # the reference's ADA statistics count Dreg's pass over the reals too
+                self.ada.accumulate(_cat(reg_signs))
         return stats
 
-    def _g_step(self) -> dict:
-        z = self._latents()
-        with self._autocast():
-            fakes = self.arch.generate(self.G, z, self.nimg, update_stats=not self.arch.stats_in_d_step).float()
-            loss = self.g_loss_fn(self._D(self._aug(fakes)))
-            stats = {"loss_G": loss.item()}
-            if self.arch.pl_weight > 0 and self.step % self.cfg.pl_interval == 0:
-                # Path-length regularization on half the batch (the reference's pl_batch_shrink 2).
-                images, ws = self.arch.generate(self.G, z[:max(len(z) // 2, 1)], self.nimg,
-                                                update_stats=False, return_ws=True)
-                penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
-                self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
-                loss = loss + penalty * self.arch.pl_weight * self.cfg.pl_interval
-                stats["pl_penalty"] = penalty.item()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
-        dd.average_gradients(self.G.parameters())
-        self.opt_G.step()
+    def _g_step(self, zs: dict[str, torch.Tensor] | None = None) -> dict:
+        """G's phases: Gmain (non-saturating loss), then on path-length steps Greg (the penalty alone, its own
+        step, on its own latents); each in rounds of batch_gpu."""
+        zs = zs if zs is not None else self._phase_latents()
+        z = zs["Gmain"] if "Gmain" in zs else zs["Gboth"]
+        main: list[dict] = []
+
+        def main_rounds() -> Iterator[torch.Tensor]:
+            for z_r in self._split(z):
+                with self._autocast():
+                    fakes = self.arch.generate(self.G, z_r, self.nimg,
+                                               update_stats=not self.arch.stats_in_d_step).float()
+                    loss = self.g_loss_fn(self._run_D(fakes))
+                    main.append({"loss_G": loss.item()})
+                yield loss
+
+        self._optimizer_step(self.opt_G, self.G, main_rounds())
+        stats = _mean(main)
+        if "Greg" in zs and self.step % self.cfg.pl_interval == 0:
+            reg: list[dict] = []
+
+            def reg_rounds() -> Iterator[torch.Tensor]:
+                for z_r in self._split(zs["Greg"]):
+                    with self._autocast():
+                        # Path-length regularization on the first half of each round (the reference's
+                        # pl_batch_shrink 2, applied per round as its accumulate_gradients does); the running mean
+                        # moves once per round too.
+                        images, ws = self.arch.generate(self.G, z_r[:max(len(z_r) // 2, 1)], self.nimg,
+                                                        update_stats=False, return_ws=True)
+                        penalty, pl_mean = losses.path_length_penalty(images.float(), ws, self.pl_mean)
+                        self.pl_mean.copy_(dd.mean_over_processes(pl_mean.detach()))
+                        reg.append({"pl_penalty": penalty.item()})
+                    yield penalty * self.arch.pl_weight * self.cfg.pl_interval
+
+            self._optimizer_step(self.opt_G, self.G, reg_rounds())
+            stats.update(_mean(reg))
         return stats
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        """G_ema after a step, at the images seen before it (the reference's cur_nimg): its ramp-up starts at 0."""
         ema_nimg = self.arch.ema_kimg * 1000
-        if self.cfg.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
+        if self.arch.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.nimg * self.arch.ema_rampup)
         beta = 0.5 ** (self.arch.batch / max(ema_nimg, 1e-8))
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.lerp(p_ema, beta))
@@ -322,15 +409,16 @@ class Trainer:
         t0, n0 = time.perf_counter(), self.nimg
         self.G.train(), self.D.train()
         while self.nimg < target:
-            stats = self._d_step(self._reals())
-            stats.update(self._g_step())
+            reals, zs = self._reals(), self._phase_latents()
+            stats = self._g_step(zs)  # G's phases first, then D's, as the reference's loop
+            stats.update(self._d_step(reals, zs))
+            self._update_ema()
             self.nimg += self.arch.batch
             self.step += 1
             if self._entered_new_stage():
                 # A new PGGAN resolution: fresh Adam moments, as the reference (reset_opt_for_new_lod).
                 self.opt_G.state.clear()
                 self.opt_D.state.clear()
-            self._update_ema()
             if self.ada and self.step % self.cfg.ada_interval == 0:
                 self.augment.p.fill_(self.ada.update(float(self.augment.p)))  # type: ignore[union-attr]  # ADA implies the pipe
             elapsed = time.perf_counter() - t0
@@ -356,6 +444,25 @@ def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_inte
     parameters (Freeze-D) are left out."""
     c = lazy_interval / (lazy_interval + 1) if lazy_interval else 1.0
     return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
+
+
+def _rounds(share: int, batch_gpu: int, batch: int, world: int) -> int:
+    """How many passes of batch_gpu images make a process's share of the batch (1: batch_gpu 0, the whole share)."""
+    if batch_gpu < 0 or (batch_gpu and share % batch_gpu):
+        processes = f"over {world} processes" if world > 1 else "in one process"
+        raise ValueError(f"batch_gpu {batch_gpu} must divide each process's batch, {share} (batch {batch} "
+                         f"{processes}): use a divisor of {share}, or 0 for the whole {share}")
+    return share // batch_gpu if batch_gpu else 1
+
+
+def _cat(rounds: list[torch.Tensor]) -> torch.Tensor:
+    """A phase's D(real) logits, every round's."""
+    return rounds[0] if len(rounds) == 1 else torch.cat(rounds)
+
+
+def _mean(rounds: list[dict]) -> dict:
+    """The step's statistics: each the mean over its rounds (equal-sized, so the whole batch's mean)."""
+    return rounds[0] if len(rounds) == 1 else {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
 
 
 def _plain(value):

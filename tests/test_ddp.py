@@ -17,24 +17,34 @@ from models.data import load_images
 from models.trainer import TrainConfig, Trainer
 from tests.conftest import ROOT
 
-# Style mixing and path-length regularization draw per process (as the reference's do), so they are off here.
+# Style mixing, path-length regularization and noise inputs draw per process (as the reference's do), so they are
+# off here (G steps first, as the reference's loop: D's fakes then carry its noise at the strengths G just moved).
 SG2 = dict(arch="stylegan2", resolution=32, net=dict(channel_base=512, channel_max=64, z_dim=32, w_dim=32,
-                                                     mapping_layers=2), r1_interval=1, style_mixing=0, pl_weight=0)
+                                                     mapping_layers=2, use_noise=False), r1_interval=1,
+           style_mixing=0, pl_weight=0)
 # WGAN-GP draws its interpolation points per process, so the PGGAN comparison uses the least-squares loss.
 PGGAN = dict(arch="pggan", resolution=16, loss="lsgan", fade_kimg=0.004, stabilize_kimg=0.004,
              net=dict(channel_base=256, channel_max=64, z_dim=32))
 # StyleGAN3-T: its running statistics move in D's pass per process, then are averaged over processes.
 SG3T = dict(arch="stylegan3-t", resolution=16, net=dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16),
             r1_interval=1)
-# The largest single-weight gap allowed, in Adam steps (lr). G's step runs through D after D's update, whose
+# The largest single-weight gap allowed, in Adam steps (lr). D's step runs on fakes of G after G's update, whose
 # near-eps gradients already differ by a part of lr (see below); StyleGAN3's 16 layers hold more G weights
 # with gradients near Adam's eps (|g| ~ 1e-8 at init), where that moves their first step by up to ~0.2 lr.
 MAX_GAP = {"stylegan2": 0.05, "pggan": 0.05, "stylegan3-t": 0.5}
+# Gradient accumulation on top: batch 16, each process takes its 8 in rounds of 4 (batch_gpu), adding their gradients
+# before the one all-reduce; the rounds, strided as the shares are, hold the whole batch's minibatch-std groups.
+SG2_ROUNDS = dict(SG2, batch=16, batch_gpu=4)
 BATCH = 8  # 4 per process: one minibatch-std group of 4, the same groups as the whole batch's (n % 2)
 
 
 def _cfg(kw: dict) -> TrainConfig:
-    return TrainConfig(**kw, batch=BATCH, snapshot_kimg=1.0, seed=3)
+    return TrainConfig(**{"batch": BATCH, **kw}, snapshot_kimg=1.0, seed=3)
+
+
+def _whole(kw: dict) -> dict:
+    """The one-process run it is compared with: the whole batch in one pass."""
+    return {k: v for k, v in kw.items() if k != "batch_gpu"}
 
 
 def _one_step(cfg: TrainConfig, data: Path, run_dir: Path, kimg: float) -> Trainer:
@@ -56,20 +66,23 @@ def _worker(rank: int, world: int, store: str, kw: dict, data: str, out: str, ki
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kw", [SG2, PGGAN, SG3T], ids=["stylegan2", "pggan", "stylegan3-t"])
+@pytest.mark.parametrize("kw", [SG2, PGGAN, SG3T, SG2_ROUNDS],
+                         ids=["stylegan2", "pggan", "stylegan3-t", "stylegan2-rounds"])
 def test_two_processes_make_the_same_update_as_one_with_the_whole_batch(tiny_dataset, tmp_path, kw):
     # One step (D with R1, G, EMA): after it StyleGAN2's noise strengths, updated from per-process noise, differ.
-    kimg = BATCH / 1000
+    kimg = kw.get("batch", BATCH) / 1000
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), kw, str(tiny_dataset), str(tmp_path), kimg), nprocs=2)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     torch.set_num_threads(1)
-    single = _one_step(_cfg(kw), tiny_dataset, tmp_path / "single", kimg)
-    start = Trainer(_cfg(kw), load_images(tiny_dataset, kw["resolution"]), tmp_path / "start")
+    single = _one_step(_cfg(_whole(kw)), tiny_dataset, tmp_path / "single", kimg)
+    start = Trainer(_cfg(_whole(kw)), load_images(tiny_dataset, kw["resolution"]), tmp_path / "start")
     off = total = 0  # weights (all nets) more than a thousandth of a step apart
     for name, net in (("G", single.G), ("D", single.D), ("G_ema", single.G_ema)):
         for key, value in net.state_dict().items():
             if "noise_strength" in key:
                 continue  # the per-pixel noise is drawn per process; its strength's gradient sees that noise
+            if kw.get("batch_gpu") and key.endswith("w_avg"):
+                continue  # the truncation centre moves once per round, as the reference's update_emas
             gap = (value - ddp[name][key]).abs()
             # Adam's first step moves a weight by lr * g / (|g| + eps): about lr, whatever the gradient's size,
             # so gradients that differ only by summation order can differ by a part of lr where g is ~eps.

@@ -74,7 +74,7 @@ def test_every_setting_named_as_a_trainer_field_reaches_the_trainer():
     shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(TrainSettings.model_fields)
     by_name = shared - {"arch", "resolution", "seed", "net", "ada_target"}
     assert by_name >= {"preset", "batch", "loss", "r1_gamma", "fade_kimg", "stabilize_kimg", "snapshot_kimg",
-                       "freeze_d", "xflip"}
+                       "freeze_d", "xflip", "batch_gpu"}
     marked = TrainSettings().model_copy(update={k: f"<{k}>" for k in by_name})  # unvalidated: any value passes
     cfg = train_config(marked, "stylegan2", 32, seed=5)
     assert {k: getattr(cfg, k) for k in by_name} == {k: f"<{k}>" for k in by_name}

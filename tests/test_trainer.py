@@ -51,10 +51,14 @@ ADA = dict(ada_target=0.6, ada_kimg=0.1)
 SG3_NET = dict(channel_base=256, channel_max=16, z_dim=16, w_dim=16)
 SG3T = dict(arch="stylegan3-t", resolution=16, net=SG3_NET, ada_target=0.01, ada_kimg=0.1, ada_interval=1)
 SG3R = dict(SG3T, arch="stylegan3-r")
+# Gradient accumulation (batch 4 in rounds of 2) with ADA augmenting, lazy R1 and path length, style mixing: the
+# per-round draws and running means (path length's, w_avg) are in the checkpoint's state as well.
+ROUNDS = dict(ADA, batch_gpu=2)
 
 
-@pytest.mark.parametrize("kw", [{}, ADA, PGGAN, SG3T, SG3R],
-                         ids=["stylegan2", "stylegan2-ada", "pggan", "stylegan3-t-ada", "stylegan3-r-ada"])
+@pytest.mark.parametrize("kw", [{}, ADA, PGGAN, SG3T, SG3R, ROUNDS],
+                         ids=["stylegan2", "stylegan2-ada", "pggan", "stylegan3-t-ada", "stylegan3-r-ada",
+                              "stylegan2-ada-batch-gpu"])
 def test_resume_gives_bit_identical_g_ema(tiny_dataset, tmp_path, kw, one_thread):
     target, stop = {"pggan": (0.048, 0.020), "stylegan3-t": (0.024, 0.012),
                     "stylegan3-r": (0.024, 0.012)}.get(kw.get("arch"), (0.064, 0.032))

@@ -234,6 +234,9 @@ class TrainSettings(Section):
     retry_delay_seconds: float = setting(30.0, "wait before a retry (a transient disk or CUDA error may clear)",
                                          ge=0, le=86400)
     batch: int = setting(0, "images per step over all GPUs; 0 = the preset's (from the resolution)", ge=0, le=65536)
+    batch_gpu: int = setting(0, "images per forward/backward pass on each GPU (NVIDIA's --batch-gpu): a divisor of "
+                                "the per-GPU batch, trained in rounds whose gradients add up (gradient accumulation: "
+                                "the same batch in less memory); 0 = the whole per-GPU batch", ge=0, le=65536)
     channel_base: int = setting(0, "feature-map budget; 0 = the preset's (smaller = faster, for CPU runs)",
                                 ge=0, le=1 << 20)
     channel_max: int = setting(0, "cap on feature maps per layer; 0 = the preset's", ge=0, le=4096)
@@ -273,6 +276,14 @@ class TrainSettings(Section):
         if self.freeze_d and not self.resume_from:
             raise ValueError(f"train.freeze_d {self.freeze_d} keeps a pretrained discriminator's first layers: "
                              "set train.resume_from (--resume-from) to the network file, or freeze_d 0")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_gpu_divides_the_batch(self) -> "TrainSettings":
+        # What is known here: the batch when given (the preset's and the GPU count are the trainer's to check).
+        if self.batch_gpu and self.batch and self.batch % self.batch_gpu:
+            raise ValueError(f"train.batch_gpu {self.batch_gpu} does not divide train.batch {self.batch}: the "
+                             "per-GPU batch is trained in rounds of batch_gpu images (0 = no rounds)")
         return self
 
     @model_validator(mode="after")

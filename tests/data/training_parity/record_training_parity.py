@@ -27,6 +27,13 @@ Written per case, `<case>.pt.gz` (torch.save, gzipped; loads with weights_only=T
 initial G and D state dicts (reference names), the real images, per step the loss values and per-tensor digests
 (sum and a fixed random projection) of G, D and G_ema after the step, every phase's full gradients on step 0,
 and the full final state dicts. `ada.pt.gz`: ADA's p after a run of steps of recorded D(real) logits.
+
+`sg3t-cycle.pt.gz`, `sg3r-ada-cycle.pt.gz` (TEACHER_CASES: the sg3t and sg3r-ada runs over all 16 steps) also hold,
+under "teacher", the reference's state after each step, which is the state before the next: G and D (parameters
+and buffers), each Adam's per-parameter step count and second moment (first moments: beta1 = 0 makes Adam overwrite
+them with the step's gradient), and the global generator's state before steps 1..15; exact float32, stored as each
+step's bits XORed with the previous step's, split into byte planes, so gzip finds the unchanged high bytes. They
+drop step 0's gradients (the free-running cases check them) and the final G and D (the last teacher state).
 """
 from __future__ import annotations
 
@@ -79,6 +86,10 @@ CASES: dict[str, dict] = {
                      blur_init_sigma=10, blur_fade_kimg=BATCH * 200 / 32),
     "sg2-freezed": dict(G=SG2_G, lr_g=LR_G, g_reg=4, pl_weight=2.0, mixing=0.9, aug=None, steps=2, freezed=3),
 }
+# The same StyleGAN3 runs over a whole 16-step cycle, teacher-forced: the reference's state before every step is
+# recorded (G, D, Adam's second moments and step count, the global generator), so the test takes each step from
+# the reference's state rather than its own drifting one.
+TEACHER_CASES = {"sg3t-cycle": {**CASES["sg3t"], "steps": 16}, "sg3r-ada-cycle": {**CASES["sg3r-ada"], "steps": 16}}
 
 
 def _shim_pkg_resources() -> None:
@@ -123,6 +134,44 @@ def digest(state: dict) -> dict:
     return {"names": names, "values": torch.stack(rows)}
 
 
+def before_step(G, D, phases) -> dict:
+    """What ganflow needs to take the next step as the reference: G and D (parameters and buffers), each Adam's
+    step count and second moments (by parameter name), the global generator. Adam's first moments are left out:
+    with beta1 = 0 Adam overwrites them with the step's gradient before using them."""
+    state = {"G": pack(G.state_dict()), "D": pack(D.state_dict()), "rng": torch.get_rng_state()}
+    for name, module in (("G", G), ("D", D)):
+        opt = next(phase.opt for phase in phases if phase.module is module)
+        assert all(group["betas"][0] == 0 for group in opt.param_groups)
+        # Per parameter: Adam's step count (0: no state yet, the parameter has had no gradient) and second moment.
+        named = list(module.named_parameters())
+        state[f"opt_{name}"] = {
+            "step": torch.tensor([int(opt.state[p]["step"]) if p in opt.state else 0 for _, p in named]),
+            "exp_avg_sq": pack({k: opt.state[p]["exp_avg_sq"] if p in opt.state else torch.zeros_like(p)
+                                for k, p in named})}
+    return state
+
+
+def xor_chain(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Exact float32 rows, each XORed bitwise with the one before and split into byte planes: the sign, exponent
+    and high mantissa bits of a weight rarely change in a step, so the planes gzip well; nothing is rounded."""
+    bits = torch.stack(rows).float().view(torch.int32)
+    bits = torch.cat([bits[:1], bits[1:] ^ bits[:-1]])
+    return bits.view(torch.uint8).reshape(len(rows), -1, 4).permute(2, 0, 1).contiguous()
+
+
+def compress_teacher(states: list[dict]) -> dict:
+    """Per-step states as names and shapes once, the tensors' data as xor_chain planes."""
+    out: dict = {"rng": torch.stack([s["rng"] for s in states[:-1]]),
+                 "opt_step": {k: torch.stack([s[k]["step"] for s in states]) for k in ("opt_G", "opt_D")}, "packs": {}}
+    for key, get in (("G", lambda s: s["G"]), ("D", lambda s: s["D"]),
+                     ("opt_G", lambda s: s["opt_G"]["exp_avg_sq"]), ("opt_D", lambda s: s["opt_D"]["exp_avg_sq"])):
+        packs = [get(s) for s in states]
+        assert all(p["names"] == packs[0]["names"] for p in packs[1:]), key
+        out["packs"][key] = {"names": packs[0]["names"], "shapes": packs[0]["shapes"],
+                             "planes": xor_chain([p["data"] for p in packs])}
+    return out
+
+
 def images() -> torch.Tensor:
     """Smooth colour images (uint8 [N, 3, RES, RES]) so D has something to tell from G's output."""
     rs = np.random.RandomState(0)
@@ -164,7 +213,8 @@ def build(case: dict):
     return G, D
 
 
-def run(case: dict, G, D, G_ema, reals_u8: torch.Tensor, ema_rampup: float | None = 0.05) -> dict:
+def run(case: dict, G, D, G_ema, reals_u8: torch.Tensor, ema_rampup: float | None = 0.05,
+        teacher: bool = False) -> dict:
     """The reference's training_loop.py from 'Setup training phases' to 'Execute ADA heuristic', on the CPU."""
     import dnnlib
     from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
@@ -205,7 +255,10 @@ def run(case: dict, G, D, G_ema, reals_u8: torch.Tensor, ema_rampup: float | Non
     ema_kimg = BATCH * 10 / 32
     cur_nimg, batch_idx = 0, 0
     record: dict = {"steps": [], "grads": {}}
+    states = []
     for _ in range(case["steps"]):
+        if teacher and batch_idx > 0:  # before step 0: the initial weights, fresh Adams, the seeded generator
+            states.append(before_step(G, D, phases))
         real_img = to_float(reals_u8[sampler.take(BATCH)])
         all_gen_z = torch.randn([len(phases) * BATCH, G.z_dim], generator=latent_rng).split(BATCH)
         c = torch.zeros([BATCH, 0])
@@ -246,17 +299,23 @@ def run(case: dict, G, D, G_ema, reals_u8: torch.Tensor, ema_rampup: float | Non
         step["digest"] = {k: digest(m.state_dict()) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))}
         record["steps"].append(step)
     record["final"] = {k: pack(m.state_dict()) for k, m in (("G", G), ("D", D), ("G_ema", G_ema))}
+    if teacher:
+        states.append(before_step(G, D, phases))
+        record["teacher"] = compress_teacher(states)
     ref_loss.training_stats.report = reports.report
     return record
 
 
 def record_case(name: str) -> dict:
-    case: dict = CASES[name]
+    case: dict = {**CASES, **TEACHER_CASES}[name]
     torch.manual_seed(123)
     G, D = build(case)
     init = {"G": pack(G.state_dict()), "D": pack(D.state_dict())}
     reals = images()
-    out = run(case, G, D, copy.deepcopy(G).eval(), reals)
+    out = run(case, G, D, copy.deepcopy(G).eval(), reals, teacher=name in TEACHER_CASES)
+    if name in TEACHER_CASES:  # step 0's gradients are checked by the free-running case; G, D: the last state
+        del out["grads"]
+        out["final"] = {"G_ema": out["final"]["G_ema"]}
     settings = {k: v for k, v in case.items() if k not in ("G", "aug")}
     settings.update(G=case["G"], augment=None if case["aug"] is None else {k: v for k, v in case["aug"].items()
                                                                           if k != "class_name"},
@@ -324,7 +383,7 @@ def main() -> None:
     _shim_pkg_resources()
     torch.set_num_threads(1)  # a deterministic summation order
     only = sys.argv[1:]
-    for name in CASES:
+    for name in [*CASES, *TEACHER_CASES]:
         if not only or name in only:
             save(name, record_case(name))
     if not only or "transfer" in only:

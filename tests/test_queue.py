@@ -263,43 +263,43 @@ def test_submit_and_manager_options_come_from_the_settings_and_keep_their_names(
 def test_help_shows_each_manager_and_submit_option_with_its_bound(capsys):
     manager = _help(["manager"], capsys)
     for text in ("--interval-seconds S, --interval S `ganflow manager` without --once: one pass every this many "
-                 "seconds (a finite number > 0; default: manager.interval_seconds)",
+                 "seconds (a finite number from 1 to 86400; default: manager.interval_seconds)",
                  "--stale-after-seconds S, --stale-after S a Running run with no heartbeat, progress or state change "
-                 "for this long lost its machine (a finite number > 0; default: manager.stale_after_seconds)",
+                 "for this long lost its machine (a finite number from 1 to 2592000; default: manager.stale_after_seconds)",
                  "--max-attempts N attempts per request (first run + restarts); then it is marked failed (an integer "
-                 ">= 1; default: manager.max_attempts)",
+                 "from 1 to 1000; default: manager.max_attempts)",
                  "--max-running N requests training at once; 0 = no limit (the work pool's limit decides) (an "
-                 "integer >= 0; default: manager.max_running)",
+                 "integer from 0 to 1000000; default: manager.max_running)",
                  "--deployment NAME empty = start training processes on this machine; train/NAME = run that "
                  "deployment (GPU work pools) (default: manager.deployment)",
                  "--queue FILE training request queue (SQLite)"):
         assert text in manager, text
     submit = _help(["train", "submit"], capsys)
     for text in ("--kimg K total kimg; 0 = the stage plan's (stylegan2/3: cycles x cycle_kimg; pggan: full growth) "
-                 "(a finite number >= 0; required)",
+                 "(a finite number from 0 to 1000000; required)",
                  "--resolution N training resolution (a power of two from 4 to 1024, at most the dataset's) (a power "
                  "of two from 4 to 1024; default: train.resolution)",
                  "(an integer from 0 to 4294967295; default: train.seed)",
                  "--freeze-d N Freeze-D:", "(an integer from 0 to 64; default: train.freeze_d)",
                  "--arch {stylegan2,stylegan3-t,stylegan3-r,pggan}",
-                 "--snapshot-kimg S checkpoint + sample grid every this many kimg (a finite number > 0; default: "
-                 "train.snapshot_kimg)"):
+                 "--snapshot-kimg S checkpoint + sample grid every this many kimg (at least one image) (a finite number "
+                 "from 0.001 to 1000000; default: train.snapshot_kimg)"):
         assert text in submit, text
     assert "--queue FILE" in _help(["train", "status"], capsys)
 
 
 @pytest.mark.parametrize("argv,says", [
-    (["manager", "--max-attempts", "0"], "argument --max-attempts: '0' is not an integer >= 1"),
-    (["manager", "--interval", "0"], "argument --interval-seconds/--interval: '0' is not a finite number > 0"),
+    (["manager", "--max-attempts", "0"], "argument --max-attempts: '0' is not an integer from 1 to 1000"),
+    (["manager", "--interval", "0"], "argument --interval-seconds/--interval: '0' is not a finite number from 1 to 86400"),
     (["manager", "--stale-after", "nan"],
-     "argument --stale-after-seconds/--stale-after: 'nan' is not a finite number > 0"),
-    (["manager", "--max-running", "-1"], "argument --max-running: '-1' is not an integer >= 0"),
+     "argument --stale-after-seconds/--stale-after: 'nan' is not a finite number from 1 to 2592000"),
+    (["manager", "--max-running", "-1"], "argument --max-running: '-1' is not an integer from 0 to 1000000"),
     (["manager", "--queue", ""], "argument --queue: '' is not a non-empty text"),
     (["train", "status", "--queue", ""], "argument --queue: '' is not a non-empty text"),
     (["train", "submit", "--freeze-d", "65"], "argument --freeze-d: '65' is not an integer from 0 to 64"),
     (["train", "submit", "--gamma", "-3"],
      "argument --r1-gamma/--gamma: '-3' is not -1 (the family's) or a finite number >= 0"),
-    (["train", "submit", "--cycles", "0"], "argument --cycles: '0' is not an integer >= 1"),
+    (["train", "submit", "--cycles", "0"], "argument --cycles: '0' is not an integer from 1 to 10000"),
 ])
 def test_a_bad_manager_or_submit_option_is_one_line_with_exit_2(argv, says, tmp_path, capsys):
     from flows.cli import main
@@ -395,7 +395,7 @@ def test_status_submit_and_manager_read_the_manager_section_validated_once(tmp_p
         assert main([*argv, "--params", bad]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"ganflow {' '.join(argv[:2]) if argv[0] == 'train' else 'manager'}: error: "
-                       "manager.max_attempts 0 is not an integer >= 1"], err
+                       "manager.max_attempts 0 is not an integer from 1 to 1000"], err
     assert not (tmp_path / "q.sqlite").exists()
     # A good section: its max_attempts is the status table's attempt cap, its queue the file read.
     good = _params(tmp_path, queue=str(tmp_path / "q.sqlite"), max_attempts=7)

@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from tasks.common.settings import DEVICE, MAX_SEED
+from tasks.common.settings import DEVICE, MAX_SEED, shown_input
 
 MAX_SEEDS = 10_000          # seeds one `generate`/`morph` call takes (each image is kept in memory for the grid)
 MAX_PORT = 65535
@@ -28,8 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def shown(text: str) -> str:
     """An argument as the user wrote it, cut short when long (a 5001-digit number is not echoed whole)."""
-    quoted = repr(text)
-    return quoted if len(quoted) <= 80 else f"{quoted[:60]}... ({len(text):,} characters)"
+    return shown_input(text)
 
 
 def _bad(text: str, rule: str) -> argparse.ArgumentTypeError:

@@ -161,7 +161,8 @@ class CurateSettings(Section):
     resolution: int = setting(512, "side of the square output images", ge=8, le=MAX_RESOLUTION)
     batch_size: int = setting(64, "images per mapped Prefect task (never one task per image)", ge=1, le=MAX_COUNT)
     workers: int = setting(0, "processes for CPU work inside a batch; 0 = all cores", ge=0, le=4096)
-    min_side_fraction: float = setting(0.8, "too_small: min side < fraction x resolution", ge=0, le=1)
+    min_side_fraction: float = setting(0.8, "too_small: min side < fraction x resolution (above 1: only images "
+                                            "larger than the output)", ge=0, le=64)
     blur_size: int = setting(256, "blurry: Laplacian variance measured on this fixed-size downscale (short side)",
                              ge=1, le=MAX_RESOLUTION)
     blur_min_var: float = setting(60.0, "blurry below this variance", ge=0, le=1e9)
@@ -190,7 +191,7 @@ class CurateSettings(Section):
                                                              "with a guided filter; about 6x faster)")
     shard_size: int = setting(1000, "accepted images per tar shard", ge=1, le=MAX_COUNT)
     max_aspect: float = setting(4.0, "aspect: long side / short side above this is rejected before any resize", ge=1,
-                                le=MAX_RESOLUTION)
+                                le=1e6)
     max_member_bytes: int = setting(268435456, "bomb: a file or archive member above this many bytes is never "
                                                "written to the raw store", ge=1, le=1 << 40)
     max_compression_ratio: float = setting(200.0, "bomb: an archive member inflating more than this per "
@@ -497,14 +498,16 @@ def _problem(model: type[Section], err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return f"{key} is not a setting (known: {', '.join(model.model_fields)})"
     if err["type"] == "value_error":  # a named rule's or a list check's own words: "is not ..."
-        return f"{key} {_shown_input(err['input'])} {str(err['msg']).removeprefix('Value error, ')}"
-    return f"{key} {_shown_input(err['input'])} is not {rule(model.model_fields[loc[0]])}"
+        return f"{key} {shown_input(err['input'])} {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{key} {shown_input(err['input'])} is not {rule(model.model_fields[loc[0]])}"
 
 
-def _shown_input(value: Any) -> str:
-    """The value as the user wrote it, cut short when long (a 10,000-character hashtag is not echoed whole)."""
+def shown_input(value: Any) -> str:
+    """The value as the user wrote it, cut short when long (a 10,000-character hashtag is not echoed whole); its
+    start and its end stay, so a long path still shows its file name."""
     text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
+    n = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= 160 else f"{text[:60]}...{text[-60:]} ({n:,} characters)"
 
 
 def rule(field: FieldInfo) -> str:

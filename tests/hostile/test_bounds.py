@@ -92,7 +92,7 @@ def test_a_10000_character_hashtag_is_refused_by_its_rule_before_prefect_starts(
 
     monkeypatch.setattr(flows.curate, "curate", lambda **kw: pytest.fail("the flow started"))
     line = refused(["curate", "--hashtag", "a" * 10_000, "--out", str(tmp_path / "new"), "--params", str(PARAMS)],
-                   capsys, "ingest.hashtag", "1 to 100 ASCII letters, digits or '_'", "(10,002 characters)")
+                   capsys, "ingest.hashtag", "1 to 100 ASCII letters, digits or '_'", "(10,000 characters)")
     assert len(line) < 300
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.ops import lrelu_gain_clamp_
+
 Tensor = torch.Tensor
 Padding = tuple[int, int, int, int]
 
@@ -82,13 +84,7 @@ class _FilteredLReLU(torch.autograd.Function):
                 padding: Padding, gain: float, slope: float, clamp: float | None) -> Tensor:
         y = x + b.reshape(1, -1, 1, 1).to(x.dtype)
         y = upfirdn(y, fu, up, 1, padding, gain=up ** 2)
-        # In place, in the order of ops.bias_act: leaky ReLU, gain, clamp (the same bits as the reference).
-        if slope != 1.0:
-            y = F.leaky_relu_(y, slope) if slope > 0 else F.relu_(y)
-        if gain != 1.0:
-            y.mul_(gain)
-        if clamp is not None:
-            y.clamp_(-clamp, clamp)
+        y = lrelu_gain_clamp_(y, slope, gain, clamp)  # as ops.bias_act: the same bits as the reference
         # Which slope each sample took, and whether the clamp cut its gradient: what the reference's bias_act
         # backward reads from its saved output (y > 0; |y| >= clamp).
         code = None

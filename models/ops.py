@@ -149,6 +149,17 @@ def downsample2d(x: Tensor, f: Tensor, down: int = 2, padding: Padding = 0, gain
 # --------------------------------------------------------------------------- bias + activation
 
 
+def lrelu_gain_clamp_(y: Tensor, alpha: float, gain: float, clamp: float | None) -> Tensor:
+    """In place, in the reference's bias_act order: leaky ReLU (slope alpha; 1 = linear), gain, clamp."""
+    if alpha != 1.0:
+        y = F.leaky_relu_(y, alpha) if alpha > 0 else F.relu_(y)
+    if gain != 1.0:
+        y.mul_(gain)
+    if clamp is not None:
+        y.clamp_(-clamp, clamp)
+    return y
+
+
 class _BiasLeakyReLU(torch.autograd.Function):
     """y = clamp(lrelu(x + b) * gain): one node that keeps only y for the backward pass.
 
@@ -159,12 +170,7 @@ class _BiasLeakyReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor | None, alpha: float, gain: float, clamp: float | None) -> Tensor:
         y = x + b.reshape(1, -1, *([1] * (x.ndim - 2))).to(x.dtype) if b is not None else x.clone()
-        if alpha != 1.0:
-            y = F.leaky_relu_(y, alpha) if alpha > 0 else F.relu_(y)
-        if gain != 1.0:
-            y.mul_(gain)
-        if clamp is not None:
-            y.clamp_(-clamp, clamp)
+        y = lrelu_gain_clamp_(y, alpha, gain, clamp)
         ctx.save_for_backward(y)
         ctx.alpha, ctx.gain, ctx.clamp, ctx.has_bias = alpha, gain, clamp, b is not None
         # No gradient in is no gradient out (not zeros): a double backward (path length) that reaches y with

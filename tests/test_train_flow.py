@@ -341,6 +341,22 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_resumes(tmp_path, api):
     assert [k for k, _ in list_checkpoints(run_dir)][-1] == pytest.approx(kimg + 0.008)
 
 
+def _deployment_run(api, tmp_path: Path, name: str):
+    """A one-stage train run created from a deployment, as a worker would find it: (the run, its run folder, the
+    `prefect flow-run execute` command that runs it)."""
+    from flows.train import train_flow
+
+    data = write_curated(tmp_path / "data")
+    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
+    run_dir = tmp_path / "run"
+    deployment = api.create_deployment(
+        flow_id=api.create_flow(train_flow), name=name, entrypoint="flows/train.py:train_flow",
+        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
+    run = api.create_flow_run_from_deployment(deployment, parameters=dict(
+        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
+    return run, run_dir, [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
+
+
 def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resumes(tmp_path, api):
     """A deployment run under `prefect flow-run execute` (what a worker runs with command set so) with
     PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule: SIGTERM to the supervisor → the engine
@@ -348,18 +364,9 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     resumes from that checkpoint and completes."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.train import train_flow
     from models.checkpoint import list_checkpoints
 
-    data = write_curated(tmp_path / "data")
-    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
-    run_dir = tmp_path / "run"
-    deployment = api.create_deployment(
-        flow_id=api.create_flow(train_flow), name="sigterm-test", entrypoint="flows/train.py:train_flow",
-        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
-    run = api.create_flow_run_from_deployment(deployment, parameters=dict(
-        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
-    execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
+    run, run_dir, execute = _deployment_run(api, tmp_path, "sigterm-test")
     # As `make serve` runs its worker: no PREFECT_LOGGING_LEVEL, the console handler quieted.
     env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule", PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
     env.pop("PREFECT_LOGGING_LEVEL")
@@ -407,18 +414,9 @@ def test_sigterm_to_the_engine_process_alone_reschedules_and_the_run_resumes(tmp
     """A shutdown that signals the flow's own process (`python -m prefect.engine`, the child of `prefect flow-run
     execute`) and not, or not first, its supervisor: Prefect alone would end the run Crashed for good. The train
     flow's on_crashed hook sets it AwaitingRetry, saying which checkpoint it resumes from; executed again, it does."""
-    from flows.train import train_flow
     from models.checkpoint import list_checkpoints
 
-    data = write_curated(tmp_path / "data")
-    params = tiny_params(tmp_path, snapshot_kimg=1.0, cycle_kimg=1.0)
-    run_dir = tmp_path / "run"
-    deployment = api.create_deployment(
-        flow_id=api.create_flow(train_flow), name="sigterm-engine-test", entrypoint="flows/train.py:train_flow",
-        pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}])
-    run = api.create_flow_run_from_deployment(deployment, parameters=dict(
-        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 1.0}, params=str(params)))
-    execute = [sys.executable, "-m", "prefect", "flow-run", "execute", str(run.id)]
+    run, run_dir, execute = _deployment_run(api, tmp_path, "sigterm-engine-test")
     env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule")
     proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -12,8 +12,7 @@ What each side runs, for one training step (32 images):
   precision is fp16 in the 4 highest resolutions with clamping at 256; `--fp32` as its train.py (no fp16, no clamp).
 - ganflow: Trainer.train() over the same step (D step with lazy R1, G step with lazy path length, EMA), ADA's
   pipe at the same fixed p; default bf16 autocast on CUDA (`amp: auto`), fp32 = `amp: off`. The per-GPU batch
-  is train.batch_gpu where this ganflow has it; otherwise ganflow runs the per-GPU batch as its whole batch,
-  and the JSON says so.
+  is train.batch_gpu (gradient accumulation, as NVIDIA's --batch-gpu).
 Both take the same configuration (ganflow's networks for the arch: widths, mapping depth, mbstd group, R1 gamma,
 EMA, lr) and the same random uint8 images in memory (no data loading on either side; ganflow's Trainer copies
 its batch to the device as in training), at the same image count, past StyleGAN3-R's discriminator blur (the
@@ -28,7 +27,6 @@ the timed steps (tensors only, not the allocator's cache), reset between sides.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import gc
 import importlib
 import json
@@ -194,16 +192,11 @@ def time_cycle(run_step, kinds: list[tuple[int, int]], reps: int, device: torch.
             "peak_memory_gib": None if peak is None else round(peak / 2 ** 30, 3)}
 
 
-def _has_batch_gpu() -> bool:
-    return any(f.name == "batch_gpu" for f in dataclasses.fields(TrainConfig))
-
-
 def ganflow_trainer(arch: str, resolution: int, batch: int, batch_gpu: int, net: dict, amp: str, p: float,
                     images: torch.Tensor, tmp: Path, device: torch.device) -> Trainer:
-    extra: dict = {"batch_gpu": batch_gpu} if _has_batch_gpu() else {}
-    cfg = TrainConfig(arch=arch, resolution=resolution, batch=batch if extra else batch_gpu, snapshot_kimg=1e9,
+    cfg = TrainConfig(arch=arch, resolution=resolution, batch=batch, batch_gpu=batch_gpu, snapshot_kimg=1e9,
                       ada_target=0.6, ada_interval=10 ** 9, r1_interval=R1_INTERVAL, pl_interval=PL_INTERVAL,
-                      amp=amp, net=net, **extra)
+                      amp=amp, net=net)
     trainer = Trainer(cfg, images, tmp, device=device)
     trainer.snapshot = lambda: tmp  # type: ignore[method-assign]  # time steps, not checkpoint writes
     assert trainer.augment is not None
@@ -245,9 +238,7 @@ def _time_ganflow(trainer: Trainer, kinds: list[tuple[int, int]], reps: int, dev
         trainer.train((nimg + batch) / 1000)
 
     result = _measured(lambda: time_cycle(step, kinds, reps, device), batch)
-    has = _has_batch_gpu()
-    result.update(amp=trainer.amp, batch=batch, batch_gpu=getattr(trainer.cfg, "batch_gpu", batch) if has else batch,
-                  note=None if has else "this ganflow has no train.batch_gpu: it ran the per-GPU batch as its whole batch")
+    result.update(amp=trainer.amp, batch=batch, batch_gpu=trainer.cfg.batch_gpu or batch)
     return result
 
 

@@ -8,9 +8,9 @@ Trainer, and every loss value, every phase's gradients on the first step (where 
 tensor of G, D and G_ema after each step and the final weights must equal the reference's: StyleGAN2 over a
 whole lazy-regularization cycle (16 steps: R1 on 0, path length on 0, 4, 8, 12), the other cases over their
 first steps (StyleGAN3-T's float32 rounding flips Adam's step on a near-zero gradient from its 5th step on).
-StyleGAN3-T and -R are then checked over a whole 16-step cycle teacher-forced: every step starts from the
-reference's recorded state before it (G, D, Adam's moments and step counts, the global generator), so rounding
-cannot accumulate, and must end at the reference's state after it.
+StyleGAN3-T and -R, and StyleGAN2 with ADA, are then checked over a whole 16-step cycle teacher-forced: every step
+starts from the reference's recorded state before it (G, D, Adam's moments and step counts, the path-length mean, the
+global generator), so rounding cannot accumulate, and must end at the reference's state after it.
 
 Tolerances: float32 computed in another order (ganflow's own ops; one backward where the reference runs two and
 sums) differs by ~1e-7 relative per op, ~1e-5 of the largest gradient after StyleGAN3's 14 layers: gradients at
@@ -158,6 +158,7 @@ def _check(rec: dict, recorder: Recorder, trainer: Trainer) -> None:
     for i, (ours, ref) in enumerate(zip(recorder.steps, rec["steps"])):
         for phase, values in ref["losses"].items():
             for key, value in values.items():
+                assert LOSS_KEYS[key] in ours["stats"], f"step {i}: no {phase} {key} (the phase did not run)"
                 got = ours["stats"][LOSS_KEYS[key]]
                 assert got == pytest.approx(value, rel=RTOL, abs=1e-7), f"step {i} {phase} {key}: {got} vs {value}"
         assert ours["pl_mean"] == pytest.approx(ref["pl_mean"], rel=RTOL, abs=1e-7), f"step {i} pl_mean"
@@ -195,8 +196,9 @@ def _teacher_states(teacher: dict) -> list[dict]:
     return states
 
 
-def _load_teacher_state(trainer: Trainer, state: dict) -> None:
-    """The reference's G, D, Adam states and global generator into the trainer (G_ema stays its own)."""
+def _load_teacher_state(trainer: Trainer, state: dict, pl_mean: float) -> None:
+    """The reference's G, D, Adam states, path-length mean and global generator into the trainer (G_ema stays its
+    own). pl_mean: the reference's float32 running mean after the previous step, recorded exactly as a float."""
     _load_reference(trainer.G, state["G"])
     _load_reference(trainer.D, state["D"])
     for opt, net, key in ((trainer.opt_G, trainer.G, "opt_G"), (trainer.opt_D, trainer.D, "opt_D")):
@@ -206,17 +208,19 @@ def _load_teacher_state(trainer: Trainer, state: dict) -> None:
             if steps:
                 opt.state[p] = {"step": torch.tensor(float(steps)), "exp_avg": torch.zeros_like(p),
                                 "exp_avg_sq": state[key][name].clone()}
+    trainer.pl_mean.fill_(pl_mean)
     torch.set_rng_state(state["rng"].clone())  # a row of a stacked tensor: set_rng_state reads its storage
 
 
-@pytest.mark.parametrize("case", ["sg3t-cycle", "sg3r-ada-cycle"])
-def test_every_step_of_a_stylegan3_cycle_equals_the_references_from_its_state(case, tmp_path, one_torch_thread,
-                                                                             monkeypatch):
-    """StyleGAN3-T and -R (with ADA at a fixed p and the blur) over a whole 16-step cycle, teacher-forced: each
-    step starts from the reference's G, D, Adam moments and step counts and global generator before it (the
-    free-running check above drifts from the 5th step: rounding flips Adam's sign step on near-zero gradients),
-    and its losses, G and D after it, and G_ema (ganflow's own, updated each step from these G: a convex mix,
-    which does not amplify rounding) must equal the reference's within the tolerances above."""
+@pytest.mark.parametrize("case", ["sg3t-cycle", "sg3r-ada-cycle", "sg2-ada-cycle"])
+def test_every_step_of_a_cycle_equals_the_references_from_its_state(case, tmp_path, one_torch_thread, monkeypatch):
+    """StyleGAN3-T and -R (with ADA at a fixed p and the blur), and StyleGAN2 with ADA at a fixed p (style mixing,
+    lazy path length on steps 0, 4, 8, 12 with its running mean, R1 on 0), over a whole 16-step cycle,
+    teacher-forced: each step starts from the reference's G, D, Adam moments and step counts, path-length mean
+    and global generator before it (the free-running check below drifts from the 5th step: rounding flips Adam's
+    sign step on near-zero gradients), and its losses, path-length mean, G and D after it, and G_ema (ganflow's
+    own, updated each step from these G: a convex mix, which does not amplify rounding) must equal the
+    reference's within the tolerances above."""
     rec = _load(case)
     s = rec["settings"]
     states = _teacher_states(rec["teacher"])
@@ -228,14 +232,16 @@ def test_every_step_of_a_stylegan3_cycle_equals_the_references_from_its_state(ca
     torch.manual_seed(s["torch_seed"])
     for i, ref in enumerate(rec["steps"]):
         if i > 0:
-            _load_teacher_state(trainer, states[i - 1])
+            _load_teacher_state(trainer, states[i - 1], rec["steps"][i - 1]["pl_mean"])
         assert (trainer.step, trainer.nimg) == (i, i * s["batch"])
         trainer.train((i + 1) * s["batch"] / 1000, progress_fn=recorder)
         ours = recorder.steps[-1]
         for phase, values in ref["losses"].items():
             for key, value in values.items():
+                assert LOSS_KEYS[key] in ours["stats"], f"step {i}: no {phase} {key} (the phase did not run)"
                 got = ours["stats"][LOSS_KEYS[key]]
                 assert got == pytest.approx(value, rel=RTOL, abs=1e-7), f"step {i} {phase} {key}: {got} vs {value}"
+        assert ours["pl_mean"] == pytest.approx(ref["pl_mean"], rel=RTOL, abs=1e-7), f"step {i} pl_mean"
         for net_name in ("G", "D"):
             after = states[i][net_name]
             for k, v in getattr(trainer, net_name).state_dict().items():

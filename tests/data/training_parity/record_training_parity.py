@@ -28,10 +28,12 @@ initial G and D state dicts (reference names), the real images, per step the los
 (sum and a fixed random projection) of G, D and G_ema after the step, every phase's full gradients on step 0,
 and the full final state dicts. `ada.pt.gz`: ADA's p after a run of steps of recorded D(real) logits.
 
-`sg3t-cycle.pt.gz`, `sg3r-ada-cycle.pt.gz` (TEACHER_CASES: the sg3t and sg3r-ada runs over all 16 steps) also hold,
-under "teacher", the reference's state after each step, which is the state before the next: G and D (parameters
-and buffers), each Adam's per-parameter step count and second moment (first moments: beta1 = 0 makes Adam overwrite
-them with the step's gradient), and the global generator's state before steps 1..15; exact float32, stored as each
+`sg3t-cycle.pt.gz`, `sg3r-ada-cycle.pt.gz`, `sg2-ada-cycle.pt.gz` (TEACHER_CASES: the sg3t, sg3r-ada and sg2-ada
+runs over all 16 steps) also hold, under "teacher", the reference's state after each step, which is the state before
+the next: G and D (parameters and buffers), each Adam's per-parameter step count and second moment (first moments:
+beta1 = 0 makes Adam overwrite them with the step's gradient; StyleGAN2's G and D each have one Adam shared by the
+main and lazy-regularization phases, betas [0, 0.99] ** c, so beta1 stays 0), and the global generator's state
+before steps 1..15; the path-length running mean after each step is the step's exact `pl_mean` (a float32 as a float); exact float32, stored as each
 step's bits XORed with the previous step's, split into byte planes, so gzip finds the unchanged high bytes. They
 drop step 0's gradients (the free-running cases check them) and the final G and D (the last teacher state).
 """
@@ -86,10 +88,11 @@ CASES: dict[str, dict] = {
                      blur_init_sigma=10, blur_fade_kimg=BATCH * 200 / 32),
     "sg2-freezed": dict(G=SG2_G, lr_g=LR_G, g_reg=4, pl_weight=2.0, mixing=0.9, aug=None, steps=2, freezed=3),
 }
-# The same StyleGAN3 runs over a whole 16-step cycle, teacher-forced: the reference's state before every step is
-# recorded (G, D, Adam's second moments and step count, the global generator), so the test takes each step from
+# The same StyleGAN3 and StyleGAN2-ADA runs over a whole 16-step cycle, teacher-forced: the reference's state before
+# every step is recorded (G, D, Adam's second moments and step count, the global generator), so the test takes each step from
 # the reference's state rather than its own drifting one.
-TEACHER_CASES = {"sg3t-cycle": {**CASES["sg3t"], "steps": 16}, "sg3r-ada-cycle": {**CASES["sg3r-ada"], "steps": 16}}
+TEACHER_CASES = {"sg3t-cycle": {**CASES["sg3t"], "steps": 16}, "sg3r-ada-cycle": {**CASES["sg3r-ada"], "steps": 16},
+                 "sg2-ada-cycle": {**CASES["sg2-ada"], "steps": 16}}
 
 
 def _shim_pkg_resources() -> None:

@@ -156,12 +156,7 @@ def _check(rec: dict, recorder: Recorder, trainer: Trainer) -> None:
             f"(largest gradient {scale:.3g})")
     assert len(recorder.steps) == len(rec["steps"])
     for i, (ours, ref) in enumerate(zip(recorder.steps, rec["steps"])):
-        for phase, values in ref["losses"].items():
-            for key, value in values.items():
-                assert LOSS_KEYS[key] in ours["stats"], f"step {i}: no {phase} {key} (the phase did not run)"
-                got = ours["stats"][LOSS_KEYS[key]]
-                assert got == pytest.approx(value, rel=RTOL, abs=1e-7), f"step {i} {phase} {key}: {got} vs {value}"
-        assert ours["pl_mean"] == pytest.approx(ref["pl_mean"], rel=RTOL, abs=1e-7), f"step {i} pl_mean"
+        _assert_step_losses(i, ours, ref)
         for net, packed in ref["digest"].items():
             expected = dict(zip(packed["names"], packed["values"]))
             got = ours["digest"][net]
@@ -236,12 +231,7 @@ def test_every_step_of_a_cycle_equals_the_references_from_its_state(case, tmp_pa
         assert (trainer.step, trainer.nimg) == (i, i * s["batch"])
         trainer.train((i + 1) * s["batch"] / 1000, progress_fn=recorder)
         ours = recorder.steps[-1]
-        for phase, values in ref["losses"].items():
-            for key, value in values.items():
-                assert LOSS_KEYS[key] in ours["stats"], f"step {i}: no {phase} {key} (the phase did not run)"
-                got = ours["stats"][LOSS_KEYS[key]]
-                assert got == pytest.approx(value, rel=RTOL, abs=1e-7), f"step {i} {phase} {key}: {got} vs {value}"
-        assert ours["pl_mean"] == pytest.approx(ref["pl_mean"], rel=RTOL, abs=1e-7), f"step {i} pl_mean"
+        _assert_step_losses(i, ours, ref)
         for net_name in ("G", "D"):
             after = states[i][net_name]
             for k, v in getattr(trainer, net_name).state_dict().items():
@@ -256,6 +246,16 @@ def test_every_step_of_a_cycle_equals_the_references_from_its_state(case, tmp_pa
     for k, v in trainer.G_ema.state_dict().items():
         if v.is_floating_point():
             assert _close(v, final[k], WEIGHT_ATOL) <= 1, f"final G_ema.{k}: {float((v - final[k]).abs().max()):.3g}"
+
+
+def _assert_step_losses(i: int, ours: dict, ref: dict) -> None:
+    """Step i's loss values and path-length mean equal the reference's (each phase that ran there ran here)."""
+    for phase, values in ref["losses"].items():
+        for key, value in values.items():
+            assert LOSS_KEYS[key] in ours["stats"], f"step {i}: no {phase} {key} (the phase did not run)"
+            got = ours["stats"][LOSS_KEYS[key]]
+            assert got == pytest.approx(value, rel=RTOL, abs=1e-7), f"step {i} {phase} {key}: {got} vs {value}"
+    assert ours["pl_mean"] == pytest.approx(ref["pl_mean"], rel=RTOL, abs=1e-7), f"step {i} pl_mean"
 
 
 @pytest.mark.parametrize("case", ["sg2", "sg2-ada", "sg3t", "sg3r-ada"])

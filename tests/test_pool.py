@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 
 import pytest
 
@@ -21,10 +22,26 @@ def cold():
     pool.shutdown()
 
 
+def parent_pid(_: int) -> int:
+    return os.getppid()
+
+
 def test_warm_starts_every_worker(cold):
     before = len(multiprocessing.active_children())
-    pool.warm(2)
+    pool.warm(2)  # returns at once: the workers start in a thread
+    deadline = time.monotonic() + 120
+    while len(multiprocessing.active_children()) - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(multiprocessing.active_children()) - before == 2
+
+
+def test_later_pools_fork_their_workers_from_one_preloaded_server(cold):
+    """Start-up paid once per process: after a shutdown, the next pool's workers come from the same fork server
+    (which imported the per-image code once), not from interpreters spawned by this process."""
+    first = set(pool.imap(parent_pid, range(8), 2))
+    pool.shutdown()
+    second = set(pool.imap(parent_pid, range(8), 2))
+    assert len(first) == 1 and first == second and os.getpid() not in first
 
 
 def test_a_cold_pool_gives_ordered_results_and_this_process_works_while_it_starts(cold):
@@ -41,3 +58,15 @@ def test_a_cold_pool_gives_ordered_results_and_this_process_works_while_it_start
 def test_work_that_loads_models_waits_for_the_workers(cold):
     out = [p for _, p in pool.imap(square_and_pid, range(8), 2)]
     assert os.getpid() not in out
+
+
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_workers_see_the_environment_of_their_pool_not_of_the_fork_server(cold, monkeypatch):
+    """U2NET_HOME set after the fork server started still reaches the workers (rembg's model is found there)."""
+    list(pool.imap(env_value, ["HOME", "HOME"], 2))  # the fork server is running
+    pool.shutdown()
+    monkeypatch.setenv("GANFLOW_POOL_TEST", "set later")
+    assert set(pool.imap(env_value, ["GANFLOW_POOL_TEST"] * 4, 2)) == {"set later"}

@@ -70,3 +70,28 @@ def test_workers_see_the_environment_of_their_pool_not_of_the_fork_server(cold, 
     pool.shutdown()
     monkeypatch.setenv("GANFLOW_POOL_TEST", "set later")
     assert set(pool.imap(env_value, ["GANFLOW_POOL_TEST"] * 4, 2)) == {"set later"}
+
+
+def test_workers_run_the_copy_of_ganflow_this_process_runs(tmp_path):
+    """A script that puts a checkout first on sys.path itself (bench/*.py) gets workers that import that checkout,
+    not another installed copy: the fork server imports the per-image code with this process's copy first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(pool.__file__).resolve().parents[2]
+    script = tmp_path / "where.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from tasks.curation import pool\n"
+        "def where(_):\n"
+        "    import tasks.curation.per_image as m\n"
+        "    return m.__file__\n"
+        "if __name__ == '__main__':\n"
+        "    print(sorted(set(pool.imap(where, range(4), 2))))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str([str(root / "tasks" / "curation" / "per_image.py")])

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import threading
+from pathlib import Path
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -68,7 +69,28 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([PER_IMAGE])
+    _start_fork_server()
     return ctx
+
+
+def _start_fork_server() -> None:
+    """Start the fork server (if it is not running) with this process's copy of ganflow first on its path.
+
+    The server imports the preloaded modules with its own sys.path (Python ignores the one it is handed), so a
+    process that put a checkout on sys.path itself (bench/*.py) would otherwise fork workers that run another
+    installed copy. Called under the pool lock; only the server's start sees the changed PYTHONPATH."""
+    from multiprocessing import forkserver
+
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds tasks/
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root if not old else root + os.pathsep + old
+    try:
+        forkserver.ensure_running()
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
 
 
 def _start(pool: ProcessPoolExecutor, started: list[Future]) -> None:

@@ -63,6 +63,7 @@ SCALE_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
+	$(BIN)/python bench/matte_agreement.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_step.py --arch stylegan3-t stylegan3-r --resolutions 64 --batch 4 --steps 2 \
 		--out bench/results/train_step_stylegan3.json

@@ -8,7 +8,8 @@ from __future__ import annotations
 import cv2
 import imagehash
 import numpy as np
-from PIL import Image
+import scipy.fftpack  # noqa: F401  imagehash.phash imports it on its first call (0.4-0.8 s): paid here, at import,
+from PIL import Image  # where the pool's fork server pays it once, not in each worker's first image
 
 from tasks.curation.registry import first_reason, register, registered
 from tasks.common.settings import CurateSettings

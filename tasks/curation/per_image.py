@@ -1,7 +1,7 @@
 """The per-image work that runs in the pool's worker processes.
 
-Kept free of Prefect on purpose: each spawned worker imports only this module and what it needs
-(decode, filters, detectors, matte), which makes pool start-up 2-3x faster than importing Prefect.
+Kept free of Prefect on purpose: the pool's fork server imports only this module and what it needs
+(decode, filters, detectors, matte), once per process, and forks every worker from there.
 """
 from __future__ import annotations
 

@@ -40,6 +40,8 @@ from models.trainer import TrainConfig
 from tasks.training import report as train_report
 from tasks.common.settings import ARCHS, TrainSettings
 from tasks.common.retry import retry_unless_setup_error
+from tasks.storage.mirror import mirror_of, published_kimg
+from tasks.storage.url import is_url
 from tasks.training.results import StageResult
 from tasks.training.run import TrainResult, run_training
 from tasks.training.transfer import transfer_config
@@ -155,8 +157,12 @@ def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainSe
 
 
 def done_kimg(run_dir: str | Path) -> float:
-    """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business)."""
-    found = RunDir(run_dir).newest_checkpoint()
+    """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business). For a run URL not
+    opened in this process, the newest its manifest names (tasks/storage/mirror.py)."""
+    m = mirror_of(run_dir)
+    if m is None and is_url(run_dir):
+        return published_kimg(run_dir) or 0.0
+    found = RunDir(m.local if m is not None else run_dir).newest_checkpoint()
     return found[0] if found else 0.0
 
 

@@ -332,3 +332,12 @@ def published_kimg(run_dir: str | os.PathLike) -> float | None:
     manifest = m.read_manifest()
     newest = (manifest or {}).get("checkpoint")
     return _kimg_of(newest) if newest else 0.0
+
+
+def local_of(run_dir: str | os.PathLike) -> str:
+    """The local folder of a run: its cache when it is a URL opened in this process, else the path (a URL not
+    opened yet has no local files: its cache folder, perhaps empty)."""
+    m = mirror_of(run_dir)
+    if m is not None:
+        return str(m.local)
+    return str(cache_dir(normalize(str(run_dir)))) if is_url(run_dir) else local_path(run_dir)

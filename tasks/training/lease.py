@@ -247,8 +247,8 @@ class Lease:
         while not self._stop.wait(every):
             try:
                 self.renew()
-            except OSError:  # a disk hiccup: the next beat tries again; ttl covers a few misses
-                continue
+            except Exception:  # a disk hiccup, an object store away (botocore's errors are not OSErrors): the
+                continue       # next beat tries again; ttl covers a few misses
 
     def renew(self) -> None:
         if self.files.generations()[-1:] != [self.gen]:

@@ -20,6 +20,7 @@ the waiting thread and never in the middle of a training step:
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import signal
 import threading
@@ -229,7 +230,10 @@ def _train_watched(train: Callable[[Callable[[dict], None], Callable[[], bool]],
 
     # Wait on an Event, never Thread.join: in Python 3.11 a signal handler raising inside join() makes the
     # Thread object believe its (still running) thread has stopped.
-    worker = threading.Thread(target=work, name="ganflow-train-stage", daemon=True)
+    # In the caller's context (Prefect's run context): what the trainer's callbacks log (a snapshot's upload waiting
+    # for the object store, tasks/storage/mirror.py) reaches the run's log.
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="ganflow-train-stage",
+                              daemon=True)
     interrupt: BaseException | None = None
     reported_at = 0.0
     with _sigterm_sets(abort):

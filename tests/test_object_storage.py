@@ -265,7 +265,7 @@ def test_a_preempted_flow_run_on_machine_a_is_finished_by_machine_b(s3, data, tm
     from models.run_dir import RunDir, checkpoint_kimg
     from tasks.training.plan import plan_training
     from tasks.training.run import run_training
-    from tests.test_train_flow import _env
+    from tests.test_train_flow import _env, _logs
 
     a, b = clone(tmp_path, "a", data), clone(tmp_path, "b", data)
     run = url()
@@ -304,6 +304,9 @@ def test_a_preempted_flow_run_on_machine_a_is_finished_by_machine_b(s3, data, tm
     assert api.read_flow_run(flow_run.id).state.is_completed()
     assert not (b / "cache" / "ganflow" / "runs" / "s3" / BUCKET / run.split(BUCKET + "/")[1] / "checkpoints"
                 / "ckpt-000000.008.pt").exists() or at == 0.008  # B pulled A's newest only
+    cache_b = RunDir(b / "cache" / "ganflow" / "runs" / "s3" / BUCKET / run.split(BUCKET + "/")[1])
+    # B resumed from what A published (training afresh would reach the same G_ema too: this says it did not).
+    assert any(m.endswith(f"resumed from {cache_b.checkpoint(at)}") for _, m in _logs(api, flow_run.id))
     final = manifest(run)["checkpoint"]
     assert checkpoint_kimg(final.rsplit("/", 1)[1]) == pytest.approx(at + 0.008)
 
@@ -311,6 +314,5 @@ def test_a_preempted_flow_run_on_machine_a_is_finished_by_machine_b(s3, data, tm
     plan = plan_training(str(a / "params.yaml"), {"arch": "stylegan2", "resolution": 16, "kimg": at + 0.008})
     reference = tmp_path / "reference"
     run_training(plan.config, data, reference, at + 0.008)
-    cache_b = RunDir(b / "cache" / "ganflow" / "runs" / "s3" / BUCKET / run.split(BUCKET + "/")[1])
     assert same(load_checkpoint(cache_b.newest_checkpoint()[1])["G_ema"],
                 load_checkpoint(RunDir(reference).newest_checkpoint()[1])["G_ema"])

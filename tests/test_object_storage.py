@@ -129,6 +129,14 @@ def test_a_run_published_to_s3_resumes_on_another_machine_bit_identical(s3, data
     assert manifest(run)["checkpoint"] == "checkpoints/ckpt-000000.012.pt"
     assert "checkpoints/ckpt-000000.004.pt" in manifest(run)["files"]  # A's older snapshots stay the run's
 
+    # A third machine draws images straight from a published snapshot's URL.
+    from flows.cli import main
+
+    machine(tmp_path, monkeypatch, "d")
+    assert main(["generate", "--snapshot", f"{run}/checkpoints/ckpt-000000.012.pt", "--seeds", "1,2",
+                 "--out", str(tmp_path / "d" / "out")]) == 0
+    assert (tmp_path / "d" / "out" / "grid.png").is_file()
+
     # Other data under the same run URL is still refused, by its hash.
     data_c = machine(tmp_path, monkeypatch, "c", data)
     meta = json.loads((data_c / "dataset.json").read_text())

@@ -5,11 +5,15 @@ import argparse
 import json
 import sys
 import warnings
+from contextlib import nullcontext
 
 from flows.cli.options import add_setting_options, given_settings
-from flows.cli.validate import (MAX_SEEDS, existing_file, existing_folder, integer, number, seeds, torch_device,
-                                writable_file, writable_folder)
+from flows.cli.validate import (MAX_SEEDS, existing_folder, integer, number, seeds, torch_device,
+                                run_folder, snapshot_source, writable_file, writable_folder)
 from tasks.common.settings import EvaluateSettings
+from tasks.storage.mirror import open_run, open_snapshot, publish
+from tasks.storage.url import is_url
+from tasks.training.lease import run_dir_lease
 
 MAX_SIDE = 4096       # largest output side generate/morph draw (resampled beyond the snapshot's own)
 MAX_FRAMES = 3600     # frames in one morph (all are kept in memory to write the file)
@@ -75,7 +79,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="images from chosen seeds of a snapshot (PNGs + a grid)",
                        description="Write OUT/seed<NNNN>.png for every seed and OUT/grid.png, from a snapshot's "
                                    "G_ema (a checkpoint or best.pt). The same seed always gives the same file.")
-    p.add_argument("--snapshot", required=True, metavar="CKPT", type=existing_file,
+    p.add_argument("--snapshot", required=True, metavar="CKPT", type=snapshot_source,
                    help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
     p.add_argument("--seeds", required=True, metavar="SEEDS", type=seeds,
                    help=f"a range (0-63), a list (1,5,9) or both; at most {MAX_SEEDS:,} seeds")
@@ -92,7 +96,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from tasks.common.outdir import check_generated_dir
 
     check_generated_dir(args.out, "--out")  # never overwrite someone else's grid.png
-    out = write_seed_images(args.snapshot, args.seeds, args.out, truncation_psi=args.trunc,
+    out = write_seed_images(open_snapshot(args.snapshot), args.seeds, args.out, truncation_psi=args.trunc,
                             resolution=args.resolution)
     print(f"{len(out['images'])} images ({out['resolution']}², {out['arch']}) in {args.out}; grid: {out['grid']}")
     return 0
@@ -102,7 +106,7 @@ def _add_morph(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("morph", help="a looping morph animation between seeds (GIF or MP4)",
                        description="Interpolate seeds[0] → seeds[1] → ... → seeds[0]: linear in W for StyleGAN2, "
                                    "slerp in Z for PGGAN. .gif is written with Pillow; .mp4 needs OpenCV's encoder.")
-    p.add_argument("--snapshot", required=True, metavar="CKPT", type=existing_file,
+    p.add_argument("--snapshot", required=True, metavar="CKPT", type=snapshot_source,
                    help="RUN/checkpoints/ckpt-<kimg>.pt or RUN/best.pt")
     p.add_argument("--seeds", required=True, metavar="SEEDS", type=seeds, help="at least two seeds, e.g. 1,5,9")
     p.add_argument("--frames", type=integer(2, MAX_FRAMES), default=60,
@@ -126,7 +130,7 @@ def _run_morph(args: argparse.Namespace) -> int:
     from tasks.common.outdir import check_morph_file
 
     check_morph_file(args.out, "--out")  # never overwrite someone else's file
-    out = write_morph(args.snapshot, args.seeds, args.frames, args.out, fps=args.fps,
+    out = write_morph(open_snapshot(args.snapshot), args.seeds, args.frames, args.out, fps=args.fps,
                       truncation_psi=args.trunc, resolution=args.resolution)
     print(f"{out['frames']} frames looping through seeds {out['seeds']} → {out['out']}")
     return 0
@@ -140,9 +144,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "memorizing) and RUN/best.pt (G_ema of the lowest-FID snapshot not flagged as "
                                    "diverged or memorizing).")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", metavar="R", type=writable_folder,
+    src.add_argument("--run-dir", metavar="R", type=run_folder,
                      help="run folder (checkpoints/ inside; fid.csv, metrics.json and best.pt are written there)")
-    src.add_argument("--snapshot", metavar="FILE", type=existing_file,
+    src.add_argument("--snapshot", metavar="FILE", type=snapshot_source,
                      help="one network file instead (a checkpoint, best.pt or a `ganflow import`ed network): its "
                           "FID/KID as JSON, no run files")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
@@ -166,7 +170,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.snapshot:
         from tasks.evaluation.evaluate import evaluate_snapshot
 
-        print(json.dumps(evaluate_snapshot(args.snapshot, args.data, weights, ep, device=args.device,
+        print(json.dumps(evaluate_snapshot(open_snapshot(args.snapshot), args.data, weights, ep, device=args.device,
                                             dinov2_weights=dinov2), indent=2))
         return 0
 
@@ -176,10 +180,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(f"ganflow evaluate: warning: {message}", file=sys.stderr)
 
-    summary = evaluate_run(args.run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn,
-                           dinov2_weights=dinov2)
+    # A run URL: evaluated in its local cache with every published checkpoint, its results published back, under
+    # the run's lease (two writers of one manifest would drop each other's files).
+    with run_dir_lease(args.run_dir, command="ganflow evaluate") if is_url(args.run_dir) else nullcontext():
+        run_dir = open_run(args.run_dir, checkpoints="all")
+        summary = evaluate_run(run_dir, args.data, weights, ep, device=args.device, progress=progress, warn=warn,
+                               dinov2_weights=dinov2)
+        publish(run_dir, final=True)
     best = summary.best.kimg if summary.best else None
-    table = fid_table_rows(read_fid_csv(args.run_dir), summary.flagged, best, summary.memorizing)
+    table = fid_table_rows(read_fid_csv(run_dir), summary.flagged, best, summary.memorizing)
     if table:
         print(" ".join(f"{c:>10}" for c in table[0]), file=sys.stderr)
         for r in table:

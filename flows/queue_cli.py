@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flows.cli.options import add_setting_options, given_settings
 from flows.train_cli import add_train_setting_options
-from flows.cli.validate import existing_folder, writable_folder
+from flows.cli.validate import existing_folder, run_folder
 from tasks.manager.queue import Queue, queue_path
 from tasks.common.settings import ManagerSettings, TrainSettings, load
 
@@ -29,7 +29,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                                    "section when the run starts.")
     p.add_argument("--data", required=True, metavar="DIR", type=existing_folder,
                    help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
+    p.add_argument("--run-dir", required=True, metavar="R", type=run_folder,
                    help="run folder (checkpoints/, attempt logs)")
     # One option per setting of params.yaml's `train` section, as `ganflow train` has them; --kimg is required
     # (restarts continue toward it), --arch and --resolution are unless --resume-from names the network.

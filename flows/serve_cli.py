@@ -77,7 +77,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     limits = dataclasses.replace(limits, max_queue=limits.max_queue if args.queue is None else args.queue,
                                  max_wait_s=limits.max_wait_s if args.max_wait is None else float(args.max_wait))
     neighbours = _neighbours(args) if args.data else None
-    explorer = Explorer(snapshot=args.snapshot, run_dir=args.run_dir, device=args.device, limits=limits,
+    from tasks.storage.mirror import open_run, open_snapshot
+
+    # A URL is read through the local cache: the snapshot fetched, or the run's published checkpoints pulled.
+    snapshot = open_snapshot(args.snapshot) if args.snapshot else None
+    run_dir = open_run(args.run_dir, checkpoints="all") if args.run_dir else None
+    explorer = Explorer(snapshot=snapshot, run_dir=run_dir, device=args.device, limits=limits,
                         training=neighbours)
     name, arch = _first_loadable(explorer, InputError)  # load now: what does not load is said here, not in the page
     if args.host not in LOOPBACK:

@@ -17,6 +17,7 @@ from tasks.training import report as train_report
 from tasks.training.results import TrainedStage, TrainRun
 from tasks.common.run_labels import GANFLOW, curate_run_of, dataset_tag, label_this_run, train_run_name
 from tasks.common.settings import TrainOverrides, given
+from tasks.storage.mirror import open_run, publish
 from tasks.training.lease import run_dir_lease
 from tasks.training.plan import plan_training
 from tasks.training.stages import done_kimg, train_stage_task
@@ -62,7 +63,9 @@ def train_flow(
         train_report.publish_dataset(data, meta, curate_run_of(content))
     # One writer per run folder, for the whole run (stages, evaluation, setting aside): another live run there
     # is refused at once; this run's stages enter the same lease (tasks/training/lease.py).
-    with run_dir_lease(run_dir, command="train flow"):
+    url = run_dir
+    with run_dir_lease(url, command="train flow"):
+        run_dir = open_run(url)  # a run URL: its local cache, pulled (tasks/storage/mirror.py); a path: itself
         # Before the plan reads the run dir's kimg: another run's checkpoints would count as this run's stages done.
         set_aside = claim_run_dir(cfg, data, run_dir, restart_on_change)
         if set_aside:
@@ -84,7 +87,8 @@ def train_flow(
             trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=plan.resume_from,
                                  progress_artifact=str(progress))
             evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
+            publish(run_dir)  # fid.csv, metrics.json, best.pt to the run URL (nothing for a local run)
             results.append(TrainedStage(stage.label, trained, evaluated))
         # A plain dict at the flow's edge (the run's result, the pipeline flow's and the CLI's input): TrainRun's keys.
-        return TrainRun(run_dir, arch, resolution, total, done_kimg(run_dir), tuple(results)).to_dict()
+        return TrainRun(url, arch, resolution, total, done_kimg(run_dir), tuple(results)).to_dict()
 

@@ -17,7 +17,7 @@ import sys
 from tqdm import tqdm
 
 from flows.cli.options import add_setting_options, given_settings
-from flows.cli.validate import check_device_available, writable_folder
+from flows.cli.validate import check_device_available, run_folder
 from tasks.common.settings import TRAIN_FLOW_ONLY, TrainSettings
 
 # The train parser's own bookkeeping, never a flow parameter.
@@ -67,7 +67,7 @@ def run_train_flow(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.train import train_flow
-    from models.run_dir import RunDir
+    from tasks.storage.mirror import checkpoints_where
 
     parameters = flow_parameters(args, set(inspect.signature(train_flow.fn).parameters))
     # Once Prefect has reported a SIGTERM (the stage has checkpointed), it re-sends the signal to the handler
@@ -82,7 +82,7 @@ def run_train_flow(args: argparse.Namespace) -> int:
         resumed += f"started from the networks of {s['transferred_from']}; " if s["transferred_from"] else ""
         print(f"{s['stage']}: {resumed}trained to {s['kimg']:g} kimg")
     print(f"trained to {result['kimg']:g} of {result['total_kimg']:g} kimg; "
-          f"checkpoints in {RunDir(args.run_dir).checkpoints}")
+          f"checkpoints in {checkpoints_where(args.run_dir)}")
     samples = [s["samples"] for s in result["stages"] if s["samples"]]
     if samples:
         print(f"latest sample grid: {samples[-1]}")
@@ -99,8 +99,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                                    "command again continues from the newest checkpoint that loads. Options "
                                    "not given come from params.yaml's `train` section.")
     p.add_argument("--data", required=True, metavar="DIR", help="curated dataset (dataset.json + shards/)")
-    p.add_argument("--run-dir", required=True, metavar="R", type=writable_folder,
-                   help="run folder (checkpoints/ goes here)")
+    p.add_argument("--run-dir", required=True, metavar="R", type=run_folder,
+                   help="run folder (checkpoints/ goes here): a path, or an object-store URL (s3://bucket/runs/x, "
+                        "gs://..., az://...) trained in a local cache and published there at every snapshot")
     p.add_argument("--params", default="params.yaml", metavar="FILE",
                    help="settings file: every option not given comes from its `train` section (default: params.yaml)")
     p.add_argument("--restart-on-change", action="store_true",
@@ -124,6 +125,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(flow_only)}: the train flow's stage retries; add --flow (plain `ganflow train` "
                          "trains in one go, without stage tasks)")
     from models.run_dir import RunDir
+    from tasks.storage.mirror import checkpoints_where, open_run
     from tasks.training.plan import plan_training
     from tasks.training.run import run_training
 
@@ -143,8 +145,9 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"resumed from {result.resumed_from}")
     if result.transferred_from:
         print(f"started from the networks of {result.transferred_from}")
-    run = RunDir(args.run_dir)
-    print(f"trained to {result.stats.get('kimg', plan.total_kimg):g} kimg; checkpoints in {run.checkpoints}")
+    run = RunDir(open_run(args.run_dir))  # a URL's cache (open already)
+    print(f"trained to {result.stats.get('kimg', plan.total_kimg):g} kimg; checkpoints in "
+          f"{checkpoints_where(args.run_dir)}")
     samples = run.newest_sample_grid()
     if samples:
         print(f"latest sample grid: {samples}")

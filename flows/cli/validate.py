@@ -135,6 +135,31 @@ def existing_file(text: str) -> str:
     return text
 
 
+def _url_without_credentials(text: str) -> str | None:
+    """An object-store URL, checked to carry no credentials (refused without echoing them); None for a path."""
+    from tasks.storage.url import CredentialsInUrl, check_no_credentials, is_url, local_path
+
+    try:
+        check_no_credentials(text)
+    except CredentialsInUrl as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text if is_url(text) else local_path(text)
+
+
+def run_folder(text: str) -> str:
+    """A run folder: an object-store URL (s3://bucket/runs/x, gs://..., its run is cached locally) or, for a local
+    path or file:// URL, a writable_folder."""
+    local = _url_without_credentials(text)
+    return text if local == text and "://" in text else writable_folder(local or text)
+
+
+def snapshot_source(text: str) -> str:
+    """A snapshot to read: an object-store URL (fetched later, checked against its run's manifest) or an
+    existing_file."""
+    local = _url_without_credentials(text)
+    return text if local == text and "://" in text else existing_file(local or text)
+
+
 def check_device_available(name: str, option: str) -> None:
     """Refuse a device this machine does not have, before any work (torch's own error comes mid-run)."""
     if not DEVICE.check(name):  # the settings' one rule, before cuda:N is read as a number

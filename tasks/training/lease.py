@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from models.run_dir import RunDir
+from tasks.storage.mirror import url_of
+from tasks.storage.url import filesystem, is_url
 
 TTL_S = 60.0          # a holder whose heartbeat is older than this is dead (keep it below manager.stale_after_seconds)
 BEATS_PER_TTL = 6     # heartbeats per ttl: a few missed ones (a stalled disk, a loaded machine) are survived
@@ -170,10 +172,70 @@ class _Files:
                 self.path(gen).unlink(missing_ok=True)
 
 
+class _ObjectFiles:
+    """The lease folder of a run URL (s3://.../RUN/lease/): the same protocol on an object store, through fsspec.
+    Exclusive create is a conditional PUT (`If-None-Match: *`, which S3, MinIO and moto honour); overwrite is a
+    plain PUT. A store that does not refuse the condition would let two writers in: s3fs's 'create' mode says
+    which stores do."""
+
+    made_run_dir = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, root = filesystem(url)
+        self.root = f"{root}/{RunDir('x').lease.name}"
+
+    def generations(self) -> list[int]:
+        self.fs.invalidate_cache(self.root)
+        try:
+            names = [str(n).rsplit("/", 1)[-1] for n in self.fs.ls(self.root, detail=False)]
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def _key(self, gen: int) -> str:
+        return f"{self.root}/{gen:08d}.json"
+
+    def read(self, gen: int) -> LeaseRecord | None:
+        try:
+            data = json.loads(self.fs.cat_file(self._key(gen)))
+            return LeaseRecord(**{k: data[k] for k in LeaseRecord.__dataclass_fields__ if k in data})
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):  # written by hand or by another version: live for a ttl from now
+            t = time.time()
+            return LeaseRecord(token="?", host="?", pid=0, since=t, heartbeat=t, ttl_s=TTL_S,
+                               command=f"unreadable lease object {self.url}/lease/{gen:08d}.json")
+
+    def create(self, gen: int, rec: LeaseRecord) -> bool:
+        try:
+            self.fs.pipe_file(self._key(gen), json.dumps(asdict(rec)).encode(), mode="create")
+            return True
+        except FileExistsError:
+            return False
+
+    def overwrite(self, gen: int, rec: LeaseRecord) -> None:
+        self.fs.pipe_file(self._key(gen), json.dumps(asdict(rec)).encode())
+
+    def prune(self, keep_from: int) -> None:
+        for gen in self.generations():
+            if gen < keep_from:
+                try:
+                    self.fs.rm_file(self._key(gen))
+                except FileNotFoundError:
+                    pass
+
+
+def _lease_files(run_dir: str | Path) -> _Files | _ObjectFiles:
+    """The lease folder of a run: at its URL when it has one (its cache is per machine), else on disk."""
+    url = url_of(run_dir)
+    return _ObjectFiles(url) if is_url(url) else _Files(url)
+
+
 class Lease:
     """A held lease; its heartbeat thread renews it until release(). `lost` is set when it was taken over."""
 
-    def __init__(self, files: _Files, gen: int, rec: LeaseRecord, beat_s: float, made_run_dir: bool = False) -> None:
+    def __init__(self, files: _Files | _ObjectFiles, gen: int, rec: LeaseRecord, beat_s: float, made_run_dir: bool = False) -> None:
         self.files, self.gen, self.record = files, gen, rec
         self.made_run_dir = made_run_dir  # the run folder did not exist before this lease
         self.lost = threading.Event()
@@ -185,8 +247,8 @@ class Lease:
         while not self._stop.wait(every):
             try:
                 self.renew()
-            except OSError:  # a disk hiccup: the next beat tries again; ttl covers a few misses
-                continue
+            except Exception:  # a disk hiccup, an object store away (botocore's errors are not OSErrors): the
+                continue       # next beat tries again; ttl covers a few misses
 
     def renew(self) -> None:
         if self.files.generations()[-1:] != [self.gen]:
@@ -200,7 +262,8 @@ class Lease:
         if self.lost.is_set():
             newest = self.files.generations()[-1:]
             holder = self.files.read(newest[0]) if newest else None
-            raise LeaseLost(f"{self.files.folder.parent}: this run's lease was taken over"
+            where = self.files.url if isinstance(self.files, _ObjectFiles) else self.files.folder.parent
+            raise LeaseLost(f"{where}: this run's lease was taken over"
                             + (f" by {holder.describe()}" if holder else "") + " while it was not heartbeating; "
                             "it stops writing there")
 
@@ -215,6 +278,8 @@ class Lease:
     def _tidy(self) -> None:
         """A run refused before it wrote anything (bad settings, data too small) leaves no folder behind: the
         folder this lease made goes again when the lease is all it holds."""
+        if isinstance(self.files, _ObjectFiles):
+            return
         run_dir = self.files.folder.parent
         if not self.made_run_dir or [p.name for p in run_dir.iterdir()] != [self.files.folder.name]:
             return
@@ -229,13 +294,13 @@ class Lease:
 
 # Leases this process holds, by run folder: a flow holds its run folder's lease for its whole run, and each of its
 # stages (run_training, in the same process) enters it again.
-_HELD: dict[Path, tuple[Lease, int]] = {}
+_HELD: dict[str, tuple[Lease, int]] = {}
 _HELD_LOCK = threading.Lock()
 
 
 def holder(run_dir: str | Path) -> LeaseRecord | None:
     """The live holder of run_dir's lease, None when nobody holds it."""
-    files = _Files(run_dir)
+    files = _lease_files(run_dir)
     gens = files.generations()
     rec = files.read(gens[-1]) if gens else None
     return rec if rec is not None and is_live(rec) else None
@@ -243,8 +308,8 @@ def holder(run_dir: str | Path) -> LeaseRecord | None:
 
 def acquire(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Lease:
     """Take run_dir's lease, or raise RunDirBusy naming its live holder (see the module docstring)."""
-    files = _Files(run_dir)
-    made_run_dir = not Path(run_dir).exists()
+    files = _lease_files(run_dir)
+    made_run_dir = isinstance(files, _Files) and not Path(run_dir).exists()
     flow_run_id, flow_run_name = _flow_run()
     waited_until = time.time() + ttl_s
     while True:
@@ -255,7 +320,7 @@ def acquire(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Lea
             if flow_run_id and rec.flow_run_id == flow_run_id and time.time() < waited_until:
                 time.sleep(min(1.0, ttl_s / BEATS_PER_TTL))  # this flow run's earlier attempt, still exiting
                 continue
-            raise RunDirBusy(f"{Path(run_dir)} is in use by another run: {rec.describe()}"
+            raise RunDirBusy(f"{url_of(run_dir)} is in use by another run: {rec.describe()}"
                              + (f" ({rec.command})" if rec.command else "") + "; wait for it, stop it, or train "
                              f"into another run folder (a holder that died is taken over after {rec.ttl_s:g} s "
                              "without a heartbeat, at once on its own machine)")
@@ -272,7 +337,8 @@ def acquire(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Lea
 @contextmanager
 def run_dir_lease(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") -> Iterator[Lease]:
     """Hold run_dir's lease for the block; re-entered by the same process, it is the same lease."""
-    key = Path(run_dir).resolve()
+    url = url_of(run_dir)
+    key = url if is_url(url) else str(Path(url).resolve())
     with _HELD_LOCK:
         held = _HELD.get(key)
         if held is not None:
@@ -292,7 +358,7 @@ def run_dir_lease(run_dir: str | Path, ttl_s: float = TTL_S, command: str = "") 
         _leave(key)
 
 
-def _leave(key: Path) -> None:
+def _leave(key: str) -> None:
     with _HELD_LOCK:
         lease, n = _HELD[key]
         if n > 1:

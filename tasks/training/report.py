@@ -252,7 +252,10 @@ def reschedule_if_preempted(flow, flow_run, state) -> None:
         logger.warning("Preempted (SIGTERM) in execution %s of %s (manager.max_attempts): not rescheduled",
                        flow_run.run_count, cap)
         return
-    newest = RunDir(parameters.get("run_dir", "")).newest_checkpoint() if parameters.get("run_dir") else None
+    from tasks.storage.mirror import local_of
+
+    run_dir = parameters.get("run_dir")
+    newest = RunDir(local_of(run_dir)).newest_checkpoint() if run_dir else None  # a URL: its cache, as trained
     ckpt = f"{newest[1]} ({newest[0]:g} kimg)" if newest else "the start (no checkpoint yet)"
     message = f"Preempted (SIGTERM): rescheduled to resume from {ckpt}"
     with get_client(sync_client=True) as client:

@@ -24,6 +24,8 @@ from models.distributed import init_from_env
 from models.run_dir import RunDir
 from models.trainer import TrainConfig, Trainer
 from models.transfer import TransferError, file_sha256, load_networks
+from tasks.storage.mirror import open_run, publish, url_of
+from tasks.storage.url import cache_dir, check_no_credentials, is_url
 from tasks.training.lease import guarded, run_dir_lease
 from tasks.training.transfer import transfer_config
 
@@ -105,6 +107,9 @@ def check_run_dir_outside_data(data_dir: str | Path, run_dir: str | Path) -> Non
     written there would be files the dataset's reader and DVC do not expect."""
     from tasks.common.outdir import dataset_around
 
+    check_no_credentials(run_dir)
+    if is_url(url_of(run_dir)):
+        return  # a run URL (or its cache) is never inside a local dataset
     run, data = Path(run_dir).absolute(), Path(data_dir).absolute()
     if run == data or run.is_relative_to(data):
         where = "is the dataset --data names" if run == data else f"is inside the dataset {data_dir}"
@@ -163,10 +168,37 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
     device = init_from_env(device)
     # One writer per run folder (tasks/training/lease.py): the first process holds the lease for the group.
     with run_dir_lease(run_dir, command=_command_line()) if dd.rank() == 0 else nullcontext() as lease:
+        # A run URL trains in its local cache (tasks/storage/mirror.py), pulled once the lease is held (the previous
+        # holder has published by then); each snapshot is published as it is written, the last one before returning.
+        local = open_run(run_dir) if dd.rank() == 0 else _cache_of(run_dir)
+        dd.barrier()  # the other processes read the pulled checkpoint
+        remote = dd.rank() == 0 and is_url(url_of(local))
+        if remote:
+            progress_fn = _publishing(local, progress_fn)
         if lease is not None:
             progress_fn = guarded(lease, progress_fn)
-        return _train_held(cfg, data_dir, run_dir, target_kimg, resume_from, device, progress_fn, abort_fn,
-                           summary_fn, restart_on_change)
+        result = _train_held(cfg, data_dir, local, target_kimg, resume_from, device, progress_fn, abort_fn,
+                             summary_fn, restart_on_change)
+        if remote:
+            publish(local, final=True)
+        return result
+
+
+def _cache_of(run_dir: str | Path) -> str:
+    url = url_of(run_dir)
+    return str(cache_dir(url)) if is_url(url) else str(run_dir)
+
+
+def _publishing(local: str, progress_fn: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """progress_fn, after publishing each snapshot of the run's cache to its URL (in the training thread: the next
+    step waits for the upload, retried with backoff while the store is down; see tasks/storage/mirror.py)."""
+    def progress(stats: dict) -> None:
+        if "checkpoint" in stats:
+            publish(local)
+        if progress_fn is not None:
+            progress_fn(stats)
+
+    return progress
 
 
 def _command_line() -> str:

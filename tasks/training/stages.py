@@ -20,6 +20,7 @@ the waiting thread and never in the middle of a training step:
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import signal
 import threading
@@ -40,6 +41,8 @@ from models.trainer import TrainConfig
 from tasks.training import report as train_report
 from tasks.common.settings import ARCHS, TrainSettings
 from tasks.common.retry import retry_unless_setup_error
+from tasks.storage.mirror import mirror_of, published_kimg
+from tasks.storage.url import is_url
 from tasks.training.results import StageResult
 from tasks.training.run import TrainResult, run_training
 from tasks.training.transfer import transfer_config
@@ -155,8 +158,12 @@ def plan_stages(arch: str, resolution: int, total_kimg: float | None, p: TrainSe
 
 
 def done_kimg(run_dir: str | Path) -> float:
-    """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business)."""
-    found = RunDir(run_dir).newest_checkpoint()
+    """kimg of the newest checkpoint file (by name; whether it loads is the trainer's business). For a run URL not
+    opened in this process, the newest its manifest names (tasks/storage/mirror.py)."""
+    m = mirror_of(run_dir)
+    if m is None and is_url(run_dir):
+        return published_kimg(run_dir) or 0.0
+    found = RunDir(m.local if m is not None else run_dir).newest_checkpoint()
     return found[0] if found else 0.0
 
 
@@ -223,7 +230,10 @@ def _train_watched(train: Callable[[Callable[[dict], None], Callable[[], bool]],
 
     # Wait on an Event, never Thread.join: in Python 3.11 a signal handler raising inside join() makes the
     # Thread object believe its (still running) thread has stopped.
-    worker = threading.Thread(target=work, name="ganflow-train-stage", daemon=True)
+    # In the caller's context (Prefect's run context): what the trainer's callbacks log (a snapshot's upload waiting
+    # for the object store, tasks/storage/mirror.py) reaches the run's log.
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="ganflow-train-stage",
+                              daemon=True)
     interrupt: BaseException | None = None
     reported_at = 0.0
     with _sigterm_sets(abort):

@@ -12,6 +12,7 @@ from tasks.manager.queue import Queue, QueueError, open_queue, queue_path
 from tasks.manager.supervise import Observation, decide
 from tasks.common.settings import ManagerSettings, load
 from tests.conftest import PARAMS
+from tests.queue_race import race
 
 REQ = dict(data="/d", run_dir="/r", arch="stylegan2", resolution=32, kimg=0.048, seed=0)
 
@@ -70,48 +71,38 @@ def test_max_running_holds_queued_requests_back(spec):
     assert q.claim(b.id, "queued", 0, max_running=1) == 1
 
 
-def _race(path: str, ids: list[str], start, wins, max_running: int = 0) -> None:
-    q = open_queue(path)
-    start.wait()
-    for request_id in ids:
-        if q.claim(request_id, "queued", 0, max_running=max_running) is not None:
-            wins.put(request_id)
-
-
-@pytest.mark.parametrize("max_running", [0, 3])
-def test_processes_racing_never_claim_one_request_twice(spec, max_running, monkeypatch):
+def test_processes_racing_never_claim_one_request_twice(spec, tmp_path, monkeypatch):
     """Four managers (processes) claim the same requests at the same moment, two in each order: each request is
-    won once, and with max_running, no more than that many are won between them."""
+    won once; then, on another queue with max_running 3, no more than 3 are won between them."""
     from prefect.settings import PREFECT_API_URL
 
     if spec.startswith("prefect://"):  # the processes reach the test server as another machine would
         monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-    q = open_queue(spec)
+    limited = spec + "-slots" if spec.startswith("prefect://") else str(tmp_path / "slots.sqlite")
+    q, q3 = open_queue(spec), open_queue(limited)
     ids = [q.submit({**REQ, "seed": i, "run_dir": f"/r{i}"}).id for i in range(12)]
+    ids3 = [q3.submit({**REQ, "seed": i, "run_dir": f"/r{i}"}).id for i in range(6)]
     ctx = mp.get_context("spawn")  # fork would copy the Prefect harness's threads mid-flight
     start, wins = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(spec, ids if k % 2 else ids[::-1], start, wins, max_running))
-             for k in range(4)]
+    procs = [ctx.Process(target=race, args=([(spec, ids[::(-1) ** k], 0), (limited, ids3[::(-1) ** k], 3)], start,
+                                             wins)) for k in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    won = []
-    while not wins.empty() or len(won) < 1:
-        won.append(wins.get(timeout=5))
-    assert len(set(won)) == len(won)                      # none started twice
-    running = q.list(("running",))
-    assert sorted(r.id for r in running) == sorted(won)  # every claim won is the queue's: none lost, none extra
-    assert all(r.attempts == 1 and len(r.history) == 1 for r in running)
-    if not max_running:
-        assert sorted(won) == sorted(ids)                 # every request started once
-        return
-    # Never more than max_running between them (a claim that lost a race may have seen the slots full for a
-    # moment); a later pass fills the free slots exactly, so a lost race leaves no slot taken.
-    assert len(won) <= max_running
-    later = [r.id for r in q.list(("queued",)) if q.claim(r.id, "queued", 0, max_running=max_running)]
-    assert len(won) + len(later) == max_running == len(q.list(("running",)))
+    won: list[list[str]] = [[], []]
+    while len(won[0]) < len(ids) or not wins.empty():
+        phase, rid = wins.get(timeout=5)
+        won[phase].append(rid)
+    assert sorted(won[0]) == sorted(ids)                  # every request started once, none twice
+    assert all(r.attempts == 1 and len(r.history) == 1 for r in q.list())
+    # Never more than 3 between them (a claim that lost a race may have seen the slots full for a moment, so
+    # fewer may be won); a later pass fills the free slots exactly: a lost race leaves no slot taken.
+    assert len(set(won[1])) == len(won[1]) <= 3
+    assert sorted(r.id for r in q3.list(("running",))) == sorted(won[1])
+    later = [r.id for r in q3.list(("queued",)) if q3.claim(r.id, "queued", 0, max_running=3)]
+    assert len(won[1]) + len(later) == 3 == len(q3.list(("running",)))
 
 
 def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
@@ -119,7 +110,7 @@ def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
     r = Queue(path).submit(REQ)
     ctx = mp.get_context("spawn")  # fork would copy the Prefect harness's threads mid-flight
     go, wins = ctx.Event(), ctx.Queue()
-    p = ctx.Process(target=_race, args=(str(path), [r.id], go, wins))
+    p = ctx.Process(target=race, args=([(str(path), [r.id], 0)], go, wins))
     p.start()
     # Opened after the child started: an SQLite connection must never cross a fork.
     other = sqlite3.connect(path, isolation_level=None)
@@ -129,7 +120,7 @@ def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
     assert p.is_alive()                  # blocked on the lock, not erroring out
     other.execute("COMMIT")
     p.join(30)
-    assert p.exitcode == 0 and wins.get(timeout=5) == r.id
+    assert p.exitcode == 0 and wins.get(timeout=5) == (0, r.id)
 
 
 def test_a_prefect_queue_without_a_server_or_with_a_bad_name_is_one_line(monkeypatch):

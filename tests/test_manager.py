@@ -181,8 +181,9 @@ def _machine(folder: Path, **manager) -> Path:
 
 @pytest.mark.parametrize("backend", ["sqlite", "prefect"])
 def test_two_managers_at_once_start_each_request_once(tmp_path, api, backend):
-    """Two manager processes run the same pass at once, each in its own folder: with the SQLite queue they share
-    its file (one machine's disk); with prefect://NAME they share nothing but the Prefect server."""
+    """Two manager processes run the same pass at once, each in its own folder, and meet at every request's claim
+    (tests/manager_race.py), so each request is raced for: with the SQLite queue they share its file (one
+    machine's disk); with prefect://NAME they share nothing but the Prefect server. Each is started once."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     # Deployment mode: each start is a flow run created through the API, so the API itself counts the starts
@@ -194,7 +195,9 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, backend):
     ids = [q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / f"run-{i}"), arch="stylegan2",
                          resolution=32, kimg=0.048, seed=i)).id for i in range(4)]
     env = {**_cli_env(api), "GANFLOW_QUEUE": "", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "manager", "--once", "--params", str(params)],
+    (gate := tmp_path / "gate").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.manager_race", str(gate), params.parent.name, "manager",
+                               "--once", "--params", str(params)],
                               cwd=params.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for params in machines]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -202,6 +205,7 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, backend):
     lines = [line for out, _ in outs for line in out.splitlines()]
     started = sorted(line.split()[0] for line in lines if " started " in line)
     assert started == sorted(ids), lines                      # every request started, none twice
+    assert sorted(line.split()[0] for line in lines if "skipped   another manager took it" in line) == sorted(ids)
     for rid in ids:
         req = q.get(rid)
         assert req.attempts == 1 and len(req.history) == 1 and req.flow_run_id, (lines, req)

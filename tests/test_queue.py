@@ -105,6 +105,38 @@ def test_processes_racing_never_claim_one_request_twice(spec, tmp_path, monkeypa
     assert len(won[1]) + len(later) == 3 == len(q3.list(("running",)))
 
 
+def test_a_slot_left_by_a_manager_that_died_is_freed(prefect_api, monkeypatch):
+    """prefect://: a manager that dies after ending a request (before giving its slot back), or between taking a
+    slot and claiming, must not hold max_running's slots for good."""
+    from tasks.manager import prefect_queue
+    from tasks.manager.prefect_queue import PrefectQueue
+
+    q = open_queue(f"prefect://t{uuid.uuid4().hex[:8]}")
+    a, b = q.submit(REQ), q.submit({**REQ, "run_dir": "/r2"})
+    assert q.claim(a.id, "queued", 0, max_running=1) == 1
+    with monkeypatch.context() as m:
+        m.setattr(PrefectQueue, "_release_slots", lambda *_: None)  # dies right after the end is written
+        assert q.finish(a.id, 1, "done")
+    assert q.claim(b.id, "queued", 0, max_running=1) == 1            # a's slot was freed: its request ended
+
+    c = q.submit({**REQ, "run_dir": "/r3"})
+    assert q.finish(b.id, 1, "done")
+    create = PrefectQueue._create
+
+    def dies_before_claiming(client, name, value):
+        if value.get("kind") == "claim":
+            raise RuntimeError("manager died")
+        return create(client, name, value)
+
+    with monkeypatch.context() as m:
+        m.setattr(PrefectQueue, "_create", staticmethod(dies_before_claiming))
+        with pytest.raises(RuntimeError):
+            q.claim(c.id, "queued", 0, max_running=1)                # its slot stays, naming c, still queued
+    assert q.claim(c.id, "queued", 0, max_running=1) is None         # a claim in progress may hold it ...
+    monkeypatch.setattr(prefect_queue, "SLOT_CLAIM_SECONDS", 0.0)
+    assert q.claim(c.id, "queued", 0, max_running=1) == 1            # ... but not past a claim's time
+
+
 def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
     path = tmp_path / "q.sqlite"
     r = Queue(path).submit(REQ)

@@ -13,7 +13,9 @@ Each request is a few Prefect Variables named `ganflowq__NAME__KIND__ID[__N]`:
   dir      the run folder's current request: a second request into the same folder is refused while this one
            is queued or running;
   slot K   K < manager.max_running: one of the slots a running request holds (created at its first claim,
-           deleted when it ends), so two managers never start more than max_running between them.
+           deleted when it ends), so two managers never start more than max_running between them. A manager that
+           dies between taking a slot and its claim leaves one behind: freed when its request ends, or after
+           SLOT_CLAIM_SECONDS if the request is still queued.
 
 Variables have no compare-and-set update, so nothing that decides who starts a request is ever updated: only
 created once, or deleted by id (a slot or dir record that a racing manager replaced has a new id, and the delete
@@ -37,6 +39,18 @@ PREFIX = "ganflowq"
 DEFAULT_NAME = "ganflow"
 NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # no "_": "__" separates a record name's parts
 PAGE = 200  # the server's default page limit
+# A claim takes a slot, then creates its `after` record within a second or two. A slot still naming a queued
+# request this long after was left by a manager that died in between: free it (generous for clock skew).
+SLOT_CLAIM_SECONDS = 300.0
+
+
+def _stale_slot(slot, state: str | None) -> bool:
+    """A slot no running request needs: its request ended (or is gone), or it stayed queued past a claim's time."""
+    if state not in ACTIVE:
+        return True
+    if state == "queued" and slot.created is not None:
+        return time.time() - slot.created.timestamp() > SLOT_CLAIM_SECONDS
+    return False
 
 
 class PrefectQueue:
@@ -248,7 +262,7 @@ class PrefectQueue:
             records = self._records(client)
             slots = {k: v for k, v in records.items() if k.split("__")[2] == "slot"}
             states = {r.id: r.state for r in self._requests(records)}
-            stale = [v for v in slots.values() if states.get(v.value.get("request")) not in ACTIVE]
+            stale = [v for v in slots.values() if _stale_slot(v, states.get(v.value.get("request")))]
             for v in stale:
                 self._delete(client, v)
             held = {k for k, v in slots.items() if v not in stale}

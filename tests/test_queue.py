@@ -155,12 +155,16 @@ def test_a_claim_waits_for_a_writer_instead_of_failing(tmp_path):
     assert p.exitcode == 0 and wins.get(timeout=5) == (0, r.id)
 
 
-def test_a_prefect_queue_without_a_server_or_with_a_bad_name_is_one_line(monkeypatch):
+def test_a_prefect_queue_without_a_server_or_with_a_bad_name_is_one_line():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: None}):
         with pytest.raises(QueueError, match="queue prefect://photos is kept on a Prefect server: set PREFECT_API_URL"):
             open_queue("prefect://photos")
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens on port 9
+        with pytest.raises(QueueError, match=r"queue prefect://photos: the Prefect API at http://127.0.0.1:9/api did "
+                                             r"not answer \(ConnectError"):
+            open_queue("prefect://photos").list()
     with pytest.raises(QueueError, match="the name takes lowercase letters, digits and dashes"):
         open_queue("prefect://Photos_1")
 

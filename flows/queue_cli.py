@@ -100,7 +100,9 @@ def _run_submit(args: argparse.Namespace) -> int:
         check_resolution(data, args.resolution)
     queue, _ = _open_queue(args)
     # The train flow's parameters: the settings given here (the others are params.yaml's when the run starts).
-    params = {"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()), **given,
+    # A run folder URL (s3://...) is kept as given; a local path absolute, for a manager in another folder.
+    run_dir = args.run_dir if "://" in args.run_dir else str(Path(args.run_dir).resolve())
+    params = {"data": str(data.resolve()), "run_dir": run_dir, **given,
               "params": str(Path(args.params).resolve())}
     req = queue.submit(params)
     print(req.id)

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.manager.actions import ManagerError, Outcome, check_task, require_api, start_task
 from tasks.manager.unqueued import watch_unqueued_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
-from tasks.manager.queue import Queue, queue_path
+from tasks.manager.queue import open_queue, queue_path
 from tasks.common.settings import ManagerOverrides, ManagerSettings, given, load
 
 
@@ -33,20 +33,21 @@ def manager_flow(
     """One pass of the training manager over the request queue.
 
     Args:
-        queue: Request queue file (default: $GANFLOW_QUEUE, then `manager.queue` in params).
+        queue: Request queue: a SQLite file, or prefect://NAME on the Prefect server (default: $GANFLOW_QUEUE, then
+            `manager.queue` in params).
         params: Settings file; the `manager` section is read.
         settings: Manager settings for this pass, each with its bounds; an empty one keeps params.yaml's value
             (the queue is the parameter above, and the deployment's schedule replaces interval_seconds).
     """
     manager = load(ManagerSettings, params, **given(settings))
-    path = str(queue_path(queue, manager.queue))
+    path = queue_path(queue, manager.queue)
     require_api()  # before any claim: a request must not be taken that cannot be launched or watched
     logger = get_run_logger()
     outcomes: list[Outcome] = []
     # Running ones first: a slot freed by a finished request is given to a queued one in the same pass.
-    for req in Queue(path).list(("running",)):
+    for req in open_queue(path).list(("running",)):
         outcomes.append(_isolated(check_task, path, req.id, manager))
-    for req in Queue(path).list(("queued",)):
+    for req in open_queue(path).list(("queued",)):
         outcomes.append(_isolated(start_task, path, req.id, manager))
     # Deployment train runs not queued here (the UI, a schedule, the pipeline): a crashed or silent one is
     # rescheduled to resume from its checkpoint (tasks/manager/unqueued.py).
@@ -78,7 +79,7 @@ def run_manager(once: bool, interval: float | None = None, queue: str | None = N
     settings = load(ManagerSettings, params, **overrides)
     # A queue file that does not open (corrupt, torn, another schema) is one line naming it, said before any
     # flow run (inside one, Prefect would print its traceback first).
-    Queue(queue_path(queue, settings.queue)).list()
+    open_queue(queue_path(queue, settings.queue)).list()
     require_api()  # fail before Prefect starts a temporary server for the flow
     every = interval or settings.interval_seconds
     stop = threading.Event()

@@ -12,10 +12,10 @@ from pathlib import Path
 from flows.cli.options import add_setting_options, given_settings
 from flows.train_cli import add_train_setting_options
 from flows.cli.validate import existing_folder, run_folder
-from tasks.manager.queue import Queue, queue_path
+from tasks.manager.queue import RequestQueue, open_queue, queue_path
 from tasks.common.settings import ManagerSettings, TrainSettings, load
 
-MANAGER_METAVARS = {"queue": "FILE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
+MANAGER_METAVARS = {"queue": "QUEUE", "interval_seconds": "S", "stale_after_seconds": "S", "max_attempts": "N",
                     "max_running": "N", "deployment": "NAME"}
 
 
@@ -66,10 +66,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
 
 
-def _open_queue(args: argparse.Namespace) -> tuple[Queue, ManagerSettings]:
+def _open_queue(args: argparse.Namespace) -> tuple[RequestQueue, ManagerSettings]:
     """The queue the command names, and params.yaml's `manager` section (validated: a bad value is one line)."""
     settings = load(ManagerSettings, args.params)
-    return Queue(queue_path(args.queue, settings.queue)), settings
+    return open_queue(queue_path(args.queue, settings.queue)), settings
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -100,11 +100,13 @@ def _run_submit(args: argparse.Namespace) -> int:
         check_resolution(data, args.resolution)
     queue, _ = _open_queue(args)
     # The train flow's parameters: the settings given here (the others are params.yaml's when the run starts).
-    params = {"data": str(data.resolve()), "run_dir": str(Path(args.run_dir).resolve()), **given,
+    # A run folder URL (s3://...) is kept as given; a local path absolute, for a manager in another folder.
+    run_dir = args.run_dir if "://" in args.run_dir else str(Path(args.run_dir).resolve())
+    params = {"data": str(data.resolve()), "run_dir": run_dir, **given,
               "params": str(Path(args.params).resolve())}
     req = queue.submit(params)
     print(req.id)
-    print(f"queued in {queue.path}; `ganflow manager` starts it, `ganflow train status` follows it",
+    print(f"queued in {queue.where}; `ganflow manager` starts it, `ganflow train status` follows it",
           file=sys.stderr)
     return 0
 
@@ -117,7 +119,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
     requests = [queue.get(args.request)] if args.request else queue.list(states=None)
     if not requests:
-        print(f"no training requests in {queue.path}")
+        print(f"no training requests in {queue.where}")
         return 0
     now = _attempts_now(requests)
     print(status_table(requests, max_attempts, now))

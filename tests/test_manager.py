@@ -6,15 +6,17 @@ Runs that a lost machine leaves behind are made through the API as such a machin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks.manager.queue import Queue, request_tag
+from tasks.manager.queue import Queue, open_queue, request_tag
 from tests.conftest import PARAMS, ROOT
 
 
@@ -168,24 +170,42 @@ def _cli_env(api) -> dict[str, str]:
             "OMP_NUM_THREADS": "1"}
 
 
-def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_params):
+def _machine(folder: Path, **manager) -> Path:
+    """A "machine": its own folder holding its own params.yaml (the repo's, with these `manager` keys)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(PARAMS.read_text())
+    data["manager"].update(**manager)
+    (folder / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder / "params.yaml"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "prefect"])
+def test_two_managers_at_once_start_each_request_once(tmp_path, api, backend):
+    """Two manager processes run the same pass at once, each in its own folder, and meet at every request's claim
+    (tests/manager_race.py), so each request is raced for: with the SQLite queue they share its file (one
+    machine's disk); with prefect://NAME they share nothing but the Prefect server. Each is started once."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     # Deployment mode: each start is a flow run created through the API, so the API itself counts the starts
     # (with no worker for the pool, the runs stay Scheduled, as they would while a GPU pool is busy).
     api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="race")
-    params = manager_params(max_running=0, deployment="train/race")
-    q = Queue(tmp_path / "queue.sqlite")
+    spec = str(tmp_path / "queue.sqlite") if backend == "sqlite" else f"prefect://race-{uuid.uuid4().hex[:8]}"
+    machines = [_machine(tmp_path / m, queue=spec, max_running=0, deployment="train/race") for m in ("a", "b")]
+    q = open_queue(spec)
     ids = [q.submit(dict(data=str(tmp_path / "data"), run_dir=str(tmp_path / f"run-{i}"), arch="stylegan2",
                          resolution=32, kimg=0.048, seed=i)).id for i in range(4)]
-    cmd = [sys.executable, "-m", "flows.cli", "manager", "--once", "--params", str(params)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_cli_env(api), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    env = {**_cli_env(api), "GANFLOW_QUEUE": "", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    (gate := tmp_path / "gate").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.manager_race", str(gate), params.parent.name, "manager",
+                               "--once", "--params", str(params)],
+                              cwd=params.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for params in machines]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     lines = [line for out, _ in outs for line in out.splitlines()]
     started = sorted(line.split()[0] for line in lines if " started " in line)
     assert started == sorted(ids), lines                      # every request started, none twice
+    assert sorted(line.split()[0] for line in lines if "skipped   another manager took it" in line) == sorted(ids)
     for rid in ids:
         req = q.get(rid)
         assert req.attempts == 1 and len(req.history) == 1 and req.flow_run_id, (lines, req)
@@ -198,8 +218,54 @@ def test_two_managers_at_once_start_each_request_once(tmp_path, api, manager_par
                                                   "seed": int(req.params["seed"])}
         assert runs[0].parameters["run_dir"] == req.params["run_dir"] and "kimg" not in runs[0].parameters
     # Waiting for a worker is not a lost run: the next pass leaves them alone.
-    again = _pass(params)
+    again = _pass(machines[0])
     assert sorted(again) == sorted(f"{rid}  running   attempt 1: scheduled" for rid in ids)
+
+
+def test_a_request_on_the_prefect_queue_outlives_the_disk_of_the_machine_that_queued_and_started_it(
+        tmp_path, api, capsys, monkeypatch):
+    """Machine A queues two requests and starts the first (max_running 1); then A's disk is lost and the first
+    run crashes. Machine B, which shares only the Prefect server with A, restarts the first and, once it is done,
+    starts the second: every request and its slot were on the server, none on A."""
+    from uuid import UUID
+
+    from prefect.states import Completed, Crashed
+
+    from flows.cli import main
+    from tests.conftest import write_curated
+
+    monkeypatch.delenv("GANFLOW_QUEUE", raising=False)
+    api.create_deployment(flow_id=api.create_flow(_stub_flow()), name="lost-disk")
+    spec = f"prefect://disk-{uuid.uuid4().hex[:8]}"
+    a, b = (_machine(tmp_path / m, queue=spec, max_running=1, deployment="train/lost-disk") for m in ("a", "b"))
+    data = write_curated(a.parent / "data", n=2)
+    rids = []
+    for i in range(2):  # the run folders are where every node reaches them (object storage, in production)
+        assert main(["train", "submit", "--data", str(data), "--run-dir", str(tmp_path / "runs" / f"r{i}"), "--arch",
+                     "stylegan2", "--resolution", "32", "--kimg", "0.048", "--params", str(a)]) == 0
+        rids.append(capsys.readouterr().out.strip())
+    first, second = rids
+    lines = _pass(a)
+    assert lines[0].startswith(f"{first}  started   attempt 1: flow run ") and lines[1:] == [
+        f"{second}  held      1 request(s) already running"], lines
+    run_1 = open_queue(spec).get(first).flow_run_id
+    shutil.rmtree(a.parent)                                      # machine A is gone, with its disk
+    api.set_flow_run_state(UUID(run_1), Crashed(message="machine preempted"), force=True)
+
+    lines = _pass(b)
+    assert lines[0].startswith(f"{first}  restarted attempt 2: flow run ") and lines[1:] == [
+        f"{second}  held      1 request(s) already running"], lines
+    req = open_queue(spec).get(first)
+    assert (req.state, req.attempts) == ("running", 2) and req.history[0].outcome.startswith("attempt 1: flow run crashed")
+    assert main(["train", "status", "--params", str(b)]) == 0  # B's `ganflow train status` shows A's requests
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[first][1:2] + rows[first][5:6] == ["running", "2/3"] and rows[second][1] == "queued", rows
+
+    api.set_flow_run_state(UUID(req.flow_run_id), Completed(), force=True)
+    lines = _pass(b)
+    assert lines[0] == f"{first}  done      after 2 attempt(s)" and lines[1].startswith(
+        f"{second}  started   attempt 1: flow run "), lines
+    assert [r.state for r in open_queue(spec).list()] == ["done", "running"]
 
 
 def test_train_submit_and_status_beside_plain_train(tmp_path, manager_params):

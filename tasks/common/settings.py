@@ -322,8 +322,9 @@ TRAIN_FLOW_ONLY = ("retries", "retry_delay_seconds")
 class ManagerSettings(Section):
     section: ClassVar[str] = "manager"
 
-    queue: str = setting("runs/queue.sqlite", "training request queue (SQLite); $GANFLOW_QUEUE or --queue override "
-                                              "it", min_length=1)
+    queue: str = setting("runs/queue.sqlite", "training request queue: a SQLite file (one machine), or prefect://NAME "
+                                              "(kept on the Prefect server every manager reaches); $GANFLOW_QUEUE or "
+                                              "--queue override it", min_length=1)
     interval_seconds: float = setting(120.0, "`ganflow manager` without --once: one pass every this many seconds",
                                       ge=1, le=86400)
     stale_after_seconds: float = setting(600.0, "a Running run with no heartbeat, progress or state change for this "

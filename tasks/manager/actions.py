@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from models.run_dir import RunDir
 from tasks.training.lease import holder as lease_holder
 from tasks.manager.launch import kill_local, launch_local, process_state
-from tasks.manager.queue import Queue, Request
+from tasks.manager.queue import Request, RequestQueue, open_queue
 from tasks.manager.runs import crash_task_runs, find_run, mark_crashed, mark_progress_stopped, seconds_since, start_deployment, view_run
 from tasks.manager.supervise import Observation, decide
 from tasks.common.settings import ManagerSettings, TrainSettings
@@ -66,7 +66,7 @@ def _local_env(settings: ManagerSettings) -> dict[str, str]:
     return env
 
 
-def start(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
+def start(queue: RequestQueue, req: Request, settings: ManagerSettings) -> Outcome:
     """Claim a queued request's first attempt (compare-and-set) and launch it."""
     found = RunDir(req.params["run_dir"]).newest_checkpoint()
     start_kimg = found[0] if found else req.kimg_done
@@ -100,7 +100,7 @@ def describe(n: int, obs: Observation) -> str:
     return text + (f"; process {obs.process}" if obs.process != "unknown" else "")
 
 
-def check(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
+def check(queue: RequestQueue, req: Request, settings: ManagerSettings) -> Outcome:
     attempt = req.current
     assert attempt is not None  # a launched request
     n = req.attempts
@@ -120,7 +120,7 @@ def check(queue: Queue, req: Request, settings: ManagerSettings) -> Outcome:
         return _with_seen(_act(queue, req, client, view, decision, settings), seen)
 
 
-def _act(queue: Queue, req: Request, client, view, decision, settings: ManagerSettings) -> Outcome:
+def _act(queue: RequestQueue, req: Request, client, view, decision, settings: ManagerSettings) -> Outcome:
     n = req.attempts
     if decision.action == "wait":
         state = view.state.lower() if view else "launching"
@@ -160,7 +160,7 @@ def _bury(client, req: Request, view, mark: bool, reason: str) -> None:
     kill_local(attempt.pid, attempt.host, req.id)  # a frozen process must not write beside its successor
 
 
-def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerSettings, start_kimg: float,
+def _launch_claimed(queue: RequestQueue, req: Request, n: int, settings: ManagerSettings, start_kimg: float,
                     resuming: bool, reason: str = "") -> Outcome:
     """Launch attempt n, which this manager has claimed; the train flow resumes from the newest checkpoint
     in its run dir, so a restart trains only the remaining kimg."""
@@ -182,7 +182,7 @@ def _launch_claimed(queue: Queue, req: Request, n: int, settings: ManagerSetting
     return Outcome(req.id, "restarted" if n > 1 else "started", f"{detail} ({reason})" if reason else detail)
 
 
-def _record_progress(queue: Queue, req: Request, view) -> None:
+def _record_progress(queue: RequestQueue, req: Request, view) -> None:
     """kimg done, kimg/s and total from the run's progress event; the newest checkpoint from the run dir
     when it is visible from here (its kimg too, for runs that have not reported progress yet)."""
     found = RunDir(req.params["run_dir"]).newest_checkpoint()
@@ -199,11 +199,11 @@ def _record_progress(queue: Queue, req: Request, view) -> None:
 
 @task(name="start-request", task_run_name="start {request_id}", cache_policy=NO_CACHE)
 def start_task(queue_file: str, request_id: str, settings: ManagerSettings) -> Outcome:
-    queue = Queue(queue_file)
+    queue = open_queue(queue_file)
     return start(queue, queue.get(request_id), settings)
 
 
 @task(name="check-request", task_run_name="check {request_id}", cache_policy=NO_CACHE)
 def check_task(queue_file: str, request_id: str, settings: ManagerSettings) -> Outcome:
-    queue = Queue(queue_file)
+    queue = open_queue(queue_file)
     return check(queue, queue.get(request_id), settings)

@@ -1,4 +1,6 @@
-"""The training request queue: a small SQLite file that lives with the project (default runs/queue.sqlite).
+"""The training request queue: a small SQLite file that lives with the project (default runs/queue.sqlite), or,
+when several machines run managers, requests kept on the Prefect server they all reach (`prefect://NAME`,
+tasks/manager/prefect_queue.py). open_queue picks one from the one setting, manager.queue.
 
 A request moves queued → running → done | failed. `running` covers every attempt: a restart after a crash
 is running(attempt n) → running(attempt n+1). Every transition is a compare-and-set on (state, attempts)
@@ -19,7 +21,10 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from tasks.manager.prefect_queue import PrefectQueue
 
 DEFAULT_QUEUE = "runs/queue.sqlite"
 QUEUE_ENV = "GANFLOW_QUEUE"
@@ -104,9 +109,64 @@ def request_tag(request_id: str) -> str:
     return f"request:{request_id}"
 
 
-def queue_path(flag: str | None = None, params_value: str | None = None) -> Path:
-    """--queue beats $GANFLOW_QUEUE beats params.yaml's manager.queue beats runs/queue.sqlite."""
-    return Path(flag or os.environ.get(QUEUE_ENV) or params_value or DEFAULT_QUEUE)
+def queue_path(flag: str | None = None, params_value: str | None = None) -> str:
+    """--queue beats $GANFLOW_QUEUE beats params.yaml's manager.queue beats runs/queue.sqlite.
+    A string, not a Path: a Path would fold prefect://NAME into prefect:/NAME."""
+    return str(flag or os.environ.get(QUEUE_ENV) or params_value or DEFAULT_QUEUE)
+
+
+PREFECT_SCHEME = "prefect://"
+
+
+def open_queue(spec: str | Path) -> "Queue | PrefectQueue":
+    """The queue a manager.queue value names: prefect://NAME (requests on the Prefect server of PREFECT_API_URL,
+    which every node reaches), else a SQLite file on this machine's disk."""
+    text = str(spec)
+    if text.startswith(PREFECT_SCHEME) or text == "prefect:":
+        from tasks.manager.prefect_queue import PrefectQueue
+
+        return PrefectQueue(text.removeprefix("prefect:").removeprefix("//"))
+    return Queue(text)
+
+
+class RequestQueue(Protocol):
+    """What the manager and the queue commands use of a queue; both backends have it, with the same
+    compare-and-set meaning (claim, finish and the record_* writes of a stale attempt return None/False)."""
+    where: str
+
+    def list(self, states: tuple[str, ...] | None = STATES) -> list["Request"]: ...
+    def get(self, request_id: str) -> "Request": ...
+    def submit(self, params: dict[str, Any]) -> "Request": ...
+    def claim(self, request_id: str, seen_state: str, seen_attempts: int, *, reason: str | None = None,
+              start_kimg: float = 0.0, host: str | None = None, max_attempts: int | None = None,
+              max_running: int = 0) -> int | None: ...
+    def record_launch(self, request_id: str, attempt: int, *, pid: int | None = None, log: str | None = None,
+                      flow_run_id: str | None = None) -> bool: ...
+    def record_progress(self, request_id: str, attempt: int, *, kimg_done: float | None = None,
+                        kimg_per_s: float | None = None, last_checkpoint: str | None = None,
+                        kimg_target: float | None = None) -> bool: ...
+    def finish(self, request_id: str, attempt: int, state: str, reason: str | None = None, *,
+               kimg_done: float | None = None, last_checkpoint: str | None = None) -> bool: ...
+
+
+def check_request(params: dict[str, Any]) -> None:
+    """The keys a request needs, whichever queue keeps it. The run dir is not checked as a local path: it may be
+    a URL, or a folder of the machine that will train."""
+    # A run started from a network file (transfer learning) takes its family and resolution from it.
+    needed = ("data", "run_dir") if params.get("resume_from") else ("data", "run_dir", "arch", "resolution")
+    missing = [k for k in needed if params.get(k) in (None, "")]
+    if missing:
+        raise QueueError(f"a training request needs {', '.join(missing)}")
+
+
+def validate_transition(seen_state: str, seen_attempts: int, request_id: str, max_attempts: int | None) -> int:
+    """The attempt number a claim would start, or QueueError for a claim that can never be right."""
+    if seen_state not in ACTIVE:
+        raise QueueError(f"cannot start a request that is {seen_state}")
+    n = seen_attempts + 1
+    if max_attempts is not None and n > max_attempts:
+        raise QueueError(f"request {request_id} already had {seen_attempts} of {max_attempts} attempts")
+    return n
 
 
 _COLUMNS = {"requests": ("id", "created", "params", "state", "attempts", "flow_run_id", "kimg_target", "kimg_done",
@@ -118,6 +178,7 @@ _COLUMNS = {"requests": ("id", "created", "params", "state", "attempts", "flow_r
 class Queue:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.where = str(self.path)
         if self.path.exists() and not self.path.is_file():
             raise QueueError(f"queue file {self.path} is not a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,11 +265,7 @@ class Queue:
     # ------------------------------------------------------------------ transitions
     def submit(self, params: dict[str, Any]) -> Request:
         """Add a queued request; `params` are the train flow's parameters (data, run_dir, arch, ...)."""
-        # A run started from a network file (transfer learning) takes its family and resolution from it.
-        needed = ("data", "run_dir") if params.get("resume_from") else ("data", "run_dir", "arch", "resolution")
-        missing = [k for k in needed if params.get(k) in (None, "")]
-        if missing:
-            raise QueueError(f"a training request needs {', '.join(missing)}")
+        check_request(params)
         request_id = uuid.uuid4().hex[:8]
         now = time.time()
         target = params.get("kimg") or None  # 0 = the stage plan's length: the run reports it (record_progress)
@@ -230,11 +287,7 @@ class Queue:
         attempt seen_attempts + 1, and that number is returned; otherwise None (another manager won, or
         starting a queued one would make more than max_running requests run at once; 0 = no limit).
         Only the winner may launch the attempt."""
-        if seen_state not in ACTIVE:
-            raise QueueError(f"cannot start a request that is {seen_state}")
-        n = seen_attempts + 1
-        if max_attempts is not None and n > max_attempts:
-            raise QueueError(f"request {request_id} already had {seen_attempts} of {max_attempts} attempts")
+        n = validate_transition(seen_state, seen_attempts, request_id, max_attempts)
         now = time.time()
         with self._tx() as db:
             changed = db.execute(

@@ -38,7 +38,9 @@ TINY = {
 
 def run(cmd: list[str], cwd: Path, env: dict) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return time.perf_counter() - t0
 
 
@@ -46,7 +48,9 @@ def make_project(dest: Path, env: dict) -> Path:
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, check=True).stdout.decode().split("\0")
     for rel in filter(None, listed):
-        if (ROOT / rel).is_file() and rel != "dvc.lock" and not rel.startswith(("data/", "runs/")):
+        # data/pretrained/ (its README) is part of a clone: the train stage depends on the folder.
+        if (ROOT / rel).is_file() and rel != "dvc.lock" and (not rel.startswith(("data/", "runs/"))
+                                                             or rel.startswith("data/pretrained/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     params = yaml.safe_load((dest / "params.yaml").read_text())

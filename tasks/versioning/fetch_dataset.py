@@ -92,7 +92,7 @@ def _fetch_and_check_out(folder: Path, expected: str | None) -> None:
             if expected and not same_dataset(have, expected):
                 raise VersioningError(_mismatch_message(root, folder, have, expected))
             _waiting_for_dvc_lock(lambda: repo.checkout(targets=targets), deadline, LOCK_TIMEOUT_S)
-    # What the checkout wrote is what was checked (DVC verifies each file's md5 as it links it from the cache).
+    # The checkout links the cache's objects (named by their md5) that the entry names: what was checked.
     if not (folder / DATASET).is_file():
         raise VersioningError(f"dvc checkout of {folder} wrote no {DATASET}")
 

@@ -235,7 +235,7 @@ def test_two_fresh_clones_give_byte_identical_dvc_lock(repro, s3, tmp_path):
     out = sh(s3, other, "dvc", "repro")
     assert ran(out) == set() and "Data and pipelines are up to date." in out
     assert (other / "dvc.lock").read_bytes() == (repro[0] / "dvc.lock").read_bytes()
-    assert "up to date" in sh(s3, other, "dvc", "status", "--cloud")  # every out is on S3
+    assert "are in sync" in sh(s3, other, "dvc", "status", "--cloud")  # every out is on S3
 
 
 def test_ingest_and_curate_outs_are_the_recorded_ones(repro):

@@ -48,7 +48,8 @@ def train_flow(
     """
     logger = get_run_logger()
     train_report.log_preemptions_as_such()  # a SIGTERM's "Crash detected!" ERROR reads as the preemption it is
-    plan = plan_training(params, given(settings))  # the plan `ganflow train` makes for the same settings
+    # The plan `ganflow train` makes for the same settings; a dataset this machine lacks is fetched with DVC first.
+    plan = plan_training(params, given(settings), data=data, run_dir=run_dir)
     for note in plan.notes:
         logger.info(note)
     cfg, stages, total, dev, p = plan.config, plan.stages, plan.total_kimg, plan.device, plan.settings

@@ -131,7 +131,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     # The train flow's plan for the same settings: params.yaml's `train` section with the options given on top.
     plan = plan_training(args.params, given_settings(args, TrainSettings), check_device=lambda device:
-                         check_device_available(device, "--device" if args.device else "train.device"))
+                         check_device_available(device, "--device" if args.device else "train.device"),
+                         data=args.data, run_dir=args.run_dir)  # a dataset this machine lacks: fetched with DVC
     console = _TrainConsole(plan.total_kimg, plan.notes)  # total: train.kimg, or the stage plan's length
     result = run_training(plan.config, args.data, args.run_dir, plan.total_kimg, resume_from=plan.resume_from,
                           device=plan.device, progress_fn=console.progress, summary_fn=console.summary,

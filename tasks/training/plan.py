@@ -30,16 +30,40 @@ class TrainPlan:
 
 
 def plan_training(params: str | Path, given: dict[str, Any],
-                  check_device: Callable[[str], None] | None = None) -> TrainPlan:
+                  check_device: Callable[[str], None] | None = None,
+                  data: str | Path | None = None, run_dir: str | Path | None = None) -> TrainPlan:
     """The plan for a run with these settings given (key → value, as the user named them; the others are
-    params.yaml's). check_device(train.device) runs before a network file is read."""
+    params.yaml's). check_device(train.device) runs before a network file is read; then, given `data`, the
+    dataset is made present (dataset_for_run)."""
     given = dict(given)
     # A given ada_target applies to any family; params.yaml's train.ada_target only to StyleGAN2/3 (run_config).
     ada_target = given.pop("ada_target", None)
     p = load(TrainSettings, params, **given)
     if check_device is not None:
         check_device(p.device)
+    if data is not None:
+        dataset_for_run(data, run_dir)
     # Started from a network file, the run has the file's architecture; the settings given must agree with it.
     cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=given)
     stages = plan_stages(cfg.arch, cfg.resolution, None, p)
     return TrainPlan(p, cfg, tuple(notes), tuple(stages), resolve_device(p.device))
+
+
+def dataset_for_run(data: str | Path, run_dir: str | Path | None) -> Path:
+    """The curated dataset, fetched with DVC from the default remote when this machine lacks it (a worker that
+    shares no disk with the one that curated it), checked against the content hash the run's checkpoints record.
+    A dataset already here is left to claim_run_dir, which compares it with the checkpoints (and honours
+    restart_on_change); DVC is imported only when one is missing."""
+    if (Path(data) / "dataset.json").is_file():
+        return Path(data)
+    from tasks.versioning.fetch_dataset import ensure_dataset
+
+    return ensure_dataset(data, recorded_dataset_hash(run_dir) if run_dir is not None else None)
+
+
+def recorded_dataset_hash(run_dir: str | Path) -> str | None:
+    """The content hash of the data the run folder's newest loadable checkpoint was trained on; None for a new run."""
+    from models.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run_dir)
+    return (found[1].get("config", {}).get("dataset") or None) if found else None

@@ -103,3 +103,55 @@ def test_train_status_with_a_silent_api_warns_in_one_line_and_shows_the_queue(si
     assert req.id in out and "running" in out
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "warning: the Prefect API" in lines[0] and "did not answer" in lines[0], err
+
+
+# ------------------------------------------------------------------ Instagram
+def _session_file(tmp_path) -> str:
+    import pickle
+
+    path = tmp_path / "session-tester"  # what `instaloader --login tester` writes: a pickle of cookies
+    path.write_bytes(pickle.dumps({"csrftoken": "tok", "sessionid": "sid", "ds_user_id": "7", "mid": "m"}))
+    return str(path)
+
+
+def test_an_instagram_that_accepts_and_never_answers_is_one_line(silent_port, tmp_path, capsys, monkeypatch):
+    """instaloader's own session, unpatched, reaches "Instagram" through an HTTPS proxy (the environment's
+    HTTPS_PROXY, which requests honours) that accepts and never answers: the network stalls, nothing else is
+    faked. Each request gives up after the timeout; the scrape ends in one line, the raw store kept."""
+    import instaloader
+
+    import tasks.ingestion.sources.instagram as ig
+
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{silent_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(ig, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(instaloader.InstaloaderContext, "do_sleep", lambda self: None)  # its random 0-15 s pauses
+    from flows.cli import main
+
+    assert main(["ingest", "--hashtag", "cats", "--raw-dir", str(tmp_path / "raw"), "--session-file",
+                 _session_file(tmp_path), "--params", str(PARAMS)]) == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.strip() and not line.lstrip().startswith("ingest: ")]  # bar
+    assert len(said) == 1 and "Traceback" not in err, err
+    assert said[0].startswith(f"ganflow ingest: error: Instagram did not answer #cats within 1 s "
+                              f"({ig.CONNECTION_ATTEMPTS} tries): JSON Query to "), said
+    assert said[0].endswith("Read timed out. (read timeout=1.0); what was stored is kept and a rerun resumes the "
+                            "walk"), said
+
+
+def test_an_image_download_that_stalls_gives_up_too(silent_port, tmp_path, monkeypatch):
+    """The CDN download (instaloader's get_raw, which leaves requests' errors raw) is bounded the same way, and
+    nothing half-downloaded reaches the raw store."""
+    from instaloader import ConnectionException
+
+    import tasks.ingestion.sources.instagram as ig
+
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{silent_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(ig, "REQUEST_TIMEOUT_S", 1.0)
+    with pytest.raises(ConnectionException) as e:
+        ig._download(ig.make_loader(), "https://scontent.cdninstagram.com/v/x.jpg?sig=1", tmp_path, "x_0.jpg", {})
+    assert ig._timed_out(e.value) and "Download of https://scontent.cdninstagram.com/v/x.jpg:" in str(e.value)
+    assert not any(tmp_path.iterdir())

@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 def _with_prefect_api(args: argparse.Namespace, api: str) -> int:
     """Run a command that uses a configured Prefect API with every request bounded in time and retries; a server
     that does not answer is ApiUnreachable (one line), before a flow starts or whenever it stops answering."""
+    from flows.cli.console import say_failures_once
     from tasks.common.prefect_api import ApiUnreachable, api_failure, bounded_requests, probe
 
+    if api == "flow":
+        say_failures_once()  # a task's bad value or full disk: our one line, not Prefect's tracebacks before it
     with bounded_requests():
         try:
             if api == "flow":

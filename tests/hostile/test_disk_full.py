@@ -16,7 +16,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tests.conftest import PARAMS, ROOT
+from tests.conftest import PARAMS, ROOT, write_curated
 
 # Inside the namespace: mount the small disk, curate onto it, make room, curate again; list what is left.
 _DRIVER = """
@@ -36,33 +36,65 @@ def _namespaces_work() -> bool:
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _namespaces_work(), reason="no unprivileged user namespaces here: no small real disk to fill")
+needs_namespaces = pytest.mark.skipif(not _namespaces_work(),
+                                     reason="no unprivileged user namespaces here: no small real disk to fill")
+
+
+def _on_a_full_disk(command: list[str], tmp_path, **env: str) -> tuple[list[str], str, list[str]]:
+    """Run `ganflow COMMAND` (where DISK in its arguments is a 64 KiB tmpfs), then, with 16 MiB there, the same
+    command again: ((rc 1, rc 2), stderr of the first, the files left on the disk)."""
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir()
+    logs.mkdir()
+    argv = [sys.executable, "-m", "flows.cli", *(a.replace("DISK", str(disk)) for a in command)]
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _DRIVER, "driver", *argv],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "DISK": str(disk), "LOGS": str(logs),
+                                         **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    second = (logs / "2.txt").read_text()
+    assert (logs / "rc2").read_text().strip() == "0", second  # the same command, once there is room
+    left = sorted(p[len(str(disk)) + 1:] for p in (logs / "files").read_text().split())
+    return [(logs / "rc1").read_text().strip()], (logs / "1.txt").read_text(), left
+
+
+def _said_once(first: str, path: str, command: str) -> str:
+    said = [line for line in first.splitlines() if "disk is full" in line]
+    assert "Traceback" not in first and "No space left" not in first and "inline_container" not in first, first
+    assert len(said) == 1, first  # once, in ganflow's words
+    assert said[0].startswith(f"ganflow {command}: error: [Errno 28] {path}: the disk is full (about "), said
+    assert " needed, " in said[0] and " free); free space and run the same command again" in said[0], said
+    return said[0]
+
+
+def _no_temporary_files(left: list[str]) -> bool:
+    return not [p for p in left if p.split("/")[-1].startswith(".") or "tmp" in p or "ganflow-new" in p]
+
+
+@needs_namespaces
 def test_curate_on_a_full_disk_is_one_line_then_the_rerun_succeeds_and_leaves_nothing(prefect_api, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    src, disk, logs = tmp_path / "in", tmp_path / "disk", tmp_path / "logs"
-    for folder in (src, disk, logs):
-        folder.mkdir()
+    src = tmp_path / "in"
+    src.mkdir()
     Image.fromarray(skimage.data.rocket()).save(src / "rocket.jpg", quality=92)
     Image.fromarray(skimage.data.coffee()).save(src / "coffee.jpg", quality=92)
-    out = disk / "ds"
-    curate = [sys.executable, "-m", "flows.cli", "curate", "--input", str(src), "--out", str(out), "--matte", "none",
-              "--resolution", "256", "--params", str(PARAMS), "--raw-root", str(tmp_path / "raw"),
-              "--cache-dir", str(tmp_path / "cache")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISK": str(disk), "LOGS": str(logs),
-           "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's test server: no server start per run
-    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _DRIVER, "driver",
-                           *curate], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    rc, first, left = _on_a_full_disk(
+        ["curate", "--input", str(src), "--out", "DISK/ds", "--matte", "none", "--resolution", "256",
+         "--params", str(PARAMS), "--raw-root", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")],
+        tmp_path, PREFECT_API_URL=PREFECT_API_URL.value())  # the session's test server: no server start per run
+    assert rc == ["2"]
+    _said_once(first, str(tmp_path / "disk" / "ds"), "curate")
+    assert "ds/dataset.json" in left and _no_temporary_files(left), left
 
-    first = (logs / "1.txt").read_text()
-    said = [line for line in first.splitlines() if "disk is full" in line]
-    assert (logs / "rc1").read_text().strip() == "2" and "Traceback" not in first, first
-    assert len(said) == 1 and "No space left" not in first, first  # once, and in ganflow's words
-    assert said[0].startswith(f"ganflow curate: error: [Errno 28] {out}: the disk is full (about "), said
-    assert " KB needed, " in said[0] and " free); free space and run the same command again" in said[0], said
 
-    second = (logs / "2.txt").read_text()
-    assert (logs / "rc2").read_text().strip() == "0", second
-    left = sorted(p[len(str(disk)) + 1:] for p in (logs / "files").read_text().split())
-    assert "ds/dataset.json" in left and not [p for p in left if "tmp" in p.split("/")[-1] or "ganflow-new" in p], left
+@needs_namespaces
+def test_a_checkpoint_on_a_full_disk_is_one_line_not_torchs_enforce_fail(tmp_path):
+    """torch's writer said `RuntimeError: [enforce fail at inline_container.cc:...]` over the real OSError 28."""
+    data = write_curated(tmp_path / "data", n=4, side=8)
+    rc, first, left = _on_a_full_disk(
+        ["train", "--data", str(data), "--run-dir", "DISK/run", "--arch", "stylegan2", "--resolution", "8",
+         "--kimg", "0.008", "--snapshot-kimg", "0.004", "--batch", "4", "--device", "cpu", "--params", str(PARAMS),
+         "--net", "{channel_base: 512, channel_max: 64, z_dim: 32, w_dim: 32, mapping_layers: 2}"], tmp_path)
+    assert rc == ["2"]
+    _said_once(first, str(tmp_path / "disk" / "run" / "checkpoints" / "ckpt-000000.004.pt"), "train")
+    assert "run/checkpoints/ckpt-000000.008.pt" in left and _no_temporary_files(left), left

@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 
 from flows.cli.validate import OneLineParser
 
@@ -100,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 def _with_prefect_api(args: argparse.Namespace, api: str) -> int:
     """Run a command that uses a configured Prefect API with every request bounded in time and retries; a server
     that does not answer is ApiUnreachable (one line), before a flow starts or whenever it stops answering."""
-    from flows.cli.console import say_failures_once
+    from flows.cli.console import failures_said_once
     from tasks.common.prefect_api import ApiUnreachable, api_failure, bounded_requests, probe
 
-    if api == "flow":
-        say_failures_once()  # a task's bad value or full disk: our one line, not Prefect's tracebacks before it
-    with bounded_requests():
+    # A task's bad value or full disk: our one line, not Prefect's tracebacks of it before that line.
+    with bounded_requests(), (failures_said_once() if api == "flow" and not args.debug else nullcontext()):
         try:
             if api == "flow":
                 probe()  # a PREFECT_API_URL that does not answer: one line now, not a flow stuck at its start

@@ -8,6 +8,8 @@ Prefect UI's Logs tab, and an error of any other kind (a bug) keeps its tracebac
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _KEY = 60  # characters of an exception's text that identify its later mentions (repr may escape the rest)
@@ -31,13 +33,20 @@ class SaidOnceByTheCommand(logging.Filter):
         return not any(key and key in text for key in self.said)
 
 
-def say_failures_once() -> None:
-    """Install the filter on Prefect's console handler(s) in this process (after Prefect has set up logging)."""
+@contextmanager
+def failures_said_once() -> Iterator[None]:
+    """For one command: the filter on Prefect's console handler(s) (after Prefect has set up logging), removed
+    after it, so what one command said never hides another's."""
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
     ensure_logging_setup()
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(f, SaidOnceByTheCommand) for f in handler.filters):
-            handler.addFilter(SaidOnceByTheCommand())
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    said = SaidOnceByTheCommand()
+    for handler in handlers:
+        handler.addFilter(said)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(said)

@@ -153,17 +153,20 @@ def _attempts_now(requests: list) -> dict:
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL
 
+    from tasks.common.prefect_api import ApiUnreachable, probe
     from tasks.manager.runs import current_attempts
 
     url = PREFECT_API_URL.value()
     if not url:  # no server configured: Prefect would start a temporary one, which knows no runs
         return {}
     try:
+        probe()  # a stalled server: the warning below within seconds, not after every request's timeout
         with get_client(sync_client=True) as client:
             return current_attempts(client, requests)
     except Exception as e:  # an unreachable server: the queue and the run folders still say something
-        print(f"ganflow train status: warning: the Prefect API at {url} did not answer "
-              f"({type(e).__name__}); showing the queue as the manager's last pass left it", file=sys.stderr)
+        said = str(e) if isinstance(e, ApiUnreachable) else f"the Prefect API at {url} did not answer ({type(e).__name__})"
+        print(f"ganflow train status: warning: {said.split('; check')[0]}; showing the queue as the manager's last "
+              "pass left it", file=sys.stderr)
         return {}
 
 

@@ -86,6 +86,7 @@ def train_flow(
                 continue
             stage_task = train_stage_task.with_options(retries=p.retries, retry_delay_seconds=p.retry_delay_seconds)
             trained = stage_task(cfg, data, run_dir, stage, total, device=dev, resume_from=plan.resume_from,
+                                 allow_nonfinite=p.allow_nonfinite,
                                  progress_artifact=str(progress))
             evaluated = evaluate_after_stage(run_dir, data, params, dev)  # FID per new snapshot
             publish(run_dir)  # fid.csv, metrics.json, best.pt to the run URL (nothing for a local run)

@@ -135,7 +135,7 @@ def _run_train(args: argparse.Namespace) -> int:
                          data=args.data, run_dir=args.run_dir)  # a dataset this machine lacks: fetched with DVC
     console = _TrainConsole(plan.total_kimg, plan.notes)  # total: train.kimg, or the stage plan's length
     result = run_training(plan.config, args.data, args.run_dir, plan.total_kimg, resume_from=plan.resume_from,
-                          device=plan.device, progress_fn=console.progress, summary_fn=console.summary,
+                          allow_nonfinite=plan.settings.allow_nonfinite, device=plan.device, progress_fn=console.progress, summary_fn=console.summary,
                           restart_on_change=args.restart_on_change)
     console.close()
     if not console.lead:

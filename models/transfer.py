@@ -39,17 +39,11 @@ class Networks:
     arch: dict           # {"name", "net", ...}: the architecture these state dicts belong to
 
 
-# Set to 1, a run starts from (`train --resume-from`) a network whose weights hold NaN or inf; by default refused.
-ALLOW_NONFINITE_ENV = "GANFLOW_ALLOW_NONFINITE"
-
-
-def load_networks(path: str | Path, mmap: bool = False, allow_nonfinite: bool | None = None) -> Networks:
+def load_networks(path: str | Path, mmap: bool = False, allow_nonfinite: bool = False) -> Networks:
     """The networks and architecture record of a network file (see the module docstring). With mmap, a .pt's
     tensors stay on disk until touched: cheap when only the record is wanted. Loaded whole (not mmap), weights
-    holding NaN or inf are a TransferError unless allow_nonfinite (None: $GANFLOW_ALLOW_NONFINITE=1)."""
+    holding NaN or inf are a TransferError unless allow_nonfinite (train.allow_nonfinite, --allow-nonfinite)."""
     path = Path(path)
-    if allow_nonfinite is None:
-        allow_nonfinite = os.environ.get(ALLOW_NONFINITE_ENV) == "1"
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
     if path.name.lower().endswith(PICKLE_SUFFIXES):
@@ -74,7 +68,7 @@ def load_networks(path: str | Path, mmap: bool = False, allow_nonfinite: bool | 
                                  if isinstance(sd, dict))), None)
         if bad:
             raise TransferError(f"{path}: weights hold NaN or inf ({bad}): a run started from them trains on NaN; "
-                                f"refused ({ALLOW_NONFINITE_ENV}=1 starts from them anyway)")
+                                "refused (--allow-nonfinite, train.allow_nonfinite, starts from them anyway)")
     return nets
 
 

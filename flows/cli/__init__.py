@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 
 from flows.cli.validate import OneLineParser
 
@@ -25,6 +26,14 @@ _COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("import",), "flows.import_cli:add_import_command"),
 ]
 TRAIN_VERBS = {"submit": "train-submit", "status": "train-status"}
+
+
+def _prefect_api_use(args: argparse.Namespace) -> str | None:
+    """How the command uses a configured Prefect API: "flow" (it runs a flow, so the API must answer before it
+    starts), "ask" (`train status` asks it, and says so in a warning when it does not answer), or None."""
+    if args.command in ("curate", "manager") or (args.command == "train" and (args.flow or args.request_id)):
+        return "flow"
+    return "ask" if args.command == "train status" else None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -71,10 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     # A library warning (a skipped checkpoint, a recomputed cache) is one line naming the command, as errors are.
     formatwarning = warnings.formatwarning
     warnings.formatwarning = lambda message, *_a, **_k: f"ganflow {args.command}: warning: {message}\n"
+    api = _prefect_api_use(args)
     try:
-        return args.func(args)
+        if api is None:
+            return args.func(args)
+        return _with_prefect_api(args, api)
     # ParamsError, SourceError, DatasetError, CheckpointError, QueueError and VersioningError are ValueErrors: a
-    # user's mistake, said in one line; so is an OSError (a file that cannot be read or written, which it names).
+    # user's mistake, said in one line; so is an OSError (a file that cannot be read or written, which it names; a
+    # Prefect API that does not answer, tasks.common.prefect_api.ApiUnreachable).
     # (Catching the base class spares every command importing torch just to name DatasetError.)
     except (ValueError, OSError) as e:
         if args.debug:
@@ -83,6 +96,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.formatwarning = formatwarning
+
+
+def _with_prefect_api(args: argparse.Namespace, api: str) -> int:
+    """Run a command that uses a configured Prefect API with every request bounded in time and retries; a server
+    that does not answer is ApiUnreachable (one line), before a flow starts or whenever it stops answering."""
+    from flows.cli.console import failures_said_once
+    from tasks.common.prefect_api import ApiUnreachable, api_failure, bounded_requests, probe
+
+    # A task's bad value or full disk: our one line, not Prefect's tracebacks of it before that line.
+    with bounded_requests(), (failures_said_once() if api == "flow" and not args.debug else nullcontext()):
+        try:
+            if api == "flow":
+                probe()  # a PREFECT_API_URL that does not answer: one line now, not a flow stuck at its start
+            return args.func(args)
+        except (ValueError, OSError):
+            raise
+        except Exception as e:  # Prefect raises several kinds (httpx's, RuntimeError "Failed to reach API", ...)
+            line = None if args.debug else api_failure(e)
+            if line is None:
+                raise
+            raise ApiUnreachable(line) from e
 
 
 def one_line(e: BaseException) -> str:

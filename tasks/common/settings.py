@@ -261,6 +261,8 @@ class TrainSettings(Section):
                                    "must agree); name it again to continue the run")
     freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
                                "reference's --freezed (needs resume_from)", ge=0, le=64)
+    allow_nonfinite: bool = setting(False, "start from a resume_from network whose weights hold NaN or inf (refused "
+                                           "by default: a run trains on NaN), as `ganflow import --allow-nonfinite`")
 
     @model_validator(mode="after")
     def _stages_are_few(self) -> "TrainSettings":

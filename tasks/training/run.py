@@ -155,14 +155,15 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
                  progress_fn: Callable[[dict], None] | None = None,
                  abort_fn: Callable[[], bool] | None = None,
                  summary_fn: Callable[[dict], None] | None = None,
-                 restart_on_change: bool = False) -> TrainResult:
+                 restart_on_change: bool = False, allow_nonfinite: bool = False) -> TrainResult:
     """Train run_dir to target_kimg, continuing from its newest checkpoint. Checkpoints of another run (other
     settings, or trained on other data) are an error, or with restart_on_change are set aside and the run
     starts afresh: what a pipeline that reruns training after its data changed (dvc repro) needs.
 
     resume_from: a network file (tasks.training.transfer) a new run starts from: G, D and G_ema, with the file's
     architecture; counters and optimizers start afresh. cfg may already be prepared by
-    tasks.training.transfer.transfer_config (which refuses contradicting options); otherwise it is prepared here."""
+    tasks.training.transfer.transfer_config (which refuses contradicting options); otherwise it is prepared here.
+    Its weights must be finite unless allow_nonfinite (train.allow_nonfinite)."""
     check_run_dir_outside_data(data_dir, run_dir)
     # Under torchrun each process joins the group and takes its device; alone, this changes nothing.
     device = init_from_env(device)
@@ -178,7 +179,7 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, ta
         if lease is not None:
             progress_fn = guarded(lease, progress_fn)
         result = _train_held(cfg, data_dir, local, target_kimg, resume_from, device, progress_fn, abort_fn,
-                             summary_fn, restart_on_change)
+                             summary_fn, restart_on_change, allow_nonfinite)
         if remote:
             publish(local, final=True)
         return result
@@ -210,7 +211,7 @@ def _command_line() -> str:
 def _train_held(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, target_kimg: float,
                 resume_from: str | Path | None, device: str | torch.device, progress_fn: Callable[[dict], None] | None,
                 abort_fn: Callable[[], bool] | None, summary_fn: Callable[[dict], None] | None,
-                restart_on_change: bool) -> TrainResult:
+                restart_on_change: bool, allow_nonfinite: bool = False) -> TrainResult:
     resume_from = resume_from or cfg.transfer_from or None
     if resume_from and not (cfg.transfer_sha256 and cfg.transfer_from == str(resume_from)):
         cfg, _ = transfer_config(cfg, resume_from)
@@ -239,7 +240,7 @@ def _train_held(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, tar
         trainer.load_state_dict(found[1])
         resumed = str(found[0])
     elif resume_from:
-        nets = load_networks(resume_from)
+        nets = load_networks(resume_from, allow_nonfinite=allow_nonfinite)
         if file_sha256(resume_from) != cfg.transfer_sha256:  # replaced between planning and now
             raise TransferError(f"{resume_from} changed while the run was being set up; start it again")
         notes = trainer.start_from(nets)

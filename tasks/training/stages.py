@@ -184,7 +184,7 @@ def _sigterm_sets(flag: threading.Event) -> Iterator[None]:
 
 
 def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg: float, *,
-              device: str = "cpu", resume_from: str | None = None,
+              device: str = "cpu", resume_from: str | None = None, allow_nonfinite: bool = False,
               progress_fn: Callable[[dict], None] | None = None,
               report_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> StageResult:
     """Train run_dir up to end_kimg (resuming from its newest checkpoint); returns what the stage did.
@@ -198,7 +198,7 @@ def run_stage(cfg: TrainConfig, data: str | Path, run_dir: str | Path, end_kimg:
 
     def train(progress: Callable[[dict], None], abort: Callable[[], bool]) -> TrainResult:
         return run_training(cfg, data, run_dir, end_kimg, resume_from=resume_from, device=device,
-                            progress_fn=progress, abort_fn=abort, summary_fn=summaries.append)
+                            allow_nonfinite=allow_nonfinite, progress_fn=progress, abort_fn=abort, summary_fn=summaries.append)
 
     result = _train_watched(train, progress_fn, report_fn, report_every_s)
     return _stage_result(result, run_dir, end_kimg, summaries[0] if summaries else None,
@@ -281,7 +281,8 @@ def _stage_result(result: TrainResult, run_dir: str | Path, end_kimg: float, run
 @task(name="train-stage", task_run_name="{stage.label}", cache_policy=NO_CACHE,  # the result is on disk
       retry_condition_fn=retry_unless_setup_error)
 def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, total_kimg: float,
-                     device: str = "cpu", resume_from: str | None = None, progress_artifact: str | None = None,
+                     device: str = "cpu", resume_from: str | None = None, allow_nonfinite: bool = False,
+                     progress_artifact: str | None = None,
                      progress_fn: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> StageResult:
     """Train one stage (resuming), keep the progress artifact moving, then publish the stage report.
     progress_fn: an extra per-step callback in the training thread (tests use it to fail an attempt)."""
@@ -302,7 +303,7 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
     result = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
-                       progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+                       allow_nonfinite=allow_nonfinite, progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
     result = dataclasses.replace(result, attempt=int(flow_run.run_count or 1))
     if result.resumed_from:
         logger.info("%s: resumed from %s", stage.label, result.resumed_from)

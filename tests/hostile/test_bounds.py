@@ -5,8 +5,6 @@ without certificates, is one line within seconds; a hashtag is checked by its 1-
 starts."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import pytest
@@ -94,33 +92,6 @@ def test_a_10000_character_hashtag_is_refused_by_its_rule_before_prefect_starts(
     line = refused(["curate", "--hashtag", "a" * 10_000, "--out", str(tmp_path / "new"), "--params", str(PARAMS)],
                    capsys, "ingest.hashtag", "1 to 100 ASCII letters, digits or '_'", "(10,000 characters)")
     assert len(line) < 300
-
-
-@pytest.fixture
-def silent_port():
-    """A port that accepts connections and never says a word."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for s in held:
-        s.close()
-    server.close()
 
 
 def test_a_dask_scheduler_that_never_answers_is_one_line_within_seconds(silent_port, tmp_path, capsys, monkeypatch):

@@ -113,16 +113,31 @@ def test_nan_weights_are_refused_on_import_unless_asked_for(tmp_path, capsys):
     assert torch.isnan(torch.load(tmp_path / "nan.pt", weights_only=True)["G_ema"]["mapping.fc0.weight"]).all()
 
 
-def test_resume_from_nan_weights_is_refused_unless_asked_for(tmp_path, monkeypatch):
+def test_resume_from_nan_weights_is_refused_unless_asked_for(tmp_path):
     state = import_network_pickle(DATA / "stylegan2.pkl.gz")
     state["G"]["mapping.fc0.bias"] = state["G"]["mapping.fc0.bias"].clone().fill_(math.inf)
     torch.save(state, tmp_path / "inf.pt")
     with pytest.raises(TransferError, match=r"inf.pt: weights hold NaN or inf \(G.mapping.fc0.bias\).*"
-                                            "GANFLOW_ALLOW_NONFINITE=1"):
+                                            "--allow-nonfinite, train.allow_nonfinite"):
         load_networks(tmp_path / "inf.pt")
     assert load_networks(tmp_path / "inf.pt", mmap=True).arch == state["arch"]  # the record alone: not checked
-    monkeypatch.setenv("GANFLOW_ALLOW_NONFINITE", "1")
-    assert torch.isinf(load_networks(tmp_path / "inf.pt").G["mapping.fc0.bias"]).all()
+    assert torch.isinf(load_networks(tmp_path / "inf.pt", allow_nonfinite=True).G["mapping.fc0.bias"]).all()
+
+
+def test_allow_nonfinite_is_one_option_spelled_the_same_for_import_and_train(tmp_path):
+    """`ganflow import --allow-nonfinite` and `ganflow train --allow-nonfinite` (train.allow_nonfinite, also
+    `train submit`'s and the flow's form): one name, one default, no environment variable."""
+    from flows.cli import build_parser
+    from flows.cli.options import given_settings
+    from tasks.common.settings import TrainSettings, load
+    from tests.conftest import PARAMS
+
+    assert load(TrainSettings, PARAMS).allow_nonfinite is False  # params.yaml's train.allow_nonfinite
+    assert build_parser("import").parse_args(["import", "n.pkl", "--out", "n.pt", "--allow-nonfinite"]).allow_nonfinite
+    for command, verb in (("train", ["train"]), ("train-submit", ["train-submit", "--kimg", "1"])):
+        args = build_parser(command).parse_args([*verb, "--data", str(tmp_path), "--run-dir", str(tmp_path / "r"),
+                                                 "--allow-nonfinite"])
+        assert given_settings(args, TrainSettings)["allow_nonfinite"] is True, command
 
 
 def _nested_list(depth: int) -> bytes:

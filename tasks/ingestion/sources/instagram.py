@@ -6,7 +6,9 @@ Since instaloader 4.14.1 Instagram serves hashtags only to a logged-in session, 
 - walks the hashtag with instaloader's resumable NodeIterator, its state saved in <raw_dir>/resume/ after
   every post and on any error, so a killed or failed scrape continues where it stopped;
 - skips images that provenance already records, so a rerun never downloads twice;
-- backs off exponentially (capped) while Instagram throttles.
+- backs off exponentially (capped) while Instagram throttles;
+- bounds every request (REQUEST_TIMEOUT_S to connect and between bytes, CONNECTION_ATTEMPTS tries, DOWNLOAD_S for a
+  whole image): a server that accepts and never answers is one line (InstagramUnreachable), never a hang.
 Provenance keeps shortcode, UTC date, post URL and carousel index: no owner, no caption.
 """
 from __future__ import annotations
@@ -21,9 +23,11 @@ from dataclasses import dataclass
 from datetime import timezone
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, cast
 
 import instaloader
+import requests
+import urllib3
 from instaloader import (BadResponseException, ConnectionException, FrozenNodeIterator,
                          InvalidArgumentException, PostChangedException, QueryReturnedForbiddenException,
                          QueryReturnedNotFoundException, TooManyRequestsException)
@@ -39,6 +43,10 @@ SESSION_ENV = "GANFLOW_IG_SESSIONFILE"
 USER_ENV = "GANFLOW_IG_USER"
 RESUME = "resume"
 THROTTLE_RETRIES = 3  # our own waits once instaloader's retries give up; then the caller's retry takes over
+# instaloader waits 300 s per request by default: a stalled connection held a scrape 15 minutes a query (3 tries).
+REQUEST_TIMEOUT_S = 30.0   # to connect, and between two reads of an answer
+CONNECTION_ATTEMPTS = 3    # tries of one query before instaloader gives up (its default; a 429 has its own backoff)
+DOWNLOAD_S = 120.0         # a whole image: a server that trickles a byte a minute is stopped too
 
 # ASCII, like the raw dir name tasks.ingestion.ingest.raw_name derives; the rule is the ingest settings' own
 _TAG = HASHTAG_NAME
@@ -54,6 +62,10 @@ _NODE_KEYS = {"__typename", "id", "shortcode", "is_video", "display_url", "video
 
 class InstagramSetupError(ValueError):
     """No usable Instagram session; the message says how to make one."""
+
+
+class InstagramUnreachable(ConnectionError):
+    """Instagram (or the network to it) did not answer within the bounds; one line. A rerun resumes the walk."""
 
 
 @dataclass
@@ -114,12 +126,17 @@ def validate_tag(tag: str) -> str:
 
 def make_loader(sleep: Callable[[float], None] = time.sleep) -> instaloader.Instaloader:
     """An Instaloader (not logged in yet) set up for this source."""
-    return instaloader.Instaloader(
+    loader = instaloader.Instaloader(
         quiet=True,            # progress is reported through the `progress` callback
+        request_timeout=REQUEST_TIMEOUT_S, max_connection_attempts=CONNECTION_ATTEMPTS,
         iphone_support=False,  # display_url (1080 px) is plenty for 512² training; the iPhone API would
                                # cost one more rate-limited query per post
         rate_controller=lambda ctx: BackoffRateController(ctx, sleep),
     )
+    # instaloader prints its notes ("... [retrying; skip with ^C]") to stderr even when quiet; a failure that
+    # ends the scrape is said once, by the caller: the notes go to the log.
+    loader.context.error = lambda msg, repeat_at_end=True: log.info("instaloader: %s", msg)  # type: ignore[method-assign]
+    return loader
 
 
 def open_session(session_file: str | None = None, username: str | None = None, *,
@@ -181,6 +198,18 @@ def ingest_hashtag(tag: str, raw_dir: Path, *, max_posts: int, session_file: str
     if loader is None:
         loader = open_session(session_file, username, sleep=sleep)
     rc = _controller(loader, sleep)
+    try:
+        return _walk(tag, raw_dir, max_posts, loader, rc, progress)
+    except ConnectionException as err:
+        if _throttled(err) or not _timed_out(err):
+            raise  # throttling and refusals keep instaloader's words (and the flow task's retries)
+        raise InstagramUnreachable(f"Instagram did not answer #{tag} within {REQUEST_TIMEOUT_S:g} s "
+                                   f"({CONNECTION_ATTEMPTS} tries): {_short(err)}; what was stored is kept and "
+                                   "a rerun resumes the walk") from err
+
+
+def _walk(tag: str, raw_dir: Path, max_posts: int, loader: instaloader.Instaloader, rc: "BackoffRateController",
+          progress: Callable[[int], None] | None) -> ScrapeResult:
     items = read_provenance(raw_dir)
     have = {(i.extra.get("shortcode"), i.extra.get("index")) for i in items if i.source == SOURCE}
     done = {shortcode for shortcode, _ in have}
@@ -260,15 +289,52 @@ def _media(post: instaloader.Post) -> list[tuple[int, bool, str]]:
 
 
 def _download(loader: instaloader.Instaloader, url: str, raw_dir: Path, name: str, extra: dict) -> RawItem:
-    resp = loader.context.get_raw(url)  # anonymous CDN request, as instaloader's own download_pic does
-    with resp:
-        return store_stream(raw_dir, resp.raw, SOURCE, name, extra)
+    try:
+        resp = loader.context.get_raw(url)  # anonymous CDN request, as instaloader's own download_pic does
+        with resp:
+            return store_stream(raw_dir, cast(BinaryIO, _Deadline(resp.raw, time.monotonic() + DOWNLOAD_S)), SOURCE,
+                                name, extra)
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, _TooSlow) as err:
+        # get_raw (and the body's reads) leave these as they are: a ConnectionException, as get_json's are
+        raise ConnectionException(f"Download of {url.split('?')[0]}: {err}") from err
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _Deadline:
+    """A response body read to a deadline: each read is bounded by the request timeout, the whole by DOWNLOAD_S."""
+
+    def __init__(self, raw, deadline: float):
+        self._raw, self._deadline = raw, deadline
+
+    def read(self, n: int = -1) -> bytes:
+        if time.monotonic() > self._deadline:
+            raise _TooSlow(f"read timed out: not whole after {DOWNLOAD_S:g} s")
+        return self._raw.read(n)
 
 
 def _controller(loader: instaloader.Instaloader, sleep) -> BackoffRateController:
     # instaloader has no public getter for the controller; without ours, back off with a separate one.
     rc = getattr(loader.context, "_rate_controller", None)
     return rc if isinstance(rc, BackoffRateController) else BackoffRateController(loader.context, sleep)
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether instaloader gave up on a request that timed out or lost its connection (not an HTTP answer)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.Timeout, requests.exceptions.ConnectionError, _TooSlow,
+                             urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 200 else text[:200] + " ..."
 
 
 def _throttled(err: Exception) -> bool:

@@ -94,9 +94,7 @@ class StyleGAN2Config:
 class TrainDefaults:
     """Training hyperparameters of a preset (the reference's train.py spec + training_loop defaults)."""
 
-    kind: str                               # preset name
     ref_gpus: int                           # GPUs the preset was designed for
-    kimg: int                               # training length in thousands of real images
     minibatch: int                          # total images per step
     batch_gpu: int                          # images per GPU per accumulation round (minibatch // ref_gpus)
     mbstd_group: int                        # minibatch-std group size
@@ -105,24 +103,34 @@ class TrainDefaults:
     ema_kimg: float                         # G_ema half-life in kimg
     ema_rampup: float | None                # EMA ramp-up coefficient, None = no ramp-up
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas
-    eps: float = 1e-8                       # Adam epsilon
     g_reg_interval: int = 4                 # lazy path-length regularization every N steps
     d_reg_interval: int = 16                # lazy R1 every N steps
     pl_weight: float = 2.0                  # path-length regularization weight, 0 = off
     style_mixing_prob: float = 0.9          # probability of mixing two latents in a batch
     ada_target: float = 0.6                 # ADA target for sign(D(real))
-    ada_interval: int = 4                   # adjust p every N steps
-    ada_kimg: int = 500                     # kimg for p to move by 1
+
+
+# The reference's 'auto' formulas (train.py), once: the preset below and models.arch's family defaults use them.
+def auto_minibatch(resolution: int, gpus: int = 1) -> int:
+    return max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+
+
+def auto_r1_gamma(resolution: int, minibatch: int) -> float:
+    return 0.0002 * (resolution ** 2) / minibatch
+
+
+def auto_ema_kimg(minibatch: int) -> float:
+    return minibatch * 10 / 32
 
 
 # The reference's train.py cfg_specs ('auto' is filled in from resolution and GPU count).
 _SPECS: dict[str, dict] = {
-    "auto":      dict(ref_gpus=-1, kimg=25000,  mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
-    "stylegan2": dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
-    "paper256":  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
-    "paper512":  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
-    "paper1024": dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
-    "cifar":     dict(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    "auto":      dict(ref_gpus=-1, mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
+    "stylegan2": dict(ref_gpus=8,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
+    "paper256":  dict(ref_gpus=8,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
+    "paper512":  dict(ref_gpus=8,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
+    "paper1024": dict(ref_gpus=8,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
+    "cifar":     dict(ref_gpus=2,  mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
 }
 PRESETS = tuple(_SPECS)
 
@@ -145,12 +153,12 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
     res = resolution
     if kind == "auto":
         spec["ref_gpus"] = gpus
-        spec["mb"] = max(min(gpus * min(4096 // res, 32), 64), gpus)
+        spec["mb"] = auto_minibatch(res, gpus)
         spec["mbstd"] = min(spec["mb"] // gpus, 4)
         spec["fmaps"] = 1 if res >= 512 else 0.5
         spec["lrate"] = 0.002 if res >= 1024 else 0.0025
-        spec["gamma"] = 0.0002 * (res ** 2) / spec["mb"]
-        spec["ema"] = spec["mb"] * 10 / 32
+        spec["gamma"] = auto_r1_gamma(res, spec["mb"])
+        spec["ema"] = auto_ema_kimg(spec["mb"])
     cifar = kind == "cifar"
     cfg = StyleGAN2Config(
         resolution=res, channels=channels, mapping_layers=spec["map"], channel_base=int(spec["fmaps"] * 32768),
@@ -158,7 +166,7 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
         d_architecture="orig" if cifar else "resnet",
     )
     train = TrainDefaults(
-        kind=kind, ref_gpus=spec["ref_gpus"], kimg=spec["kimg"], minibatch=spec["mb"],
+        ref_gpus=spec["ref_gpus"], minibatch=spec["mb"],
         batch_gpu=spec["mb"] // spec["ref_gpus"], mbstd_group=spec["mbstd"], lr=spec["lrate"],
         r1_gamma=spec["gamma"], ema_kimg=spec["ema"], ema_rampup=spec["ramp"],
         pl_weight=0.0 if cifar else 2.0, style_mixing_prob=0.0 if cifar else 0.9,

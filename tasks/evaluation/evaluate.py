@@ -136,12 +136,12 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     from models.arch import build_arch
     from models.checkpoint import load_checkpoint
     from models.data import to_float
-    from models.trainer import TrainConfig
+    from models.train_config import from_saved
 
     state = load_checkpoint(ckpt)
     cfg_dict = dict(state["config"])
     cfg_dict["betas"] = tuple(cfg_dict.get("betas", (0.0, 0.99)))
-    cfg = TrainConfig(**cfg_dict)
+    cfg = from_saved(cfg_dict)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         arch = build_arch(cfg)

@@ -22,6 +22,7 @@ from models.checkpoint import latest_checkpoint
 from models.data import DatasetError, load_images
 from models.distributed import init_from_env
 from models.run_dir import RunDir
+from models.train_config import saved_config
 from models.trainer import TrainConfig, Trainer
 from models.transfer import TransferError, file_sha256, load_networks
 from tasks.training.lease import guarded, run_dir_lease
@@ -45,8 +46,8 @@ class TrainResult:
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """Names of the settings (and `dataset`) in which a checkpoint's run differs from cfg. A setting the
     checkpoint predates counts as its default (a run continues after an upgrade that adds one)."""
-    now = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the checkpoint
-    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **saved}
+    now = saved_config(json.loads(json.dumps(asdict(cfg))))  # tuples become lists, as in the checkpoint
+    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **saved_config(saved)}
     return sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
 

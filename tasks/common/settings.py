@@ -592,6 +592,11 @@ EvaluateOverrides = overrides_model(EvaluateSettings)
 ManagerOverrides = overrides_model(ManagerSettings, exclude=("queue", "interval_seconds"))
 
 
+def declared(model: type[Section], key: str) -> Any:
+    """A setting's declared default, for a function that takes the setting as a keyword (its one home is here)."""
+    return model.model_fields[key].get_default(call_default_factory=True)
+
+
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
     """The settings an overrides object names (those not None)."""
     if overrides is None:

@@ -102,7 +102,7 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: Evalua
 
 
 # ------------------------------------------------------------------ per-snapshot metrics
-def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
+def generated_batches(G, arch: dict, n: int, batch: int, seed0: int = 0,
                       truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
     """n generated images (seeds seed0 ... seed0+n-1, no truncation by default) as uint8 NCHW batches."""
     from models.generate import images_from_seeds

@@ -32,8 +32,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tasks.common.settings import EvaluateSettings, declared
 from tasks.evaluation.registry import selectable
 from tasks.evaluation.weights_file import RANDOM, read_bytes, resolve_path, state_from_bytes
+
+# The evaluate section's defaults, for callers that pass no settings (`ganflow fid`, notebooks): declared there once.
+_BATCH = declared(EvaluateSettings, "batch")
+_KID_SUBSETS = declared(EvaluateSettings, "kid_subsets")
+_KID_SUBSET_SIZE = declared(EvaluateSettings, "kid_subset_size")
 
 ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
@@ -184,13 +190,13 @@ def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def folder_batches(folder: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def folder_batches(folder: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     files = folder_files(folder)[:limit]
     for i in range(0, len(files), batch):
         yield _to_batch([np.asarray(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
 
 
-def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def dataset_batches(data_dir: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     """A curated dataset's images (dataset.json + tar shards), shard by shard, at their stored size; each shard
     checked against dataset.json's sha256 first (the statistics are cached under its content hash)."""
     from models.data import open_verified_shard, shard_entries
@@ -216,7 +222,7 @@ def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = N
         yield _to_batch(buf)
 
 
-def source_batches(path: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def source_batches(path: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     """A curated dataset (has dataset.json) or a plain folder of images."""
     if (Path(path) / "dataset.json").exists():
         return dataset_batches(path, batch, limit)
@@ -293,7 +299,7 @@ def fid_from_stats(a: Stats, b: Stats) -> float:
     return float(diff.dot(diff) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
 
 
-def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = _KID_SUBSETS, subset_size: int = _KID_SUBSET_SIZE,
         seed: int = 2020) -> tuple[float, float]:
     """KID (mean, std) as torch-fidelity: unbiased MMD² with the cubic polynomial kernel over random subsets.
     `subset_size` is capped at the smaller set's size (torch-fidelity would refuse)."""
@@ -350,7 +356,7 @@ def read_stats_cache(cache: Path, dim: int | None = None) -> Stats | None:
 
 
 def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | Path | None = None,
-               n: int | None = None, keep_features: bool = False, batch: int = 64,
+               n: int | None = None, keep_features: bool = False, batch: int = _BATCH,
                device: str = "cpu", feature: str = FEATURE) -> tuple[Stats, bool]:
     """Statistics of real images (a curated dataset or a folder), from the cache when present.
     Returns (stats, came_from_cache). The cache holds mean, covariance, N and, when asked for, the features (KID,
@@ -439,7 +445,7 @@ def extract_each(spaces: list[FeatureSpace], batches: Iterable[torch.Tensor], de
 
 
 def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | None = None, with_kid: bool = False,
-                    batch: int = 64, device: str = "cpu") -> dict[str, tuple[Stats, bool]]:
+                    batch: int = _BATCH, device: str = "cpu") -> dict[str, tuple[Stats, bool]]:
     """real_stats in every space: the first space (KID) and the audit space keep their features."""
     audit = audit_space(spaces)
     return {s.metric: real_stats(path, s.extractor, s.sha256, cache_dir, n,
@@ -449,7 +455,7 @@ def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | N
 
 
 def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str, np.ndarray], with_kid: bool,
-           kid_subsets: int = 100, kid_subset_size: int = 1000, real_radii: np.ndarray | None = None,
+           kid_subsets: int = _KID_SUBSETS, kid_subset_size: int = _KID_SUBSET_SIZE, real_radii: np.ndarray | None = None,
            memorization=None, probe: dict | None = None) -> dict:
     """The registered metrics (tasks.evaluation.registry: fid and/or fd_dinov2, KID in the first space,
     precision/recall in the audit space, the memorized fraction when `memorization` asks, the probe's losses),
@@ -469,8 +475,8 @@ def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str,
 
 
 def fid_folders(a: str | Path, b: str | Path, weights: str | Path | None, with_kid: bool = False,
-                cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = 64,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, device: str = "cpu",
+                cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = _BATCH,
+                kid_subsets: int = _KID_SUBSETS, kid_subset_size: int = _KID_SUBSET_SIZE, device: str = "cpu",
                 metrics=("fid",), dinov2_weights: str | Path | None = None,
                 dinov2_sha256: str | None = None) -> dict:
     """FID and/or FD-DINOv2 (and KID, precision/recall) between A (real: a curated dataset or a folder; its stats

@@ -60,8 +60,8 @@ class Snapshot:
     reals: dict                           # {space.metric: Stats}
     fakes: dict                           # {space.metric: features [n, D]}
     with_kid: bool = False
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subsets: int | None = None        # evaluate.kid_subsets and kid_subset_size, when with_kid
+    kid_subset_size: int | None = None
     real_radii: Any = None                # the reals' k-th neighbour distances in the audit space, when known
     memorization: Memorization | None = None
     probe: dict | None = None             # the discriminator probe's losses (evaluate_run)
@@ -168,6 +168,7 @@ def kid(s: Snapshot, space) -> dict:
         return {}
     from tasks.evaluation.metrics import kid as kid_of
 
+    assert s.kid_subsets is not None and s.kid_subset_size is not None, "with_kid needs the KID settings"
     mean, std = kid_of(s.reals[space.metric].features, s.fakes[space.metric], s.kid_subsets, s.kid_subset_size)
     return {"kid_mean": mean, "kid_std": std}
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from tasks.common.settings import EvaluateSettings, declared
+from tasks.evaluation.frechet import Stats, fid_from_stats, kid  # noqa: F401  (their home; used here and re-exported)
 from tasks.evaluation.registry import selectable
 from tasks.evaluation.weights_file import RANDOM, read_bytes, resolve_path, state_from_bytes
 
@@ -276,47 +277,6 @@ def extract_features(extractor, batches: Iterable[torch.Tensor], device: str = "
     if not out:
         raise ValueError("no images to extract features from")
     return np.concatenate(out)
-
-
-@dataclass
-class Stats:
-    mu: np.ndarray      # float64 [2048]
-    sigma: np.ndarray   # float64 [2048, 2048]
-    n: int
-    features: np.ndarray | None = None  # float32 [n, 2048], kept for KID
-
-    @classmethod
-    def of(cls, features: np.ndarray, keep_features: bool = False) -> Stats:
-        # As torch-fidelity: np.mean of the float32 features and np.cov (which works in float64).
-        return cls(mu=np.mean(features, axis=0).astype(np.float64), sigma=np.cov(features, rowvar=False),
-                   n=len(features), features=features if keep_features else None)
-
-
-def fid_from_stats(a: Stats, b: Stats) -> float:
-    """Fréchet distance as torch-fidelity (TTUR) computes it: trace sqrt via eigenvalues of sigma_a·sigma_b."""
-    diff = a.mu - b.mu
-    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(a.sigma.dot(b.sigma)).astype("complex128")).real)
-    return float(diff.dot(diff) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
-
-
-def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = _KID_SUBSETS, subset_size: int = _KID_SUBSET_SIZE,
-        seed: int = 2020) -> tuple[float, float]:
-    """KID (mean, std) as torch-fidelity: unbiased MMD² with the cubic polynomial kernel over random subsets.
-    `subset_size` is capped at the smaller set's size (torch-fidelity would refuse)."""
-    from torch_fidelity.metric_kid import mmd2
-
-    size = min(subset_size, len(features_a), len(features_b))
-    if size < 2:
-        raise ValueError("KID needs at least 2 images on each side")
-    rng = np.random.RandomState(seed)
-    gamma = 1.0 / features_a.shape[1]
-    kernel = lambda x, y: (np.matmul(x, y.T) * gamma + 1) ** 3  # noqa: E731
-    mmds = np.zeros(subsets)
-    for i in range(subsets):
-        x = features_a[rng.choice(len(features_a), size, replace=False)]
-        y = features_b[rng.choice(len(features_b), size, replace=False)]
-        mmds[i] = mmd2(kernel(x, x), kernel(x, y), kernel(y, y))  # torch-fidelity's own (unbiased) estimator
-    return float(np.mean(mmds)), float(np.std(mmds))
 
 
 def small_n_warning(n: int) -> str | None:

@@ -14,6 +14,15 @@ ArchName = Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
 ARCH_NAMES: tuple[str, ...] = get_args(ArchName)
 
 
+# How checkpoints and code written before None meant "the family's" spelled it (never a valid value otherwise).
+_OLD_UNSET: dict[str, Any] = {"batch": 0, "batch_gpu": 0, "lr": 0.0, "loss": "", "r1_gamma": -1.0,
+                              "pl_weight": -1.0, "style_mixing": -1.0, "ema_kimg": -1.0, "ada_target": -1.0}
+
+
+# Before, params.yaml's train.ada_target (0.6) reached StyleGAN2/3 runs as a value, while it is their family's.
+_OLD_ADA_TARGET = 0.6
+
+
 @dataclass
 class TrainConfig:
     arch: str = "stylegan2"          # network family: stylegan2 | stylegan3-t | stylegan3-r | pggan
@@ -48,14 +57,13 @@ class TrainConfig:
     transfer_from: str = ""          # transfer learning: the network file G/D/G_ema started from ("" = none)
     transfer_sha256: str = ""        # its sha256: a run dir never continues from other starting networks
 
-
-# What checkpoints written before None meant "the family's" (ganflow-train-3 until 2026-12) hold for it.
-_OLD_UNSET: dict[str, Any] = {"batch": 0, "batch_gpu": 0, "lr": 0.0, "loss": "", "r1_gamma": -1.0,
-                              "pl_weight": -1.0, "style_mixing": -1.0, "ema_kimg": -1.0, "ada_target": -1.0}
-
-
-# Before, params.yaml's train.ada_target (0.6) reached StyleGAN2/3 runs as a value, while it is their family's.
-_OLD_ADA_TARGET = 0.6
+    def __post_init__(self) -> None:
+        # Code written before None meant "the family's" spelled it 0, -1 or '' (_OLD_UNSET): read as None, once,
+        # here, so such a config builds the same networks (the training-parity tests pass lr=0.0 that way).
+        for name, old in _OLD_UNSET.items():
+            value = getattr(self, name)
+            if value is not None and value == old and not isinstance(value, bool):
+                setattr(self, name, None)
 
 
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:

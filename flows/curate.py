@@ -19,7 +19,7 @@ from tasks.ingestion.ingest import hashtag_settings, ingest_task, raw_name, scra
 from tasks.curation.matte import Matter, make_matter
 from tasks.common.outdir import check_dataset_dir, check_raw_dir, check_store_root
 from tasks.common.run_labels import GANFLOW, dataset_tag, label_this_run
-from tasks.common.settings import (CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource,
+from tasks.common.settings import (DEFAULT_PARAMS, CurateOverrides, CurateSettings, IngestOverrides, IngestSettings, IngestSource,
                                    given, load)
 from tasks.curation.publish import publish_task
 from tasks.curation.render import render_task
@@ -53,7 +53,7 @@ def curate(
     out: str = "data/curated/demo",       # where manifest.jsonl, shards/ and dataset.json go
     raw_root: str = "data/raw",           # raw store root: data/raw/<name>/
     cache_dir: str = "data/cache",        # per-image results, so reruns do no work twice
-    params_path: str = "params.yaml",     # thresholds and settings (sections `curate` and `ingest`)
+    params_path: str = str(DEFAULT_PARAMS),  # thresholds and settings (sections `curate` and `ingest`)
     settings: CurateOverrides = CurateOverrides(),  # type: ignore[valid-type]  # a model made from CurateSettings
     ingest_settings: IngestOverrides = IngestOverrides(),  # type: ignore[valid-type]  # from IngestSettings
     session_file: str | None = None,      # Instagram session file (else $GANFLOW_IG_SESSIONFILE)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from flows.cli.options import add_setting_options, given_settings
+from flows.cli.options import add_params_option, add_setting_options, given_settings
 from tasks.common.settings import CurateSettings, IngestSettings, IngestSource
 
 
@@ -48,7 +48,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--demo", action="store_true", help="the embedded demo data (built offline at run time)")
     src.add_argument("--raw", metavar="DIR", help="a raw store `ganflow ingest` filled (skips ingest)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for the curated dataset")
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    add_params_option(p)
     p.add_argument("--raw-root", default="data/raw", metavar="DIR", help="raw store root (default: data/raw)")
     p.add_argument("--cache-dir", default="data/cache", metavar="DIR", help="per-image result cache (default: data/cache)")
     add_setting_options(p, IngestSettings, ["max_posts"], metavars={"max_posts": "N"})  # --max-posts
@@ -128,7 +128,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--hashtag", metavar="TAG", help="an Instagram hashtag (needs a session file)")
     src.add_argument("--demo", action="store_true", help="the embedded demo data")
     p.add_argument("--raw-dir", required=True, metavar="DIR", help="the raw store to fill")
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    add_params_option(p)
     add_setting_options(p, IngestSettings, ["max_posts"], metavars={"max_posts": "N"})  # --max-posts
     p.add_argument("--session-file", metavar="FILE", help="Instagram session file (or $GANFLOW_IG_SESSIONFILE)")
     p.add_argument("--ig-user", metavar="USER", help="Instagram user of that session (or $GANFLOW_IG_USER)")

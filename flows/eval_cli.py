@@ -7,7 +7,7 @@ import sys
 import warnings
 from contextlib import nullcontext
 
-from flows.cli.options import add_setting_options, given_settings
+from flows.cli.options import add_params_option, add_setting_options, given_settings
 from flows.cli.validate import (MAX_SEEDS, existing_folder, integer, number, seeds, torch_device,
                                 run_folder, snapshot_source, writable_file, writable_folder)
 from tasks.common.settings import EvaluateSettings
@@ -51,7 +51,7 @@ def _add_fid(sub: argparse._SubParsersAction) -> None:
                         switches=True)  # `fid --kid A B`: --kid takes no value here
     p.add_argument("--cache-dir", metavar="DIR", type=writable_folder,
                    help="cache DIR_A's statistics here (keyed by content and weights)")
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    add_params_option(p)
     p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_fid)
 
@@ -155,7 +155,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     # --inception-weights or --dinov2-weights comes before $GANFLOW_INCEPTION_WEIGHTS / $GANFLOW_DINOV2_WEIGHTS,
     # which come before params.yaml's.
     add_setting_options(p, EvaluateSettings, metavars=EVALUATE_METAVARS)
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    add_params_option(p)
     p.add_argument("--device", default="cpu", type=torch_device, help="torch device (default cpu)")
     p.set_defaults(func=_run_evaluate)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from tasks.evaluation.evaluate import evaluate_task, weights_or_reason
-from tasks.common.settings import EvaluateOverrides, EvaluateSettings, given, load
+from tasks.common.settings import DEFAULT_PARAMS, EvaluateOverrides, EvaluateSettings, given, load
 from tasks.training.results import EvaluationOutcome
 
 
 @flow(name="evaluate")
 def evaluate_flow(run_dir: str, data: str,
                   settings: EvaluateOverrides = EvaluateOverrides(),  # type: ignore[valid-type]  # from EvaluateSettings
-                  params: str = "params.yaml", device: str = "cpu", skip_without_weights: bool = False) -> dict:
+                  params: str = str(DEFAULT_PARAMS), device: str = "cpu", skip_without_weights: bool = False) -> dict:
     """FID/KID (FD-DINOv2, precision/recall, memorization) per snapshot of a run (RUN/fid.csv, RUN/metrics.json)
     and RUN/best.pt.
 

@@ -21,13 +21,13 @@ from tasks.manager.actions import ManagerError, Outcome, check_task, require_api
 from tasks.manager.unqueued import watch_unqueued_task
 from tasks.manager.report import ARTIFACT_KEY, pass_markdown, pass_summary
 from tasks.manager.queue import open_queue, queue_path
-from tasks.common.settings import ManagerOverrides, ManagerSettings, given, load
+from tasks.common.settings import DEFAULT_PARAMS, ManagerOverrides, ManagerSettings, given, load
 
 
 @flow(name="manager")
 def manager_flow(
     queue: str | None = None,
-    params: str = "params.yaml",
+    params: str = str(DEFAULT_PARAMS),
     settings: ManagerOverrides = ManagerOverrides(),  # type: ignore[valid-type]  # a model made from ManagerSettings
 ) -> list[str]:
     """One pass of the training manager over the request queue.
@@ -71,7 +71,7 @@ def _isolated(task, path: str, request_id: str, settings) -> Outcome:
     return Outcome(request_id, "error", f"{state.name}: {state.message}")
 
 
-def run_manager(once: bool, interval: float | None = None, queue: str | None = None, params: str = "params.yaml",
+def run_manager(once: bool, interval: float | None = None, queue: str | None = None, params: str = str(DEFAULT_PARAMS),
                 **overrides) -> int:
     """`ganflow manager`: one pass, or a pass every `interval` seconds until Ctrl-C or SIGTERM, which end
     the loop after the pass in progress (never half-way through a launch). The training processes run in

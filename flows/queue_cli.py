@@ -9,7 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from flows.cli.options import add_setting_options, given_settings
+from flows.cli.options import add_params_option, add_setting_options, given_settings
 from flows.train_cli import add_train_setting_options
 from flows.cli.validate import existing_folder, run_folder
 from tasks.manager.queue import RequestQueue, open_queue, queue_path
@@ -63,7 +63,7 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     # --queue comes before $GANFLOW_QUEUE, which comes before params.yaml's manager.queue (queue_path).
     add_setting_options(p, ManagerSettings, ["queue"], metavars=MANAGER_METAVARS)
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (default: params.yaml)")
+    add_params_option(p)
 
 
 def _open_queue(args: argparse.Namespace) -> tuple[RequestQueue, ManagerSettings]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli.options import add_setting_options
+from flows.cli.options import add_params_option, add_setting_options
 from flows.cli.validate import MAX_PORT, existing_folder, integer, torch_device
 from tasks.common.settings import EvaluateSettings
 
@@ -36,7 +36,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", type=existing_folder,
                    help="the curated dataset the run trained on: the page then shows the 3 training images nearest "
                         "each generated one (in DINOv2 features when evaluate.metrics has fd_dinov2, else Inception's)")
-    p.add_argument("--params", default="params.yaml", metavar="FILE", help="settings file (evaluate section)")
+    add_params_option(p, " (evaluate section)")
     # From EvaluateSettings, as `ganflow evaluate`'s (a given one comes before $GANFLOW_INCEPTION_WEIGHTS /
     # $GANFLOW_DINOV2_WEIGHTS); the group says which of the two --data uses.
     weights = p.add_argument_group("the feature extractor for --data's neighbours",

@@ -41,7 +41,6 @@ def train_flow(
         settings: Training settings for this run, each with its bounds; an empty one keeps params.yaml's value
             (section train). kimg: total thousand images (0 = the stage plan's length). resume_from: a network file
             to start from, whose architecture is the run's (leave arch and resolution empty, or they must agree).
-            ada_target, given here, applies to pggan too; params.yaml's only to stylegan2/3.
         params: Settings file; section `train` holds every setting not given in settings.
         restart_on_change: When run_dir holds checkpoints of another run (other settings or data), move them to
             run_dir/superseded/N/ and start afresh, instead of failing. Nothing is deleted.

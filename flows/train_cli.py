@@ -16,7 +16,7 @@ import sys
 
 from tqdm import tqdm
 
-from flows.cli.options import add_setting_options, given_settings
+from flows.cli.options import add_params_option, add_setting_options, given_settings
 from flows.cli.validate import check_device_available, run_folder
 from tasks.common.settings import TRAIN_FLOW_ONLY, TrainSettings
 
@@ -102,8 +102,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, metavar="R", type=run_folder,
                    help="run folder (checkpoints/ goes here): a path, or an object-store URL (s3://bucket/runs/x, "
                         "gs://..., az://...) trained in a local cache and published there at every snapshot")
-    p.add_argument("--params", default="params.yaml", metavar="FILE",
-                   help="settings file: every option not given comes from its `train` section (default: params.yaml)")
+    add_params_option(p, ": every option not given comes from its `train` section")
     p.add_argument("--restart-on-change", action="store_true",
                    help="when R's checkpoints were trained with other settings or data, move them to R/superseded/ "
                         "and start afresh (default: refuse)")
@@ -181,6 +180,8 @@ class _TrainConsole:
         if info["transferred_from"]:
             for note in [*self.notes, *info["transfer_notes"]]:
                 tqdm.write(note, file=sys.stderr)
+        from models.arch import resolved_text
+
         frozen = f", D's first {info['freeze_d']} layers frozen" if info["freeze_d"] else ""
         share = info["batch"] // info["processes"]
         rounds = f" in rounds of {info['batch_gpu']}" if info.get("batch_gpu", share) < share else ""
@@ -189,7 +190,8 @@ class _TrainConsole:
                    f"{rounds}, "
                    f"lr {info['lr']:g}, {info['loss']} loss, R1 gamma {info['r1_gamma']:g}, "
                    f"EMA {info['ema_kimg']:g} kimg, ADA target {info['ada_target']:g}, "
-                   f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}", file=sys.stderr)
+                   f"{'bf16' if info['amp'] else 'fp32'} on {info['device']}{frozen}"
+                   f"{resolved_text(info.get('family_defaults', {}))}", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.distributed import world_size
+from models.train_config import ARCH_NAMES
 
 
 class Arch(Protocol):
@@ -26,6 +27,7 @@ class Arch(Protocol):
     lazy_r1: bool
     r1_gamma: float
     ema_kimg: float
+    resolved: dict  # the settings the run left None, as the family resolved them (for the log)
     ema_rampup: float  # G_ema's half-life is at most this fraction of the images seen; 0 = no ramp-up
     z_dim: int
     ada_target: float
@@ -50,14 +52,102 @@ class Arch(Protocol):
     def describe(self) -> dict: ...
 
 
-def _pass_batch(batch: int, batch_gpu: int) -> int:
+def _pass_batch(batch: int, batch_gpu: int | None) -> int:
     """Images in one forward pass of a process: batch_gpu (gradient accumulation, checked by the trainer), else its
     whole share of the global batch split over torchrun's processes."""
     return batch_gpu or max(batch // world_size(), 1)
 
 
-def _pick(value, default, unset):
-    return default if value == unset else value
+# ------------------------------------------------------------------------------------ the families' defaults
+
+@dataclass(frozen=True)
+class Context:
+    """What a family's default may depend on: the run's config, its batch (once resolved) and its preset's
+    training defaults (models.stylegan2.TrainDefaults, models.pggan.PGGANTrainDefaults; None for StyleGAN3)."""
+
+    cfg: Any
+    batch: int
+    preset: Any
+
+
+def _sg2_preset_or_auto(auto: Callable[[Context], float], fixed: str) -> Callable[[Context], float]:
+    # The reference's 'auto' scales gamma and EMA with the minibatch, so they follow an overridden batch; its
+    # fixed configs keep their own values.
+    return lambda c: auto(c) if c.cfg.preset == "auto" else getattr(c.preset, fixed)
+
+
+def _sg2_table() -> dict[str, Callable[[Context], Any]]:
+    from models.stylegan2 import auto_ema_kimg, auto_r1_gamma
+
+    return {
+        "batch": lambda c: c.preset.minibatch,
+        "lr": lambda c: c.preset.lr,
+        "loss": lambda c: "logistic",
+        "r1_gamma": _sg2_preset_or_auto(lambda c: auto_r1_gamma(c.cfg.resolution, c.batch), "r1_gamma"),
+        "ema_kimg": _sg2_preset_or_auto(lambda c: auto_ema_kimg(c.batch), "ema_kimg"),
+        "ada_target": lambda c: 0.6,
+        # The reference's StyleGAN2Loss defaults (its cifar config turns both off; ganflow's cifar preset keeps them).
+        "pl_weight": lambda c: 2.0,
+        "style_mixing": lambda c: 0.9,
+    }
+
+
+def _sg3_table() -> dict[str, Callable[[Context], Any]]:
+    from models.stylegan2 import auto_ema_kimg, auto_minibatch
+
+    # The reference makes --gamma and --batch mandatory: these are the values of its recommended configs.
+    return {
+        "batch": lambda c: auto_minibatch(c.cfg.resolution, world_size()),
+        "lr": lambda c: 0.0025,
+        "d_lr": lambda c: 0.002,  # train.py's --dlr; a run's lr, given, is both nets'
+        "loss": lambda c: "logistic",
+        "r1_gamma": lambda c: c.cfg.resolution ** 2 / 32768,  # 0.5 at 128, 2 at 256, 8 at 512, 32 at 1024
+        "ema_kimg": lambda c: auto_ema_kimg(c.batch),
+        "ada_target": lambda c: 0.6,
+        "pl_weight": lambda c: 0.0,
+        "style_mixing": lambda c: 0.0,
+    }
+
+
+def _pggan_table() -> dict[str, Callable[[Context], Any]]:
+    from models.pggan import paper_minibatch
+
+    return {
+        "batch": lambda c: paper_minibatch(c.cfg.resolution),
+        "lr": lambda c: c.preset.lr,
+        "loss": lambda c: c.preset.loss,
+        "r1_gamma": lambda c: 10.0,
+        "ema_kimg": lambda c: c.preset.ema_kimg(c.batch),
+        "ada_target": lambda c: 0.0,  # the paper trains without augmentation
+    }
+
+
+# Each family's value for every TrainConfig setting a run leaves None: one row per family, each formula once.
+FAMILY_DEFAULTS: dict[str, Callable[[], dict[str, Callable[[Context], Any]]]] = {
+    "stylegan2": _sg2_table, "stylegan3-t": _sg3_table, "stylegan3-r": _sg3_table, "pggan": _pggan_table}
+
+
+def resolved_text(resolved: dict[str, Any]) -> str:
+    """The settings a run left empty and what its family gave them, for the log: `; the family's: batch 32, ...`."""
+    shown = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in resolved.items()]
+    return f"; the family's: {', '.join(shown)}" if shown else ""
+
+
+class _Defaults:
+    """A run's settings with None resolved from its family's row; `resolved` keeps what was, for the log."""
+
+    def __init__(self, cfg, preset: Any = None) -> None:
+        self.cfg, self.preset, self.table = cfg, preset, FAMILY_DEFAULTS[cfg.arch]()
+        self.resolved: dict[str, Any] = {}
+        self.batch = 0
+        self.batch = self("batch")
+
+    def __call__(self, name: str, given: str | None = None) -> Any:
+        value = getattr(self.cfg, given or name)
+        if value is None:
+            value = self.table[name](Context(self.cfg, self.batch, self.preset))
+            self.resolved[name] = value
+        return value
 
 
 # Keys of the config dataclasses that a run sets itself: train.resolution, the data's RGB channels, and (but for
@@ -77,29 +167,26 @@ class StyleGAN2Arch:
         from models.stylegan2 import Discriminator, Generator, preset
 
         net, defaults = preset(cfg.resolution, gpus=world_size(), kind=cfg.preset)  # auto scales with GPUs
-        self.batch = cfg.batch or defaults.minibatch
+        family = _Defaults(cfg, defaults)
+        self.batch = family.batch
         # The minibatch-std group must divide each pass's batch; the reference clamps it the same way (its layer takes
         # min(group, batch_gpu)).
         net = dataclasses.replace(net, mbstd_group=min(net.mbstd_group, _pass_batch(self.batch, cfg.batch_gpu)),
                                   **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
-        self.lr = cfg.lr or defaults.lr
-        self.d_lr = self.lr
-        self.loss = cfg.loss or "logistic"
+        self.lr = self.d_lr = family("lr")
+        self.loss = family("loss")
         self.lazy_r1 = self.loss == "logistic"
-        # 'auto' scales gamma and EMA with the minibatch, so recompute them for an overridden batch.
-        auto = cfg.preset == "auto"
-        gamma = 0.0002 * cfg.resolution ** 2 / self.batch if auto else defaults.r1_gamma
-        self.r1_gamma = _pick(cfg.r1_gamma, gamma, -1.0)
-        self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32 if auto else defaults.ema_kimg, -1.0)
+        self.r1_gamma = family("r1_gamma")
+        self.ema_kimg = family("ema_kimg")
         # The reference ramps G_ema up in its auto and cifar configs only (cfg_specs' ramp).
         self.ema_rampup = cfg.ema_rampup if defaults.ema_rampup else 0.0
         self.z_dim = net.z_dim
-        self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
-        # The reference's StyleGAN2Loss defaults (off in its cifar config only).
-        self.pl_weight = _pick(cfg.pl_weight, 2.0, -1.0)
-        self.style_mixing = _pick(cfg.style_mixing, 0.9, -1.0)
+        self.ada_target = family("ada_target")
+        self.pl_weight = family("pl_weight")
+        self.style_mixing = family("style_mixing")
+        self.resolved = family.resolved
 
     def generate(self, G, z, nimg, update_stats=True, return_ws=False):
         ws = G.mapping(z, update_w_avg=update_stats)
@@ -156,27 +243,29 @@ class PGGANArch:
     stats_in_d_step = False  # no running statistics
 
     def __init__(self, cfg):
-        from models.pggan import Discriminator, Generator, GrowthSchedule, paper_minibatch, preset
+        from models.pggan import Discriminator, Generator, GrowthSchedule, preset
 
         kind = "paper" if cfg.preset == "auto" else cfg.preset
         net, defaults = preset(cfg.resolution, kind=kind)
-        self.batch = cfg.batch or paper_minibatch(cfg.resolution)
+        family = _Defaults(cfg, defaults)
+        self.batch = family.batch
         # Minibatch-std groups must divide each pass's batch: the largest of at most the preset's that does.
         local = _pass_batch(self.batch, cfg.batch_gpu)
         group = next(g for g in range(min(net.mbstd_group, local), 0, -1) if local % g == 0)
         net = dataclasses.replace(net, mbstd_group=group, **cfg.net)
         self.net = net
         self.G, self.D = Generator(net), Discriminator(net)
-        self.lr = cfg.lr or defaults.lr
-        self.d_lr = self.lr
-        self.loss = cfg.loss or defaults.loss
+        self.lr = self.d_lr = family("lr")
+        self.loss = family("loss")
         self.lazy_r1 = self.loss == "logistic"
-        self.r1_gamma = _pick(cfg.r1_gamma, 10.0, -1.0)
-        self.ema_kimg = _pick(cfg.ema_kimg, defaults.ema_kimg(self.batch), -1.0)
+        self.r1_gamma = family("r1_gamma")
+        self.ema_kimg = family("ema_kimg")
         self.ema_rampup = 0.0  # the paper's G_ema: beta 0.999 from the first step
         self.z_dim = net.z_dim
-        self.ada_target = _pick(cfg.ada_target, 0.0, -1.0)  # the paper trains without augmentation
-        self.pl_weight = self.style_mixing = 0.0  # StyleGAN2's regularizers need its mapping network
+        self.ada_target = family("ada_target")
+        # StyleGAN2's regularizers need its mapping network: off whatever the run gives
+        self.pl_weight = self.style_mixing = 0.0
+        self.resolved = family.resolved
         # fade_kimg 0 is no fade-in (a new resolution switches on at once), never "the preset's": the stage plan
         # (tasks) computes its stage ends from the same numbers, so the two agree.
         self.schedule = GrowthSchedule(net.max_stage, stabilize_kimg=cfg.stabilize_kimg, fade_kimg=cfg.fade_kimg)
@@ -230,9 +319,7 @@ class StyleGAN3Arch:
     batch * 10 / 32 kimg, magnitude EMA half-life 20 kimg, no path-length regularization or style mixing,
     and for R the discriminator's input blurred (sigma 10, fading to 0 over batch * 200 / 32 kimg).
 
-    The reference makes --gamma and --batch mandatory. Defaults here: R1 gamma resolution^2 / 32768 (the
-    values of its recommended configs: 0.5 at 128, 2 at 256, 8 at 512, 32 at 1024) and the StyleGAN2 'auto'
-    minibatch (32 up to 128x128, halved per doubling above; train.batch_gpu trains a larger one in less memory).
+    The reference makes --gamma and --batch mandatory: the defaults here are FAMILY_DEFAULTS' StyleGAN3 row.
     As in the reference's loss, G's running statistics (w_avg, magnitude EMAs) move in D's pass over fakes.
     R's blur runs in discriminate(), before ADA's augmentation (the reference blurs, then augments), and R1's
     gradient is taken on the reals before both (as the reference's).
@@ -242,12 +329,12 @@ class StyleGAN3Arch:
 
     def __init__(self, cfg):
         from models.stylegan2 import Discriminator, StyleGAN2Config
-        from models.stylegan2 import preset as sg2_preset
         from models.stylegan3 import Generator, StyleGAN3Config, preset
 
         if cfg.preset != "auto":
             raise ValueError(f"{cfg.arch} has one preset, auto (the reference's --cfg {cfg.arch}), not {cfg.preset!r}")
-        self.batch = cfg.batch or sg2_preset(cfg.resolution, gpus=world_size())[1].minibatch
+        family = _Defaults(cfg)
+        self.batch = family.batch
         net = dict(cfg.net)
         cbase, cmax = net.pop("channel_base", 32768), net.pop("channel_max", 512)
         mbstd = net.pop("mbstd_group", 4)
@@ -266,17 +353,18 @@ class StyleGAN3Arch:
                                      channel_max=cmax, mbstd_group=group,
                                      **{k: v for k, v in net.items() if k in d_keys})
         self.G, self.D = Generator(self.net), Discriminator(self.d_net)
-        self.lr = cfg.lr or 0.0025
-        self.d_lr = cfg.lr or 0.002  # train.py's --dlr default; its --glr for StyleGAN3 is 0.0025
-        self.loss = cfg.loss or "logistic"
+        self.lr = family("lr")
+        self.d_lr = family("d_lr", given="lr")
+        self.loss = family("loss")
         self.lazy_r1 = self.loss == "logistic"
-        self.r1_gamma = _pick(cfg.r1_gamma, cfg.resolution ** 2 / 32768, -1.0)
-        self.ema_kimg = _pick(cfg.ema_kimg, self.batch * 10 / 32, -1.0)
+        self.r1_gamma = family("r1_gamma")
+        self.ema_kimg = family("ema_kimg")
         self.ema_rampup = cfg.ema_rampup  # training_loop.py's 0.05, which train.py keeps but for --resume
         self.z_dim = self.net.z_dim
-        self.ada_target = _pick(cfg.ada_target, 0.6, -1.0)
-        self.pl_weight = _pick(cfg.pl_weight, 0.0, -1.0)
-        self.style_mixing = _pick(cfg.style_mixing, 0.0, -1.0)
+        self.ada_target = family("ada_target")
+        self.pl_weight = family("pl_weight")
+        self.style_mixing = family("style_mixing")
+        self.resolved = family.resolved
         r = cfg.arch == "stylegan3-r"
         # A run from a pretrained network does not blur, as the reference's --resume (blur_init_sigma 0).
         self.blur_init_sigma = 10.0 if r and not cfg.transfer_from else 0.0
@@ -352,8 +440,7 @@ class Family:
     net_keys: Callable[[], tuple[str, ...]]
 
 
-# The one list of architectures (tasks.common.settings.Arch repeats the names as a Literal for pydantic; a test
-# ties them).
+# The one registry of architectures, by the names models.train_config.ARCH_NAMES lists (checked below).
 ARCHS: dict[str, Family] = {
     "stylegan2": Family(StyleGAN2Arch, StyleGAN2Arch.generator, progressive=False, truncation=True,
                         presets=StyleGAN2Arch.presets, net_keys=StyleGAN2Arch.net_keys),
@@ -364,6 +451,10 @@ ARCHS: dict[str, Family] = {
     "pggan": Family(PGGANArch, PGGANArch.generator, progressive=True, truncation=False,
                     presets=PGGANArch.presets, net_keys=PGGANArch.net_keys),
 }
+
+
+if tuple(ARCHS) != ARCH_NAMES or tuple(FAMILY_DEFAULTS) != ARCH_NAMES:  # the names' one check, at import
+    raise ImportError(f"models.arch registers {tuple(ARCHS)}, models.train_config.ARCH_NAMES lists {ARCH_NAMES}")
 
 
 def family(name: str) -> Family:

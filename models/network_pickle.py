@@ -24,53 +24,16 @@ import pickle
 import re
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from models import nvidia_arch
+from models.pickle_records import NetworkPickleError, Persistent
+
 FORMAT = "ganflow-network-1"
-
-
-class NetworkPickleError(ValueError):
-    """The file is not a network pickle ganflow can read (said in one line)."""
-
-
-@dataclass
-class Persistent:
-    """What a persistent object's pickle holds, as data: never an instance of the pickled class."""
-
-    class_name: str
-    init_args: tuple
-    init_kwargs: dict
-    parameters: dict[str, torch.Tensor | None]
-    buffers: dict[str, torch.Tensor | None]
-    non_persistent: set
-    modules: dict[str, "Persistent | None"]
-    attrs: dict[str, Any] = field(default_factory=dict)  # every other attribute (z_dim, conv_clamp, ...)
-
-    def child(self, name: str) -> "Persistent | None":
-        return self.modules.get(name)
-
-    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """The tensors torch's Module.state_dict would give the original object, in the same order."""
-        out = {}
-        for k, v in self.parameters.items():
-            if v is not None:
-                out[prefix + k] = v.detach()
-        for k, v in self.buffers.items():
-            if v is not None and k not in self.non_persistent:
-                out[prefix + k] = v.detach()
-        for k, m in self.modules.items():
-            if m is not None:
-                out.update(m.state_dict(f"{prefix}{k}."))
-        return out
-
-    def num_params(self) -> int:
-        own = sum(p.numel() for p in self.parameters.values() if p is not None)
-        return own + sum(m.num_params() for m in self.modules.values() if m is not None)
 
 
 # --------------------------------------------------------------------------- the restricted unpickler
@@ -309,8 +272,6 @@ def import_network_pickle(path: str | Path, allow_nonfinite: bool = False) -> di
     Nothing is allocated on the file's word: the kwargs are checked (types, ranges, powers of two) and the networks
     built on the meta device and compared with the file's tensors first. Weights holding NaN or inf are refused
     unless allow_nonfinite (they generate black images and train on NaN)."""
-    from models import nvidia_arch
-
     nets, digest = read_network_pickle(path)
     name = Path(path).name
     try:

@@ -1,6 +1,6 @@
 """ganflow architectures from the init kwargs recorded in NVIDIA's network pickles, and their tensors by name.
 
-A persistent network records the kwargs it was built with (models.network_pickle.Persistent); kwargs it was
+A persistent network records the kwargs it was built with (models.pickle_records.Persistent); kwargs it was
 not given take the defaults of the reference's signatures, which differ between the two repositories
 (stylegan2-ada-pytorch's training/networks.py: conv_clamp None, num_fp16_res 0, w_avg_beta 0.995;
 stylegan3's training/networks_stylegan2.py: 256, 4, 0.998). Every kwarg is either mapped to a ganflow
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from models.network_pickle import NetworkPickleError, Persistent
+from models.pickle_records import NetworkPickleError, Persistent
 
 _G_POSITIONAL = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
 _D_POSITIONAL = ("c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",

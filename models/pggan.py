@@ -103,17 +103,13 @@ class PGGANConfig:
 class PGGANTrainDefaults:
     """Training hyperparameters of the paper (section 4 and appendix A.1)."""
 
-    kind: str                               # preset name
     minibatch: int = 16                     # images per step (the paper: 16 up to 128x128, see paper_minibatch)
     lr: float = 0.001                       # Adam learning rate, G and D
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas
-    eps: float = 1e-8                       # Adam epsilon
     loss: str = "wgan"                      # WGAN-GP
     gp_gamma: float = 10.0                  # gradient penalty weight (lambda)
     drift: float = 0.001                    # drift penalty epsilon on D(reals)^2
     ema_beta: float = 0.999                 # G_ema decay per step
-    stabilize_kimg: float = 800.0           # images shown per stage once faded in
-    fade_kimg: float = 800.0                # images over which a new stage fades in
 
     def ema_kimg(self, minibatch: int | None = None) -> float:
         """ema_beta as a half-life in kimg (the trainer's unit): beta = 0.5 ** (minibatch / (1000 * kimg))."""
@@ -137,7 +133,7 @@ def preset(resolution: int, kind: str = "paper", channels: int = 3) -> tuple[PGG
     """Architecture and training defaults. 'paper' at 1024 is the CelebA-HQ network of the paper's Table 2."""
     if kind not in _PRESETS:
         raise ValueError(f"unknown preset {kind!r}; choose from {', '.join(PRESETS)}")
-    return PGGANConfig(resolution=resolution, channels=channels, **_PRESETS[kind]), PGGANTrainDefaults(kind=kind)
+    return PGGANConfig(resolution=resolution, channels=channels, **_PRESETS[kind]), PGGANTrainDefaults()
 
 
 # --------------------------------------------------------------------------- layers

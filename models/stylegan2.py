@@ -1,7 +1,7 @@
 """StyleGAN2 (the behaviour of NVlabs/stylegan2-ada-pytorch `training/networks.py`) in plain PyTorch.
 
-One small module per concept: EqualLinear, EqualConv2d, MappingNetwork (with the tracked average w used
-for truncation), ModulatedConv2d, SynthesisLayer (modulated conv + noise + bias + activation), ToRGB,
+One small module per concept: EqualLinear and MappingNetwork (shared with StyleGAN3: models.style_layers),
+EqualConv2d, ModulatedConv2d, SynthesisLayer (modulated conv + noise + bias + activation), ToRGB,
 SynthesisBlock (skip architecture), Generator; DiscriminatorBlock (residual), MinibatchStd,
 DiscriminatorEpilogue, Discriminator. Unconditional only.
 
@@ -12,7 +12,6 @@ parameter counts the reference prints for its `auto` config at 512x512.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from models import ops
+from models.style_layers import EqualLinear, MappingNetwork, full_precision, precision  # noqa: F401  (re-exported)
 
 Tensor = torch.Tensor
 NOISE_MODES = ("random", "const", "none")
@@ -94,9 +94,7 @@ class StyleGAN2Config:
 class TrainDefaults:
     """Training hyperparameters of a preset (the reference's train.py spec + training_loop defaults)."""
 
-    kind: str                               # preset name
     ref_gpus: int                           # GPUs the preset was designed for
-    kimg: int                               # training length in thousands of real images
     minibatch: int                          # total images per step
     batch_gpu: int                          # images per GPU per accumulation round (minibatch // ref_gpus)
     mbstd_group: int                        # minibatch-std group size
@@ -105,24 +103,34 @@ class TrainDefaults:
     ema_kimg: float                         # G_ema half-life in kimg
     ema_rampup: float | None                # EMA ramp-up coefficient, None = no ramp-up
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas
-    eps: float = 1e-8                       # Adam epsilon
     g_reg_interval: int = 4                 # lazy path-length regularization every N steps
     d_reg_interval: int = 16                # lazy R1 every N steps
     pl_weight: float = 2.0                  # path-length regularization weight, 0 = off
     style_mixing_prob: float = 0.9          # probability of mixing two latents in a batch
     ada_target: float = 0.6                 # ADA target for sign(D(real))
-    ada_interval: int = 4                   # adjust p every N steps
-    ada_kimg: int = 500                     # kimg for p to move by 1
+
+
+# The reference's 'auto' formulas (train.py), once: the preset below and models.arch's family defaults use them.
+def auto_minibatch(resolution: int, gpus: int = 1) -> int:
+    return max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+
+
+def auto_r1_gamma(resolution: int, minibatch: int) -> float:
+    return 0.0002 * (resolution ** 2) / minibatch
+
+
+def auto_ema_kimg(minibatch: int) -> float:
+    return minibatch * 10 / 32
 
 
 # The reference's train.py cfg_specs ('auto' is filled in from resolution and GPU count).
 _SPECS: dict[str, dict] = {
-    "auto":      dict(ref_gpus=-1, kimg=25000,  mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
-    "stylegan2": dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
-    "paper256":  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
-    "paper512":  dict(ref_gpus=8,  kimg=25000,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
-    "paper1024": dict(ref_gpus=8,  kimg=25000,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
-    "cifar":     dict(ref_gpus=2,  kimg=100000, mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
+    "auto":      dict(ref_gpus=-1, mb=-1, mbstd=-1, fmaps=-1,  lrate=-1,     gamma=-1,   ema=-1,  ramp=0.05, map=2),
+    "stylegan2": dict(ref_gpus=8,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=10,   ema=10,  ramp=None, map=8),
+    "paper256":  dict(ref_gpus=8,  mb=64, mbstd=8,  fmaps=0.5, lrate=0.0025, gamma=1,    ema=20,  ramp=None, map=8),
+    "paper512":  dict(ref_gpus=8,  mb=64, mbstd=8,  fmaps=1,   lrate=0.0025, gamma=0.5,  ema=20,  ramp=None, map=8),
+    "paper1024": dict(ref_gpus=8,  mb=32, mbstd=4,  fmaps=1,   lrate=0.002,  gamma=2,    ema=10,  ramp=None, map=8),
+    "cifar":     dict(ref_gpus=2,  mb=64, mbstd=32, fmaps=1,   lrate=0.0025, gamma=0.01, ema=500, ramp=0.05, map=2),
 }
 PRESETS = tuple(_SPECS)
 
@@ -145,12 +153,12 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
     res = resolution
     if kind == "auto":
         spec["ref_gpus"] = gpus
-        spec["mb"] = max(min(gpus * min(4096 // res, 32), 64), gpus)
+        spec["mb"] = auto_minibatch(res, gpus)
         spec["mbstd"] = min(spec["mb"] // gpus, 4)
         spec["fmaps"] = 1 if res >= 512 else 0.5
         spec["lrate"] = 0.002 if res >= 1024 else 0.0025
-        spec["gamma"] = 0.0002 * (res ** 2) / spec["mb"]
-        spec["ema"] = spec["mb"] * 10 / 32
+        spec["gamma"] = auto_r1_gamma(res, spec["mb"])
+        spec["ema"] = auto_ema_kimg(spec["mb"])
     cifar = kind == "cifar"
     cfg = StyleGAN2Config(
         resolution=res, channels=channels, mapping_layers=spec["map"], channel_base=int(spec["fmaps"] * 32768),
@@ -158,7 +166,7 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
         d_architecture="orig" if cifar else "resnet",
     )
     train = TrainDefaults(
-        kind=kind, ref_gpus=spec["ref_gpus"], kimg=spec["kimg"], minibatch=spec["mb"],
+        ref_gpus=spec["ref_gpus"], minibatch=spec["mb"],
         batch_gpu=spec["mb"] // spec["ref_gpus"], mbstd_group=spec["mbstd"], lr=spec["lrate"],
         r1_gamma=spec["gamma"], ema_kimg=spec["ema"], ema_rampup=spec["ramp"],
         pl_weight=0.0 if cifar else 2.0, style_mixing_prob=0.0 if cifar else 0.9,
@@ -166,46 +174,7 @@ def preset(resolution: int, gpus: int = 1, kind: str = "auto",
     return cfg, train
 
 
-def _full_precision(x: Tensor):
-    """A context that turns autocast off for x's device (the reference's fp32 layers under AMP)."""
-    if x.device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=x.device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _precision(use_fp16: bool, x: Tensor):
-    return contextlib.nullcontext() if use_fp16 else _full_precision(x)
-
-
 # --------------------------------------------------------------------------- layers
-
-
-class EqualLinear(nn.Module):
-    """Fully connected layer with equalized learning rate and a learning-rate multiplier.
-
-    Weights are stored as N(0, 1) / lr_mul and scaled by lr_mul / sqrt(in) at run time, so Adam's step is
-    the same for every layer and lr_mul times smaller in effect (the reference's FullyConnectedLayer).
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_mul: float = 1.0, bias_init: float = 0.0):
-        super().__init__()
-        self.activation = activation
-        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_mul)
-        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
-        self.weight_gain = lr_mul / math.sqrt(in_features)
-        self.bias_gain = lr_mul
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return ops.bias_act(x.matmul(w.t()), b, act=self.activation)
 
 
 class EqualConv2d(nn.Module):
@@ -230,44 +199,6 @@ class EqualConv2d(nn.Module):
         x = ops.conv2d_resample(x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return ops.bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
-
-
-class MappingNetwork(nn.Module):
-    """z -> w: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
-
-    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
-
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_mul: float = 0.01,
-                 w_avg_beta: float = 0.995):
-        super().__init__()
-        self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
-        self.w_avg_beta = w_avg_beta
-        features = [z_dim] + [w_dim] * num_layers
-        for i in range(num_layers):
-            setattr(self, f"fc{i}", EqualLinear(features[i], features[i + 1], activation="lrelu", lr_mul=lr_mul))
-        self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_w_avg: bool | None = None) -> Tensor:
-        """[N, z_dim] -> ws [N, num_ws, w_dim]. In training mode (or update_w_avg=True) moves w_avg
-        towards this batch's mean w by 1 - w_avg_beta. truncation_psi < 1 pulls w towards w_avg
-        (for the first truncation_cutoff ws only, if given)."""
-        with _full_precision(z):
-            x = ops.normalize_2nd_moment(z.to(torch.float32))
-            for i in range(self.num_layers):
-                x = getattr(self, f"fc{i}")(x)
-        update = self.training if update_w_avg is None else update_w_avg  # False for style-mixing's 2nd z
-        if update:
-            with torch.no_grad():
-                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
-        if truncation_psi != 1:
-            if truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                head = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-                x = torch.cat([head, x[:, truncation_cutoff:]], dim=1)
-        return x
 
 
 class ModulatedConv2d(nn.Module):
@@ -389,14 +320,14 @@ class SynthesisBlock(nn.Module):
             # The reference fuses at inference when in fp32 or for one sample. On CPU the grouped conv is
             # several times slower than the split form for batches > 1, so there only one sample is fused.
             fused_modconv = not self.training and (x.shape[0] == 1 or (not half and x.device.type != "cpu"))
-        with _precision(self.use_fp16, x):
+        with precision(self.use_fp16, x):
             if not half:
                 x = x.to(torch.float32)
             if self.in_channels != 0:
                 x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused=fused_modconv)
             y = self.torgb(x, next(w_iter), fused=fused_modconv)
-        with _full_precision(x):  # the image is accumulated in fp32
+        with full_precision(x):  # the image is accumulated in fp32
             y = y.to(torch.float32, memory_format=torch.contiguous_format)
             img = y if img is None else ops.upsample2d(img, self.resample_filter).add_(y)
         return x, img
@@ -485,7 +416,7 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: the image for the first block, else the previous block's features."""
         x = x.contiguous(memory_format=ops.memory_format(self.channels_last))
-        with _precision(self.use_fp16, x):
+        with precision(self.use_fp16, x):
             if not self.use_fp16:
                 x = x.to(torch.float32)
             if self.in_channels == 0:
@@ -531,7 +462,7 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = EqualLinear(in_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        with _full_precision(x):
+        with full_precision(x):
             x = x.to(torch.float32, memory_format=torch.contiguous_format)
             if self.mbstd is not None:
                 x = self.mbstd(x)

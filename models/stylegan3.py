@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ops
 from models.filtered_lrelu import filtered_lrelu, upfirdn
-from models.stylegan2 import NOISE_MODES, _full_precision, _precision
+from models.style_layers import EqualLinear, MappingNetwork, full_precision, precision
+from models.stylegan2 import NOISE_MODES
 
 Tensor = torch.Tensor
 KINDS = ("stylegan3-t", "stylegan3-r")
@@ -157,75 +157,13 @@ def modulated_conv2d(x: Tensor, w: Tensor, s: Tensor, demodulate: bool = True, p
     scale = s if input_gain is None else s * input_gain.expand(n, w.shape[1])
     x = F.conv2d(x * scale.to(x.dtype).reshape(n, -1, 1, 1), w.to(x.dtype), padding=padding)
     if demodulate:
-        with _full_precision(x):
+        with full_precision(x):
             dcoefs = (s.square() @ w.square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
         x = x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
     return x
 
 
 # --------------------------------------------------------------------------- layers
-
-
-class FullyConnectedLayer(nn.Module):
-    """Equalized-learning-rate linear layer (the reference's, with weight_init and a per-output bias_init)."""
-
-    def __init__(self, in_features: int, out_features: int, activation: str = "linear", bias: bool = True,
-                 lr_multiplier: float = 1.0, weight_init: float = 1.0, bias_init=0.0):
-        super().__init__()
-        self.in_features, self.out_features, self.activation = in_features, out_features, activation
-        self.weight = nn.Parameter(torch.randn([out_features, in_features]) * (weight_init / lr_multiplier))
-        bias_init = np.broadcast_to(np.asarray(bias_init, dtype=np.float32), [out_features])
-        self.bias = nn.Parameter(torch.from_numpy(bias_init / lr_multiplier)) if bias else None
-        self.weight_gain = lr_multiplier / np.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return ops.bias_act(x.matmul(w.t()), b, act=self.activation)
-
-
-class MappingNetwork(nn.Module):
-    """z -> ws: 2nd-moment normalization and an MLP; tracks the average w and applies truncation."""
-
-    w_avg: Tensor  # a buffer (register_buffer): typed for mypy
-
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, lr_multiplier: float = 0.01,
-                 w_avg_beta: float = 0.998):
-        super().__init__()
-        self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
-        self.w_avg_beta = w_avg_beta
-        features = [z_dim] + [w_dim] * num_layers
-        for i in range(num_layers):
-            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], activation="lrelu",
-                                                        lr_multiplier=lr_multiplier))
-        self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                update_w_avg: bool = False) -> Tensor:
-        """[N, z_dim] -> ws [N, num_ws, w_dim]. update_w_avg moves w_avg towards this batch's mean w (the
-        reference does so in D's pass over fakes only). truncation_psi < 1 pulls the first
-        truncation_cutoff ws (all by default) towards w_avg."""
-        if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must be [N, {self.z_dim}], not {list(z.shape)}")
-        with _full_precision(z):  # fp32 under autocast, as the reference's mapping
-            x = ops.normalize_2nd_moment(z.to(torch.float32))
-            for i in range(self.num_layers):
-                x = getattr(self, f"fc{i}")(x)
-        if update_w_avg:
-            with torch.no_grad():
-                self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
-        if truncation_psi != 1:
-            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            x = torch.cat([self.w_avg.lerp(x[:, :cutoff], truncation_psi), x[:, cutoff:]], dim=1)
-        return x
 
 
 class SynthesisInput(nn.Module):
@@ -247,13 +185,13 @@ class SynthesisInput(nn.Module):
         freqs *= bandwidth
         phases = torch.rand([channels]) - 0.5
         self.weight = nn.Parameter(torch.randn([channels, channels]))
-        self.affine = FullyConnectedLayer(w_dim, 4, weight_init=0, bias_init=[1, 0, 0, 0])
+        self.affine = EqualLinear(w_dim, 4, weight_init=0, bias_init=[1, 0, 0, 0])
         self.register_buffer("transform", torch.eye(3, 3))  # user-specified inverse transform of the image
         self.register_buffer("freqs", freqs)
         self.register_buffer("phases", phases)
 
     def forward(self, w: Tensor) -> Tensor:
-        with _full_precision(w):  # phases need fp32 (the reference never runs this layer in half precision)
+        with full_precision(w):  # phases need fp32 (the reference never runs this layer in half precision)
             return self._features(w.to(torch.float32))
 
     def _features(self, w: Tensor) -> Tensor:
@@ -305,7 +243,7 @@ class SynthesisLayer(nn.Module):
         self.conv_kernel = 1 if is_torgb else conv_kernel
         self.conv_clamp, self.magnitude_ema_beta = conv_clamp, magnitude_ema_beta
 
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1, weight_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, self.conv_kernel, self.conv_kernel]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.register_buffer("magnitude_ema", torch.ones([]))
@@ -336,11 +274,11 @@ class SynthesisLayer(nn.Module):
                 magnitude = x.detach().to(torch.float32).square().mean()
                 self.magnitude_ema.copy_(magnitude.lerp(self.magnitude_ema, self.magnitude_ema_beta))
         input_gain = self.magnitude_ema.rsqrt()
-        with _full_precision(x):  # styles in fp32 (the reference's are): only the convolutions may run in half
+        with full_precision(x):  # styles in fp32 (the reference's are): only the convolutions may run in half
             styles = self.affine(w.to(torch.float32))
             if self.is_torgb:
                 styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel ** 2))
-        with _precision(self.use_fp16, x):
+        with precision(self.use_fp16, x):
             if not self.use_fp16:
                 x = x.to(torch.float32)
             x = modulated_conv2d(x, self.weight, styles, demodulate=not self.is_torgb,
@@ -425,8 +363,9 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim, self.resolution, self.img_channels = cfg.z_dim, cfg.w_dim, cfg.resolution, cfg.channels
         self.synthesis = SynthesisNetwork(cfg)  # built first, like the reference (same init from a seed)
         self.num_ws = self.synthesis.num_ws
+        # weight_init=1: the reference's FullyConnectedLayer draws randn * (1 / lr_mul) (models.style_layers)
         self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, self.num_ws, num_layers=cfg.mapping_layers,
-                                      lr_multiplier=cfg.mapping_lr, w_avg_beta=cfg.w_avg_beta)
+                                      lr_mul=cfg.mapping_lr, w_avg_beta=cfg.w_avg_beta, weight_init=1.0)
 
     def forward(self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 noise_mode: str = "random", fused_modconv: bool | None = None,
@@ -436,10 +375,3 @@ class Generator(nn.Module):
         update = bool(update_emas or update_w_avg)
         ws = self.mapping(z, truncation_psi, truncation_cutoff, update_w_avg=update)
         return self.synthesis(ws, noise_mode=noise_mode, update_emas=update, fused_modconv=fused_modconv)
-
-
-def count_generator_parameters(cfg: StyleGAN3Config) -> int:
-    """Trainable parameters of G without building it (shapes only), for the large configs."""
-    with torch.device("meta"):
-        return ops.count_parameters(Generator(cfg))
-

@@ -14,7 +14,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from models import checkpoint as ck
 from models import distributed as dd
 from models import losses, ops
 from models.arch import Arch, build_arch
+from models.train_config import TrainConfig, from_saved  # noqa: F401  (TrainConfig: its home is torch-free)
 from models.atomic_file import is_png, publish
 from models.augment import AdaController, AugmentPipe
 from models.transfer import Networks, TransferError, arch_differences, freeze_discriminator
@@ -31,41 +32,6 @@ from models.data import SamplerState, ShuffledSampler, random_xflip, to_float
 from models.run_dir import RunDir
 
 CODE_VERSION = "ganflow-train-3"  # bump when the checkpoint layout or the step changes
-
-
-@dataclass
-class TrainConfig:
-    arch: str = "stylegan2"          # network family: stylegan2 | stylegan3-t | stylegan3-r | pggan
-    resolution: int = 256            # training resolution
-    preset: str = "auto"             # network/training preset (see models.arch)
-    batch: int = 0                   # images per step; 0 = the preset's
-    batch_gpu: int = 0               # images per forward/backward pass on each process (NVIDIA's --batch-gpu): the
-                                     # step runs in rounds whose gradients add up; 0 = the process's whole share
-    lr: float = 0.0                  # Adam learning rate; 0 = the preset's
-    betas: tuple[float, float] = (0.0, 0.99)  # Adam betas, as the reference
-    loss: str = ""                   # logistic | wgan | lsgan; "" = the arch's default (logistic)
-    r1_gamma: float = -1.0           # R1 weight; -1 = the preset's (0.0002 * res^2 / batch)
-    r1_interval: int = 16            # lazy R1: every this many steps, scaled up to match
-    pl_weight: float = -1.0          # StyleGAN2 path-length regularization weight; -1 = the arch's (2), 0 = off
-    pl_interval: int = 4             # lazy path-length regularization: every this many steps
-    style_mixing: float = -1.0       # StyleGAN2 style-mixing probability; -1 = the arch's (0.9), 0 = off
-    gp_gamma: float = 10.0           # WGAN-GP weight (loss=wgan)
-    ema_kimg: float = -1.0           # G_ema half-life in kimg; -1 = the preset's
-    ema_rampup: float = 0.05         # EMA ramp-up (fraction of images seen) where the reference ramps up; 0 = off
-    ada_target: float = -1.0         # ADA: target E[sign(D(real))]; 0 = off; -1 = the arch's (stylegan2 0.6, pggan off)
-    ada_interval: int = 4            # ADA: adjust p every this many steps
-    ada_kimg: float = 500.0          # ADA: p can go 0 → 1 in this many kimg
-    fade_kimg: float = 800.0         # PGGAN: kimg over which a new resolution fades in (the paper's); 0 = no fade-in
-    stabilize_kimg: float = 800.0    # PGGAN: kimg per resolution once faded in (the paper's); must be > 0
-    xflip: bool = False              # dataset x-flips
-    snapshot_kimg: float = 50.0      # checkpoint every this many kimg
-    seed: int = 0                    # one seed for weights, sampler, noise
-    amp: str = "auto"                # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | off
-    net: dict = field(default_factory=dict)  # architecture overrides (e.g. channel_base for small CPU runs)
-    dataset: str = ""                # content hash of the training set: a run dir never continues on other data
-    freeze_d: int = 0                # Freeze-D: D's first N layers never train (the reference's --freezed)
-    transfer_from: str = ""          # transfer learning: the network file G/D/G_ema started from ("" = none)
-    transfer_sha256: str = ""        # its sha256: a run dir never continues from other starting networks
 
 
 class Trainer:
@@ -190,18 +156,12 @@ class Trainer:
                 "d_lr": self.arch.d_lr,
                 "loss": self.arch.loss, "r1_gamma": self.arch.r1_gamma if self.arch.lazy_r1 else 0.0,
                 "ema_kimg": self.arch.ema_kimg, "ada_target": self.arch.ada_target, "amp": self.amp,
-                "device": str(self.device), "freeze_d": self.cfg.freeze_d}
+                "device": str(self.device), "freeze_d": self.cfg.freeze_d,
+                "family_defaults": dict(self.arch.resolved)}
 
     def describe_arch(self) -> dict:
         """The architecture and where its growth is (a PGGAN's stage and alpha): what generation needs."""
         return {**self.arch.describe(), **self.arch.progress(self.nimg)}
-
-    def resume(self) -> bool:
-        found = ck.latest_checkpoint(self.run_dir)
-        if found is None:
-            return False
-        self.load_state_dict(found[1])
-        return True
 
     def snapshot(self) -> Path:
         state = self.state_dict()  # on every process: it gathers their RNG states
@@ -446,13 +406,15 @@ def _adam(net: torch.nn.Module, lr: float, betas: tuple[float, float], lazy_inte
     return torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
 
 
-def _rounds(share: int, batch_gpu: int, batch: int, world: int) -> int:
-    """How many passes of batch_gpu images make a process's share of the batch (1: batch_gpu 0, the whole share)."""
-    if batch_gpu < 0 or (batch_gpu and share % batch_gpu):
+def _rounds(share: int, batch_gpu: int | None, batch: int, world: int) -> int:
+    """How many passes of batch_gpu images make a process's share of the batch (1: batch_gpu None, the whole share)."""
+    if batch_gpu is None:
+        return 1
+    if batch_gpu < 1 or share % batch_gpu:
         processes = f"over {world} processes" if world > 1 else "in one process"
         raise ValueError(f"batch_gpu {batch_gpu} must divide each process's batch, {share} (batch {batch} "
-                         f"{processes}): use a divisor of {share}, or 0 for the whole {share}")
-    return share // batch_gpu if batch_gpu else 1
+                         f"{processes}): use a divisor of {share}, or leave it unset for the whole {share}")
+    return share // batch_gpu
 
 
 def _cat(rounds: list[torch.Tensor]) -> torch.Tensor:

@@ -116,7 +116,7 @@ def test_path_length_runs_per_round_as_the_reference(tiny_dataset, tmp_path, mon
 def test_the_minibatch_std_group_is_clamped_to_a_round(tiny_dataset, tmp_path):
     """As the reference's layer, min(group, batch_gpu): the 'auto' preset's group of 4 is 2 in rounds of 2."""
     images = load_images(tiny_dataset, 32)
-    for batch_gpu, group in ((0, 4), (4, 4), (2, 2)):
+    for batch_gpu, group in ((None, 4), (4, 4), (2, 2)):
         trainer = Trainer(_cfg(batch_gpu=batch_gpu), images, tmp_path / str(batch_gpu))
         assert trainer.describe_arch()["net"]["mbstd_group"] == group
 

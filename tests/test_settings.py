@@ -32,37 +32,15 @@ def test_every_section_of_params_yaml_has_a_model():
     assert sorted(FILE) == sorted(SECTIONS)
 
 
-@pytest.mark.parametrize("section", sorted(SECTIONS))
-def test_each_key_is_one_field_with_its_default_and_a_description(section):
-    model = SECTIONS[section]
-    assert list(FILE[section]) == list(model.model_fields)  # each key one field, each field one key, same order
-    defaults = model()  # the model's defaults, validated
-    for key, value in FILE[section].items():
-        expected = tuple(value) if isinstance(value, list) else ("" if value is None else value)
-        assert getattr(defaults, key) == expected, f"{section}.{key}: model {getattr(defaults, key)!r}, file {value!r}"
-        assert model.model_fields[key].description, f"{section}.{key} has no description"
-    assert load(model, PARAMS) == defaults
+def test_params_yaml_is_the_rendering_of_the_settings():
+    """Each default and description is written once, in the settings models (the trainer's in
+    models/train_config.py); the shipped params.yaml is their rendering: `python -m tasks.common.params_yaml`."""
+    from tasks.common.params_yaml import render
 
-
-def test_trainer_config_defaults_agree_with_the_train_settings():
-    """models/ keeps its own config (it never imports tasks); where a key is shared, its default is the same,
-    or a sentinel the architecture resolves to the same value."""
-    from models.arch import build_arch
-    from models.trainer import TrainConfig
-
-    config = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-              for f in dataclasses.fields(TrainConfig)}
-    settings = TrainSettings()
-    shared = sorted(set(config) & set(TrainSettings.model_fields))
-    assert len(shared) >= 12, shared
-    differ = {k for k in shared if config[k] != getattr(settings, k)}
-    # TrainConfig's ada_target -1 is "the family's": StyleGAN2/3's target is train.ada_target's value, PGGAN's off.
-    assert differ == {"ada_target"}
-    for arch in ("stylegan2", "stylegan3-t"):
-        net = {**TINY["net"], "channel_base": 256, "channel_max": 64}
-        assert build_arch(TrainConfig(arch=arch, resolution=16, net=net)).ada_target == settings.ada_target
-    assert build_arch(TrainConfig(arch="pggan", resolution=8, net={"z_dim": 32, "channel_base": 256,
-                                                                   "channel_max": 64})).ada_target == 0
+    assert PARAMS.read_text() == render(), "params.yaml is stale: python -m tasks.common.params_yaml > params.yaml"
+    for model in SECTIONS.values():
+        assert all(f.description for f in model.model_fields.values()), model.section
+        assert load(model, PARAMS) == model()
 
 
 def test_every_setting_named_as_a_trainer_field_reaches_the_trainer():
@@ -72,8 +50,8 @@ def test_every_setting_named_as_a_trainer_field_reaches_the_trainer():
     from tasks.training.stages import train_config
 
     shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(TrainSettings.model_fields)
-    by_name = shared - {"arch", "resolution", "seed", "net", "ada_target"}
-    assert by_name >= {"preset", "batch", "loss", "r1_gamma", "fade_kimg", "stabilize_kimg", "snapshot_kimg",
+    by_name = shared - {"arch", "resolution", "seed", "net"}
+    assert by_name >= {"preset", "batch", "loss", "r1_gamma", "ada_target", "fade_kimg", "stabilize_kimg", "snapshot_kimg",
                        "freeze_d", "xflip", "batch_gpu"}
     marked = TrainSettings().model_copy(update={k: f"<{k}>" for k in by_name})  # unvalidated: any value passes
     cfg = train_config(marked, "stylegan2", 32, seed=5)
@@ -205,7 +183,8 @@ def test_the_presets_and_net_keys_allowed_are_those_models_build():
     ("train", "ada_target", 1.5, "train.ada_target 1.5 is not a finite number from 0 to 1"),
     ("train", "seed", 0.5, "train.seed 0.5 is not an integer from 0 to 4294967295"),
     ("train", "device", "gpu", "train.device 'gpu' is not a device: auto, cpu, cuda, cuda:N or mps"),
-    ("train", "r1_gamma", -2, "train.r1_gamma -2 is not -1 (the family's) or a finite number >= 0"),
+    ("train", "r1_gamma", -2, "train.r1_gamma -2 is not a finite number >= 0"),
+    ("train", "batch", 0, "train.batch 0 is not an integer from 1 to 65536"),  # empty, not 0, is the family's
     ("curate", "matte", "magic", "curate.matte 'magic' is not one of auto, rembg, grabcut, none"),
     ("curate", "resolution", 100000, "curate.resolution 100000 is not an integer from 8 to 4096"),
     ("curate", "blur_min_var", float("nan"), "curate.blur_min_var nan is not a finite number from 0 to 1000000000"),
@@ -289,7 +268,7 @@ def test_train_options_come_from_the_settings_and_keep_their_names():
 @pytest.mark.parametrize("argv,says", [
     (["--fade-kimg", "-1"], "argument --fade-kimg: '-1' is not a finite number from 0 to 1000000"),
     (["--cycles", "0"], "argument --cycles: '0' is not an integer from 1 to 10000"),
-    (["--gamma", "x"], "argument --r1-gamma/--gamma: 'x' is not -1 (the family's) or a finite number >= 0"),
+    (["--gamma", "x"], "argument --r1-gamma/--gamma: 'x' is not a finite number >= 0"),
     (["--net", "[1, 2]"], "argument --net: '[1, 2]' is not a mapping"),
 ])
 def test_a_bad_option_is_one_line_with_exit_2(tmp_path, capsys, argv, says):
@@ -361,14 +340,6 @@ def test_a_bad_setting_from_the_ui_is_refused_by_the_flows_parameter_validation(
                      ({"bogus": 1}, "bogus")):
         with pytest.raises(ParameterTypeError, match=key):
             train_flow.validate_parameters({"data": "d", "run_dir": "r", "settings": bad})
-
-
-def test_the_settings_offer_exactly_the_architectures_models_build():
-    """train.arch's choices (the CLI's, the UI form's) are the families models/arch.py can build."""
-    from models.arch import ARCHS as BUILT
-    from tasks.common.settings import ARCHS
-
-    assert tuple(ARCHS) == tuple(BUILT)
 
 
 # ------------------------------------------------------------------------------------------- curate, evaluate

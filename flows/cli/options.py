@@ -19,7 +19,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from flows.cli.validate import shown
-from tasks.common.settings import ParamsError, Section, bounded_yaml, rule
+from tasks.common.settings import DEFAULT_PARAMS, ParamsError, Section, annotation as plain_type, bounded_yaml, rule
 
 
 def flag(name: str) -> str:
@@ -29,7 +29,7 @@ def flag(name: str) -> str:
 def _parse(model: type[Section], name: str):
     """argparse `type=`: the option's text as the field's value, or ArgumentTypeError with the bound."""
     field = model.model_fields[name]
-    annotation: Any = field.annotation
+    annotation: Any = plain_type(field)  # an option given is a value: None is its absence
     typ: Any = Annotated[(annotation, *field.metadata)] if field.metadata else annotation
     adapter: TypeAdapter[Any] = TypeAdapter(typ, config=ConfigDict(allow_inf_nan=False))  # nan, inf: refused
     mapping = annotation is dict or getattr(annotation, "__origin__", None) is dict
@@ -58,7 +58,8 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
     aliases, metavars, defaults = aliases or {}, metavars or {}, defaults or {}
     for name in names or list(model.model_fields):
         field = model.model_fields[name]
-        choices = get_args(field.annotation) if getattr(field.annotation, "__origin__", None) is Literal else None
+        typ = plain_type(field)
+        choices = get_args(typ) if getattr(typ, "__origin__", None) is Literal else None
         extra: dict[str, Any] = {"choices": [c for c in choices if c != ""]} if choices else {}
         if name in metavars:
             extra["metavar"] = metavars[name]
@@ -78,6 +79,12 @@ def add_setting_options(parser: argparse.ArgumentParser, model: type[Section], n
         if field.annotation is bool:
             parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=False,
                                 help=f"the opposite of {flag(name)}" if switches else f"as {flag(name)} false")
+
+
+def add_params_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """`--params FILE`, the settings file every command reads its sections from (what: which of them, said)."""
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), metavar="FILE",
+                        help=f"settings file{what} (default: {DEFAULT_PARAMS})")
 
 
 def _is_list(field: FieldInfo) -> bool:

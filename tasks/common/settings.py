@@ -15,15 +15,18 @@ import hashlib
 import json
 import math
 import re
+import types
 from pathlib import Path
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       create_model, model_validator)
 from pydantic.fields import FieldInfo
+
+from models.train_config import ArchName, TrainConfig
 
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -38,8 +41,10 @@ MAX_COUNT = 1_000_000       # any other count (images per batch or shard, posts,
 # shallowly ("billion laughs", a list nested thousands deep): checked on the parser's events, before any object is built.
 MAX_PARAMS_BYTES, MAX_YAML_NODES, MAX_YAML_DEPTH, MAX_YAML_SCALAR = 1 << 20, 100_000, 64, 4096
 
-Arch = Literal["stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
+Arch = ArchName  # models.train_config's list of the architectures models.arch builds
 ARCHS: tuple[str, ...] = get_args(Arch)
+# Where a setting left empty (None) gets "the family's" value: one table, which the run's log quotes.
+FAMILY_DEFAULTS = "the family's (models/arch.py FAMILY_DEFAULTS; the run's log shows the value)"
 # Where ingest takes images from: the embedded demo, a folder/.zip/.tar, or an Instagram hashtag.
 IngestSource = Literal["demo", "path", "hashtag"]
 
@@ -79,9 +84,6 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # The device rule, once: train.device's check, and the CLI's (flows/cli/validate.py) read it from here.
 DEVICE = Rule("a device: auto, cpu, cuda, cuda:N or mps", lambda v: isinstance(v, str) and bool(_DEVICE.match(v)))
 Device = Annotated[str, AfterValidator(DEVICE)]
-# -1 is "the family's" (a sentinel), anything else a real weight
-R1Gamma = Annotated[float, AfterValidator(Rule("-1 (the family's) or a finite number >= 0",
-                                               lambda v: v == -1 or v >= 0))]
 # A hashtag's rule, once: the ingest settings check it before any work, and the Instagram source (validate_tag) too.
 HASHTAG_NAME = re.compile(r"#?[A-Za-z0-9_]{1,100}")
 Hashtag = Annotated[str, AfterValidator(Rule("1 to 100 ASCII letters, digits or '_' (a leading '#' allowed)",
@@ -105,8 +107,18 @@ Metrics = Annotated[tuple[str, ...], BeforeValidator(Rule(
 
 
 def setting(default: Any, description: str, **bounds: Any) -> Any:
-    """One setting: its default (= params.yaml's value), a one-line description, and its bounds."""
+    """One setting: its default (params.yaml is rendered from it: render_params), a one-line description, and its
+    bounds."""
     return Field(default, description=description, **bounds)
+
+
+_LIBRARY = TrainConfig()
+
+
+def trainer_setting(name: str, description: str, **bounds: Any) -> Any:
+    """A training setting the trainer takes by the same name: its default is the library's
+    (models.train_config.TrainConfig), written there once."""
+    return setting(getattr(_LIBRARY, name), description, **bounds)
 
 
 # ------------------------------------------------------------------------------------------- base
@@ -214,52 +226,53 @@ class CurateSettings(Section):
 class TrainSettings(Section):
     section: ClassVar[str] = "train"
 
-    arch: Arch = setting("stylegan2", "network family: stylegan2, stylegan3-t, stylegan3-r (with ADA, in "
+    arch: Arch = trainer_setting("arch", "network family: stylegan2, stylegan3-t, stylegan3-r (with ADA, in "
                                       "cycles) or pggan (one stage per resolution)")
-    resolution: Annotated[int, _power_of_two(4, 1024)] = setting(
-        256, "training resolution (a power of two from 4 to 1024, at most the dataset's)", ge=4, le=1024)
+    resolution: Annotated[int, _power_of_two(4, 1024)] = trainer_setting(
+        "resolution", "training resolution (a power of two from 4 to 1024, at most the dataset's)", ge=4, le=1024)
     kimg: float = setting(0.0, "total kimg; 0 = the stage plan's (stylegan2/3: cycles x cycle_kimg; pggan: full "
                                "growth)", ge=0, le=MAX_KIMG)
-    seed: int = setting(0, "seed for weights, data order and noise", ge=0, le=MAX_SEED)
+    seed: int = trainer_setting("seed", "seed for weights, data order and noise", ge=0, le=MAX_SEED)
     cycle_kimg: float = setting(5000.0, "StyleGAN2/3: kimg per stage task (a cycle)", ge=MIN_KIMG, le=MAX_KIMG)
     cycles: int = setting(5, "StyleGAN2/3: cycles when the run names no total kimg (total = cycles x cycle_kimg)",
                           ge=1, le=MAX_STAGES)
-    fade_kimg: float = setting(800.0, "PGGAN: kimg over which each new resolution fades in (the paper's 800; 0 = "
+    fade_kimg: float = trainer_setting("fade_kimg", "PGGAN: kimg over which each new resolution fades in (the paper's 800; 0 = "
                                       "no fade-in)", ge=0, le=MAX_KIMG)
-    stabilize_kimg: float = setting(800.0, "PGGAN: kimg per resolution once faded in; one stage task per "
+    stabilize_kimg: float = trainer_setting("stabilize_kimg", "PGGAN: kimg per resolution once faded in; one stage task per "
                                            "resolution", ge=MIN_KIMG, le=MAX_KIMG)
-    snapshot_kimg: float = setting(50.0, "checkpoint + sample grid every this many kimg (at least one image)",
+    snapshot_kimg: float = trainer_setting("snapshot_kimg", "checkpoint + sample grid every this many kimg (at least one image)",
                                    ge=MIN_KIMG, le=MAX_KIMG)
     retries: int = setting(3, "retries of a failed stage task; each attempt resumes from the newest checkpoint",
                            ge=0, le=100)
     retry_delay_seconds: float = setting(30.0, "wait before a retry (a transient disk or CUDA error may clear)",
                                          ge=0, le=86400)
-    batch: int = setting(0, "images per step over all GPUs; 0 = the preset's (from the resolution)", ge=0, le=65536)
-    batch_gpu: int = setting(0, "images per forward/backward pass on each GPU (NVIDIA's --batch-gpu): a divisor of "
+    batch: int | None = trainer_setting("batch", f"images per step over all GPUs; empty = {FAMILY_DEFAULTS}",
+                                        ge=1, le=65536)
+    batch_gpu: int | None = trainer_setting("batch_gpu", "images per forward/backward pass on each GPU (NVIDIA's --batch-gpu): a divisor of "
                                 "the per-GPU batch, trained in rounds whose gradients add up (gradient accumulation: "
-                                "the same batch in less memory); 0 = the whole per-GPU batch", ge=0, le=65536)
-    channel_base: int = setting(0, "feature-map budget; 0 = the preset's (smaller = faster, for CPU runs)",
-                                ge=0, le=1 << 20)
-    channel_max: int = setting(0, "cap on feature maps per layer; 0 = the preset's", ge=0, le=4096)
-    net: dict[str, Any] = setting({}, "further architecture overrides for small runs, e.g. {z_dim: 32, w_dim: 32}: "
+                                "the same batch in less memory); empty = the whole per-GPU batch", ge=1, le=65536)
+    channel_base: int | None = setting(None, "feature-map budget; empty = the preset's (smaller = faster, for CPU "
+                                             "runs; stylegan3-r's G doubles it)", ge=1, le=1 << 20)
+    channel_max: int | None = setting(None, "cap on feature maps per layer; empty = the preset's", ge=1, le=4096)
+    net: dict[str, Any] = trainer_setting("net", "further architecture overrides for small runs, e.g. {z_dim: 32, w_dim: 32}: "
                                       "fields of the family's network config")
-    preset: str = setting("auto", "network/training preset: auto (stylegan2: the reference's auto config; pggan: "
+    preset: str = trainer_setting("preset", "network/training preset: auto (stylegan2: the reference's auto config; pggan: "
                                   "the paper's network), or for stylegan2 the reference's stylegan2, paper256, "
                                   "paper512, paper1024 or cifar, for pggan paper or small (4x narrower); stylegan3 "
                                   "has auto only", min_length=1)
-    r1_gamma: R1Gamma = setting(-1.0, "R1 regularization weight (the reference's --gamma); -1 = the family's "
-                                      "(stylegan2 auto: 0.0002 res²/batch; stylegan3: res²/32768)")
-    ada_target: float = setting(0.6, "ADA target for E[sign(D(real))]; 0 = off; from params.yaml StyleGAN2/3 "
-                                     "only (PGGAN trains without ADA unless a run asks)", ge=0, le=1)
-    xflip: bool = setting(False, "x-flip dataset images at random (the reference's --mirror): twice the data "
+    r1_gamma: float | None = trainer_setting("r1_gamma", "R1 regularization weight (the reference's --gamma); "
+                                                         f"empty = {FAMILY_DEFAULTS}", ge=0)
+    ada_target: float | None = trainer_setting("ada_target", "ADA target for E[sign(D(real))]; 0 = off; empty = "
+                                                             f"{FAMILY_DEFAULTS}", ge=0, le=1)
+    xflip: bool = trainer_setting("xflip", "x-flip dataset images at random (the reference's --mirror): twice the data "
                                  "for subjects that look the same mirrored")
-    loss: Literal["", "logistic", "wgan", "lsgan"] = setting("", "GAN loss: logistic, wgan or lsgan; empty = the "
-                                                                 "family's (StyleGAN logistic, PGGAN wgan)")
+    loss: Literal["logistic", "wgan", "lsgan"] | None = trainer_setting(
+        "loss", f"GAN loss: logistic, wgan or lsgan; empty = {FAMILY_DEFAULTS}")
     device: Device = setting("auto", "auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
     resume_from: str = setting("", "transfer learning: start from this network file (a ganflow .pt or an NVIDIA "
                                    ".pkl), whose architecture replaces arch, resolution and widths (given, they "
                                    "must agree); name it again to continue the run")
-    freeze_d: int = setting(0, "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
+    freeze_d: int = trainer_setting("freeze_d", "Freeze-D: the pretrained discriminator's first N layers stay fixed, as the "
                                "reference's --freezed (needs resume_from)", ge=0, le=64)
     allow_nonfinite: bool = setting(False, "start from a resume_from network whose weights hold NaN or inf (refused "
                                            "by default: a run trains on NaN), as `ganflow import --allow-nonfinite`")
@@ -513,12 +526,21 @@ def shown_input(value: Any) -> str:
     return text if len(text) <= 160 else f"{text[:60]}...{text[-60:]} ({n:,} characters)"
 
 
+def annotation(field: FieldInfo) -> Any:
+    """The field's type without its None (a setting whose default is "the family's": empty, or a value)."""
+    ann: Any = field.annotation
+    if isinstance(ann, types.UnionType) or getattr(ann, "__origin__", None) is Union:
+        rest = tuple(a for a in get_args(ann) if a is not type(None))
+        return rest[0] if len(rest) == 1 else Union[rest]
+    return ann
+
+
 def rule(field: FieldInfo) -> str:
     """What a field accepts, in words: `a finite number >= 0`, `an integer from 0 to 64`, `one of a, b`."""
     for m in field.metadata:
         if isinstance(getattr(m, "func", None), Rule):
             return m.func.text
-    ann: Any = field.annotation
+    ann: Any = annotation(field)
     choices = get_args(ann) if getattr(ann, "__origin__", None) is Literal else ()
     if choices:
         return "one of " + ", ".join(repr(c) if c == "" else str(c) for c in choices)
@@ -571,6 +593,11 @@ EvaluateOverrides = overrides_model(EvaluateSettings)
 # One manager pass: the queue is its own parameter (it comes after $GANFLOW_QUEUE's), and the loop's interval is
 # the deployment's schedule.
 ManagerOverrides = overrides_model(ManagerSettings, exclude=("queue", "interval_seconds"))
+
+
+def declared(model: type[Section], key: str) -> Any:
+    """A setting's declared default, for a function that takes the setting as a keyword (its one home is here)."""
+    return model.model_fields[key].get_default(call_default_factory=True)
 
 
 def given(overrides: BaseModel | dict[str, Any] | None) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def evaluation_key(first_ckpt: str | Path, weights_sha256: str | None, p: Evalua
 
 
 # ------------------------------------------------------------------ per-snapshot metrics
-def generated_batches(G, arch: dict, n: int, batch: int = 64, seed0: int = 0,
+def generated_batches(G, arch: dict, n: int, batch: int, seed0: int = 0,
                       truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
     """n generated images (seeds seed0 ... seed0+n-1, no truncation by default) as uint8 NCHW batches."""
     from models.generate import images_from_seeds
@@ -136,12 +136,12 @@ def discriminator_probe(ckpt: str | Path, data: str | Path, seed: int = 0) -> di
     from models.arch import build_arch
     from models.checkpoint import load_checkpoint
     from models.data import to_float
-    from models.trainer import TrainConfig
+    from models.train_config import from_saved
 
     state = load_checkpoint(ckpt)
     cfg_dict = dict(state["config"])
     cfg_dict["betas"] = tuple(cfg_dict.get("betas", (0.0, 0.99)))
-    cfg = TrainConfig(**cfg_dict)
+    cfg = from_saved(cfg_dict)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         arch = build_arch(cfg)

@@ -32,8 +32,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tasks.common.settings import EvaluateSettings, declared
+from tasks.evaluation.frechet import Stats, fid_from_stats, kid  # noqa: F401  (their home; used here and re-exported)
 from tasks.evaluation.registry import selectable
 from tasks.evaluation.weights_file import RANDOM, read_bytes, resolve_path, state_from_bytes
+
+# The evaluate section's defaults, for callers that pass no settings (`ganflow fid`, notebooks): declared there once.
+_BATCH = declared(EvaluateSettings, "batch")
+_KID_SUBSETS = declared(EvaluateSettings, "kid_subsets")
+_KID_SUBSET_SIZE = declared(EvaluateSettings, "kid_subset_size")
 
 ENV_WEIGHTS = "GANFLOW_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF Inception
@@ -184,13 +191,13 @@ def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def folder_batches(folder: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def folder_batches(folder: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     files = folder_files(folder)[:limit]
     for i in range(0, len(files), batch):
         yield _to_batch([np.asarray(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
 
 
-def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def dataset_batches(data_dir: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     """A curated dataset's images (dataset.json + tar shards), shard by shard, at their stored size; each shard
     checked against dataset.json's sha256 first (the statistics are cached under its content hash)."""
     from models.data import open_verified_shard, shard_entries
@@ -216,7 +223,7 @@ def dataset_batches(data_dir: str | Path, batch: int = 64, limit: int | None = N
         yield _to_batch(buf)
 
 
-def source_batches(path: str | Path, batch: int = 64, limit: int | None = None) -> Iterator[torch.Tensor]:
+def source_batches(path: str | Path, batch: int = _BATCH, limit: int | None = None) -> Iterator[torch.Tensor]:
     """A curated dataset (has dataset.json) or a plain folder of images."""
     if (Path(path) / "dataset.json").exists():
         return dataset_batches(path, batch, limit)
@@ -272,47 +279,6 @@ def extract_features(extractor, batches: Iterable[torch.Tensor], device: str = "
     return np.concatenate(out)
 
 
-@dataclass
-class Stats:
-    mu: np.ndarray      # float64 [2048]
-    sigma: np.ndarray   # float64 [2048, 2048]
-    n: int
-    features: np.ndarray | None = None  # float32 [n, 2048], kept for KID
-
-    @classmethod
-    def of(cls, features: np.ndarray, keep_features: bool = False) -> Stats:
-        # As torch-fidelity: np.mean of the float32 features and np.cov (which works in float64).
-        return cls(mu=np.mean(features, axis=0).astype(np.float64), sigma=np.cov(features, rowvar=False),
-                   n=len(features), features=features if keep_features else None)
-
-
-def fid_from_stats(a: Stats, b: Stats) -> float:
-    """Fréchet distance as torch-fidelity (TTUR) computes it: trace sqrt via eigenvalues of sigma_a·sigma_b."""
-    diff = a.mu - b.mu
-    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(a.sigma.dot(b.sigma)).astype("complex128")).real)
-    return float(diff.dot(diff) + np.trace(a.sigma) + np.trace(b.sigma) - 2 * tr_covmean)
-
-
-def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 2020) -> tuple[float, float]:
-    """KID (mean, std) as torch-fidelity: unbiased MMD² with the cubic polynomial kernel over random subsets.
-    `subset_size` is capped at the smaller set's size (torch-fidelity would refuse)."""
-    from torch_fidelity.metric_kid import mmd2
-
-    size = min(subset_size, len(features_a), len(features_b))
-    if size < 2:
-        raise ValueError("KID needs at least 2 images on each side")
-    rng = np.random.RandomState(seed)
-    gamma = 1.0 / features_a.shape[1]
-    kernel = lambda x, y: (np.matmul(x, y.T) * gamma + 1) ** 3  # noqa: E731
-    mmds = np.zeros(subsets)
-    for i in range(subsets):
-        x = features_a[rng.choice(len(features_a), size, replace=False)]
-        y = features_b[rng.choice(len(features_b), size, replace=False)]
-        mmds[i] = mmd2(kernel(x, x), kernel(x, y), kernel(y, y))  # torch-fidelity's own (unbiased) estimator
-    return float(np.mean(mmds)), float(np.std(mmds))
-
-
 def small_n_warning(n: int) -> str | None:
     if n < SMALL_N:
         return (f"FID from {n} images is biased upwards (and noisy) below {SMALL_N} images: compare it only with "
@@ -350,7 +316,7 @@ def read_stats_cache(cache: Path, dim: int | None = None) -> Stats | None:
 
 
 def real_stats(path: str | Path, extractor, weights_sha: str, cache_dir: str | Path | None = None,
-               n: int | None = None, keep_features: bool = False, batch: int = 64,
+               n: int | None = None, keep_features: bool = False, batch: int = _BATCH,
                device: str = "cpu", feature: str = FEATURE) -> tuple[Stats, bool]:
     """Statistics of real images (a curated dataset or a folder), from the cache when present.
     Returns (stats, came_from_cache). The cache holds mean, covariance, N and, when asked for, the features (KID,
@@ -439,7 +405,7 @@ def extract_each(spaces: list[FeatureSpace], batches: Iterable[torch.Tensor], de
 
 
 def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | None = None, with_kid: bool = False,
-                    batch: int = 64, device: str = "cpu") -> dict[str, tuple[Stats, bool]]:
+                    batch: int = _BATCH, device: str = "cpu") -> dict[str, tuple[Stats, bool]]:
     """real_stats in every space: the first space (KID) and the audit space keep their features."""
     audit = audit_space(spaces)
     return {s.metric: real_stats(path, s.extractor, s.sha256, cache_dir, n,
@@ -449,7 +415,7 @@ def real_stats_each(path, spaces: list[FeatureSpace], cache_dir=None, n: int | N
 
 
 def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str, np.ndarray], with_kid: bool,
-           kid_subsets: int = 100, kid_subset_size: int = 1000, real_radii: np.ndarray | None = None,
+           kid_subsets: int = _KID_SUBSETS, kid_subset_size: int = _KID_SUBSET_SIZE, real_radii: np.ndarray | None = None,
            memorization=None, probe: dict | None = None) -> dict:
     """The registered metrics (tasks.evaluation.registry: fid and/or fd_dinov2, KID in the first space,
     precision/recall in the audit space, the memorized fraction when `memorization` asks, the probe's losses),
@@ -469,8 +435,8 @@ def scores(spaces: list[FeatureSpace], reals: dict[str, Stats], fakes: dict[str,
 
 
 def fid_folders(a: str | Path, b: str | Path, weights: str | Path | None, with_kid: bool = False,
-                cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = 64,
-                kid_subsets: int = 100, kid_subset_size: int = 1000, device: str = "cpu",
+                cache_dir: str | Path | None = None, sha256: str | None = None, batch: int = _BATCH,
+                kid_subsets: int = _KID_SUBSETS, kid_subset_size: int = _KID_SUBSET_SIZE, device: str = "cpu",
                 metrics=("fid",), dinov2_weights: str | Path | None = None,
                 dinov2_sha256: str | None = None) -> dict:
     """FID and/or FD-DINOv2 (and KID, precision/recall) between A (real: a curated dataset or a folder; its stats

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.common.settings import EvaluateSettings, declared
+
 
 @dataclass(frozen=True)
 class NeighbourSettings:
@@ -20,8 +22,8 @@ class NeighbourSettings:
     sha256: str | None = None   # expected sha256 of it
     cache_dir: str | None = None  # evaluate.cache_dir: where the training features are cached
     n_real: int | None = None   # evaluate.n_real (None: all images)
-    quantile: float = 0.05      # evaluate.memorized_quantile
-    batch: int = 64
+    quantile: float = declared(EvaluateSettings, "memorized_quantile")
+    batch: int = declared(EvaluateSettings, "batch")
     device: str = "cpu"
 
 

@@ -60,8 +60,8 @@ class Snapshot:
     reals: dict                           # {space.metric: Stats}
     fakes: dict                           # {space.metric: features [n, D]}
     with_kid: bool = False
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subsets: int | None = None        # evaluate.kid_subsets and kid_subset_size, when with_kid
+    kid_subset_size: int | None = None
     real_radii: Any = None                # the reals' k-th neighbour distances in the audit space, when known
     memorization: Memorization | None = None
     probe: dict | None = None             # the discriminator probe's losses (evaluate_run)
@@ -156,7 +156,7 @@ def row(values: dict) -> dict:
 @register("fid", "inception", (Column("fid", label="FID", fmt="{:.4f}", always=True),), order=10)
 def fid(s: Snapshot, space) -> dict:
     """Fréchet distance in Inception's pool features (torch-fidelity's FID)."""
-    from tasks.evaluation.metrics import Stats, fid_from_stats
+    from tasks.evaluation.frechet import Stats, fid_from_stats
 
     return {"fid": fid_from_stats(s.reals[space.metric], Stats.of(s.fakes[space.metric]))}
 
@@ -166,8 +166,9 @@ def kid(s: Snapshot, space) -> dict:
     """KID (mean, std over random subsets) when evaluate.kid; kid_std goes to metrics.json with the counts."""
     if not s.with_kid:
         return {}
-    from tasks.evaluation.metrics import kid as kid_of
+    from tasks.evaluation.frechet import kid as kid_of
 
+    assert s.kid_subsets is not None and s.kid_subset_size is not None, "with_kid needs the KID settings"
     mean, std = kid_of(s.reals[space.metric].features, s.fakes[space.metric], s.kid_subsets, s.kid_subset_size)
     return {"kid_mean": mean, "kid_std": std}
 
@@ -181,7 +182,7 @@ def losses(s: Snapshot, space) -> dict:
 @register("fd_dinov2", "dinov2", (Column("fd_dinov2", label="FD-DINOv2", fmt="{:.3f}"),), order=40)
 def fd_dinov2(s: Snapshot, space) -> dict:
     """Fréchet distance in DINOv2 ViT features."""
-    from tasks.evaluation.metrics import Stats, fid_from_stats
+    from tasks.evaluation.frechet import Stats, fid_from_stats
 
     return {"fd_dinov2": fid_from_stats(s.reals[space.metric], Stats.of(s.fakes[space.metric]))}
 

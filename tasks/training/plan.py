@@ -36,15 +36,13 @@ def plan_training(params: str | Path, given: dict[str, Any],
     params.yaml's). check_device(train.device) runs before a network file is read; then, given `data`, the
     dataset is made present (dataset_for_run)."""
     given = dict(given)
-    # A given ada_target applies to any family; params.yaml's train.ada_target only to StyleGAN2/3 (run_config).
-    ada_target = given.pop("ada_target", None)
     p = load(TrainSettings, params, **given)
     if check_device is not None:
         check_device(p.device)
     if data is not None:
         dataset_for_run(data, run_dir)
     # Started from a network file, the run has the file's architecture; the settings given must agree with it.
-    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, ada_target=ada_target, given=given)
+    cfg, notes = run_config(p, p.arch, p.resolution, p.seed, given=given)
     stages = plan_stages(cfg.arch, cfg.resolution, None, p)
     return TrainPlan(p, cfg, tuple(notes), tuple(stages), resolve_device(p.device))
 

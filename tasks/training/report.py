@@ -238,14 +238,14 @@ def reschedule_if_preempted(flow, flow_run, state) -> None:
     from prefect.states import AwaitingRetry
 
     from models.run_dir import RunDir
-    from tasks.common.settings import ManagerSettings, load
+    from tasks.common.settings import DEFAULT_PARAMS, ManagerSettings, load
 
     if PREFECT_SIGTERM_CRASH not in (state.message or "") or flow_run.deployment_id is None:
         return
     logger = flow_run_logger(flow_run, flow)
     parameters = flow_run.parameters or {}
     try:
-        cap = load(ManagerSettings, parameters.get("params") or "params.yaml").max_attempts
+        cap = load(ManagerSettings, parameters.get("params") or DEFAULT_PARAMS).max_attempts
     except (OSError, ValueError):
         cap = ManagerSettings().max_attempts
     if int(flow_run.run_count or 1) >= cap:

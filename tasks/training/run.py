@@ -22,6 +22,7 @@ from models.checkpoint import latest_checkpoint
 from models.data import DatasetError, load_images
 from models.distributed import init_from_env
 from models.run_dir import RunDir
+from models.train_config import saved_config
 from models.trainer import TrainConfig, Trainer
 from models.transfer import TransferError, file_sha256, load_networks
 from tasks.storage.mirror import open_run, publish, url_of
@@ -47,8 +48,8 @@ class TrainResult:
 def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
     """Names of the settings (and `dataset`) in which a checkpoint's run differs from cfg. A setting the
     checkpoint predates counts as its default (a run continues after an upgrade that adds one)."""
-    now = json.loads(json.dumps(asdict(cfg)))  # tuples become lists, as in the checkpoint
-    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **saved}
+    now = saved_config(json.loads(json.dumps(asdict(cfg))))  # tuples become lists, as in the checkpoint
+    saved = {**json.loads(json.dumps(asdict(TrainConfig()))), **saved_config(saved)}
     return sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
 
@@ -132,12 +133,21 @@ def claim_run_dir(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path,
         return None
     if not cfg.dataset:
         cfg = replace(cfg, dataset=dataset_hash(data_dir))
-    changed = config_changes(found[1].get("config", {}), cfg)
-    if not changed:
-        return None
+    return _claim(cfg, run_dir, found, restart_on_change)[0]
+
+
+def _claim(cfg: TrainConfig, run_dir: str | Path, found: tuple | None,
+           restart_on_change: bool) -> tuple[str | None, tuple | None]:
+    """claim_run_dir's decision on the newest checkpoint `found`: (where another run's checkpoints were moved,
+    the checkpoint to resume from: found, or None once they were moved). Under torchrun one process moves the
+    files and the others wait for it."""
+    if found is None or not (changed := config_changes(found[1].get("config", {}), cfg)):
+        return None, found
     if not restart_on_change:
         raise ValueError(_changed_run_message(run_dir, changed, found[1].get("config", {}), cfg))
-    return str(set_aside_run(run_dir))
+    moved = str(set_aside_run(run_dir)) if dd.rank() == 0 else None
+    dd.barrier()
+    return moved, None
 
 
 def check_dataset_resolution(data_dir: str | Path, resolution: int, source: str) -> None:
@@ -218,15 +228,7 @@ def _train_held(cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, tar
     if not cfg.dataset:
         cfg = replace(cfg, dataset=dataset_hash(data_dir))
     # Another run's checkpoints first: "repeat --resume-from" or "use a new folder" says more than a size error.
-    found = latest_checkpoint(run_dir)
-    moved = None
-    if found is not None and (changed := config_changes(found[1].get("config", {}), cfg)):
-        if not restart_on_change:
-            raise ValueError(_changed_run_message(run_dir, changed, found[1].get("config", {}), cfg))
-        if dd.rank() == 0:  # under torchrun one process moves the files, the others wait for it
-            moved = str(set_aside_run(run_dir))
-        dd.barrier()
-        found = None
+    moved, found = _claim(cfg, run_dir, latest_checkpoint(run_dir), restart_on_change)
     # Before any training: a model above its data's size learns nothing.
     if resume_from:
         check_dataset_resolution(data_dir, cfg.resolution, str(resume_from))

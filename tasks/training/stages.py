@@ -35,7 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
-from models.arch import ARCHS as FAMILIES
+from models.arch import ARCHS as FAMILIES, resolved_text
 from models.run_dir import RunDir
 from models.trainer import TrainConfig
 from tasks.training import report as train_report
@@ -47,8 +47,6 @@ from tasks.training.results import StageResult
 from tasks.training.run import TrainResult, run_training
 from tasks.training.transfer import transfer_config
 
-# Trained in cycles of cycle_kimg, with ADA: the families that do not grow progressively (models.arch.ARCHS).
-CYCLED = tuple(name for name, f in FAMILIES.items() if not f.progressive)
 
 
 class Preempted(Exception):
@@ -62,32 +60,25 @@ class Preempted(Exception):
 SAME_NAMED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in TrainSettings.model_fields)
 
 
-def train_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0,
-                 ada_target: float | None = None) -> TrainConfig:
-    """The trainer's config for one run: the params' settings for this family and resolution."""
+def train_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0) -> TrainConfig:
+    """The trainer's config for one run: the params' settings for this family and resolution (a setting left
+    empty stays None: the family's, resolved by models.arch)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     net = {**{k: v for k, v in (("channel_base", p.channel_base), ("channel_max", p.channel_max)) if v}, **p.net}
-    if ada_target is None:  # params' ada_target is StyleGAN2-ADA's; PGGAN keeps its own default (off)
-        ada_target = p.ada_target if arch in CYCLED else -1.0
     same = {k: getattr(p, k) for k in SAME_NAMED}
-    return TrainConfig(**{**same, "arch": arch, "resolution": resolution, "seed": seed, "net": net,
-                          "ada_target": ada_target})
+    return TrainConfig(**{**same, "arch": arch, "resolution": resolution, "seed": seed, "net": net})
 
 
-def run_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0, ada_target: float | None = None,
+def run_config(p: TrainSettings, arch: str, resolution: int, seed: int = 0,
                given: dict[str, Any] | None = None) -> tuple[TrainConfig, list[str]]:
     """train_config, and for a run that starts from a network file (p.resume_from) the file's architecture:
     tasks.training.transfer.transfer_config, which refuses the options in `given` (flag → value, as the user named
     them) that contradict the file. Returns the config and notes for the log."""
-    cfg = train_config(p, arch, resolution, seed, ada_target)
+    cfg = train_config(p, arch, resolution, seed)
     if not p.resume_from:
         return cfg, []
-    transferred, notes = transfer_config(cfg, p.resume_from, given)
-    if transferred.arch != cfg.arch:  # the family's own defaults (train.ada_target is StyleGAN2-ADA's)
-        transferred = dataclasses.replace(transferred, ada_target=train_config(
-            p, transferred.arch, transferred.resolution, seed, ada_target).ada_target)
-    return transferred, notes
+    return transfer_config(cfg, p.resume_from, given)
 
 
 def resolve_device(device: str) -> str:
@@ -312,10 +303,11 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
         logger.info("%s: started from the networks of %s%s", stage.label, result.transferred_from,
                     "".join(f"; {n}" for n in info.get("transfer_notes", [])))
     if info and not result.resumed_from:
-        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s", info["arch"],
+        logger.info("%s %s²: G %s parameters, D %s; batch %s, %s loss, ADA target %g, on %s%s%s", info["arch"],
                     info["resolution"], f"{info['G_params']:,}", f"{info['D_params']:,}", info["batch"],
                     info["loss"], info["ada_target"], info["device"],
-                    f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "")
+                    f", D's first {info['freeze_d']} layers frozen" if info.get("freeze_d") else "",
+                    resolved_text(info.get("family_defaults", {})))
     report({**result.to_dict(), "kimg_per_s": result.kimg_per_s or 0})
     train_report.publish_stage(run_dir, stage.label, result, total_kimg)
     logger.info("%s: at %g kimg (%.1f s), checkpoint %s", stage.label, result.kimg, result.seconds,

@@ -40,10 +40,10 @@ def test_every_numeric_setting_has_an_upper_bound():
     """No int or float setting is left unbounded above (a typo's huge value would run for ever or overflow)."""
     from annotated_types import Le, Lt
 
-    from tasks.common.settings import SECTIONS
+    from tasks.common.settings import SECTIONS, annotation
 
     unbounded = [f"{m.section}.{name}" for m in SECTIONS.values() for name, f in m.model_fields.items()
-                 if f.annotation in (int, float) and not any(isinstance(x, (Le, Lt)) for x in f.metadata)
+                 if annotation(f) in (int, float) and not any(isinstance(x, (Le, Lt)) for x in f.metadata)
                  and name not in ("r1_gamma",)]
     assert unbounded == []
 

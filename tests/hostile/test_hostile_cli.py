@@ -36,7 +36,7 @@ def snapshot(tmp_path_factory, one_torch_thread) -> Path:
 TRAIN_BAD = [
     (["--device", "bogus"], ["--device", "'bogus'", "cuda:N"]),
     (["--device", "cuda:99"], ["--device", "cuda:99", "CUDA device"]),
-    (["--channel-base", "-1"], ["--channel-base", "'-1'", "from 0"]),
+    (["--channel-base", "-1"], ["--channel-base", "'-1'", "from 1"]),
     (["--channel-max", "x"], ["--channel-max", "'x'", "integer"]),
     (["--channel-base", "1"], ["channel_base 1", "leaves no feature maps at 64"]),  # was a ZeroDivisionError
     (["--kimg", "-1"], ["--kimg", "'-1'", "from 0 to 1000000"]),  # train.kimg: 0 = the stage plan's length, as in params.yaml

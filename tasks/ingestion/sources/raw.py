@@ -91,13 +91,6 @@ def store_stream(raw_dir: Path, stream: BinaryIO, source: str, source_name: str,
     return RawItem(id=sha, source=source, source_name=clean, file=rel, size=size, extra=dict(extra or {}))
 
 
-def store_bytes(raw_dir: Path, data: bytes, source: str, source_name: str,
-                extra: dict | None = None) -> RawItem:
-    import io
-
-    return store_stream(raw_dir, io.BytesIO(data), source, source_name, extra)
-
-
 def write_provenance(raw_dir: Path, items: Iterable[RawItem]) -> Path:
     """Write provenance.jsonl atomically, one record per input, in a stable order."""
     raw_dir.mkdir(parents=True, exist_ok=True)

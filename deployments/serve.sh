@@ -52,17 +52,25 @@ cleanup() {
     set +e
     local all=() runs=() p
     for p in $step $worker $server; do all+=("$p" $(descendants "$p")); done
-    # 1. The worker and the runs it is executing (its children): a training run under `prefect flow-run
-    #    execute` checkpoints and is set AwaitingRetry (the next worker resumes it), which needs the server up.
-    #    Only the top of each run's tree gets the signal: the supervisor forwards it to the flow itself.
-    if [ -n "$worker" ]; then runs=($(pgrep -P "$worker" 2>/dev/null || true)); fi
-    for p in $step $worker "${runs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    # 2. The server, in its own session (setsid): its whole group, uvicorn and its services; at once when no
+    # 1. The worker first stops taking runs (SIGSTOP: frozen, it polls no more, and its runs go on): a run
+    #    rescheduled in 2. must wait for the next worker. Signalled instead, it still polls while it winds down,
+    #    takes that run (Pending) and dies before starting it, stranding it.
+    if [ -n "$worker" ]; then
+        kill -STOP "$worker" 2>/dev/null || true
+        runs=($(pgrep -P "$worker" 2>/dev/null || true))
+    fi
+    # 2. The runs it is executing (its children): a training run under `prefect flow-run execute` checkpoints
+    #    and is set AwaitingRetry (the next worker resumes it), which needs the server up. Only the top of each
+    #    run's tree gets the signal: the supervisor forwards it to the flow itself.
+    for p in $step "${runs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    # 3. The server, in its own session (setsid): its whole group, uvicorn and its services; at once when no
     #    run needs it to report its state.
     if [ -n "$server" ] && [ "${#runs[@]}" -eq 0 ]; then kill -TERM -- "-$server" 2>/dev/null || true; fi
-    if [ -n "$step$worker" ]; then wait_gone 5 $step $worker "${runs[@]}"; fi
+    if [ -n "$step" ] || [ "${#runs[@]}" -gt 0 ]; then wait_gone 5 $step "${runs[@]}"; fi
+    # The worker has nothing left to report (its runs reported their own states): it goes, frozen.
+    if [ -n "$worker" ]; then kill -KILL "$worker" 2>/dev/null || true; fi
     if [ -n "$server" ]; then kill -TERM -- "-$server" 2>/dev/null || true; wait_gone 3 "$server"; fi
-    # 3. Whatever is left, and anything started meanwhile: SIGKILL.
+    # 4. Whatever is left, and anything started meanwhile: SIGKILL.
     for p in $step $worker $server; do all+=($(descendants "$p")); done
     for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     if [ -n "$server" ]; then kill -KILL -- "-$server" 2>/dev/null || true; fi

@@ -8,6 +8,8 @@
 #   PREFECT_HOME        where the server keeps its SQLite database (default: ~/.prefect); for a
 #                       PostgreSQL-backed server set PREFECT_API_DATABASE_CONNECTION_URL (see README)
 #   PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING   what the terminal shows; runs log at INFO to the UI regardless
+#   GANFLOW_NOTIFY_BLOCK=slack-webhook/NAME   the notification block of the "train run failed for good" automation
+#   GANFLOW_FAILED_WITHIN_S=900   how long a Failed/Crashed train run has to run again before it is reported
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,6 +104,8 @@ fi
 run "$BIN/prefect" work-pool inspect ganflow-process >/dev/null 2>&1 \
     || run "$BIN/prefect" work-pool create ganflow-process --type process
 run "$BIN/prefect" --no-prompt deploy --prefect-file deployments/prefect.yaml --all
+# The automation that notifies when a train run failed for good (created, or updated: idempotent; README).
+run "$BIN/python" "$ROOT/deployments/automation.py" ${GANFLOW_FAILED_WITHIN_S:+--within "$GANFLOW_FAILED_WITHIN_S"}
 echo "serve: UI at http://127.0.0.1:$PORT — start a run from Deployments; Ctrl-C stops everything started here"
 # Its own process group, so a terminal's Ctrl-C reaches it only through cleanup (runs first, then the server).
 setsid "$BIN/prefect" worker start --pool ganflow-process "$@" &

@@ -80,11 +80,12 @@ def _start(tmp: Path, port: int, name: str) -> tuple[subprocess.Popen, Path]:
            "GANFLOW_ROOT": str(ROOT), "GANFLOW_SERVER_LOG": str(tmp / "server.log"),
            "GANFLOW_QUEUE": str(tmp / "queue.sqlite"),  # a manager run must not see the repo's queue
            "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1",
+           "GANFLOW_FAILED_WITHIN_S": "10",  # the failed-for-good automation's window, short: it fires within seconds
            # The scheduler's loops, short: runs appear within seconds of the deployments' registration.
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
     for var in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
-                "GANFLOW_SERVE_SIGNALS"):
+                "GANFLOW_SERVE_SIGNALS", "GANFLOW_NOTIFY_BLOCK"):
         env.pop(var, None)
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
@@ -261,6 +262,45 @@ def test_serve_stopped_mid_stage_and_started_again_resumes_the_train_run(served,
     progress = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.type == "progress"]
     assert [float(a.data) for a in progress] == [100.0]
+
+
+def test_serve_creates_the_failed_for_good_automation_once_and_it_fires_on_a_failed_train_run(served, client,
+                                                                                               tmp_path):
+    """serve.sh registers deployments/automation.py's automation, once however often it starts (this module started
+    it twice); a train deployment run that fails (no dataset) and does not run again within the window fires it,
+    in the server's triggers service."""
+    import httpx
+    from prefect.deployments import run_deployment
+
+    from deployments.automation import AGAIN, ENDED, NAME
+
+    [automation] = client.read_automations_by_name(NAME)
+    trigger = automation.trigger
+    assert automation.enabled and trigger.posture == "Proactive" and trigger.within.total_seconds() == 10
+    assert trigger.after == set(ENDED) and trigger.expect == set(AGAIN)
+    assert [a.type for a in automation.actions] == ["do-nothing"]  # no GANFLOW_NOTIFY_BLOCK named
+
+    run = run_deployment("train/train", timeout=0, parameters=dict(
+        data=str(tmp_path / "no-dataset"), run_dir=str(tmp_path / "run"), settings={"resolution": 32, "kimg": 0.008}))
+    deadline = time.time() + 300
+    while not (state := client.read_flow_run(run.id).state).is_final():
+        assert time.time() < deadline, served.log.read_text()[-3000:]
+        time.sleep(1)
+    assert state.is_failed(), state
+
+    def events(name: str, resource: str) -> list[dict]:
+        return httpx.post(f"{served.url}/events/filter", json={"filter": {
+            "event": {"name": [name]}, "resource": {"id": [resource]}}}).json()["events"]
+
+    def fired() -> bool:  # the automation's triggered event names the event that triggered it: this run's Failed
+        failed = {f"prefect.event.{e['id']}" for e in events("prefect.flow-run.Failed", f"prefect.flow-run.{run.id}")}
+        return any(r["prefect.resource.id"] in failed and r.get("prefect.resource.role") == "triggering-event"
+                   for e in events("prefect.automation.triggered", f"prefect.automation.{automation.id}")
+                   for r in e["related"])
+
+    while not fired():
+        assert time.time() < deadline, (_history(client, run.id), served.log.read_text()[-3000:])
+        time.sleep(2)
 
 
 def test_sigint_in_the_background_stops_everything_within_10_s(served):

@@ -8,6 +8,8 @@
 #   PREFECT_HOME        where the server keeps its SQLite database (default: ~/.prefect); for a
 #                       PostgreSQL-backed server set PREFECT_API_DATABASE_CONNECTION_URL (see README)
 #   PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING   what the terminal shows; runs log at INFO to the UI regardless
+#   GANFLOW_NOTIFY_BLOCK=slack-webhook/NAME   the notification block of the "train run failed for good" automation
+#   GANFLOW_FAILED_WITHIN_S=900   how long a Failed/Crashed train run has to run again before it is reported
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,17 +54,25 @@ cleanup() {
     set +e
     local all=() runs=() p
     for p in $step $worker $server; do all+=("$p" $(descendants "$p")); done
-    # 1. The worker and the runs it is executing (its children): a training run under `prefect flow-run
-    #    execute` checkpoints and is set AwaitingRetry (the next worker resumes it), which needs the server up.
-    #    Only the top of each run's tree gets the signal: the supervisor forwards it to the flow itself.
-    if [ -n "$worker" ]; then runs=($(pgrep -P "$worker" 2>/dev/null || true)); fi
-    for p in $step $worker "${runs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    # 2. The server, in its own session (setsid): its whole group, uvicorn and its services; at once when no
+    # 1. The worker first stops taking runs (SIGSTOP: frozen, it polls no more, and its runs go on): a run
+    #    rescheduled in 2. must wait for the next worker. Signalled instead, it still polls while it winds down,
+    #    takes that run (Pending) and dies before starting it, stranding it.
+    if [ -n "$worker" ]; then
+        kill -STOP "$worker" 2>/dev/null || true
+        runs=($(pgrep -P "$worker" 2>/dev/null || true))
+    fi
+    # 2. The runs it is executing (its children): a training run under `prefect flow-run execute` checkpoints
+    #    and is set AwaitingRetry (the next worker resumes it), which needs the server up. Only the top of each
+    #    run's tree gets the signal: the supervisor forwards it to the flow itself.
+    for p in $step "${runs[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    # 3. The server, in its own session (setsid): its whole group, uvicorn and its services; at once when no
     #    run needs it to report its state.
     if [ -n "$server" ] && [ "${#runs[@]}" -eq 0 ]; then kill -TERM -- "-$server" 2>/dev/null || true; fi
-    if [ -n "$step$worker" ]; then wait_gone 5 $step $worker "${runs[@]}"; fi
+    if [ -n "$step" ] || [ "${#runs[@]}" -gt 0 ]; then wait_gone 5 $step "${runs[@]}"; fi
+    # The worker has nothing left to report (its runs reported their own states): it goes, frozen.
+    if [ -n "$worker" ]; then kill -KILL "$worker" 2>/dev/null || true; fi
     if [ -n "$server" ]; then kill -TERM -- "-$server" 2>/dev/null || true; wait_gone 3 "$server"; fi
-    # 3. Whatever is left, and anything started meanwhile: SIGKILL.
+    # 4. Whatever is left, and anything started meanwhile: SIGKILL.
     for p in $step $worker $server; do all+=($(descendants "$p")); done
     for p in "${all[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     if [ -n "$server" ]; then kill -KILL -- "-$server" 2>/dev/null || true; fi
@@ -94,6 +104,8 @@ fi
 run "$BIN/prefect" work-pool inspect ganflow-process >/dev/null 2>&1 \
     || run "$BIN/prefect" work-pool create ganflow-process --type process
 run "$BIN/prefect" --no-prompt deploy --prefect-file deployments/prefect.yaml --all
+# The automation that notifies when a train run failed for good (created, or updated: idempotent; README).
+run "$BIN/python" "$ROOT/deployments/automation.py" ${GANFLOW_FAILED_WITHIN_S:+--within "$GANFLOW_FAILED_WITHIN_S"}
 echo "serve: UI at http://127.0.0.1:$PORT — start a run from Deployments; Ctrl-C stops everything started here"
 # Its own process group, so a terminal's Ctrl-C reaches it only through cleanup (runs first, then the server).
 setsid "$BIN/prefect" worker start --pool ganflow-process "$@" &

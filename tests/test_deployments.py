@@ -90,7 +90,7 @@ def test_make_serve_registers_deployments_and_its_worker_completes_runs(tmp_path
             assert [e for a in arch.get("anyOf", [arch]) for e in a.get("enum", [])] == [
                 "stylegan2", "stylegan3-t", "stylegan3-r", "pggan"]
             assert "kimg" in form["kimg"]["description"]
-            assert train.parameters["settings"] == {"resolution": 64, "arch": "stylegan2"}
+            assert train.parameters["settings"] == {"resolution": 64, "arch": "stylegan2", "kimg": 20}
             assert [s.schedule.interval.total_seconds() for s in deployments["manager"].schedules] == [300]
 
             curate = run_deployment("curate/curate", timeout=0, parameters=dict(

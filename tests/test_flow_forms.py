@@ -43,19 +43,30 @@ def test_train_form_offers_restart_on_change_and_hides_the_managers_request_id()
     assert "superseded" in props["restart_on_change"]["description"]
 
 
-def _assert_settings_form(form: dict, model, names: list[str] | None = None) -> None:
+def _assert_settings_form(form: dict, model, names: list[str] | None = None, required: tuple[str, ...] = ()) -> None:
     """A nested settings form made from a settings model: every setting, in order, with its description, its
-    bounds and no default (empty keeps params.yaml's value)."""
+    bounds and no default: empty keeps params.yaml's value, which the description names (as the settings loader
+    reads it); a required one has no empty value."""
     from annotated_types import Ge, Gt, Le, Lt
+
+    from tasks.common.settings import load
 
     names = list(model.model_fields) if names is None else names
     assert list(form) == names
+    current = load(model, ROOT / "params.yaml").model_dump()
     keywords = {Ge: ("minimum", "ge"), Gt: ("exclusiveMinimum", "gt"), Le: ("maximum", "le"), Lt: ("exclusiveMaximum", "lt")}
     for name in names:
         field, prop = model.model_fields[name], form[name]
-        assert prop["description"] == field.description and prop["default"] is None, name
         assert not ANGLE.search(prop["description"]), name
-        [typed] = [b for b in prop["anyOf"] if b.get("type") != "null"]
+        if name in required:
+            assert prop["description"] == f"{field.description} (required here)" and "default" not in prop, name
+            typed = prop
+        else:
+            value = current[name]
+            shown = repr(value) if value == "" or isinstance(value, dict) else str(value)
+            assert prop["description"] == (f"{field.description} (empty: params.yaml's {model.section}.{name}, {shown} "
+                                           "when registered)") and prop["default"] is None, name
+            [typed] = [b for b in prop["anyOf"] if b.get("type") != "null"]
         for bound in field.metadata:
             if type(bound) in keywords:
                 key, attr = keywords[type(bound)]
@@ -74,14 +85,61 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
 
     train = next(d for d in DEPLOYMENTS if d["name"] == "train")
     form = _settings_form(_schema(train["entrypoint"]), "settings")
-    _assert_settings_form(form, TrainSettings)
-    assert form["kimg"]["anyOf"][0]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["minimum"] == 0.001
+    _assert_settings_form(form, TrainSettings, required=("kimg",))
+    assert form["kimg"]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["minimum"] == 0.001
     assert form["resolution"]["anyOf"][0]["maximum"] == 1024
     assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
-    assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2"}  # valid for the form
+    assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2", "kimg": 20}  # valid for the form
     from tasks.common.settings import TrainOverrides
 
     TrainOverrides(**train["parameters"]["settings"])
+
+
+REFUSED = [  # (settings, the field the server names): what TrainSettings refuses, refused before a run exists
+    ({"resolution": 64}, "settings"),                                   # kimg empty: params.yaml's 25,000 on a CPU
+    ({"resolution": 48, "kimg": 1}, "settings.resolution"),             # not a power of two
+    ({"kimg": 1, "preset": "bogus"}, "settings.preset"),                # no family's preset
+    ({"kimg": 1, "arch": "stylegan3-t", "preset": "paper256"}, "settings.preset"),  # stylegan2's, not stylegan3's
+    ({"kimg": 1, "net": {"bogus": 1}}, "settings.net"),                 # no family's network key
+    ({"kimg": 1, "arch": "pggan", "net": {"w_dim": 32}}, "settings.net"),   # stylegan's key, not pggan's
+    ({"kimg": 1, "freeze_d": 2}, "settings"),                           # freeze_d without resume_from
+]
+
+
+def test_train_deployment_refuses_at_submit_what_the_settings_refuse(prefect_api, tmp_path):
+    """A run of the train deployment with settings the run would refuse 40 s later is refused when it is submitted
+    (the UI's Run, `prefect deployment run`, run_deployment), by the server, with the field named: the rules are in
+    the parameter schema `prefect deploy` registers (enforce_parameter_schema, Prefect's default). Each bad value
+    is also refused by TrainSettings itself, so the form refuses no run the settings would take."""
+    from prefect import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train import train_flow
+    from tasks.common.settings import ParamsError
+
+    with get_client(sync_client=True) as api:
+        deployment = api.create_deployment(
+            flow_id=api.create_flow(train_flow), name="form-test", entrypoint="flows/train.py:train_flow",
+            parameter_openapi_schema=parameter_schema(train_flow).model_dump_for_openapi(),
+            enforce_parameter_schema=True)
+        base = {"data": "data/curated/demo", "run_dir": str(tmp_path / "run")}
+        for settings, field in REFUSED:
+            with pytest.raises(PrefectHTTPStatusError, match="409") as refused:
+                api.create_flow_run_from_deployment(deployment, parameters={**base, "settings": settings})
+            assert f"Validation failed for field {field!r}" in refused.value.response.text, (settings, refused.value)
+            if "kimg" in settings:
+                with pytest.raises(ParamsError):
+                    _settings(settings)
+        ok = {"kimg": 1, "arch": "pggan", "preset": "small", "net": {"z_dim": 32}, "resolution": 64}
+        assert api.create_flow_run_from_deployment(deployment, parameters={**base, "settings": ok}).parameters[
+            "settings"] == ok
+
+
+def _settings(given: dict):
+    from tasks.common.settings import TrainSettings, load
+
+    return load(TrainSettings, ROOT / "params.yaml", **given)
 
 
 def test_curate_form_shows_every_curation_setting_with_its_bounds_and_description():

@@ -5,6 +5,8 @@
 - a deployment run through serve.sh's worker logs at INFO to the API (the UI's Logs tab) while the terminal
   stays quiet;
 - a second serve.sh that found the server running stops on SIGTERM and leaves that server alone;
+- stopped (SIGTERM to its process group) while a train deployment run is mid-stage and started again, the run
+  resumes from the checkpoint the signal wrote and completes: never stranded Pending by the stopping worker;
 - the first one, started as a background job of a script (SIGINT ignored on entry, where bash can no longer
   trap it), stops everything it started on SIGINT (Ctrl-C) within 10 seconds.
 """
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -77,11 +80,12 @@ def _start(tmp: Path, port: int, name: str) -> tuple[subprocess.Popen, Path]:
            "GANFLOW_ROOT": str(ROOT), "GANFLOW_SERVER_LOG": str(tmp / "server.log"),
            "GANFLOW_QUEUE": str(tmp / "queue.sqlite"),  # a manager run must not see the repo's queue
            "PREFECT_WORKER_QUERY_SECONDS": "1", "OMP_NUM_THREADS": "1",
+           "GANFLOW_FAILED_WITHIN_S": "10",  # the failed-for-good automation's window, short: it fires within seconds
            # The scheduler's loops, short: runs appear within seconds of the deployments' registration.
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
     for var in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
-                "GANFLOW_SERVE_SIGNALS"):
+                "GANFLOW_SERVE_SIGNALS", "GANFLOW_NOTIFY_BLOCK"):
         env.pop(var, None)
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
@@ -99,18 +103,33 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@dataclass
+class Served:
+    """serve.sh on a free port with its own PREFECT_HOME (SQLite); a test that stops it starts the next one here."""
+    proc: subprocess.Popen
+    log: Path      # its output
+    url: str       # the API's
+    tmp: Path      # its folder (PREFECT_HOME, the server's log, the queue)
+    port: int
+
+    def start(self, name: str) -> None:
+        """serve.sh again, on the same port and database, once the worker is up."""
+        self.proc, self.log = _start(self.tmp, self.port, name)
+        _wait_for(self.log, b"Worker '", self.proc)  # server, pool, deployments and worker are up
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """serve.sh on a free port with its own PREFECT_HOME (SQLite): (process, its output, API URL, folder)."""
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
     proc, log = _start(tmp, port, "serve")
+    s = Served(proc, log, f"http://127.0.0.1:{port}/api", tmp, port)
     try:
         _wait_for(log, b"Worker '", proc)  # server, pool, deployments and worker are up
-        yield proc, log, f"http://127.0.0.1:{port}/api", tmp
+        yield s
     finally:
-        if proc.poll() is None:
-            _kill_tree(proc)
+        if s.proc.poll() is None:
+            _kill_tree(s.proc)
 
 
 @pytest.fixture
@@ -118,7 +137,7 @@ def client(served):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: served[2]}):
+    with temporary_settings(updates={PREFECT_API_URL: served.url}):
         with get_client(sync_client=True) as c:
             yield c
 
@@ -128,7 +147,7 @@ def test_scheduler_creates_the_manager_deployments_scheduled_runs(served, client
         FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
 
-    _, _, _, tmp = served
+    tmp = served.tmp
     manager = DeploymentFilter(name=DeploymentFilterName(any_=["manager"]))
     scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
     deadline = time.time() + 120
@@ -147,7 +166,7 @@ def test_deployment_run_logs_at_info_to_the_api_while_the_terminal_stays_quiet(s
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
 
-    _, log, _, tmp = served
+    log, tmp = served.log, served.tmp
     run = run_deployment("manager/manager", timeout=0)  # a manager pass over an empty queue: quick
     deadline = time.time() + 300
     while not (state := client.read_flow_run(run.id).state).is_final():
@@ -162,7 +181,7 @@ def test_deployment_run_logs_at_info_to_the_api_while_the_terminal_stays_quiet(s
 
 
 def test_sigterm_stops_a_second_serve_and_leaves_the_server_it_found(served, tmp_path):
-    first, _, url, _ = served
+    first, url = served.proc, served.url
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     proc, log = _start(tmp_path, port, "second")
     try:
@@ -190,8 +209,102 @@ def _api_up(url: str) -> bool:
         return False
 
 
+def _history(client, run_id) -> list[str]:
+    return [f"{s.type.name}/{s.name}: {s.message or ''}" for s in client.read_flow_run_states(run_id)]
+
+
+def test_serve_stopped_mid_stage_and_started_again_resumes_the_train_run(served, client, tmp_path):
+    """`make serve` stopped (SIGTERM to its process group, as a terminal's Ctrl-C or a service manager sends it) while
+    a train run is in its stage, after its first checkpoint: the run checkpoints and goes back to the pool
+    (AwaitingRetry), never left Pending or Running; the next serve.sh's worker resumes it from that checkpoint, the
+    same flow run, and it completes with its one progress artifact at 100%."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
+        FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    from models.checkpoint import list_checkpoints
+    from tests.conftest import write_curated
+    from tests.test_train_flow import tiny_params
+
+    data = write_curated(tmp_path / "data")
+    params = tiny_params(tmp_path, snapshot_kimg=0.008, cycle_kimg=1.0)  # one stage, a checkpoint every 2 steps
+    run_dir = tmp_path / "run"
+    run = run_deployment("train/train", timeout=0, parameters=dict(
+        data=str(data), run_dir=str(run_dir), settings={"resolution": 32, "kimg": 0.1}, params=str(params)))
+    deadline = time.time() + 300
+    while not list_checkpoints(run_dir):
+        assert time.time() < deadline and served.proc.poll() is None, (_history(client, run.id),
+                                                                       served.log.read_text()[-3000:])
+        time.sleep(0.1)
+    os.killpg(served.proc.pid, signal.SIGTERM)
+    assert served.proc.wait(30) == 143
+    kimg, ckpt = list_checkpoints(run_dir)[-1]  # written by the SIGTERM (or the snapshot just before it)
+    served.start("serve-again")
+    deadline = time.time() + 300
+    while not (state := client.read_flow_run(run.id).state).is_final():
+        assert time.time() < deadline, (_history(client, run.id), served.log.read_text()[-3000:])
+        time.sleep(1)
+    history = _history(client, run.id)
+    assert state.is_completed(), (history, served.log.read_text()[-3000:])
+    # Stopped: Running → AwaitingRetry with the checkpoint named; then one execution by the next worker. Never a
+    # Pending from the worker that was stopping.
+    message = f"Preempted (SIGTERM): rescheduled to resume from {ckpt} ({kimg:g} kimg)"
+    assert history[3:] == ["RUNNING/Running: ", "SCHEDULED/AwaitingRetry: ",  # the supervisor's, then the stage's
+                           f"SCHEDULED/AwaitingRetry: {message}", "PENDING/Pending: ",
+                           "PENDING/Submitting: ", "RUNNING/Running: ", "COMPLETED/Completed: "], history
+    lines = [log.message for log in client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)]
+    assert message in lines and f"stage 1/1 (cycle 1/1): resumed from {ckpt}" in lines, lines
+    assert [round(k, 3) for k, _ in list_checkpoints(run_dir)][-1] == 0.1
+    stages = sorted(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))),
+                    key=lambda t: t.expected_start_time)
+    assert [t.state.name for t in stages] == ["Preempted", "Completed"]  # the stopped stage task is not left Running
+    progress = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) if a.type == "progress"]
+    assert [float(a.data) for a in progress] == [100.0]
+
+
+def test_serve_creates_the_failed_for_good_automation_once_and_it_fires_on_a_failed_train_run(served, client,
+                                                                                               tmp_path):
+    """serve.sh registers deployments/automation.py's automation, once however often it starts (this module started
+    it twice); a train deployment run that fails (no dataset) and does not run again within the window fires it,
+    in the server's triggers service."""
+    import httpx
+    from prefect.deployments import run_deployment
+
+    from deployments.automation import AGAIN, ENDED, NAME
+
+    [automation] = client.read_automations_by_name(NAME)
+    trigger = automation.trigger
+    assert automation.enabled and trigger.posture == "Proactive" and trigger.within.total_seconds() == 10
+    assert trigger.after == set(ENDED) and trigger.expect == set(AGAIN)
+    assert [a.type for a in automation.actions] == ["do-nothing"]  # no GANFLOW_NOTIFY_BLOCK named
+
+    run = run_deployment("train/train", timeout=0, parameters=dict(
+        data=str(tmp_path / "no-dataset"), run_dir=str(tmp_path / "run"), settings={"resolution": 32, "kimg": 0.008}))
+    deadline = time.time() + 300
+    while not (state := client.read_flow_run(run.id).state).is_final():
+        assert time.time() < deadline, served.log.read_text()[-3000:]
+        time.sleep(1)
+    assert state.is_failed(), state
+
+    def events(name: str, resource: str) -> list[dict]:
+        return httpx.post(f"{served.url}/events/filter", json={"filter": {
+            "event": {"name": [name]}, "resource": {"id": [resource]}}}).json()["events"]
+
+    def fired() -> bool:  # the automation's triggered event names the event that triggered it: this run's Failed
+        failed = {f"prefect.event.{e['id']}" for e in events("prefect.flow-run.Failed", f"prefect.flow-run.{run.id}")}
+        return any(r["prefect.resource.id"] in failed and r.get("prefect.resource.role") == "triggering-event"
+                   for e in events("prefect.automation.triggered", f"prefect.automation.{automation.id}")
+                   for r in e["related"])
+
+    while not fired():
+        assert time.time() < deadline, (_history(client, run.id), served.log.read_text()[-3000:])
+        time.sleep(2)
+
+
 def test_sigint_in_the_background_stops_everything_within_10_s(served):
-    proc, log, url, _ = served
+    proc, log, url = served.proc, served.log, served.url
     started = _descendants(proc.pid) | {proc.pid}
     assert len(started) >= 3  # serve.sh, the server (and its children), the worker
     sent = time.monotonic()

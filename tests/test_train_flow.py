@@ -380,6 +380,7 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert 0 < kimg < 1.0
     state = api.read_flow_run(run.id).state
     assert state.is_scheduled() and state.name == "AwaitingRetry", state
+    assert state.message == f"Preempted (SIGTERM): rescheduled to resume from {ckpt} ({kimg:g} kimg)"
 
     # What a worker does with the rescheduled run; a shorter target keeps the test short.
     api.update_flow_run(run.id, parameters={**run.parameters, "settings": {"resolution": 32, "kimg": kimg + 0.008}})
@@ -410,21 +411,28 @@ def test_sigterm_under_flow_run_execute_reschedules_and_the_rescheduled_run_resu
     assert any(level == 30 and m == PREEMPTED_LOG for level, m in lines), lines
 
 
-def test_sigterm_to_the_engine_process_alone_reschedules_and_the_run_resumes(tmp_path, api):
+@pytest.mark.parametrize("signalled", ["engine", "all"])
+def test_sigterm_to_the_engine_process_alone_reschedules_and_the_run_resumes(tmp_path, api, signalled):
     """A shutdown that signals the flow's own process (`python -m prefect.engine`, the child of `prefect flow-run
     execute`) and not, or not first, its supervisor: Prefect alone would end the run Crashed for good. The train
-    flow's on_crashed hook sets it AwaitingRetry, saying which checkpoint it resumes from; executed again, it does."""
+    flow's on_crashed hook sets it AwaitingRetry, saying which checkpoint it resumes from; executed again, it does.
+    A machine shutdown signals every process at once (`all`): the supervisor sets the run AwaitingRetry, with no
+    message of its own; the stage gives that state the same message, in the Logs tab too."""
     from models.checkpoint import list_checkpoints
 
-    run, run_dir, execute = _deployment_run(api, tmp_path, "sigterm-engine-test")
+    run, run_dir, execute = _deployment_run(api, tmp_path, f"sigterm-{signalled}-test")
     env = _env(PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR="reschedule")
-    proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(execute, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: what a shutdown signals, all of it
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     _wait_for_stage(api, FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), proc)
     time.sleep(2)
     [engine] = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    os.kill(int(engine), signal.SIGTERM)
+    if signalled == "engine":
+        os.kill(int(engine), signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # the supervisor and the engine, at once
     proc.communicate(timeout=120)
     (kimg, ckpt), = list_checkpoints(run_dir)
     state = api.read_flow_run(run.id).state

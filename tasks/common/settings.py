@@ -578,8 +578,14 @@ def overrides_model(model: type[Section], exclude: tuple[str, ...] = ()) -> type
             continue
         typ: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         fields[name] = (typ | None, Field(None, description=f.description, title=name))
+    def form(schema: dict[str, Any]) -> None:  # the UI form: params.yaml's values named, the rules it can check
+        from tasks.common.forms import complete_form
+
+        complete_form(schema, model)
+
     overrides = create_model(f"{model.__name__.removesuffix('Settings')}Overrides",
-                             __config__=ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True), **fields)
+                             __config__=ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
+                                                   json_schema_extra=form), **fields)
     overrides.__doc__ = (f"params.yaml's `{model.section}` settings to change for this run; empty ones keep "
                          "params.yaml's value.")
     return overrides

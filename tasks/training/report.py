@@ -225,6 +225,47 @@ def publish_dataset(data: str | Path, meta: dict, curate: tuple[str, str] | None
                              description=f"dataset {meta.get('content_hash', '')[:12]}")
 
 
+def preempted_message(run_dir: str | Path | None) -> str:
+    """What a preempted run's state message and Logs tab say: from which checkpoint it resumes."""
+    from models.run_dir import RunDir
+    from tasks.storage.mirror import local_of
+
+    newest = RunDir(local_of(run_dir)).newest_checkpoint() if run_dir else None  # a URL: its cache, as trained
+    ckpt = f"{newest[1]} ({newest[0]:g} kimg)" if newest else "the start (no checkpoint yet)"
+    return f"Preempted (SIGTERM): rescheduled to resume from {ckpt}"
+
+
+def explain_supervisor_reschedule(run_dir: str | Path) -> str | None:
+    """After a SIGTERM stopped a stage (its checkpoint written): when the `prefect flow-run execute` supervisor has
+    set the flow run AwaitingRetry (it does so before it signals this process, with no message), give that state
+    the message the run's other preemption paths give, naming the checkpoint it resumes from, and log it to the
+    run's Logs tab. Returns the message, or None when the run is in any other state (a lone process: Prefect ends
+    it Crashed and the on_crashed hook below explains it; a worker already took the run: left alone).
+    The state is read, then replaced at once with the same scheduled time: a worker that takes the run within
+    those milliseconds would see it rescheduled under it (its own start is then refused by the run folder's
+    lease until this process lets go)."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.logging.handlers import APILogHandler
+    from prefect.states import AwaitingRetry
+
+    run_id, _ = _this_flow_run()
+    if run_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+        if state is None or state.type != StateType.SCHEDULED or state.name != "AwaitingRetry" or state.message:
+            return None
+        message = preempted_message(run_dir)
+        client.set_flow_run_state(run_id, AwaitingRetry(message=message,
+                                                        scheduled_time=state.state_details.scheduled_time), force=True)
+    from prefect import get_run_logger
+
+    get_run_logger().warning(message)
+    APILogHandler().flush()  # the engine exits right after this stage: the line must reach the Logs tab
+    return message
+
+
 def reschedule_if_preempted(flow, flow_run, state) -> None:
     """The train flow's on_crashed hook: a deployment run that a SIGTERM stopped (the stage has checkpointed) goes
     back to its work pool at once, AwaitingRetry, saying from which checkpoint it resumes. That is what `prefect
@@ -237,7 +278,6 @@ def reschedule_if_preempted(flow, flow_run, state) -> None:
     from prefect.logging.loggers import flow_run_logger
     from prefect.states import AwaitingRetry
 
-    from models.run_dir import RunDir
     from tasks.common.settings import DEFAULT_PARAMS, ManagerSettings, load
 
     if PREFECT_SIGTERM_CRASH not in (state.message or "") or flow_run.deployment_id is None:
@@ -252,12 +292,7 @@ def reschedule_if_preempted(flow, flow_run, state) -> None:
         logger.warning("Preempted (SIGTERM) in execution %s of %s (manager.max_attempts): not rescheduled",
                        flow_run.run_count, cap)
         return
-    from tasks.storage.mirror import local_of
-
-    run_dir = parameters.get("run_dir")
-    newest = RunDir(local_of(run_dir)).newest_checkpoint() if run_dir else None  # a URL: its cache, as trained
-    ckpt = f"{newest[1]} ({newest[0]:g} kimg)" if newest else "the start (no checkpoint yet)"
-    message = f"Preempted (SIGTERM): rescheduled to resume from {ckpt}"
+    message = preempted_message(parameters.get("run_dir"))
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run.id, AwaitingRetry(message=message), force=True)
     logger.warning(message)

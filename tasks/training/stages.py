@@ -293,8 +293,16 @@ def train_stage_task(cfg: TrainConfig, data: str, run_dir: str, stage: Stage, to
         except Exception as e:  # an API hiccup must not stop training; the next report tries again
             logger.warning("could not update the progress artifact: %s: %s", type(e).__name__, e)
 
-    result = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
-                       allow_nonfinite=allow_nonfinite, progress_fn=progress_fn, report_fn=report, report_every_s=report_every_s)
+    try:
+        result = run_stage(cfg, data, run_dir, stage.end_kimg, device=device, resume_from=resume_from,
+                           allow_nonfinite=allow_nonfinite, progress_fn=progress_fn, report_fn=report,
+                           report_every_s=report_every_s)
+    except TerminationSignal:  # checkpointed; a supervisor's reschedule gets its message (which checkpoint)
+        try:
+            train_report.explain_supervisor_reschedule(run_dir)
+        except Exception as e:  # the API gone too (a whole machine going down): the signal still ends the stage
+            logger.warning("could not explain the preemption in the run's state: %s: %s", type(e).__name__, e)
+        raise
     result = dataclasses.replace(result, attempt=int(flow_run.run_count or 1))
     if result.resumed_from:
         logger.info("%s: resumed from %s", stage.label, result.resumed_from)

@@ -228,14 +228,14 @@ def _lost(r) -> str:
 
 def _progress(r) -> tuple[float, float | None, str | None]:
     """kimg done, kimg/s and the newest checkpoint: the manager's last look, refreshed from the run dir's
-    checkpoints when they are visible from here (no Prefect server needed)."""
-    from models.run_dir import RunDir
-
+    checkpoints when they are visible from here (for a URL run, its published manifest; no Prefect server needed)."""
     done, rate, ckpt = r.kimg_done, r.kimg_per_s, r.last_checkpoint
     if not r.params.get("run_dir"):
         return done, rate, ckpt
-    run = RunDir(r.params["run_dir"])
-    newest = run.newest_checkpoint()
+    from tasks.manager.run_view import local_run, newest_checkpoint
+
+    run = local_run(r.params["run_dir"])
+    newest = newest_checkpoint(r.params["run_dir"])
     if newest and newest[0] >= done:
         done, ckpt = newest[0], str(newest[1])
     if r.state == "running" and rate is None and r.current is not None:

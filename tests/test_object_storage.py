@@ -324,3 +324,27 @@ def test_a_preempted_flow_run_on_machine_a_is_finished_by_machine_b(s3, data, tm
     run_training(plan.config, data, reference, at + 0.008)
     assert same(load_checkpoint(cache_b.newest_checkpoint()[1])["G_ema"],
                 load_checkpoint(RunDir(reference).newest_checkpoint()[1])["G_ema"])
+
+
+def test_the_manager_reads_a_url_run_by_its_published_manifest(s3, tmp_path, monkeypatch):
+    """The manager (another machine) sees an s3:// run's newest checkpoint as its manifest names it, and keeps the
+    attempt logs in the run's local cache, never in a relative folder "s3:/..." with no checkpoints."""
+    import boto3
+
+    from tasks.manager.launch import launch_local
+    from tasks.storage.mirror import FORMAT
+    from tasks.manager.run_view import local_run, newest_checkpoint
+
+    run = url()
+    machine(tmp_path, monkeypatch, "manager")
+    monkeypatch.chdir(tmp_path)
+    assert newest_checkpoint(run) is None  # nothing published yet
+    key = run.split(BUCKET + "/", 1)[1] + "/published.json"
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=json.dumps(
+        {"format": FORMAT, "checkpoint": "checkpoints/ckpt-000000.008.pt", "files": {}}).encode())
+    assert newest_checkpoint(run) == (0.008, f"{run}/checkpoints/ckpt-000000.008.pt")
+    log = local_run(run).attempt_log(1)
+    assert log.is_absolute() and str(tmp_path / "manager" / "cache") in str(log)
+    monkeypatch.setattr("tasks.manager.launch.train_command", lambda params, rid: ["true"])
+    _, written = launch_local({"run_dir": run}, "r1", 1)
+    assert written == log and log.exists() and not (tmp_path / "s3:").exists()

@@ -15,7 +15,7 @@ from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL
 
-from models.run_dir import RunDir
+from tasks.manager.run_view import newest_checkpoint
 from tasks.training.lease import holder as lease_holder
 from tasks.manager.launch import kill_local, launch_local, process_state
 from tasks.manager.queue import Request, RequestQueue, open_queue
@@ -68,7 +68,7 @@ def _local_env(settings: ManagerSettings) -> dict[str, str]:
 
 def start(queue: RequestQueue, req: Request, settings: ManagerSettings) -> Outcome:
     """Claim a queued request's first attempt (compare-and-set) and launch it."""
-    found = RunDir(req.params["run_dir"]).newest_checkpoint()
+    found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
     # Compare with "queued", never with the state just read: another manager may have started it since.
     seen = "queued" + (f"; its run dir has a checkpoint at {found[0]:g} kimg" if found else "")
@@ -127,7 +127,7 @@ def _act(queue: RequestQueue, req: Request, client, view, decision, settings: Ma
         return Outcome(req.id, "running", f"attempt {n}: {state}" + (f", {view.progress_text}" if view and
                                                                       view.progress_text else ""))
     if decision.action == "done":
-        found = RunDir(req.params["run_dir"]).newest_checkpoint()
+        found = newest_checkpoint(req.params["run_dir"])
         if queue.finish(req.id, n, "done", kimg_done=req.kimg_target, last_checkpoint=str(found[1]) if found else None):
             return Outcome(req.id, "done", f"after {n} attempt(s)")
         return Outcome(req.id, "skipped", "another manager finished it")
@@ -137,7 +137,7 @@ def _act(queue: RequestQueue, req: Request, client, view, decision, settings: Ma
         _bury(client, req, view, decision.mark_crashed, decision.reason)
         return Outcome(req.id, "failed", decision.reason)
     # restart: claim the next attempt first, so only the manager that wins it buries the old one.
-    found = RunDir(req.params["run_dir"]).newest_checkpoint()
+    found = newest_checkpoint(req.params["run_dir"])
     start_kimg = found[0] if found else req.kimg_done
     m = queue.claim(req.id, "running", n, reason=decision.reason, start_kimg=start_kimg,
                     max_attempts=settings.max_attempts)
@@ -185,7 +185,7 @@ def _launch_claimed(queue: RequestQueue, req: Request, n: int, settings: Manager
 def _record_progress(queue: RequestQueue, req: Request, view) -> None:
     """kimg done, kimg/s and total from the run's progress event; the newest checkpoint from the run dir
     when it is visible from here (its kimg too, for runs that have not reported progress yet)."""
-    found = RunDir(req.params["run_dir"]).newest_checkpoint()
+    found = newest_checkpoint(req.params["run_dir"])
     kimg = total = rate = None
     if view is not None:
         kimg, total, rate = view.kimg, view.total_kimg, view.kimg_per_s

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from models.run_dir import RunDir
+from tasks.manager.run_view import local_run
 from tasks.common.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def train_command(params: dict[str, Any], request_id: str, python: str = sys.exe
 def launch_local(params: dict[str, Any], request_id: str, attempt: int,
                  env: dict[str, str] | None = None) -> tuple[int, Path]:
     """Start attempt `attempt` detached; returns (pid, log path)."""
-    log = RunDir(params["run_dir"]).attempt_log(attempt)
+    log = local_run(params["run_dir"]).attempt_log(attempt)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(train_command(params, request_id), cwd=ROOT, env={**os.environ, **(env or {})},

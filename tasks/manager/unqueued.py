@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeployme
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import AwaitingRetry
 
-from models.run_dir import RunDir
+from tasks.manager.run_view import newest_checkpoint
 from tasks.common.settings import ManagerSettings
 from tasks.manager.actions import Outcome
 from tasks.manager.queue import request_tag
@@ -43,7 +43,7 @@ def unqueued_runs(client) -> list[FlowRun]:
 def resume_point(run: FlowRun) -> str:
     """Where the rescheduled run resumes, when its run folder is visible from here."""
     run_dir = (run.parameters or {}).get("run_dir")
-    newest = RunDir(run_dir).newest_checkpoint() if run_dir else None
+    newest = newest_checkpoint(run_dir) if run_dir else None
     return f"{newest[1]} ({newest[0]:g} kimg)" if newest else "its run folder's newest checkpoint"
 
 

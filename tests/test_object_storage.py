@@ -129,6 +129,13 @@ def test_a_run_published_to_s3_resumes_on_another_machine_bit_identical(s3, data
     assert manifest(run)["checkpoint"] == "checkpoints/ckpt-000000.012.pt"
     assert "checkpoints/ckpt-000000.004.pt" in manifest(run)["files"]  # A's older snapshots stay the run's
 
+    # A machine without the dataset checks what DVC would fetch against the hash the run URL's newest checkpoint
+    # records (tasks/training/plan.py), read from the URL, not from a local folder.
+    from tasks.training.plan import recorded_dataset_hash
+
+    machine(tmp_path, monkeypatch, "e")
+    assert recorded_dataset_hash(run) == json.loads((data / "dataset.json").read_text())["content_hash"]
+
     # A third machine draws images straight from a published snapshot's URL.
     from flows.cli import main
 

@@ -334,6 +334,16 @@ def published_kimg(run_dir: str | os.PathLike) -> float | None:
     return _kimg_of(newest) if newest else 0.0
 
 
+def newest_published_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """For a run URL, the newest checkpoint its manifest names, fetched into the run's cache and verified, without
+    opening the run (no pull, no registration: the process that trains it opens it under its lease); None when
+    nothing is published. What a check before training reads (the dataset the run was trained on)."""
+    url = normalize(str(run_dir))
+    m = RunMirror(url, cache_dir(url))
+    newest = (_retrying(m.read_manifest, f"reading {url}/{MANIFEST}", SNAPSHOT_PATIENCE_S) or {}).get("checkpoint")
+    return m.fetch(newest) if newest else None
+
+
 def local_of(run_dir: str | os.PathLike) -> str:
     """The local folder of a run: its cache when it is a URL opened in this process, else the path (a URL not
     opened yet has no local files: its cache folder, perhaps empty)."""

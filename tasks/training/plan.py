@@ -60,8 +60,17 @@ def dataset_for_run(data: str | Path, run_dir: str | Path | None) -> Path:
 
 
 def recorded_dataset_hash(run_dir: str | Path) -> str | None:
-    """The content hash of the data the run folder's newest loadable checkpoint was trained on; None for a new run."""
-    from models.checkpoint import latest_checkpoint
+    """The content hash of the data the run folder's newest loadable checkpoint was trained on (for a run URL, its
+    newest published checkpoint); None for a new run."""
+    from models.checkpoint import latest_checkpoint, load_checkpoint
+    from tasks.storage.url import is_url
 
-    found = latest_checkpoint(run_dir)
-    return (found[1].get("config", {}).get("dataset") or None) if found else None
+    if is_url(run_dir):
+        from tasks.storage.mirror import newest_published_checkpoint
+
+        path = newest_published_checkpoint(run_dir)
+        ckpt = load_checkpoint(path) if path is not None else None
+    else:
+        found = latest_checkpoint(run_dir)
+        ckpt = found[1] if found else None
+    return (ckpt.get("config", {}).get("dataset") or None) if ckpt else None

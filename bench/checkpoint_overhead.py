@@ -46,17 +46,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(name: str, steps_per_snapshot: int, snapshots: int, default_snapshot_kimg: float, device: str,
-            tmp: Path) -> dict:
+def warm_trainer(name: str, steps_per_snapshot: int, device: str, run_dir: Path) -> tuple[Trainer, float]:
+    """A Trainer of config `name` snapshotting every steps_per_snapshot steps into run_dir, warmed up (two steps
+    and a snapshot: allocations, first writes) with its counters reset, so the timed run's snapshots fall on its
+    own grid; and that interval in kimg. Also used by bench/snapshot_upload.py."""
     spec = CONFIGS[name]
     res, batch = spec["resolution"], spec["batch"]
     images = (torch.rand(64, 3, res, res) * 255).to(torch.uint8)
     interval_kimg = steps_per_snapshot * batch / 1000
     cfg = TrainConfig(arch="stylegan2", resolution=res, batch=batch, snapshot_kimg=interval_kimg, ada_target=0.6,
                       net=spec.get("net", {}))
-    trainer = Trainer(cfg, images, tmp / name, device=device)
-    trainer.train(2 * batch / 1000)     # warm-up: two steps and the final snapshot (allocations, first writes)
-    trainer.nimg, trainer.step = 0, 0    # counters only, so the timed run's snapshots fall on its own grid
+    trainer = Trainer(cfg, images, run_dir, device=device)
+    trainer.train(2 * batch / 1000)
+    trainer.nimg, trainer.step = 0, 0
+    return trainer, interval_kimg
+
+
+def measure(name: str, steps_per_snapshot: int, snapshots: int, default_snapshot_kimg: float, device: str,
+            tmp: Path) -> dict:
+    trainer, interval_kimg = warm_trainer(name, steps_per_snapshot, device, tmp / name)
+    spec = CONFIGS[name]
+    res, batch = spec["resolution"], spec["batch"]
 
     times: list[float] = []
     write = trainer.snapshot

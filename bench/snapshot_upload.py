@@ -34,18 +34,8 @@ import torch
 import yaml
 
 from models.run_dir import RunDir
-from models.trainer import TrainConfig, Trainer
 
-CONFIGS: dict[str, dict] = {   # as bench/checkpoint_overhead.py
-    "demo": dict(resolution=64, batch=8, net=dict(channel_base=4096, channel_max=128)),
-    "auto64": dict(resolution=64, batch=8),
-    "auto256": dict(resolution=256, batch=32),   # GPU
-}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+from checkpoint_overhead import CONFIGS, _sync, warm_trainer  # bench/checkpoint_overhead.py, beside this script
 
 
 def local_s3() -> subprocess.Popen:
@@ -74,14 +64,8 @@ def measure(name: str, steps_per_snapshot: int, snapshots: int, default_kimg: fl
 
     spec = CONFIGS[name]
     res, batch = spec["resolution"], spec["batch"]
-    images = (torch.rand(64, 3, res, res) * 255).to(torch.uint8)
-    interval_kimg = steps_per_snapshot * batch / 1000
-    cfg = TrainConfig(arch="stylegan2", resolution=res, batch=batch, snapshot_kimg=interval_kimg, ada_target=0.6,
-                      net=spec.get("net", {}))
     local = tmp / name
-    trainer = Trainer(cfg, images, local, device=device)
-    trainer.train(2 * batch / 1000)   # warm-up (allocations, first writes), not published
-    trainer.nimg, trainer.step = 0, 0
+    trainer, interval_kimg = warm_trainer(name, steps_per_snapshot, device, local)  # warm-up: not published
     for p in local.rglob("*"):
         if p.is_file():
             p.unlink()

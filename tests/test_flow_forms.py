@@ -88,7 +88,7 @@ def test_train_form_shows_every_training_setting_with_its_bounds_and_description
     _assert_settings_form(form, TrainSettings, required=("kimg",))
     assert form["kimg"]["minimum"] == 0 and form["snapshot_kimg"]["anyOf"][0]["minimum"] == 0.001
     assert form["resolution"]["anyOf"][0]["maximum"] == 1024
-    assert form["loss"]["anyOf"][0]["enum"] == ["", "logistic", "wgan", "lsgan"]
+    assert form["loss"]["anyOf"][0]["enum"] == ["logistic", "wgan", "lsgan"]  # empty (null): the family's
     assert train["parameters"]["settings"] == {"resolution": 64, "arch": "stylegan2", "kimg": 20}  # valid for the form
     from tasks.common.settings import TrainOverrides
 

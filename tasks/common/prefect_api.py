@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 
-API_TIMEOUT_S = 10.0   # per request (connect, read, write, pool); Prefect's default is 60
-API_RETRIES = 2        # Prefect's default is 5; with its backoff a stalled API costs at most ~40 s per call
-PROBE_TIMEOUT_S = 5.0  # the /health question before a flow starts
+API_TIMEOUT_S = 30.0   # per request (connect, read, write, pool); Prefect's default is 60. 10 s was too short:
+#                        a busy SQLite-backed server on 2 loaded cores answered slower (CI, 2026-12-08)
+API_RETRIES = 2        # Prefect's default is 5; with its backoff a stalled API costs at most ~100 s per call
+PROBE_TIMEOUT_S = 15.0  # the /health question before a flow starts (a refused connection fails at once)
 
 
 class ApiUnreachable(ConnectionError):

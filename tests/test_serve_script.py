@@ -252,8 +252,10 @@ def test_serve_stopped_mid_stage_and_started_again_resumes_the_train_run(served,
     assert history[3:] == ["RUNNING/Running: ", "SCHEDULED/AwaitingRetry: ",  # the supervisor's, then the stage's
                            f"SCHEDULED/AwaitingRetry: {message}", "PENDING/Pending: ",
                            "PENDING/Submitting: ", "RUNNING/Running: ", "COMPLETED/Completed: "], history
-    lines = [log.message for log in client.read_logs(
-        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)]
+    lines: list[str] = []
+    while page := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                   limit=200, offset=len(lines)):  # two executions log more than one page
+        lines += [log.message for log in page]
     # The Logs tab: the resuming attempt says which checkpoint it resumed from. The stopped process's own line
     # (`message`) is best effort: serve.sh may end it before its log batch reaches the API; the state message above
     # is the durable record.

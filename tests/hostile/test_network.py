@@ -48,10 +48,13 @@ def test_a_prefect_api_that_never_answers_is_one_line_before_any_flow_starts(com
 
 
 def test_an_unreachable_prefect_api_is_one_line(api_at, tmp_path, capsys):
+    import tasks.common.prefect_api as prefect_api
+
     port = _closed_port()
     with api_at(port):
         refused(["curate", "--demo", "--out", str(tmp_path / "new"), "--params", str(PARAMS)], capsys,
-                f"the Prefect API at http://127.0.0.1:{port}/api did not answer within 5 s: no connection")
+                f"the Prefect API at http://127.0.0.1:{port}/api did not answer within "
+                f"{prefect_api.PROBE_TIMEOUT_S:g} s: no connection")
 
 
 def test_prefect_requests_are_bounded_unless_the_user_set_them(monkeypatch):
